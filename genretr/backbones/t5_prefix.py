@@ -1,0 +1,81 @@
+"""`T5PrefixDecoder`: a randomly initialised T5 decoder conditioned on a query vector.
+
+GENIUS Sec. 4.3.1, Eq. 9–10: an MLP maps the query embedding z_q to N prefix vectors,
+P(z_q) = Reshape(MLP(z_q)) ∈ R^{N×d'}, which the decoder reads through cross-attention
+(they stand where a T5 encoder's output would); the loss is the cross-entropy of the
+target identifier.  The T5 encoder is built with zero layers and frozen, so every trained
+parameter is used (DDP needs that).
+
+Decoding here is HF `generate` with a trie-constrained `prefix_allowed_tokens_fn`
+(genretr.decoding.hf); `length_penalty=0` ranks beams by the summed log-probability of
+the identifier, as GENIUS Sec. 4.4.
+"""
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch import nn
+from transformers import T5Config, T5ForConditionalGeneration
+from transformers.modeling_outputs import BaseModelOutput
+
+from genretr.identifiers.base import EOS, PAD
+
+
+class PrefixMLP(nn.Module):
+    """Eq. 9: z_q → N × d' prefix embeddings."""
+
+    def __init__(self, input_dim: int, d_model: int, prefix_len: int, hidden: int = 1024):
+        super().__init__()
+        self.prefix_len, self.d_model = prefix_len, d_model
+        self.net = nn.Sequential(nn.Linear(input_dim, hidden), nn.GELU(), nn.Linear(hidden, prefix_len * d_model))
+        self.norm = nn.LayerNorm(d_model)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.net(z).view(len(z), self.prefix_len, self.d_model))
+
+
+class T5PrefixDecoder(L.LightningModule):
+    def __init__(self, vocab_size: int, input_dim: int, d_model: int = 256, num_layers: int = 2, num_heads: int = 4,
+                 d_ff: int = 1024, dropout: float = 0.1, prefix_len: int = 8, prefix_hidden: int = 1024,
+                 lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: int = 100):
+        super().__init__()
+        self.save_hyperparameters()
+        config = T5Config(vocab_size=vocab_size, d_model=d_model, d_kv=d_model // num_heads, d_ff=d_ff,
+                          num_layers=0, num_decoder_layers=num_layers, num_heads=num_heads, dropout_rate=dropout,
+                          feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+                          pad_token_id=PAD, eos_token_id=EOS, decoder_start_token_id=PAD)
+        self.t5 = T5ForConditionalGeneration(config)
+        self.t5.encoder.requires_grad_(False)
+        self.prefix = PrefixMLP(input_dim, d_model, prefix_len, prefix_hidden)
+
+    def encoder_outputs(self, z: torch.Tensor) -> BaseModelOutput:
+        return BaseModelOutput(last_hidden_state=self.prefix(z))
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean token cross-entropy of `labels` (PAD positions ignored)."""
+        labels = labels.masked_fill(labels == PAD, -100)
+        return self.t5(encoder_outputs=self.encoder_outputs(z), labels=labels).loss
+
+    def training_step(self, batch, batch_idx):
+        z, labels = batch
+        loss = self(z, labels)
+        self.log("decoder/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(z))
+        return loss
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW([p for p in self.parameters() if p.requires_grad], lr=self.hparams.lr,
+                                weight_decay=self.hparams.weight_decay)
+        warm = max(1, self.hparams.warmup_steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    @torch.no_grad()
+    def generate(self, z: torch.Tensor, num_beams: int, max_new_tokens: int, prefix_allowed_tokens_fn=None,
+                 num_return_sequences: int | None = None, length_penalty: float = 0.0):
+        """HF beam search; returns (sequences without the start token, scores)."""
+        out = self.t5.generate(encoder_outputs=self.encoder_outputs(z), num_beams=num_beams,
+                               num_return_sequences=num_return_sequences or num_beams,
+                               max_new_tokens=max_new_tokens, prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
+                               length_penalty=length_penalty, early_stopping=True, do_sample=False,
+                               output_scores=True, return_dict_in_generate=True)
+        return out.sequences[:, 1:], out.sequences_scores

@@ -1,0 +1,92 @@
+"""The one in-memory schema every dataset source produces (DESIGN.md, "dataset" stage).
+
+Nothing downstream knows which source a `RetrievalDataset` came from.  Images live in
+one uint8 array (`images[i]` is H×W×3); items and queries point into it by index.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+IMAGE, TEXT, PAIR = "image", "text", "image,text"
+
+# Task names follow M-BEIR's (query modality → candidate modality).
+TASK_TARGET = {
+    "t2i": IMAGE,  # caption → image (GRACE, CART, SSID)
+    "i2t": TEXT,  # image → caption
+    "t2it": PAIR,  # caption → image–text pair
+    "it2i": IMAGE,  # reference image + modification text → target image (composed)
+}
+
+# M-BEIR-style instructions (GENIUS Section 4.2.2 prepends them to the query).
+INSTRUCTIONS = {
+    "t2i": "Retrieve an image that matches the caption.",
+    "i2t": "Find a caption that describes this image.",
+    "t2it": "Retrieve an image and its caption that match the description.",
+    "it2i": "Change the reference image as the text says and find the resulting image.",
+}
+
+
+@dataclass(frozen=True)
+class Item:
+    """A retrievable candidate: an image, a text, or an image–text pair."""
+
+    id: str
+    modality: str
+    image: int | None = None  # index into RetrievalDataset.images
+    text: str | None = None
+
+
+@dataclass(frozen=True)
+class Query:
+    id: str
+    task: str
+    relevant: tuple[str, ...]
+    instruction: str | None = None
+    image: int | None = None
+    text: str | None = None
+
+
+@dataclass
+class Split:
+    """One split: the queries asked in it and the candidate pool each task searches."""
+
+    queries: list[Query] = field(default_factory=list)
+    pools: dict[str, list[str]] = field(default_factory=dict)  # task → candidate item ids
+
+
+@dataclass
+class RetrievalDataset:
+    name: str
+    images: np.ndarray  # (N, H, W, 3) uint8
+    items: dict[str, Item]
+    splits: dict[str, Split]
+    # image index → the indices of its captions' items, used for image–caption training pairs
+    captions: dict[int, list[str]] = field(default_factory=dict)
+
+    def tasks(self, split: str) -> list[str]:
+        return sorted(self.splits[split].pools)
+
+    def queries(self, split: str, task: str) -> list[Query]:
+        return [q for q in self.splits[split].queries if q.task == task]
+
+    def pool(self, split: str, task: str) -> list[Item]:
+        return [self.items[i] for i in self.splits[split].pools[task]]
+
+    def training_pairs(self) -> tuple[np.ndarray, list[str]]:
+        """(image index, caption) pairs of the train split, for contrastive encoder training."""
+        idx, texts = [], []
+        for q in self.splits["train"].queries:
+            if q.task == "t2i" and q.text is not None:
+                target = self.items[q.relevant[0]]
+                idx.append(target.image)
+                texts.append(q.text)
+        return np.asarray(idx, dtype=np.int64), texts
+
+    def summary(self) -> str:
+        parts = []
+        for name, s in self.splits.items():
+            pools = ", ".join(f"{t}:{len(p)}" for t, p in sorted(s.pools.items()))
+            parts.append(f"{name}: {len(s.queries)} queries, pools {pools}")
+        return f"{self.name}: {len(self.images)} images, {len(self.items)} items; " + "; ".join(parts)

