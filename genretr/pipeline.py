@@ -55,6 +55,10 @@ class Pipeline:
     def tasks(self) -> list[str]:
         return list(self.cfg.eval.tasks)
 
+    def splits(self) -> list[str]:
+        """The splits this run touches: train (encoder and decoder training) and the evaluation split."""
+        return list(dict.fromkeys(["train", self.cfg.eval.split]))
+
     # -- dataset --------------------------------------------------------------------------
     def dataset(self) -> RetrievalDataset:
         key = self.keys["dataset"] = config_key("dataset", self.cfg.dataset)
@@ -74,13 +78,14 @@ class Pipeline:
     # -- encode ---------------------------------------------------------------------------
     def encode(self, ds: RetrievalDataset) -> Embeddings:
         cfg = self.cfg.encoder
-        key = self.keys["encode"] = config_key("encode", self.keys["dataset"], cfg, self.cfg.seed)
+        splits = self.splits()
+        key = self.keys["encode"] = config_key("encode", self.keys["dataset"], cfg, self.cfg.seed, splits)
 
         def write(tmp: Path):
             torch.manual_seed(int(self.cfg.seed))
             encoder = instantiate(cfg.model)
-            texts = sorted({x.text for x in ds.items.values() if x.text} |
-                           {q.text for s in ds.splits.values() for q in s.queries if q.text})
+            items, queries = _split_members(ds, splits)
+            texts = sorted({x.text for x in items if x.text} | {q.text for q in queries if q.text})
             row = {t: i for i, t in enumerate(texts)}
             image_index, train_caps = _caption_groups(ds)
             text_inputs = encoder.prepare_texts(texts, fit_texts=[c for cs in train_caps for c in cs])
@@ -88,7 +93,7 @@ class Pipeline:
                 pairs = CaptionPairs(ds.images, image_index, [[row[c] for c in cs] for cs in train_caps], text_inputs)
                 fit(encoder, ContrastiveDataModule(pairs, int(cfg.fit.batch_size)), self.cfg,
                     self.store.work("encode", key), int(cfg.fit.max_epochs), self.logger, self.extra_callbacks)
-            emb = _embed_everything(encoder, ds, texts, text_inputs, int(cfg.fit.batch_size))
+            emb = _embed(encoder, ds, items, queries, texts, text_inputs, int(cfg.fit.batch_size))
             torch.save(emb.__dict__, tmp / "embeddings.pt")
             torch.save(encoder.state_dict(), tmp / "encoder.pt")
             if getattr(encoder.text_tower, "tokenizer", None) is not None:
@@ -100,7 +105,7 @@ class Pipeline:
     # -- identify -------------------------------------------------------------------------
     def identify(self, ds: RetrievalDataset, emb: Embeddings) -> IdTable:
         key = self.keys["identify"] = config_key("identify", self.keys["encode"], self.cfg.identifier, self.tasks())
-        items = _identified_items(ds, self.tasks())
+        items = _identified_items(ds, self.splits(), self.tasks())
 
         def write(tmp: Path):
             scheme = instantiate(self.cfg.identifier)
@@ -123,9 +128,9 @@ class Pipeline:
         def write(tmp: Path):
             torch.manual_seed(int(self.cfg.seed))
             model = build()
-            inputs, targets = _decoder_samples(ds, emb, table, self.tasks(), int(cfg.fit.memorize_repeat))
+            inputs, target_vecs, targets = _decoder_samples(ds, emb, table, self.tasks(), int(cfg.fit.memorize_repeat))
             log.info("decoder: %d training samples", len(inputs))
-            fit(model, IdentifierDataModule(inputs, targets, int(cfg.fit.batch_size)), self.cfg,
+            fit(model, IdentifierDataModule(inputs, target_vecs, targets, int(cfg.fit.batch_size)), self.cfg,
                 self.store.work("train", key), int(cfg.fit.max_epochs), self.logger, self.extra_callbacks)
             torch.save(model.state_dict(), tmp / "model.pt")
 
@@ -221,8 +226,17 @@ def _caption_groups(ds: RetrievalDataset):
     return index, [groups[i] for i in index]
 
 
+def _split_members(ds: RetrievalDataset, splits):
+    """Items in the pools of `splits` or relevant to their queries, and those queries."""
+    queries = [q for s in splits for q in ds.splits[s].queries]
+    ids = {i for s in splits for pool in ds.splits[s].pools.values() for i in pool}
+    ids |= {r for q in queries for r in q.relevant}
+    return [x for x in ds.items.values() if x.id in ids], queries
+
+
 @torch.no_grad()
-def _embed_everything(encoder, ds: RetrievalDataset, texts, text_inputs, batch_size: int) -> Embeddings:
+def _embed(encoder, ds: RetrievalDataset, items, queries, texts, text_inputs, batch_size: int) -> Embeddings:
+    """Vectors of `items` and `queries`; images are embedded once each, texts once each."""
     encoder.eval()
     images = torch.from_numpy(ds.images)
     img = torch.cat([encoder.embed_images(images[s:s + batch_size]) for s in range(0, len(images), batch_size)])
@@ -234,18 +248,16 @@ def _embed_everything(encoder, ds: RetrievalDataset, texts, text_inputs, batch_s
             return encoder.fuse(img[image], txt[row[text]])
         return img[image] if image is not None else txt[row[text]]
 
-    items = list(ds.items.values())
-    queries = [q for s in ds.splits.values() for q in s.queries]
     return Embeddings([x.id for x in items], torch.stack([vec(x.image, x.text) for x in items]),
                       [q.id for q in queries], torch.stack([vec(q.image, q.text) for q in queries]))
 
 
-def _identified_items(ds: RetrievalDataset, tasks) -> list[str]:
-    """Every item in the pools of `tasks`, over all splits (GRACE memorizes the test images too)."""
+def _identified_items(ds: RetrievalDataset, splits, tasks) -> list[str]:
+    """Every item in the pools of `tasks` in `splits` (GRACE memorizes the test images too)."""
     seen: dict[str, None] = {}
-    for split in ds.splits.values():
+    for split in splits:
         for task in tasks:
-            for i in split.pools.get(task, []):
+            for i in ds.splits[split].pools.get(task, []):
                 seen.setdefault(i)
     return list(seen)
 
@@ -253,9 +265,12 @@ def _identified_items(ds: RetrievalDataset, tasks) -> list[str]:
 def _decoder_samples(ds, emb: Embeddings, table: IdTable, tasks, memorize_repeat: int):
     """GRACE Sec. 3.4–3.5: memorize (item vector → its ID) and retrieve (train query → relevant ID)."""
     queries = [(q.id, r) for q in ds.splits["train"].queries if q.task in tasks for r in q.relevant]
-    q_vecs = emb.queries([q for q, _ in queries]) if queries else torch.empty(0, emb.item_vecs.shape[1])
-    inputs = [q_vecs] + [emb.items(table.item_ids)] * memorize_repeat
+    dim = emb.item_vecs.shape[1]
+    q_vecs = emb.queries([q for q, _ in queries]) if queries else torch.empty(0, dim)
+    r_vecs = emb.items([r for _, r in queries]) if queries else torch.empty(0, dim)
+    item_vecs = emb.items(table.item_ids)
     index = {iid: i for i, iid in enumerate(table.item_ids)}
     targets = [torch.from_numpy(table.sequences[[index[r] for _, r in queries]])]
     targets += [torch.from_numpy(table.sequences)] * memorize_repeat
-    return torch.cat(inputs), torch.cat(targets)
+    return (torch.cat([q_vecs] + [item_vecs] * memorize_repeat), torch.cat([r_vecs] + [item_vecs] * memorize_repeat),
+            torch.cat(targets))

@@ -48,6 +48,9 @@ def execute(cfg: DictConfig, run_dir: Path, extra_callbacks=()) -> dict | None:
 
     from genretr.pipeline import Pipeline
 
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("lightning.pytorch", "lightning.fabric", "faiss.loader"):  # keep run.log about genretr
+        logging.getLogger(name).setLevel(logging.WARNING)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     logger = instantiate(cfg.logger) if cfg.get("logger") and cfg.logger.get("_target_") else None
     start = time.perf_counter()

@@ -31,24 +31,28 @@ class EpochSeed(Callback):
         random.seed(s)
 
 
+class SimulatedKill(RuntimeError):
+    pass
+
+
 class StopAfterEpochs(Callback):
-    """Stop once `n` epochs have run in this process (used by the resume test to simulate a kill)."""
+    """Die at the start of the epoch after `n` finished ones (the resume test's stand-in for a kill)."""
 
     def __init__(self, n: int):
-        self.n, self.seen = n, 0
+        self.n, self.started = n, 0
 
-    def on_train_epoch_end(self, trainer, pl_module):
-        self.seen += 1
-        if self.seen >= self.n:
-            trainer.should_stop = True
-            raise KeyboardInterrupt(f"simulated interruption after {self.n} epochs")
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.started += 1
+        if self.started > self.n:
+            raise SimulatedKill(f"simulated kill after {self.n} epochs")
 
 
 def fit(module: L.LightningModule, datamodule: L.LightningDataModule, cfg, workdir: Path, max_epochs: int,
         logger=None, extra_callbacks=()) -> L.LightningModule:
     """Train `module` for `max_epochs`, resuming from `workdir/last.ckpt` when present."""
     workdir = Path(workdir)
-    ckpt = ModelCheckpoint(dirpath=workdir, filename="epoch{epoch}", save_last=True, save_top_k=0,
+    # The newest epoch is written whole, then `last.ckpt` is re-pointed at it: a kill never leaves it torn.
+    ckpt = ModelCheckpoint(dirpath=workdir, filename="epoch{epoch}", save_last="link", save_top_k=1, monitor=None,
                            every_n_epochs=1, auto_insert_metric_name=False)
     callbacks = [ckpt, EpochSeed(int(cfg.seed)), *extra_callbacks]
     if cfg.get("progress", True):

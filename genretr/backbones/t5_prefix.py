@@ -3,7 +3,8 @@
 GENIUS Sec. 4.3.1, Eq. 9–10: an MLP maps the query embedding z_q to N prefix vectors,
 P(z_q) = Reshape(MLP(z_q)) ∈ R^{N×d'}, which the decoder reads through cross-attention
 (they stand where a T5 encoder's output would); the loss is the cross-entropy of the
-target identifier.  The T5 encoder is built with zero layers and frozen, so every trained
+target identifier.  With `query_mix_alpha > 0` each training query vector is replaced by an
+interpolation towards its target's vector (GENIUS Sec. 4.3.2, Eq. 11).  The T5 encoder is built with zero layers and frozen, so every trained
 parameter is used (DDP needs that).
 
 Decoding here is HF `generate` with a trie-constrained `prefix_allowed_tokens_fn`
@@ -37,7 +38,7 @@ class PrefixMLP(nn.Module):
 class T5PrefixDecoder(L.LightningModule):
     def __init__(self, vocab_size: int, input_dim: int, d_model: int = 256, num_layers: int = 2, num_heads: int = 4,
                  d_ff: int = 1024, dropout: float = 0.1, prefix_len: int = 8, prefix_hidden: int = 1024,
-                 lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: int = 100):
+                 lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: int = 100, query_mix_alpha: float = 0.0):
         super().__init__()
         self.save_hyperparameters()
         config = T5Config(vocab_size=vocab_size, d_model=d_model, d_kv=d_model // num_heads, d_ff=d_ff,
@@ -57,7 +58,11 @@ class T5PrefixDecoder(L.LightningModule):
         return self.t5(encoder_outputs=self.encoder_outputs(z), labels=labels).loss
 
     def training_step(self, batch, batch_idx):
-        z, labels = batch
+        z, target_z, labels = batch
+        if self.hparams.query_mix_alpha > 0:  # GENIUS Eq. 11: z' = mu z_q + (1 - mu) z_c, mu ~ Beta(a, a)
+            a = torch.tensor(float(self.hparams.query_mix_alpha), device=z.device)
+            mu = torch.distributions.Beta(a, a).sample((len(z), 1))
+            z = mu * z + (1 - mu) * target_z
         loss = self(z, labels)
         self.log("decoder/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(z))
         return loss
@@ -78,4 +83,17 @@ class T5PrefixDecoder(L.LightningModule):
                                max_new_tokens=max_new_tokens, prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
                                length_penalty=length_penalty, early_stopping=True, do_sample=False,
                                output_scores=True, return_dict_in_generate=True)
-        return out.sequences[:, 1:], out.sequences_scores
+        seqs = out.sequences[:, 1:]
+        if getattr(out, "sequences_scores", None) is not None:
+            return seqs, out.sequences_scores
+        return seqs, self.sequence_logprob(z.repeat_interleave(len(seqs) // len(z), 0), seqs)  # greedy: no scores
+
+    @torch.no_grad()
+    def sequence_logprob(self, z: torch.Tensor, seqs: torch.Tensor) -> torch.Tensor:
+        """Summed log-probability of each sequence up to and including its first EOS (teacher forcing)."""
+        start = torch.full((len(seqs), 1), PAD, dtype=seqs.dtype, device=seqs.device)
+        logits = self.t5(encoder_outputs=self.encoder_outputs(z),
+                         decoder_input_ids=torch.cat([start, seqs[:, :-1]], 1)).logits
+        lp = logits.log_softmax(-1).gather(-1, seqs.unsqueeze(-1)).squeeze(-1)
+        keep = (seqs == EOS).long().cumsum(1) - (seqs == EOS).long() == 0  # positions up to the first EOS
+        return (lp * keep).sum(1)

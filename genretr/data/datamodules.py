@@ -43,11 +43,13 @@ class ContrastiveDataModule(L.LightningDataModule):
 
 
 class IdentifierDataModule(L.LightningDataModule):
-    """(input vector, identifier tokens) samples: memorize (item → ID) and retrieve (query → ID)."""
+    """(input vector, target item vector, identifier tokens) samples: memorize (item → ID, where
+    input and target vector coincide) and retrieve (query → ID)."""
 
-    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int = 256):
+    def __init__(self, inputs: torch.Tensor, target_vecs: torch.Tensor, targets: torch.Tensor, batch_size: int = 256):
         super().__init__()
-        self.data, self.batch_size = TensorDataset(inputs.float(), targets.long()), batch_size
+        self.data = TensorDataset(inputs.float(), target_vecs.float(), targets.long())
+        self.batch_size = batch_size
 
     def train_dataloader(self):
         return DataLoader(self.data, batch_size=self.batch_size, shuffle=True)

@@ -87,8 +87,11 @@ def edit_scene(rng: random.Random, scene: Scene) -> tuple[Scene, str]:
     """Change exactly one attribute of one object (or the background); return the edit text."""
     i = rng.randrange(len(scene.objects))
     o = scene.objects[i]
-    what = rng.choice(["colour", "shape", "size", "pos", "background"])
+    free = [p for p in POSITIONS if p not in {x.pos for x in scene.objects}]
+    what = rng.choice(["colour", "shape", "size", "background"] + (["pos"] if free else []))
     name = f"the {o.colour} {o.shape}"
+    if any(x is not o and (x.colour, x.shape) == (o.colour, o.shape) for x in scene.objects):
+        name += f" {POSITIONS[o.pos][0]}"  # two alike objects: say which one
     if what == "colour":
         new = replace(o, colour=rng.choice([c for c in COLOURS if c != o.colour]))
         text = f"make {name} {new.colour}"
@@ -99,7 +102,6 @@ def edit_scene(rng: random.Random, scene: Scene) -> tuple[Scene, str]:
         new = replace(o, size="large" if o.size == "small" else "small")
         text = f"make {name} {'bigger' if new.size == 'large' else 'smaller'}"
     elif what == "pos":
-        free = [p for p in POSITIONS if p not in {x.pos for x in scene.objects}]
         new = replace(o, pos=rng.choice(free))
         text = f"move {name} {POSITIONS[new.pos][0]}"
     else:
@@ -175,12 +177,15 @@ def render(scene: Scene, size: int, rng: np.random.Generator) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def generate_split(n: int, seed: int, split: str, cfg) -> tuple[list[Scene], list[tuple[int, int, str]]]:
-    """Scenes of one split and its (reference, target, edit text) triples."""
+def generate_split(n: int, seed: int, split: str, cfg, seen: set | None = None):
+    """Scenes of one split and its (reference, target, edit text) triples.
+
+    `seen` holds the (texture-free) scenes of splits generated earlier; none is repeated.
+    """
     rng = random.Random(f"{seed}/{split}")
     scenes: list[Scene] = []
     edits: list[tuple[int, int, str]] = []
-    seen: set[Scene] = set()
+    seen = set() if seen is None else seen
     while len(scenes) < n:
         if scenes and rng.random() < cfg.edit_fraction:
             ref = rng.randrange(len(scenes))
@@ -205,9 +210,13 @@ def build_shapes(seed: int = 0, splits: dict | None = None, image_size: int = 64
                           max_objects=max_objects, edit_fraction=edit_fraction)
     if not 1 <= max_objects <= len(POSITIONS):
         raise GenretrError(f"dataset.max_objects must be in 1..{len(POSITIONS)}, got {max_objects}")
+    # Held-out splits first, so that they never change when train grows and share no scene with it.
+    order = sorted(cfg.splits, key=lambda s: (["test", "val"].index(s) if s in ("test", "val") else 2, s))
+    seen: set = set()
+    generated = {s: generate_split(int(cfg.splits[s]), int(cfg.seed), s, cfg, seen) for s in order}
     images, items, splits, captions = [], {}, {}, {}
-    for split, n in cfg.splits.items():
-        scenes, edits = generate_split(int(n), int(cfg.seed), split, cfg)
+    for split in cfg.splits:
+        scenes, edits = generated[split]
         rng = random.Random(f"{cfg.seed}/{split}/captions")
         nprng = np.random.default_rng([int(cfg.seed), zlib.crc32(split.encode())])
         s = Split(pools={"t2i": [], "i2t": [], "t2it": [], "it2i": []})

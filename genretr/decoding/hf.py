@@ -11,7 +11,7 @@ import time
 import torch
 
 from genretr.decoding.trie import Trie
-from genretr.identifiers.base import PAD, IdTable
+from genretr.identifiers.base import EOS, PAD, IdTable
 
 
 def prefix_allowed_fn(trie: Trie):
@@ -19,6 +19,11 @@ def prefix_allowed_fn(trie: Trie):
         return trie.allowed(input_ids[1:].tolist()) or [PAD]  # drop the decoder start token
 
     return allowed
+
+
+def _until_eos(seq: list[int]) -> list[int]:
+    """HF fills finished beams with EOS when pad id is 0 (falsy): keep tokens up to the first EOS."""
+    return seq[: seq.index(EOS) + 1] if EOS in seq else seq
 
 
 @torch.no_grad()
@@ -42,7 +47,7 @@ def constrained_search(model, query_vecs: torch.Tensor, trie: Trie, table: IdTab
         for q in range(len(z)):
             ranked, seen = [], set()
             for b in torch.argsort(scores[q], descending=True, stable=True).tolist():
-                for iid in table.items_of(seqs[q, b].tolist()):
+                for iid in table.items_of(_until_eos(seqs[q, b].tolist())):
                     if iid not in seen:
                         seen.add(iid)
                         ranked.append(iid)

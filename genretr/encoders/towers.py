@@ -107,6 +107,7 @@ class ScratchText(nn.Module):
         return ids
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        ids = ids[:, : max(1, int((ids != 0).sum(1).max()))]  # drop the batch's all-padding columns
         mask = ids != 0
         x = self.embed(ids) + self.pos[: ids.shape[1]]
         x = self.encoder(x, src_key_padding_mask=~mask)

@@ -2,9 +2,10 @@
 number, as a string, is tokenized by the backbone's tokenizer into multi-digit pieces
 ("13768" → "13", "768").
 
-No pretrained tokenizer is available offline, so — unless `tokenizer` points to one — we
-train a BPE on the training captions plus the identifier strings themselves, which gives
-digit merges as a pretrained LM tokenizer has them.
+With `tokenizer: PATH` (a HF `tokenizers` JSON, e.g. a pretrained LM's) that tokenizer
+splits the numbers.  Without one — no pretrained tokenizer exists offline — the number is
+split left to right into chunks of `chunk_digits` digits, which is how Llama-3- and
+GPT-4-style tokenizers pre-tokenize numbers ("13768" → "137", "68").
 """
 from __future__ import annotations
 
@@ -13,23 +14,25 @@ import numpy as np
 from genretr.identifiers.base import SPECIAL_TOKENS, IdTable
 
 
+def chunk_number(s: str, chunk_digits: int) -> list[str]:
+    return [s[i:i + chunk_digits] for i in range(0, len(s), chunk_digits)]
+
+
 class StringIdentifier:
-    def __init__(self, seed: int = 0, vocab_size: int = 2000, tokenizer: str | None = None):
-        self.seed, self.vocab_size, self.tokenizer_path = seed, vocab_size, tokenizer
+    def __init__(self, seed: int = 0, chunk_digits: int = 3, tokenizer: str | None = None):
+        self.seed, self.chunk_digits, self.tokenizer_path = seed, chunk_digits, tokenizer
 
     def build(self, items, embeddings, ctx) -> IdTable:
-        from genretr.data import tokenizer as toks
-
         order = np.random.default_rng(self.seed).permutation(len(items))
         numbers = np.empty(len(items), dtype=np.int64)
         numbers[order] = np.arange(1, len(items) + 1)
         strings = [str(n) for n in numbers]
         if self.tokenizer_path:
-            tok = toks.load(self.tokenizer_path)
+            from genretr.data.tokenizer import load
+
+            pieces = [enc.tokens for enc in load(self.tokenizer_path).encode_batch(strings)]
         else:
-            tok = toks.train_bpe(list(ctx.train_texts) + strings, vocab_size=self.vocab_size, min_frequency=1)
-            toks.save(tok, ctx.workdir / "tokenizer.json")
-        pieces = [enc.tokens for enc in tok.encode_batch(strings)]
+            pieces = [chunk_number(s, self.chunk_digits) for s in strings]
         vocab = list(SPECIAL_TOKENS) + sorted({p for ps in pieces for p in ps})
         index = {p: i for i, p in enumerate(vocab)}
         return IdTable.from_lists([it.id for it in items], [[index[p] for p in ps] for ps in pieces], vocab)

@@ -1,0 +1,40 @@
+"""Shared fixtures: compose genretr's Hydra config outside `python -m genretr.run`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+import genretr  # noqa: F401  (offline environment)
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+TINY = ["debug=tiny", "logger=none"]
+
+
+def compose_cfg(overrides: list[str], run_dir: Path, cache_dir: Path):
+    """Compose conf/config.yaml with the Hydra runtime values a real run would have."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+        cfg.hydra.runtime.cwd = str(Path.cwd())
+        cfg.hydra.job.num = 0
+        cfg.paths.cache_dir = str(cache_dir)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    """make_cfg(*overrides, cache=None, run='run') → composed tiny config writing under tmp_path."""
+    def make(*overrides, cache: Path | None = None, run: str = "run"):
+        run_dir = tmp_path / run
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return compose_cfg([*TINY, *overrides], run_dir, cache or tmp_path / "cache")
+
+    return make

@@ -1,0 +1,61 @@
+"""`python -m genretr.run` as a user types it: help, config printing, clear errors, loggers."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args, cwd=ROOT, env=None, timeout=300):
+    e = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "genretr.run", *args], cwd=cwd, env=e, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_help_lists_groups():
+    out = run("--help")
+    assert out.returncode == 0
+    for group in ("dataset", "encoder", "identifier", "backbone", "trainer", "logger", "experiment"):
+        assert f"{group}:" in out.stdout
+
+
+def test_cfg_job_prints_config():
+    out = run("--cfg", "job", "identifier=string")
+    assert out.returncode == 0 and "_target_: genretr.identifiers.string.StringIdentifier" in out.stdout
+
+
+def test_missing_dataset_file_is_one_line_and_exit_2(tmp_path):
+    out = run("dataset=flickr30k", f"dataset.json_path={tmp_path}/nope.json", f"paths.cache_dir={tmp_path}/cache",
+              f"hydra.run.dir={tmp_path}/run", "logger=none")
+    assert out.returncode == 2
+    lines = [ln for ln in out.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "nope.json" in lines[0], out.stderr
+    assert not list((tmp_path / "cache").glob("*/*/artifact")) if (tmp_path / "cache").exists() else True
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_bad_stage_name_is_a_clear_error(tmp_path):
+    out = run("stage=bogus", f"paths.cache_dir={tmp_path}/cache", f"hydra.run.dir={tmp_path}/run", "logger=none")
+    assert out.returncode == 2 and "stage=bogus" in out.stderr
+
+
+def test_tiny_run_with_csv_logger_writes_everything(tmp_path):
+    out = run("debug=tiny", f"paths.cache_dir={tmp_path}/cache", f"hydra.run.dir={tmp_path}/run")
+    assert out.returncode == 0, out.stderr[-2000:]
+    run_dir = tmp_path / "run"
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["choices"]["identifier"] == "string" and "debug=tiny" in results["overrides"]
+    assert (run_dir / ".hydra" / "config.yaml").is_file() and (run_dir / "run.log").is_file()
+    metrics_csv = (run_dir / "logs" / "metrics.csv").read_text()
+    assert "test/t2i/R@10" in metrics_csv and "decoder/loss" in metrics_csv
+
+
+def test_wandb_logger_offline_never_blocks(tmp_path):
+    out = run("debug=tiny", "logger=wandb", f"paths.cache_dir={tmp_path}/cache", f"hydra.run.dir={tmp_path}/run",
+              env={"WANDB_API_KEY": "", "WANDB_MODE": "offline"}, timeout=240)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert list((tmp_path / "run").rglob("offline-run-*")), "no offline W&B run was written"
