@@ -141,18 +141,20 @@ class Pipeline:
 
     # -- index ----------------------------------------------------------------------------
     def index(self, ds: RetrievalDataset, table: IdTable) -> dict:
-        from genretr.decoding.trie import Trie
+        # One CSRTrie per task: its allowed() serves the HF path's prefix_allowed_tokens_fn, its
+        # vectorised children()/step() the genretr engine ("csr" in the key: older pickled dict tries are not reused).
+        from genretr.decoding.csr_trie import CSRTrie
 
         split = self.cfg.eval.split
-        key = self.keys["index"] = config_key("index", self.keys["identify"], split, self.tasks())
+        key = self.keys["index"] = config_key("index", self.keys["identify"], split, self.tasks(), "csr")
 
         def write(tmp: Path):
             for task in self.tasks():
                 (tmp / task).mkdir()
-                Trie(table.subset(ds.splits[split].pools[task])).save(tmp / task)
+                CSRTrie.from_table(table.subset(ds.splits[split].pools[task])).save(tmp / task)
 
         path = self.store.produce("index", key, write)
-        return {task: Trie.load(path / task) for task in self.tasks()}
+        return {task: CSRTrie.load(path / task) for task in self.tasks()}
 
     # -- evaluate -------------------------------------------------------------------------
     def evaluate(self, ds, emb: Embeddings, model=None, table=None, tries=None) -> dict:
@@ -172,12 +174,21 @@ class Pipeline:
 
                 pool = ds.splits[split].pools[task]
                 search = lambda v: embedding_search(v, emb.items(pool).numpy(), pool, top_k)
-            else:
+            elif self.cfg.decoding.get("engine", "hf") == "genretr":
+                from genretr.decoding.engine import constrained_beam_search
+
+                d = self.cfg.decoding
+                search = lambda v: constrained_beam_search(model, v, tries[task], table, int(d.num_beams), top_k,
+                                                           float(d.length_penalty), int(d.batch_size),
+                                                           progress=bool(self.cfg.progress))
+            elif self.cfg.decoding.get("engine", "hf") == "hf":
                 from genretr.decoding.hf import constrained_search
 
                 d = self.cfg.decoding
                 search = lambda v: constrained_search(model, v, tries[task], table, int(d.num_beams), int(d.batch_size),
                                                       float(d.length_penalty), top_k, bool(self.cfg.progress))
+            else:
+                raise GenretrError(f"decoding.engine={self.cfg.decoding.engine} is not one of genretr, hf")
             rankings, qps = sharded(search, qvecs)
             out[task] = {**retrieval_metrics(rankings, [q.relevant for q in queries]), "queries": len(queries),
                          "q_per_s": qps}

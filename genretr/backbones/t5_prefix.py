@@ -32,21 +32,27 @@ class PrefixMLP(nn.Module):
         self.norm = nn.LayerNorm(d_model)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        # Encoder vectors are unit-norm (entries ~ d^-1/2): rescale to unit variance so that the final
+        # LayerNorm sees activations well above its eps.
+        z = z * z.shape[-1] ** 0.5
         return self.norm(self.net(z).view(len(z), self.prefix_len, self.d_model))
 
 
 class T5PrefixDecoder(L.LightningModule):
     def __init__(self, vocab_size: int, input_dim: int, d_model: int = 256, num_layers: int = 2, num_heads: int = 4,
                  d_ff: int = 1024, dropout: float = 0.1, prefix_len: int = 8, prefix_hidden: int = 1024,
-                 lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: int = 100, query_mix_alpha: float = 0.0):
+                 lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: int = 100, query_mix_alpha: float = 0.0,
+                 tie_embeddings: bool = True):
         super().__init__()
         self.save_hyperparameters()
         config = T5Config(vocab_size=vocab_size, d_model=d_model, d_kv=d_model // num_heads, d_ff=d_ff,
                           num_layers=0, num_decoder_layers=num_layers, num_heads=num_heads, dropout_rate=dropout,
-                          feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+                          feed_forward_proj="gated-gelu", tie_word_embeddings=tie_embeddings,
                           pad_token_id=PAD, eos_token_id=EOS, decoder_start_token_id=PAD)
         self.t5 = T5ForConditionalGeneration(config)
         self.t5.encoder.requires_grad_(False)
+        if not tie_embeddings:  # HF draws an untied lm_head from N(0, 1): logits of std ~sqrt(d) stall training
+            nn.init.normal_(self.t5.lm_head.weight, std=d_model**-0.5)
         self.prefix = PrefixMLP(input_dim, d_model, prefix_len, prefix_hidden)
 
     def encoder_outputs(self, z: torch.Tensor) -> BaseModelOutput:

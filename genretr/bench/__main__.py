@@ -1,0 +1,25 @@
+"""`python -m genretr.bench SUBCOMMAND [options]`."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+SUBCOMMANDS = {
+    "decoding": ("genretr.bench.decoding", "constrained decoding: HF vs the genretr engine, trie, faiss crossover"),
+}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m genretr.bench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (module, help_) in SUBCOMMANDS.items():
+        mod = __import__(module, fromlist=["add_arguments"])
+        mod.add_arguments(sub.add_parser(name, help=help_, description=mod.__doc__,
+                                         formatter_class=argparse.RawDescriptionHelpFormatter))
+    args = parser.parse_args(argv)
+    mod = __import__(SUBCOMMANDS[args.command][0], fromlist=["run"])
+    return int(mod.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
