@@ -91,7 +91,7 @@ class Pipeline:
             text_inputs = encoder.prepare_texts(texts, fit_texts=[c for cs in train_caps for c in cs])
             if int(cfg.fit.max_epochs) > 0:
                 pairs = CaptionPairs(ds.images, image_index, [[row[c] for c in cs] for cs in train_caps], text_inputs)
-                fit(encoder, ContrastiveDataModule(pairs, int(cfg.fit.batch_size)), self.cfg,
+                fit(encoder, ContrastiveDataModule(pairs, int(cfg.fit.batch_size), int(self.cfg.seed)), self.cfg,
                     self.store.work("encode", key), int(cfg.fit.max_epochs), self.logger, self.extra_callbacks)
             emb = _embed(encoder, ds, items, queries, texts, text_inputs, int(cfg.fit.batch_size))
             torch.save(emb.__dict__, tmp / "embeddings.pt")
@@ -130,7 +130,8 @@ class Pipeline:
             model = build()
             inputs, target_vecs, targets = _decoder_samples(ds, emb, table, self.tasks(), int(cfg.fit.memorize_repeat))
             log.info("decoder: %d training samples", len(inputs))
-            fit(model, IdentifierDataModule(inputs, target_vecs, targets, int(cfg.fit.batch_size)), self.cfg,
+            fit(model, IdentifierDataModule(inputs, target_vecs, targets, int(cfg.fit.batch_size), int(self.cfg.seed)),
+                self.cfg,
                 self.store.work("train", key), int(cfg.fit.max_epochs), self.logger, self.extra_callbacks)
             torch.save(model.state_dict(), tmp / "model.pt")
 

@@ -88,14 +88,28 @@ def _print_table(metrics: dict) -> None:
         print(f"{task:<5} " + "  ".join(f"{m.get(c, float('nan')):8.4f}" for c in cols))
 
 
+def _user_error(e: BaseException) -> GenretrError | None:
+    """The GenretrError behind `e` (Hydra's instantiate wraps what a constructor raises), if any."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, GenretrError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         metrics = execute(cfg, run_dir)
-    except GenretrError as e:
-        print(f"genretr: error: {e}", file=sys.stderr)
-        log.error("%s", e)
+    except Exception as e:
+        user = _user_error(e)
+        if user is None:
+            raise
+        print(f"genretr: error: {user}", file=sys.stderr)
+        log.error("%s", user)
         sys.exit(2)
     if metrics:
         first = next(iter(metrics.values()))

@@ -4,8 +4,8 @@ GENIUS Sec. 4.3.1, Eq. 9–10: an MLP maps the query embedding z_q to N prefix v
 P(z_q) = Reshape(MLP(z_q)) ∈ R^{N×d'}, which the decoder reads through cross-attention
 (they stand where a T5 encoder's output would); the loss is the cross-entropy of the
 target identifier.  With `query_mix_alpha > 0` each training query vector is replaced by an
-interpolation towards its target's vector (GENIUS Sec. 4.3.2, Eq. 11).  The T5 encoder is built with zero layers and frozen, so every trained
-parameter is used (DDP needs that).
+interpolation towards its target's vector (GENIUS Sec. 4.3.2, Eq. 11).  The T5 encoder is built with zero layers and its unused final norm frozen, so every
+trained parameter is used (DDP needs that); the token embeddings stay shared and trained.
 
 Decoding here is HF `generate` with a trie-constrained `prefix_allowed_tokens_fn`
 (genretr.decoding.hf); `length_penalty=0` ranks beams by the summed log-probability of
@@ -50,7 +50,7 @@ class T5PrefixDecoder(L.LightningModule):
                           feed_forward_proj="gated-gelu", tie_word_embeddings=tie_embeddings,
                           pad_token_id=PAD, eos_token_id=EOS, decoder_start_token_id=PAD)
         self.t5 = T5ForConditionalGeneration(config)
-        self.t5.encoder.requires_grad_(False)
+        self.t5.encoder.final_layer_norm.requires_grad_(False)  # unused (the encoder has no layers)
         if not tie_embeddings:  # HF draws an untied lm_head from N(0, 1): logits of std ~sqrt(d) stall training
             nn.init.normal_(self.t5.lm_head.weight, std=d_model**-0.5)
         self.prefix = PrefixMLP(input_dim, d_model, prefix_len, prefix_hidden)

@@ -247,7 +247,8 @@ def constrained_scores(trie: CSRTrie | None, nodes: torch.Tensor, logits: torch.
 def _search_batch(model, sd: T5StepDecoder, z, trie, B: int, T: int, lp: float, early_stopping: bool,
                   dense_ratio: float = 4.0) -> BeamResult:
     N, dev = len(z), sd.device
-    enc = model.prefix(z) if hasattr(model, "prefix") else z
+    # the prefix vectors the decoder cross-attends to (T5PrefixDecoder: PrefixMLP(z)), once per query
+    enc = model.encoder_outputs(z).last_hidden_state if hasattr(model, "encoder_outputs") else z
     cross = sd.cross_kv_of(enc)
     cache = sd.new_cache(N * B, T)
     S = 1

@@ -37,10 +37,10 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def decoder(seed, V, d=32, layers=2, heads=2, prefix_len=3):
+def decoder(seed, V, d=32, layers=2, heads=2, prefix_len=3, **kw):
     torch.manual_seed(seed)
     return T5PrefixDecoder(vocab_size=V, input_dim=8, d_model=d, num_layers=layers, num_heads=heads, d_ff=2 * d,
-                           dropout=0.0, prefix_len=prefix_len, prefix_hidden=32).eval()
+                           dropout=0.0, prefix_len=prefix_len, prefix_hidden=32, **kw).eval()
 
 
 # name: (vocab, alphabet size, lengths, distinct identifiers, duplicated items)
@@ -354,3 +354,17 @@ def test_sparse_and_dense_constraint_paths_agree(name):
         assert torch.equal(a.tokens, b.tokens) and torch.equal(a.nodes, b.nodes)
         assert torch.allclose(a.scores, b.scores, atol=1e-5)
         assert (a.nodes[a.scores > float("-inf")] >= 0).all()
+
+
+@pytest.mark.parametrize("scaled", [True, False])
+def test_tied_and_untied_output_heads(scaled):
+    """T5 scales the decoder output by d**-0.5 when the LM head is tied (scale_decoder_outputs): both match HF."""
+    table = random_table("variable-wide", seed=3)
+    model = decoder(14, table.vocab_size)
+    model.t5.config.scale_decoder_outputs = scaled
+    if not scaled:  # an untied head
+        model.t5.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.t5.lm_head.weight) * 0.2)
+    z = torch.randn(4, 8, generator=torch.Generator().manual_seed(15))
+    for beams in (1, 4):
+        for e, h in zip(engine_beams(model, z, table, beams), hf_beams(model, z, table, beams)):
+            compare(e, h)
