@@ -29,14 +29,6 @@ from genretr.identifiers.base import EOS, PAD, IdTable
 GHOST = -1e8  # HF placeholder beams score about -1e9
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def decoder(seed, V, d=32, layers=2, heads=2, prefix_len=3, **kw):
     torch.manual_seed(seed)
     return T5PrefixDecoder(vocab_size=V, input_dim=8, d_model=d, num_layers=layers, num_heads=heads, d_ff=2 * d,

@@ -48,15 +48,6 @@ def fixed_table():
     return IdTable.from_lists([f"f{k}" for k in range(N_IDS)], [list(s) for s in sorted(seqs)], VOCAB)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: one intra-op thread is far faster than two contending ones on a busy box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def model():
     return tiny_decoder().eval()
