@@ -29,7 +29,10 @@ test: install ## the test suite (no network, < 10 min on 2 cores)
 test-slow: install ## the slow tests too
 	$(PY) -m pytest -q $(ARGS)
 
-reproduce-smoke: install ## a 2x2 multirun on shapes (method x backbone depth) and its table
+bench-decoding: install ## the decoding benchmark (add ARGS=--quick for a 3-minute subset); CSV + PNG in bench_out/
+	$(PY) -m genretr.bench decoding $(ARGS)
+
+reproduce-smoke: install ## a 2x2 multirun on shapes (encoder x method) and its table
 	$(PY) -m genretr.run -m experiment=smoke hydra.sweep.dir=multirun/smoke $(ARGS)
 	$(PY) -m genretr.report multirun/smoke
 
@@ -39,4 +42,4 @@ clean: ## remove outputs (keeps .venv and the artifact cache)
 clean-cache: ## remove the artifact cache (.cache/genretr)
 	rm -rf .cache/genretr
 
-.PHONY: help install run test test-slow reproduce-smoke clean clean-cache
+.PHONY: help install run test test-slow bench-decoding reproduce-smoke clean clean-cache
