@@ -34,15 +34,18 @@ class Embeddings:
     query_ids: list[str]
     query_vecs: torch.Tensor
 
+    def __post_init__(self):
+        self._item_index = {k: i for i, k in enumerate(self.item_ids)}
+        self._query_index = {k: i for i, k in enumerate(self.query_ids)}
+
     def items(self, ids) -> torch.Tensor:
-        index = getattr(self, "_item_index", None) or {k: i for i, k in enumerate(self.item_ids)}
-        self._item_index = index
-        return self.item_vecs[[index[i] for i in ids]]
+        return self.item_vecs[[self._item_index[i] for i in ids]]
 
     def queries(self, ids) -> torch.Tensor:
-        index = getattr(self, "_query_index", None) or {k: i for i, k in enumerate(self.query_ids)}
-        self._query_index = index
-        return self.query_vecs[[index[i] for i in ids]]
+        return self.query_vecs[[self._query_index[i] for i in ids]]
+
+    def state(self) -> dict:
+        return {k: getattr(self, k) for k in ("item_ids", "item_vecs", "query_ids", "query_vecs")}
 
 
 class Pipeline:
@@ -94,7 +97,7 @@ class Pipeline:
                 fit(encoder, ContrastiveDataModule(pairs, int(cfg.fit.batch_size), int(self.cfg.seed)), self.cfg,
                     self.store.work("encode", key), int(cfg.fit.max_epochs), self.logger, self.extra_callbacks)
             emb = _embed(encoder, ds, items, queries, texts, text_inputs, int(cfg.fit.batch_size))
-            torch.save(emb.__dict__, tmp / "embeddings.pt")
+            torch.save(emb.state(), tmp / "embeddings.pt")
             torch.save(encoder.state_dict(), tmp / "encoder.pt")
             if getattr(encoder.text_tower, "tokenizer", None) is not None:
                 encoder.text_tower.tokenizer.save(str(tmp / "tokenizer.json"))
@@ -162,7 +165,7 @@ class Pipeline:
         from genretr.evaluation.distributed import sharded
         from genretr.evaluation.metrics import retrieval_metrics
 
-        split, top_k, out = self.cfg.eval.split, int(self.cfg.eval.top_k), {}
+        split, out = self.cfg.eval.split, {}
         for task in self.tasks():
             queries = ds.queries(split, task)
             if self.cfg.eval.get("max_queries"):
@@ -170,32 +173,35 @@ class Pipeline:
             if not queries:
                 raise GenretrError(f"no {task} queries in split '{split}' of dataset {ds.name}")
             qvecs = emb.queries([q.id for q in queries])
-            if self.cfg.method.name == "embedding":
-                from genretr.evaluation.embedding import embedding_search
-
-                pool = ds.splits[split].pools[task]
-                search = lambda v: embedding_search(v, emb.items(pool).numpy(), pool, top_k)
-            elif self.cfg.decoding.get("engine", "hf") == "genretr":
-                from genretr.decoding.engine import constrained_beam_search
-
-                d = self.cfg.decoding
-                search = lambda v: constrained_beam_search(model, v, tries[task], table, int(d.num_beams), top_k,
-                                                           float(d.length_penalty), int(d.batch_size),
-                                                           progress=bool(self.cfg.progress))
-            elif self.cfg.decoding.get("engine", "hf") == "hf":
-                from genretr.decoding.hf import constrained_search
-
-                d = self.cfg.decoding
-                search = lambda v: constrained_search(model, v, tries[task], table, int(d.num_beams), int(d.batch_size),
-                                                      float(d.length_penalty), top_k, bool(self.cfg.progress))
-            else:
-                raise GenretrError(f"decoding.engine={self.cfg.decoding.engine} is not one of genretr, hf")
+            search = self._searcher(ds, emb, task, model, table, tries)
             rankings, qps = sharded(search, qvecs)
             out[task] = {**retrieval_metrics(rankings, [q.relevant for q in queries]), "queries": len(queries),
                          "q_per_s": qps}
             log.info("%s %s: %s", self.cfg.method.name, task,
                      ", ".join(f"{k}={v:.4f}" for k, v in out[task].items() if k.startswith(("R@", "MRR"))))
         return out
+
+    def _searcher(self, ds, emb: Embeddings, task: str, model, table, tries):
+        """query vectors -> (rankings, q/s) for the configured method and decoding engine."""
+        top_k, d = int(self.cfg.eval.top_k), self.cfg.decoding
+        if self.cfg.method.name == "embedding":
+            from genretr.evaluation.embedding import embedding_search
+
+            pool = ds.splits[self.cfg.eval.split].pools[task]
+            return lambda v: embedding_search(v, emb.items(pool).numpy(), pool, top_k)
+        engine = d.get("engine", "hf")
+        if engine == "genretr":
+            from genretr.decoding.engine import constrained_beam_search
+
+            return lambda v: constrained_beam_search(model, v, tries[task], table, int(d.num_beams), top_k,
+                                                     float(d.length_penalty), int(d.batch_size),
+                                                     progress=bool(self.cfg.progress))
+        if engine == "hf":
+            from genretr.decoding.hf import constrained_search
+
+            return lambda v: constrained_search(model, v, tries[task], table, int(d.num_beams), int(d.batch_size),
+                                                float(d.length_penalty), top_k, bool(self.cfg.progress))
+        raise GenretrError(f"decoding.engine={engine} is not one of genretr, hf")
 
     def run(self) -> dict | None:
         stop = self.cfg.stage
