@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ from genretr.data.datamodules import CaptionPairs, ContrastiveDataModule, Identi
 from genretr.data.schema import RetrievalDataset
 from genretr.errors import GenretrError
 from genretr.identifiers.base import IdTable
+from genretr.samples import decoder_samples
 from genretr.training import fit
 
 log = logging.getLogger(__name__)
@@ -111,9 +112,8 @@ class Pipeline:
         items = _identified_items(ds, self.splits(), self.tasks())
 
         def write(tmp: Path):
-            scheme = instantiate(self.cfg.identifier)
-            ctx = _Ctx(train_texts=[q.text for q in ds.splits["train"].queries if q.task == "t2i"], workdir=tmp)
-            table = scheme.build([ds.items[i] for i in items], emb.items(items).numpy(), ctx)
+            scheme = instantiate(_scheme_cfg(self.cfg.identifier))
+            table = scheme.build([ds.items[i] for i in items], emb.items(items).numpy(), self._context(ds, emb, items, tmp))
             table.save(tmp)
             (tmp / "examples.txt").write_text("".join(f"{i}\t{table.text(i)}\n" for i in items[:50]))
 
@@ -122,26 +122,82 @@ class Pipeline:
                  table.collisions())
         return table
 
+    def _context(self, ds: RetrievalDataset, emb: Embeddings, items: list[str], workdir: Path) -> "_Ctx":
+        """What an identifier scheme may learn from besides the items (genretr.identifiers.base)."""
+        captions: dict[str, list[str]] = {}
+        pairs = [(q, r) for q in ds.splits["train"].queries for r in q.relevant]
+        for q, r in pairs:
+            if q.task == "t2i" and q.text:
+                captions.setdefault(r, []).append(q.text)
+        return _Ctx(train_texts=[q.text for q in ds.splits["train"].queries if q.task == "t2i"], workdir=workdir,
+                    seed=int(self.cfg.seed), progress=bool(self.cfg.progress), item_captions=captions,
+                    train_query_vecs=emb.queries([q.id for q, _ in pairs]).numpy() if pairs else np.zeros((0, 1)),
+                    train_query_items=[r for _, r in pairs], train_query_tasks=[q.task for q, _ in pairs],
+                    item_modalities=[ds.items[i].modality for i in items],
+                    cache_dir=self.store.work("identify-cache", config_key("identify-cache", self.keys["encode"],
+                                                                           self.cfg.identifier)))
+
     # -- train ----------------------------------------------------------------------------
+    def _input(self) -> str:
+        return str(self.cfg.backbone.get("input", "prefix"))
+
+    def _classifier_head(self) -> bool:
+        return str(self.cfg.identifier.get("head", "vocab")) == "classifier"
+
     def train(self, ds: RetrievalDataset, emb: Embeddings, table: IdTable):
-        cfg = self.cfg.backbone
-        key = self.keys["train"] = config_key("train", self.keys["identify"], cfg, self.cfg.seed)
-        build = lambda: instantiate(cfg.model, vocab_size=table.vocab_size, input_dim=emb.item_vecs.shape[1])
+        cfg, tr = self.cfg.backbone, self.cfg.train
+        key = self.keys["train"] = config_key("train", self.keys["identify"], cfg, tr, self.cfg.seed,
+                                              self.cfg.identifier.get("head", "vocab"))
+        tokens = self._input() == "tokens"
+        vocab = self._query_vocab(ds) if tokens else None
+        extra = {"src_vocab_size": len(vocab)} if tokens else {}
+        if self._classifier_head():  # GRACE atomic IDs through a classifier head: its own output layer
+            extra["tie_embeddings"] = False
+
+        def build():
+            return instantiate(cfg.model, vocab_size=table.vocab_size, input_dim=emb.item_vecs.shape[1], **extra)
 
         def write(tmp: Path):
             torch.manual_seed(int(self.cfg.seed))
             model = build()
-            inputs, target_vecs, targets = _decoder_samples(ds, emb, table, self.tasks(), int(cfg.fit.memorize_repeat))
-            log.info("decoder: %d training samples", len(inputs))
-            fit(model, IdentifierDataModule(inputs, target_vecs, targets, int(cfg.fit.batch_size), int(self.cfg.seed)),
-                self.cfg,
-                self.store.work("train", key), int(cfg.fit.max_epochs), self.logger, self.extra_callbacks)
+            pseudo = self.pseudo_queries(ds, emb, table) if tr.pseudo_queries else None
+            samples = decoder_samples(ds, emb, table, self.tasks(), memorize=bool(tr.memorize),
+                                      memorize_repeat=int(tr.memorize_repeat), retrieve=bool(tr.retrieve),
+                                      pseudo=pseudo, vocab=vocab, max_src_len=int(cfg.get("max_src_len", 32)),
+                                      labels_width=1 if self._classifier_head() else None)
+            log.info("decoder: %d training samples (%d memorize)", len(samples["labels"]),
+                     int((samples["phase"] == 0).sum()))
+            dm = IdentifierDataModule(samples, int(cfg.fit.batch_size), int(self.cfg.seed), str(tr.schedule),
+                                      int(tr.memorize_epochs))
+            fit(model, dm, self.cfg, self.store.work("train", key), int(cfg.fit.max_epochs), self.logger,
+                self.extra_callbacks, reload_dataloaders_every_n_epochs=1 if dm.memorize_epochs else 0)
             torch.save(model.state_dict(), tmp / "model.pt")
 
         path = self.store.produce("train", key, write)
         model = build()
         model.load_state_dict(torch.load(path / "model.pt"))
         return model.eval()
+
+    def _query_vocab(self, ds: RetrievalDataset):
+        """The word vocabulary of token-input backbones, from the training queries (and item texts)."""
+        from genretr.data.vocab import WordVocab
+
+        texts = [q.text for q in ds.splits["train"].queries if q.text]
+        texts += [x.text for x in ds.items.values() if x.text]
+        return WordVocab.build(texts)
+
+    def queries_of(self, ds: RetrievalDataset, emb: Embeddings, queries) -> torch.Tensor | dict:
+        """What the decoder reads for `queries`: their vectors, and their tokens for token-input backbones."""
+        vecs = emb.queries([q.id for q in queries])
+        if self.cfg.method.name == "embedding" or self._input() != "tokens":
+            return vecs
+        vocab = self._query_vocab(ds)
+        return {"z": vecs, "src": vocab.encode([q.text for q in queries], int(self.cfg.backbone.get("max_src_len", 32)))}
+
+    def pseudo_queries(self, ds: RetrievalDataset, emb: Embeddings, table: IdTable):
+        from genretr.augment import pseudo_queries
+
+        return pseudo_queries(self, ds, emb, table)
 
     # -- index ----------------------------------------------------------------------------
     def index(self, ds: RetrievalDataset, table: IdTable) -> dict:
@@ -172,7 +228,7 @@ class Pipeline:
                 queries = queries[: int(self.cfg.eval.max_queries)]
             if not queries:
                 raise GenretrError(f"no {task} queries in split '{split}' of dataset {ds.name}")
-            qvecs = emb.queries([q.id for q in queries])
+            qvecs = self.queries_of(ds, emb, queries)
             search = self._searcher(ds, emb, task, model, table, tries)
             rankings, qps = sharded(search, qvecs)
             out[task] = {**retrieval_metrics(rankings, [q.relevant for q in queries]), "queries": len(queries),
@@ -182,26 +238,16 @@ class Pipeline:
         return out
 
     def _searcher(self, ds, emb: Embeddings, task: str, model, table, tries):
-        """query vectors -> (rankings, q/s) for the configured method and decoding engine."""
-        top_k, d = int(self.cfg.eval.top_k), self.cfg.decoding
+        """query batch -> (rankings, q/s) for the configured method and decoding (genretr.evaluation.search)."""
+        from genretr.evaluation import search
+
+        top_k, pool = int(self.cfg.eval.top_k), ds.splits[self.cfg.eval.split].pools[task]
         if self.cfg.method.name == "embedding":
-            from genretr.evaluation.embedding import embedding_search
-
-            pool = ds.splits[self.cfg.eval.split].pools[task]
-            return lambda v: embedding_search(v, emb.items(pool).numpy(), pool, top_k)
-        engine = d.get("engine", "hf")
-        if engine == "genretr":
-            from genretr.decoding.engine import constrained_beam_search
-
-            return lambda v: constrained_beam_search(model, v, tries[task], table, int(d.num_beams), top_k,
-                                                     float(d.length_penalty), int(d.batch_size),
-                                                     progress=bool(self.cfg.progress))
-        if engine == "hf":
-            from genretr.decoding.hf import constrained_search
-
-            return lambda v: constrained_search(model, v, tries[task], table, int(d.num_beams), int(d.batch_size),
-                                                float(d.length_penalty), top_k, bool(self.cfg.progress))
-        raise GenretrError(f"decoding.engine={engine} is not one of genretr, hf")
+            return search.embedding_searcher(pool, emb.items(pool).numpy(), top_k)
+        d = self.cfg.decoding
+        return search.generative_searcher(model, tries[task], table, d, top_k, bool(self.cfg.progress),
+                                          rerank_vecs=emb.items if d.get("rerank", False) else None,
+                                          classifier_pool=table.subset(pool) if self._classifier_head() else None)
 
     def run(self) -> dict | None:
         stop = self.cfg.stage
@@ -230,8 +276,24 @@ class Pipeline:
 
 @dataclass
 class _Ctx:
+    """`genretr.identifiers.base.IdentifierContext`."""
+
     train_texts: list[str]
     workdir: Path
+    seed: int = 0
+    progress: bool = False
+    item_captions: dict = field(default_factory=dict)
+    train_query_vecs: np.ndarray | None = None
+    train_query_items: list = field(default_factory=list)
+    train_query_tasks: list = field(default_factory=list)
+    item_modalities: list = field(default_factory=list)
+    cache_dir: Path | None = None
+    describe: object = None
+
+
+def _scheme_cfg(cfg: DictConfig) -> DictConfig:
+    """The scheme's constructor arguments: keys the pipeline reads itself (`head`) are not passed."""
+    return OmegaConf.masked_copy(cfg, [k for k in cfg if k not in ("head",)])
 
 
 def _caption_groups(ds: RetrievalDataset):
@@ -278,17 +340,3 @@ def _identified_items(ds: RetrievalDataset, splits, tasks) -> list[str]:
             for i in ds.splits[split].pools.get(task, []):
                 seen.setdefault(i)
     return list(seen)
-
-
-def _decoder_samples(ds, emb: Embeddings, table: IdTable, tasks, memorize_repeat: int):
-    """GRACE Sec. 3.4–3.5: memorize (item vector → its ID) and retrieve (train query → relevant ID)."""
-    queries = [(q.id, r) for q in ds.splits["train"].queries if q.task in tasks for r in q.relevant]
-    dim = emb.item_vecs.shape[1]
-    q_vecs = emb.queries([q for q, _ in queries]) if queries else torch.empty(0, dim)
-    r_vecs = emb.items([r for _, r in queries]) if queries else torch.empty(0, dim)
-    item_vecs = emb.items(table.item_ids)
-    index = {iid: i for i, iid in enumerate(table.item_ids)}
-    targets = [torch.from_numpy(table.sequences[[index[r] for _, r in queries]])]
-    targets += [torch.from_numpy(table.sequences)] * memorize_repeat
-    return (torch.cat([q_vecs] + [item_vecs] * memorize_repeat), torch.cat([r_vecs] + [item_vecs] * memorize_repeat),
-            torch.cat(targets))

@@ -48,7 +48,7 @@ class StopAfterEpochs(Callback):
 
 
 def fit(module: L.LightningModule, datamodule: L.LightningDataModule, cfg, workdir: Path, max_epochs: int,
-        logger=None, extra_callbacks=()) -> L.LightningModule:
+        logger=None, extra_callbacks=(), **trainer_kwargs) -> L.LightningModule:
     """Train `module` for `max_epochs`, resuming from `workdir/last.ckpt` when present."""
     workdir = Path(workdir)
     # The newest epoch is written whole, then `last.ckpt` is re-pointed at it: a kill never leaves it torn.
@@ -60,7 +60,7 @@ def fit(module: L.LightningModule, datamodule: L.LightningDataModule, cfg, workd
         callbacks.append(RichProgressBar(leave=False))
     trainer: L.Trainer = instantiate(cfg.trainer, max_epochs=max_epochs, logger=logger if logger else False,
                                      callbacks=callbacks, default_root_dir=str(workdir),
-                                     enable_progress_bar=bool(cfg.get("progress", True)))
+                                     enable_progress_bar=bool(cfg.get("progress", True)), **trainer_kwargs)
     last = workdir / "last.ckpt"
     if last.exists():
         log.info("resuming from %s", last)

@@ -7,6 +7,11 @@ target identifier.  With `query_mix_alpha > 0` each training query vector is rep
 interpolation towards its target's vector (GENIUS Sec. 4.3.2, Eq. 11).  The T5 encoder is built with zero layers and its unused final norm frozen, so every
 trained parameter is used (DDP needs that); the token embeddings stay shared and trained.
 
+With `input="tokens"` (GRACE Sec. 3.4 on T5, DSI-style) a T5 encoder of `encoder_layers` layers reads
+the query as tokens (`src`, its own vocabulary); samples without text (memorize: an image) enter that
+encoder as their prefix vectors instead.  Queries are a Tensor of vectors (prefix mode) or a dict
+``{"z": vectors, "src": token ids}``; `encode(queries)` gives what the decoder cross-attends to.
+
 Decoding here is HF `generate` with a trie-constrained `prefix_allowed_tokens_fn`
 (genretr.decoding.hf); `length_penalty=0` ranks beams by the summed log-probability of
 the identifier, as GENIUS Sec. 4.4.
@@ -42,34 +47,63 @@ class T5PrefixDecoder(L.LightningModule):
     def __init__(self, vocab_size: int, input_dim: int, d_model: int = 256, num_layers: int = 2, num_heads: int = 4,
                  d_ff: int = 1024, dropout: float = 0.1, prefix_len: int = 8, prefix_hidden: int = 1024,
                  lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: int = 100, query_mix_alpha: float = 0.0,
-                 tie_embeddings: bool = True):
+                 tie_embeddings: bool = True, input: str = "prefix", encoder_layers: int = 2,
+                 src_vocab_size: int | None = None):
         super().__init__()
         self.save_hyperparameters()
+        if input not in ("prefix", "tokens"):
+            raise ValueError(f"backbone.model.input={input} is not one of prefix, tokens")
+        if input == "tokens" and not src_vocab_size:
+            raise ValueError("backbone.model.input=tokens needs src_vocab_size (the query tokenizer's vocabulary)")
+        self.tokens_input = input == "tokens"
         config = T5Config(vocab_size=vocab_size, d_model=d_model, d_kv=d_model // num_heads, d_ff=d_ff,
-                          num_layers=0, num_decoder_layers=num_layers, num_heads=num_heads, dropout_rate=dropout,
+                          num_layers=encoder_layers if self.tokens_input else 0, num_decoder_layers=num_layers, num_heads=num_heads, dropout_rate=dropout,
                           feed_forward_proj="gated-gelu", tie_word_embeddings=tie_embeddings,
                           pad_token_id=PAD, eos_token_id=EOS, decoder_start_token_id=PAD)
         self.t5 = T5ForConditionalGeneration(config)
-        self.t5.encoder.final_layer_norm.requires_grad_(False)  # unused (the encoder has no layers)
+        if self.tokens_input:
+            self.src_embed = nn.Embedding(src_vocab_size, d_model, padding_idx=PAD)
+            nn.init.normal_(self.src_embed.weight, std=1.0)  # T5's embedding scale (no sqrt(d) multiplier)
+        else:
+            self.t5.encoder.final_layer_norm.requires_grad_(False)  # unused (the encoder has no layers)
         if not tie_embeddings:  # HF draws an untied lm_head from N(0, 1): logits of std ~sqrt(d) stall training
             nn.init.normal_(self.t5.lm_head.weight, std=d_model**-0.5)
         self.prefix = PrefixMLP(input_dim, d_model, prefix_len, prefix_hidden)
 
-    def encoder_outputs(self, z: torch.Tensor) -> BaseModelOutput:
-        return BaseModelOutput(last_hidden_state=self.prefix(z))
+    def encode(self, queries) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(states (N, P, d) the decoder cross-attends to, their mask (N, P) bool or None)."""
+        z = queries["z"] if isinstance(queries, dict) else queries
+        prefix = self.prefix(z)
+        if not self.tokens_input:
+            return prefix, None
+        src = queries["src"]
+        has_text = (src != PAD).any(1)
+        # a sample with text is read from its tokens; one without (an image) from its prefix vectors
+        mask = torch.cat([(~has_text)[:, None].expand(-1, prefix.shape[1]), src != PAD], 1)
+        x = torch.cat([prefix, self.src_embed(src)], 1)
+        states = self.t5.encoder(inputs_embeds=x, attention_mask=mask.long()).last_hidden_state
+        return states, mask
 
-    def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def encoder_outputs(self, queries) -> BaseModelOutput:
+        return BaseModelOutput(last_hidden_state=self.encode(queries)[0])
+
+    def _t5(self, queries, **kw):
+        states, mask = self.encode(queries)
+        return self.t5(encoder_outputs=BaseModelOutput(last_hidden_state=states),
+                       attention_mask=None if mask is None else mask.long(), **kw)
+
+    def forward(self, queries, labels: torch.Tensor) -> torch.Tensor:
         """Mean token cross-entropy of `labels` (PAD positions ignored)."""
         labels = labels.masked_fill(labels == PAD, -100)
-        return self.t5(encoder_outputs=self.encoder_outputs(z), labels=labels).loss
+        return self._t5(queries, labels=labels).loss
 
     def training_step(self, batch, batch_idx):
-        z, target_z, labels = batch
+        z, labels = batch["z"], batch["labels"]
         if self.hparams.query_mix_alpha > 0:  # GENIUS Eq. 11: z' = mu z_q + (1 - mu) z_c, mu ~ Beta(a, a)
             a = torch.tensor(float(self.hparams.query_mix_alpha), device=z.device)
             mu = torch.distributions.Beta(a, a).sample((len(z), 1))
-            z = mu * z + (1 - mu) * target_z
-        loss = self(z, labels)
+            z = mu * z + (1 - mu) * batch["target_z"]
+        loss = self({**batch, "z": z} if self.tokens_input else z, labels)
         self.log("decoder/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(z))
         return loss
 
@@ -81,10 +115,12 @@ class T5PrefixDecoder(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     @torch.no_grad()
-    def generate(self, z: torch.Tensor, num_beams: int, max_new_tokens: int, prefix_allowed_tokens_fn=None,
+    def generate(self, z, num_beams: int, max_new_tokens: int, prefix_allowed_tokens_fn=None,
                  num_return_sequences: int | None = None, length_penalty: float = 0.0):
         """HF beam search; returns (sequences without the start token, scores)."""
-        out = self.t5.generate(encoder_outputs=self.encoder_outputs(z), num_beams=num_beams,
+        states, mask = self.encode(z)
+        out = self.t5.generate(encoder_outputs=BaseModelOutput(last_hidden_state=states),
+                               attention_mask=None if mask is None else mask.long(), num_beams=num_beams,
                                num_return_sequences=num_return_sequences or num_beams,
                                max_new_tokens=max_new_tokens, prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
                                length_penalty=length_penalty, early_stopping=True, do_sample=False,
@@ -92,14 +128,16 @@ class T5PrefixDecoder(L.LightningModule):
         seqs = out.sequences[:, 1:]
         if getattr(out, "sequences_scores", None) is not None:
             return seqs, out.sequences_scores
-        return seqs, self.sequence_logprob(z.repeat_interleave(len(seqs) // len(z), 0), seqs)  # greedy: no scores
+        n = len(z["z"]) if isinstance(z, dict) else len(z)
+        rep = len(seqs) // n
+        z = {k: v.repeat_interleave(rep, 0) for k, v in z.items()} if isinstance(z, dict) else z.repeat_interleave(rep, 0)
+        return seqs, self.sequence_logprob(z, seqs)  # greedy: no scores
 
     @torch.no_grad()
-    def sequence_logprob(self, z: torch.Tensor, seqs: torch.Tensor) -> torch.Tensor:
+    def sequence_logprob(self, z, seqs: torch.Tensor) -> torch.Tensor:
         """Summed log-probability of each sequence up to and including its first EOS (teacher forcing)."""
         start = torch.full((len(seqs), 1), PAD, dtype=seqs.dtype, device=seqs.device)
-        logits = self.t5(encoder_outputs=self.encoder_outputs(z),
-                         decoder_input_ids=torch.cat([start, seqs[:, :-1]], 1)).logits
+        logits = self._t5(z, decoder_input_ids=torch.cat([start, seqs[:, :-1]], 1)).logits
         lp = logits.log_softmax(-1).gather(-1, seqs.unsqueeze(-1)).squeeze(-1)
         keep = (seqs == EOS).long().cumsum(1) - (seqs == EOS).long() == 0  # positions up to the first EOS
         return (lp * keep).sum(1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 def _private_generator() -> torch.Generator:
@@ -24,19 +24,26 @@ class EpochShuffle(Sampler):
     With `groups` (lists of sample indices), each epoch draws one member of every group — one
     caption per image, so that an image's other captions are not negatives in its own batch.
     Lightning calls `set_epoch` (and wraps the sampler for DDP).
+    With ``subset_until=(rows, E)``, epochs before E draw only `rows` (a phased schedule).
     """
 
-    def __init__(self, n: int, seed: int = 0, groups: list[list[int]] | None = None):
+    def __init__(self, n: int, seed: int = 0, groups: list[list[int]] | None = None,
+                 subset_until: tuple[list[int] | None, int] = (None, 0)):
         self.n, self.seed, self.groups, self.epoch = n, seed, groups, 0
+        self.subset, self.subset_epochs = subset_until
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self):
+        if self.epoch < self.subset_epochs:
+            return len(self.subset)
         return len(self.groups) if self.groups is not None else self.n
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        if self.epoch < self.subset_epochs:
+            return iter([self.subset[i] for i in torch.randperm(len(self.subset), generator=g).tolist()])
         if self.groups is None:
             return iter(torch.randperm(self.n, generator=g).tolist())
         picks = [grp[int(torch.randint(len(grp), (), generator=g))] for grp in self.groups]
@@ -74,16 +81,43 @@ class ContrastiveDataModule(L.LightningDataModule):
                           drop_last=len(sampler) > self.batch_size)
 
 
-class IdentifierDataModule(L.LightningDataModule):
-    """(input vector, target item vector, identifier tokens) samples: memorize (item → ID, where
-    input and target vector coincide) and retrieve (query → ID)."""
+class TensorDict(Dataset):
+    """Rows of several tensors sharing dim 0; a batch is a dict of the same keys."""
 
-    def __init__(self, inputs: torch.Tensor, target_vecs: torch.Tensor, targets: torch.Tensor, batch_size: int = 256,
-                 seed: int = 0):
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        n = {len(v) for v in tensors.values()}
+        if len(n) != 1:
+            raise ValueError(f"tensors of different lengths: { {k: len(v) for k, v in tensors.items()} }")
+        self.tensors = tensors
+
+    def __len__(self):
+        return len(next(iter(self.tensors.values())))
+
+    def __getitem__(self, i):
+        return {k: v[i] for k, v in self.tensors.items()}
+
+
+class IdentifierDataModule(L.LightningDataModule):
+    """Decoder samples, a dict of tensors: ``z`` input vector, ``target_z`` the target item's vector,
+    ``labels`` identifier tokens, and ``src`` query tokens for token-input backbones.  Memorize
+    samples (item → ID) have z == target_z; retrieve samples (query → ID) do not.
+
+    With ``schedule="phased"`` (GRACE: learning to memorize, then to retrieve) the first
+    `memorize_epochs` epochs draw only memorize samples (``phase == 0``), the later ones all samples;
+    ``"interleaved"`` draws all samples every epoch."""
+
+    def __init__(self, samples: dict[str, torch.Tensor], batch_size: int = 256, seed: int = 0,
+                 schedule: str = "interleaved", memorize_epochs: int = 0):
         super().__init__()
-        self.data = TensorDataset(inputs.float(), target_vecs.float(), targets.long())
+        if schedule not in ("interleaved", "phased"):
+            raise ValueError(f"train.schedule={schedule} is not one of interleaved, phased")
+        phase = samples.get("phase")
+        self.memorize_rows = (phase == 0).nonzero().flatten().tolist() if phase is not None else None
+        self.data = TensorDict({k: v.float() if v.is_floating_point() else v.long() for k, v in samples.items()
+                                if k != "phase"})
         self.batch_size, self.seed = batch_size, seed
+        self.memorize_epochs = memorize_epochs if schedule == "phased" and self.memorize_rows else 0
 
     def train_dataloader(self):
-        return DataLoader(self.data, batch_size=self.batch_size, sampler=EpochShuffle(len(self.data), self.seed),
-                          generator=_private_generator())
+        sampler = EpochShuffle(len(self.data), self.seed, subset_until=(self.memorize_rows, self.memorize_epochs))
+        return DataLoader(self.data, batch_size=self.batch_size, sampler=sampler, generator=_private_generator())

@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from transformers import LogitsProcessor
 
+from genretr.decoding import queries as Q
 from genretr.decoding.csr_trie import CSRTrie
 from genretr.identifiers.base import EOS, PAD, IdTable
 
@@ -126,6 +127,16 @@ class T5StepDecoder:
         """T5LayerNorm without its weight (folded into the next projection)."""
         return F.rms_norm(x, (self.d,), eps=self.eps)
 
+    def prepare(self, queries):
+        """Once per query batch: the encoder states (`model.encode`: prefix vectors, or a T5 encoder over
+        query tokens) and every layer's cross-attention K/V, shared by the query's beams."""
+        if hasattr(self.model, "encode"):
+            enc, mask = self.model.encode(queries)
+        else:  # a bare HF T5 given encoder states directly
+            enc, mask = queries, None
+        # (N, 1, 1, P) boolean "may attend", broadcast over heads and beam slots
+        return self.cross_kv_of(enc), None if mask is None else mask[:, None, None, :]
+
     def cross_kv_of(self, enc: torch.Tensor):
         """enc (N, P, d) -> per layer (K, V), each (N, H, P, d_kv); computed once per query."""
         N, P, _ = enc.shape
@@ -138,8 +149,9 @@ class T5StepDecoder:
         return [(torch.empty(shape, device=self.device), torch.empty(shape, device=self.device))
                 for _ in range(self.L)]
 
-    def step(self, tokens: torch.Tensor, t: int, N: int, S: int, cross, cache, T: int) -> torch.Tensor:
+    def step(self, tokens: torch.Tensor, t: int, N: int, S: int, state, cache, T: int) -> torch.Tensor:
         """Logits (N*S, V) of the next token for N queries x S beam slots at position t (rows n*S + s)."""
+        cross, cross_mask = state
         NS = N * S
         x = self.embed[tokens]
         bias = self.position_bias(T)[t, :, :, : t + 1]  # (H, 1, t+1)
@@ -154,7 +166,7 @@ class T5StepDecoder:
             x = torch.addmm(x, att.reshape(NS, self.inner), layer["o_t"])
             # cross-attention: the S beams of a query are S query positions against its shared prefix K/V
             q = F.linear(self.rms(x), layer["cq"]).view(N, S, self.H, self.dk).transpose(1, 2)  # (N, H, S, dk)
-            att = F.scaled_dot_product_attention(q, kc, vc, scale=1.0)  # (N, H, S, dk)
+            att = F.scaled_dot_product_attention(q, kc, vc, attn_mask=cross_mask, scale=1.0)  # (N, H, S, dk)
             x = torch.addmm(x, att.transpose(1, 2).reshape(NS, self.inner), layer["co_t"])
             # feed-forward (T5DenseGatedActDense / T5DenseActDense)
             g = F.linear(self.rms(x), layer["wi"])
@@ -188,8 +200,13 @@ class BeamResult:
     nodes: torch.Tensor  # (Q, B) trie leaf node of each identifier (-1 for empty slots / unconstrained)
 
 
+def step_decoder_of(model):
+    """The model's `StepDecoder` (`model.step_decoder()`: CART, MLLMs) or the built-in T5 one."""
+    return model.step_decoder() if hasattr(model, "step_decoder") else T5StepDecoder(model)
+
+
 @torch.no_grad()
-def beam_search(model, query_vecs: torch.Tensor, trie: CSRTrie | None, num_beams: int, length_penalty: float = 0.0,
+def beam_search(model, query_vecs, trie: CSRTrie | None, num_beams: int, length_penalty: float = 0.0,
                 max_len: int | None = None, early_stopping: bool = True, batch_size: int = 64,
                 progress: bool = False, dense_ratio: float = 4.0) -> BeamResult:
     """Beam search for every query (`trie=None`: unconstrained over the full vocabulary, `max_len` tokens).
@@ -206,16 +223,16 @@ def beam_search(model, query_vecs: torch.Tensor, trie: CSRTrie | None, num_beams
         T, B = int(max_len), max(1, int(num_beams))
     was_training = getattr(model, "training", False)
     model.eval()
-    sd = T5StepDecoder(model)  # cheap (views of the weights); rebuilt per call so it never goes stale
+    sd = step_decoder_of(model)  # cheap (views of the weights); rebuilt per call so it never goes stale
     parts = []
-    starts = range(0, len(query_vecs), batch_size)
+    starts = range(0, Q.count(query_vecs), batch_size)
     if progress:
         from rich.progress import track
 
         starts = track(starts, description="constrained beam search (genretr)", transient=True)
     for s in starts:
-        z = query_vecs[s:s + batch_size].to(sd.device)
-        parts.append(_search_batch(model, sd, z, trie, B, T, float(length_penalty), early_stopping, dense_ratio))
+        z = Q.to_device(Q.take(query_vecs, s, s + batch_size), sd.device)
+        parts.append(_search_batch(sd, z, trie, B, T, float(length_penalty), early_stopping, dense_ratio))
     if was_training:
         model.train()
     if not parts:
@@ -244,12 +261,10 @@ def constrained_scores(trie: CSRTrie | None, nodes: torch.Tensor, logits: torch.
     return cand, None, None
 
 
-def _search_batch(model, sd: T5StepDecoder, z, trie, B: int, T: int, lp: float, early_stopping: bool,
+def _search_batch(sd, z, trie, B: int, T: int, lp: float, early_stopping: bool,
                   dense_ratio: float = 4.0) -> BeamResult:
-    N, dev = len(z), sd.device
-    # the prefix vectors the decoder cross-attends to (T5PrefixDecoder: PrefixMLP(z)), once per query
-    enc = model.encoder_outputs(z).last_hidden_state if hasattr(model, "encoder_outputs") else z
-    cross = sd.cross_kv_of(enc)
+    N, dev = Q.count(z), sd.device
+    state = sd.prepare(z)  # what a query's beams share (encoder states, cross-attention K/V), once per query
     cache = sd.new_cache(N * B, T)
     S = 1
     tokens = torch.full((N,), PAD, dtype=torch.long, device=dev)
@@ -263,7 +278,7 @@ def _search_batch(model, sd: T5StepDecoder, z, trie, B: int, T: int, lp: float, 
     frozen = torch.zeros(N, dtype=torch.bool, device=dev)
     ar_n = torch.arange(N, device=dev).unsqueeze(1)
     for t in range(T):
-        logits = sd.step(tokens, t, N, S, cross, cache, T)  # (N*S, V)
+        logits = sd.step(tokens, t, N, S, state, cache, T)  # (N*S, V)
         V = logits.shape[1]
         # log p(token) = logit - logsumexp over the FULL vocabulary, + the beam's running score
         offset = run_scores.view(-1, 1) - torch.logsumexp(logits, -1, keepdim=True)
@@ -306,7 +321,7 @@ def _search_batch(model, sd: T5StepDecoder, z, trie, B: int, T: int, lp: float, 
         alive = r_top > NEG_INF
         new_tok = tok.gather(1, r_idx)
         rows = (ar_n * S + origin).view(-1)
-        T5StepDecoder.reorder(cache, rows, t + 1)
+        sd.reorder(cache, rows, t + 1)
         hist = hist.gather(1, origin.unsqueeze(-1).expand(N, S_new, T))
         hist[:, :, t] = new_tok
         run_scores = r_top
@@ -373,7 +388,7 @@ def constrained_beam_search(model, query_vecs: torch.Tensor, trie, table: IdTabl
     result = beam_search(model, query_vecs, trie, num_beams, length_penalty, max_len, early_stopping, batch_size,
                          progress)
     rankings, scores = rank_items(result, table, None if trie is None else CSRTrie.coerce(trie), top_k)
-    qps = len(query_vecs) / max(time.perf_counter() - t0, 1e-9)
+    qps = Q.count(query_vecs) / max(time.perf_counter() - t0, 1e-9)
     return (rankings, scores, qps) if return_scores else (rankings, qps)
 
 
@@ -419,6 +434,7 @@ def hf_generate(model, z: torch.Tensor, num_beams: int, max_new_tokens: int, tri
     (`mode="processor"`), as the Python `prefix_allowed_tokens_fn` (`mode="python"`), or unconstrained
     (`trie=None`).  Returns (sequences without the start token, scores)."""
     from transformers import LogitsProcessorList
+    from transformers.modeling_outputs import BaseModelOutput
 
     from genretr.decoding.hf import prefix_allowed_fn
 
@@ -427,7 +443,9 @@ def hf_generate(model, z: torch.Tensor, num_beams: int, max_new_tokens: int, tri
         kwargs["prefix_allowed_tokens_fn"] = prefix_allowed_fn(trie)
     elif trie is not None:
         kwargs["logits_processor"] = LogitsProcessorList([TrieLogitsProcessor(trie, num_beams, inplace=True)])
-    out = model.t5.generate(encoder_outputs=model.encoder_outputs(z), num_beams=num_beams,
+    enc, mask = model.encode(z)
+    out = model.t5.generate(encoder_outputs=BaseModelOutput(last_hidden_state=enc), attention_mask=mask,
+                            num_beams=num_beams,
                             num_return_sequences=num_beams, max_new_tokens=max_new_tokens,
                             length_penalty=length_penalty, early_stopping=True, do_sample=False, output_scores=True,
                             return_dict_in_generate=True, **kwargs)

@@ -1,0 +1,57 @@
+"""genretr.evaluation.search: free generation, GENIUS_R re-ranking and the atomic classifier head."""
+import torch
+from omegaconf import OmegaConf
+
+from genretr.backbones.t5_prefix import T5PrefixDecoder
+from genretr.decoding.csr_trie import CSRTrie
+from genretr.evaluation.search import classifier_search, embedding_searcher, generative_searcher
+from genretr.identifiers.base import IdTable
+
+DEC = OmegaConf.create({"engine": "genretr", "num_beams": 4, "batch_size": 8, "length_penalty": 0.0,
+                        "constrained": True})
+
+
+def setup(seed=0, V=8):
+    torch.manual_seed(seed)
+    m = T5PrefixDecoder(vocab_size=V, input_dim=4, d_model=16, num_layers=1, num_heads=2, d_ff=32, dropout=0.0,
+                        prefix_len=2, prefix_hidden=8).eval()
+    table = IdTable.from_lists(["a", "b", "c"], [[2, 3], [3, 4], [5]], ["<pad>", "</s>"] + [f"t{k}" for k in range(2, V)])
+    return m, table, CSRTrie.from_table(table), torch.randn(6, 4)
+
+
+def test_free_generation_never_invents_items():
+    m, table, trie, z = setup()
+    free = generative_searcher(m, trie, table, OmegaConf.merge(DEC, {"constrained": False}), 4, False)
+    rankings, _ = free(z)
+    assert all(set(r) <= {"a", "b", "c"} for r in rankings)
+    constrained, _ = generative_searcher(m, trie, table, DEC, 4, False)(z)
+    assert all(len(r) == 3 for r in constrained)  # every beam is a pool identifier
+    assert sum(map(len, rankings)) <= sum(map(len, constrained))
+
+
+def test_rerank_orders_beam_items_by_cosine():
+    m, table, trie, z = setup()
+    vecs = {"a": torch.tensor([1.0, 0, 0, 0]), "b": torch.tensor([0, 1.0, 0, 0]), "c": torch.tensor([0, 0, 1.0, 0])}
+    lookup = lambda ids: torch.stack([vecs[i] for i in ids])
+    q = torch.tensor([[0.0, 0.2, 1.0, 0.0]] * 2)
+    rankings, _ = generative_searcher(m, trie, table, DEC, 2, False, rerank_vecs=lookup)(q)
+    assert rankings == [["c", "b"], ["c", "b"]]
+
+
+def test_classifier_head_ranks_pool_tokens_by_first_step_logit():
+    m, table, trie, z = setup()
+    atomic = IdTable.from_lists(["a", "b", "c"], [[5], [2], [7]], ["<pad>", "</s>"] + [f"t{k}" for k in range(2, 8)])
+    rankings, _ = classifier_search(m, z, atomic, top_k=3)
+    with torch.no_grad():
+        logits = m.t5(encoder_outputs=m.encoder_outputs(z), decoder_input_ids=torch.zeros(6, 1, dtype=torch.long)).logits[:, 0]
+    for r, row in zip(rankings, logits):
+        order = sorted(["a", "b", "c"], key=lambda i: -float(row[{"a": 5, "b": 2, "c": 7}[i]]))
+        assert r == order
+
+
+def test_embedding_searcher_reads_vectors_from_dict_queries():
+    pool = torch.eye(3)
+    search = embedding_searcher(["x", "y", "z"], pool.numpy(), 2)
+    r1, _ = search(torch.tensor([[0.0, 1.0, 0.1]]))
+    r2, _ = search({"z": torch.tensor([[0.0, 1.0, 0.1]]), "src": torch.zeros(1, 3, dtype=torch.long)})
+    assert r1 == r2 == [["y", "z"]]

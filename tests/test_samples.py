@@ -1,0 +1,79 @@
+"""genretr.samples and the phased schedule of IdentifierDataModule (GRACE Sec. 3.4-3.5, Appendix A)."""
+import numpy as np
+import pytest
+import torch
+
+from genretr.data.datamodules import EpochShuffle, IdentifierDataModule
+from genretr.data.schema import Item, Query, RetrievalDataset, Split
+from genretr.data.vocab import WordVocab
+from genretr.identifiers.base import IdTable
+from genretr.pipeline import Embeddings
+from genretr.samples import MEMORIZE, RETRIEVE, PseudoQueries, decoder_samples
+
+
+@pytest.fixture
+def toy():
+    items = {f"i{k}": Item(f"i{k}", "image", image=k) for k in range(4)}
+    train = Split(queries=[Query("q0", "t2i", ("i0",), text="a red circle"),
+                           Query("q1", "t2i", ("i1",), text="a blue square"),
+                           Query("q2", "i2t", ("i1",), image=1)],
+                  pools={"t2i": ["i0", "i1"]})
+    test = Split(queries=[Query("q3", "t2i", ("i2",), text="green circle")], pools={"t2i": ["i2", "i3"]})
+    ds = RetrievalDataset("toy", np.zeros((4, 2, 2, 3), np.uint8), items, {"train": train, "test": test})
+    emb = Embeddings([f"i{k}" for k in range(4)], torch.eye(4)[:, :3].contiguous() + 0.1,
+                     ["q0", "q1", "q2", "q3"], -torch.ones(4, 3))
+    table = IdTable.from_lists([f"i{k}" for k in range(4)], [[2], [3], [4, 2], [4, 3]],
+                               ["<pad>", "</s>", "a", "b", "c"])
+    return ds, emb, table
+
+
+def test_memorize_and_retrieve(toy):
+    ds, emb, table = toy
+    s = decoder_samples(ds, emb, table, ["t2i"], memorize_repeat=2)
+    assert (s["phase"] == MEMORIZE).sum() == 8 and (s["phase"] == RETRIEVE).sum() == 2
+    mem = s["phase"] == MEMORIZE
+    assert torch.equal(s["z"][mem], s["target_z"][mem])  # memorize: the item's own vector
+    assert torch.equal(s["labels"][-1], torch.tensor([3, 1, 0]))  # q1 -> i1
+    assert torch.equal(s["z"][-1], emb.queries(["q1"])[0])
+
+
+def test_switches_and_pseudo_queries(toy):
+    ds, emb, table = toy
+    s = decoder_samples(ds, emb, table, ["t2i"], memorize=False)
+    assert (s["phase"] == RETRIEVE).all() and len(s["phase"]) == 2
+    pseudo = PseudoQueries(["a green circle", "unknown item"], torch.zeros(2, 3), ["i2", "nope"])
+    s = decoder_samples(ds, emb, table, ["t2i"], memorize=False, pseudo=pseudo, vocab=WordVocab.build(["a green"]))
+    assert len(s["labels"]) == 3 and torch.equal(s["labels"][-1], torch.tensor([4, 2, 1]))
+    assert s["src"].shape == (3, 32) and s["src"][-1, :2].tolist() == [2, 3]  # "a", "green"; "circle" -> <unk>
+    with pytest.raises(ValueError, match="no decoder training samples"):
+        decoder_samples(ds, emb, table, ["t2i"], memorize=False, retrieve=False)
+
+
+def test_classifier_labels_keep_the_item_token_only(toy):
+    ds, emb, table = toy
+    s = decoder_samples(ds, emb, table, ["t2i"], labels_width=1)
+    assert s["labels"].shape[1] == 1
+
+
+def test_phased_schedule_draws_memorize_samples_first(toy):
+    ds, emb, table = toy
+    s = decoder_samples(ds, emb, table, ["t2i"], memorize_repeat=1)
+    dm = IdentifierDataModule(s, batch_size=3, seed=0, schedule="phased", memorize_epochs=2)
+    sampler = dm.train_dataloader().sampler
+    assert isinstance(sampler, EpochShuffle)
+    for epoch, expect in [(0, 4), (1, 4), (2, 6)]:
+        sampler.set_epoch(epoch)
+        rows = list(sampler)
+        assert len(rows) == len(sampler) == expect
+        if epoch < 2:
+            assert set(rows) == {0, 1, 2, 3}
+    with pytest.raises(ValueError, match="schedule"):
+        IdentifierDataModule(s, schedule="alternating")
+
+
+def test_word_vocab_roundtrip(tmp_path):
+    v = WordVocab.build(["A red circle.", "a blue square"])
+    ids = v.encode(["a red square", None], 5)
+    assert ids[1].eq(0).all() and ids[0, 3] == 0 and (ids[0, :3] > 1).all()
+    v.save(tmp_path / "v.json")
+    assert WordVocab.load(tmp_path / "v.json").tokens == v.tokens
