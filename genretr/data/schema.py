@@ -2,6 +2,17 @@
 
 Nothing downstream knows which source a `RetrievalDataset` came from.  Images live in
 one uint8 array (`images[i]` is H×W×3); items and queries point into it by index.
+
+Tasks are M-BEIR's eight (GENIUS Sec. 3 and 5.1: query modality → candidate modality),
+plus text → audio / video for precomputed features (CART Sec. 4.1).  Each `Split` maps a
+task to its *task-specific* pool (GENIUS Table 1).  A split may also carry
+`pools["universal"]` (`UNIVERSAL`): the union pool of every modality that universal
+retrieval searches for every task's queries (GENIUS Table 2, "retrieved from a global
+pool").  It is a pool, not a task: `tasks()` leaves it out and no query has that task.
+
+Items without pixels (audio, video, or any precomputed feature set) have no `image`;
+their vectors come with the dataset in `item_vectors` (item id → (d,) float32), and the
+vectors of text queries embedded by the same model, when given, in `query_vectors`.
 """
 from __future__ import annotations
 
@@ -10,6 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 IMAGE, TEXT, PAIR = "image", "text", "image,text"
+AUDIO, VIDEO = "audio", "video"  # precomputed-feature items (CART): no pixels, vector given
+UNIVERSAL = "universal"  # Split.pools key of the union pool (GENIUS Table 2)
 
 # Task names follow M-BEIR's (query modality → candidate modality).
 TASK_TARGET = {
@@ -17,6 +30,12 @@ TASK_TARGET = {
     "i2t": TEXT,  # image → caption
     "t2it": PAIR,  # caption → image–text pair
     "it2i": IMAGE,  # reference image + modification text → target image (composed)
+    "t2t": TEXT,  # text → text (M-BEIR WebQA)
+    "i2i": IMAGE,  # image → image (M-BEIR NIGHTS)
+    "it2t": TEXT,  # image + text → text (M-BEIR OVEN, InfoSeek)
+    "it2it": PAIR,  # image + text → image–text pair (M-BEIR OVEN, InfoSeek)
+    "t2a": AUDIO,  # caption → audio (CART: Clotho, AudioCaps)
+    "t2v": VIDEO,  # caption → video (CART: MSR-VTT, MSVD)
 }
 
 # M-BEIR-style instructions (GENIUS Section 4.2.2 prepends them to the query).
@@ -25,6 +44,12 @@ INSTRUCTIONS = {
     "i2t": "Find a caption that describes this image.",
     "t2it": "Retrieve an image and its caption that match the description.",
     "it2i": "Change the reference image as the text says and find the resulting image.",
+    "t2t": "Retrieve a text that says the same as the given text.",
+    "i2i": "Find an image that shows the same scene as this image.",
+    "it2t": "Change the reference image as the text says and find a caption of the resulting image.",
+    "it2it": "Change the reference image as the text says and find the resulting image and its caption.",
+    "t2a": "Retrieve an audio clip that matches the caption.",
+    "t2v": "Retrieve a video that matches the caption.",
 }
 
 
@@ -53,7 +78,7 @@ class Split:
     """One split: the queries asked in it and the candidate pool each task searches."""
 
     queries: list[Query] = field(default_factory=list)
-    pools: dict[str, list[str]] = field(default_factory=dict)  # task → candidate item ids
+    pools: dict[str, list[str]] = field(default_factory=dict)  # task (or UNIVERSAL) → candidate item ids
 
 
 @dataclass
@@ -64,9 +89,13 @@ class RetrievalDataset:
     splits: dict[str, Split]
     # image index → the indices of its captions' items, used for image–caption training pairs
     captions: dict[int, list[str]] = field(default_factory=dict)
+    # precomputed features (dataset=precomputed): item id → (d,) float32, and query id → (d,) float32
+    item_vectors: dict[str, np.ndarray] | None = None
+    query_vectors: dict[str, np.ndarray] | None = None
 
     def tasks(self, split: str) -> list[str]:
-        return sorted(self.splits[split].pools)
+        """The split's tasks (its pools, less the universal one)."""
+        return sorted(t for t in self.splits[split].pools if t != UNIVERSAL)
 
     def queries(self, split: str, task: str) -> list[Query]:
         return [q for q in self.splits[split].queries if q.task == task]

@@ -6,8 +6,26 @@ synonyms and varied word and object order, so an image's captions differ in word
 not meaning.  A fraction of scenes are one-attribute edits of an earlier scene of the same
 split: those near-duplicates keep R@1 honest and give the composed (it2i) queries.
 
+Items are images, captions and image–caption pairs (the pair holds caption 0).  The
+config key `tasks` picks which of M-BEIR's eight task types (GENIUS Sec. 3) get queries
+and pools; the default is the first four:
+
+- t2i   a caption → its image;                 i2t   an image → its five captions
+- t2it  caption 1..4 → the image's pair;       it2i  (reference image, edit text) → edited image
+- t2t   a fresh caption of the scene (drawn from the grammar, not one of the pooled five when
+        the grammar allows) → the scene's five captions (paraphrase retrieval)
+- i2i   the scene re-rendered with another background texture (texture is never captioned)
+        and fresh jitter → the image (same-scene retrieval, like NIGHTS); the query images are
+        appended after the split's scene images and belong to no item
+- it2t  (reference image, edit text) → the five captions of the edited scene
+- it2it (reference image, edit text) → the pair of the edited scene
+
+`universal: true` adds `pools["universal"]`: the union of the split's task pools (GENIUS
+Table 2), in which universal retrieval searches every task's queries.
+
 Splits are generated independently from (seed, split name), so growing one split does
-not change another.  Everything is deterministic from the config.
+not change another; each added task draws from its own random stream, so adding a task
+changes no other task's queries.  Everything is deterministic from the config.
 """
 from __future__ import annotations
 
@@ -19,7 +37,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from genretr.errors import GenretrError
-from genretr.data.schema import INSTRUCTIONS, IMAGE, PAIR, TEXT, Item, Query, RetrievalDataset, Split
+from genretr.data.schema import (INSTRUCTIONS, IMAGE, PAIR, TASK_TARGET, TEXT, UNIVERSAL, Item, Query,
+                                 RetrievalDataset, Split)
 
 SHAPES = {
     "circle": ["circle", "disc", "round dot"],
@@ -51,6 +70,9 @@ POSITIONS = {  # (row, col) on a 3×3 grid → phrases
     (2, 1): ["at the bottom", "in the bottom middle", "along the lower edge"],
     (2, 2): ["in the bottom right", "at the lower right", "in the bottom-right corner"],
 }
+DEFAULT_TASKS = ("t2i", "i2t", "t2it", "it2i")
+TASKS = DEFAULT_TASKS + ("t2t", "i2i", "it2t", "it2it")
+
 BACKGROUNDS = {
     "black": ((15, 15, 20), ["black", "dark"]),
     "gray": ((120, 120, 120), ["gray", "grey"]),
@@ -202,14 +224,40 @@ def generate_split(n: int, seed: int, split: str, cfg, seen: set | None = None):
     return scenes, edits
 
 
+def paraphrase(rng: random.Random, scene: Scene, taken: set[str], tries: int = 20) -> str:
+    """A fresh caption of `scene` (a t2t query), unlike every caption in `taken` when the grammar allows."""
+    text = caption(rng, scene)
+    for _ in range(tries):
+        if text not in taken:
+            break
+        text = caption(rng, scene)
+    return text
+
+
+def retextured(rng: random.Random, scene: Scene) -> Scene:
+    """The same scene on another background texture (uncaptioned): what an i2i query shows."""
+    return replace(scene, texture=(scene.texture + rng.randrange(1, 4)) % 4)
+
+
+def check_tasks(tasks) -> list[str]:
+    tasks = list(DEFAULT_TASKS if tasks is None else tasks)
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown or not tasks or len(set(tasks)) != len(tasks):
+        raise GenretrError(f"dataset.tasks must list distinct tasks among {', '.join(TASKS)}; got {tasks}")
+    return tasks
+
+
 def build_shapes(seed: int = 0, splits: dict | None = None, image_size: int = 64, captions_per_image: int = 5,
-                 max_objects: int = 3, edit_fraction: float = 0.35) -> RetrievalDataset:
-    """Render every split; items are images, captions and image–caption pairs."""
+                 max_objects: int = 3, edit_fraction: float = 0.35, tasks: list[str] | None = None,
+                 universal: bool = False) -> RetrievalDataset:
+    """Render every split; items are images, captions and image–caption pairs; queries for `tasks`."""
     splits = dict(splits or {"train": 2000, "val": 200, "test": 500})
     cfg = SimpleNamespace(seed=seed, splits=splits, image_size=image_size, captions_per_image=captions_per_image,
                           max_objects=max_objects, edit_fraction=edit_fraction)
     if not 1 <= max_objects <= len(POSITIONS):
         raise GenretrError(f"dataset.max_objects must be in 1..{len(POSITIONS)}, got {max_objects}")
+    tasks = check_tasks(tasks)
+    want = set(tasks)
     # Held-out splits first, so that they never change when train grows and share no scene with it.
     order = sorted(cfg.splits, key=lambda s: (["test", "val"].index(s) if s in ("test", "val") else 2, s))
     seen: set = set()
@@ -218,8 +266,9 @@ def build_shapes(seed: int = 0, splits: dict | None = None, image_size: int = 64
     for split in cfg.splits:
         scenes, edits = generated[split]
         rng = random.Random(f"{cfg.seed}/{split}/captions")
+        t2t_rng = random.Random(f"{cfg.seed}/{split}/t2t")
         nprng = np.random.default_rng([int(cfg.seed), zlib.crc32(split.encode())])
-        s = Split(pools={"t2i": [], "i2t": [], "t2it": [], "it2i": []})
+        s = Split(pools={t: [] for t in tasks})
         offset = len(images)
         for k, scene in enumerate(scenes):
             img_index = offset + k
@@ -232,19 +281,36 @@ def build_shapes(seed: int = 0, splits: dict | None = None, image_size: int = 64
                 tid = f"{split}/img{k}/cap{j}"
                 items[tid] = Item(tid, TEXT, text=text)
                 cap_ids.append(tid)
-                s.queries.append(Query(f"t2i/{tid}", "t2i", (iid,), INSTRUCTIONS["t2i"], text=text))
+                if "t2i" in want:
+                    s.queries.append(Query(f"t2i/{tid}", "t2i", (iid,), INSTRUCTIONS["t2i"], text=text))
             captions[img_index] = cap_ids
             pid = f"{split}/img{k}/pair"
             items[pid] = Item(pid, PAIR, image=img_index, text=caps[0])
-            for j, text in enumerate(caps[1:], start=1):
-                s.queries.append(Query(f"t2it/{iid}/cap{j}", "t2it", (pid,), INSTRUCTIONS["t2it"], text=text))
-            s.queries.append(Query(f"i2t/{iid}", "i2t", tuple(cap_ids), INSTRUCTIONS["i2t"], image=img_index))
-            s.pools["t2i"].append(iid)
-            s.pools["it2i"].append(iid)
-            s.pools["i2t"].extend(cap_ids)
-            s.pools["t2it"].append(pid)
+            if "t2it" in want:
+                for j, text in enumerate(caps[1:], start=1):
+                    s.queries.append(Query(f"t2it/{iid}/cap{j}", "t2it", (pid,), INSTRUCTIONS["t2it"], text=text))
+            if "i2t" in want:
+                s.queries.append(Query(f"i2t/{iid}", "i2t", tuple(cap_ids), INSTRUCTIONS["i2t"], image=img_index))
+            if "t2t" in want:
+                s.queries.append(Query(f"t2t/{iid}/paraphrase", "t2t", tuple(cap_ids), INSTRUCTIONS["t2t"],
+                                       text=paraphrase(t2t_rng, scene, set(caps))))
+            for task in tasks:  # each task's pool holds its target modality: images, captions or pairs
+                s.pools[task].extend({IMAGE: [iid], TEXT: cap_ids, PAIR: [pid]}[TASK_TARGET[task]])
+        if "i2i" in want:  # query images after the scene images, from their own streams
+            i2i_rng = random.Random(f"{cfg.seed}/{split}/i2i")
+            i2i_nprng = np.random.default_rng([int(cfg.seed), zlib.crc32(split.encode()), 1])
+            for k, scene in enumerate(scenes):
+                images.append(render(retextured(i2i_rng, scene), int(cfg.image_size), i2i_nprng))
+                s.queries.append(Query(f"i2i/{split}/img{k}/retextured", "i2i", (f"{split}/img{k}",),
+                                       INSTRUCTIONS["i2i"], image=len(images) - 1))
         for ref, tgt, text in edits:
-            s.queries.append(Query(f"it2i/{split}/img{ref}->img{tgt}", "it2i", (f"{split}/img{tgt}",),
-                                   INSTRUCTIONS["it2i"], image=offset + ref, text=text))
+            tag, target = f"{split}/img{ref}->img{tgt}", f"{split}/img{tgt}"
+            for task, relevant in (("it2i", (target,)), ("it2t", tuple(captions[offset + tgt])),
+                                   ("it2it", (f"{target}/pair",))):
+                if task in want:
+                    s.queries.append(Query(f"{task}/{tag}", task, relevant, INSTRUCTIONS[task], image=offset + ref,
+                                           text=text))
+        if universal:
+            s.pools[UNIVERSAL] = list(dict.fromkeys(i for t in tasks for i in s.pools[t]))
         splits[split] = s
     return RetrievalDataset("shapes", np.stack(images), items, splits, captions)

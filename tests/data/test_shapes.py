@@ -1,4 +1,5 @@
-"""genretr.data.shapes (+ schema): determinism, split independence, counts, relevance, captions."""
+"""genretr.data.shapes (+ schema): determinism, split independence, counts, relevance, captions,
+the eight task types and the universal pool."""
 import re
 from collections import Counter
 from dataclasses import replace
@@ -7,9 +8,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from genretr.data.schema import IMAGE, INSTRUCTIONS, PAIR, TASK_TARGET, TEXT
-from genretr.data.shapes import (BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZES, build_shapes, edit_scene,
-                                 generate_split)
+from genretr.data.schema import IMAGE, INSTRUCTIONS, PAIR, TASK_TARGET, TEXT, UNIVERSAL
+from genretr.data.shapes import (BACKGROUNDS, COLOURS, DEFAULT_TASKS, POSITIONS, SHAPES, SIZES, TASKS, build_shapes,
+                                 edit_scene, generate_split, retextured)
 from genretr.errors import GenretrError
 
 SPLITS = {"train": 24, "val": 8, "test": 16}
@@ -103,7 +104,7 @@ def test_counts_per_split(ds, split):
     n = SPLITS[split]
     _, edits = scenes_of(split, n)
     s = ds.splits[split]
-    assert ds.tasks(split) == sorted(TASK_TARGET)
+    assert ds.tasks(split) == sorted(DEFAULT_TASKS)
     assert len(ds.pool(split, "t2i")) == n
     assert len(ds.pool(split, "it2i")) == n
     assert len(ds.pool(split, "t2it")) == n
@@ -295,3 +296,148 @@ def test_max_objects_upper_bound_either_works_or_is_rejected():
         build_shapes(seed=1, splits={"train": 200}, max_objects=9, edit_fraction=0.9, image_size=16)
     except GenretrError:
         pass  # rejecting the config up front is fine; an IndexError is not
+
+
+# ------------------------------------------------------------------ the eight task types, universal pool
+
+ALL = list(TASKS)
+
+
+@pytest.fixture(scope="module")
+def ds8():
+    return build_shapes(seed=3, splits=SPLITS, captions_per_image=CAPS, tasks=ALL, universal=True)
+
+
+def test_default_tasks_are_the_first_four(ds):
+    assert DEFAULT_TASKS == ("t2i", "i2t", "t2it", "it2i")
+    assert set(TASKS) <= set(TASK_TARGET) and set(TASKS) <= set(INSTRUCTIONS)
+    for split in SPLITS:
+        assert set(ds.splits[split].pools) == set(DEFAULT_TASKS)  # no universal pool unless asked
+        assert {q.task for q in ds.splits[split].queries} == set(DEFAULT_TASKS)
+
+
+def test_config_file_instantiates_with_the_default_tasks():
+    from pathlib import Path
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "dataset" / "shapes.yaml")
+    assert list(cfg.tasks) == list(DEFAULT_TASKS) and cfg.universal is False
+    small = instantiate(cfg, splits={"test": 4}, image_size=16, _convert_="all")
+    assert small.tasks("test") == sorted(DEFAULT_TASKS) and UNIVERSAL not in small.splits["test"].pools
+
+
+def test_all_eight_tasks_are_deterministic(ds8):
+    again = build_shapes(seed=3, splits=SPLITS, captions_per_image=CAPS, tasks=ALL, universal=True)
+    assert np.array_equal(ds8.images, again.images) and ds8.items == again.items
+    for split in SPLITS:
+        assert ds8.splits[split].queries == again.splits[split].queries
+        assert ds8.splits[split].pools == again.splits[split].pools
+
+
+def _task_view(d, split, tasks):
+    """The queries of `tasks` in one split with image indices replaced by image content."""
+    return [(q.id, q.task, q.relevant, q.instruction, q.text,
+             None if q.image is None else d.images[q.image].tobytes())
+            for q in d.splits[split].queries if q.task in tasks]
+
+
+@pytest.mark.parametrize("split", list(SPLITS))
+def test_adding_tasks_changes_no_other_task(ds, ds8, split):
+    assert _split_view(ds8, split)[0] == _split_view(ds, split)[0]  # same items, same images
+    assert _task_view(ds8, split, DEFAULT_TASKS) == _task_view(ds, split, DEFAULT_TASKS)
+    for task in DEFAULT_TASKS:
+        assert ds8.splits[split].pools[task] == ds.splits[split].pools[task]
+    alone = build_shapes(seed=3, splits=SPLITS, captions_per_image=CAPS, tasks=["i2i", "t2t"])
+    assert alone.tasks(split) == ["i2i", "t2t"]
+    assert _task_view(alone, split, {"i2i", "t2t"}) == _task_view(ds8, split, {"i2i", "t2t"})
+
+
+@pytest.mark.parametrize("split", list(SPLITS))
+def test_eight_task_counts_pools_and_relevance(ds8, split):
+    n, (_, edits) = SPLITS[split], scenes_of(split, SPLITS[split])
+    assert ds8.tasks(split) == sorted(ALL)
+    counts = {"t2i": n * CAPS, "i2t": n, "t2it": n * (CAPS - 1), "t2t": n, "i2i": n}
+    counts.update({t: len(edits) for t in ("it2i", "it2t", "it2it")})
+    s = ds8.splits[split]
+    assert len({q.id for q in s.queries}) == len(s.queries) == sum(counts.values())
+    for task in ALL:
+        assert len(ds8.queries(split, task)) == counts[task]
+        pool = s.pools[task]
+        assert len(set(pool)) == len(pool) == (n * CAPS if TASK_TARGET[task] == TEXT else n)
+        assert all(ds8.items[i].modality == TASK_TARGET[task] for i in pool)
+        for q in ds8.queries(split, task):
+            assert q.relevant and set(q.relevant) <= set(pool)
+            assert q.instruction == INSTRUCTIONS[task]
+
+
+@pytest.mark.parametrize("split", list(SPLITS))
+def test_t2t_queries_are_fresh_captions_of_the_scene(ds8, split):
+    scenes, _ = scenes_of(split, SPLITS[split])
+    queries = ds8.queries(split, "t2t")
+    fresh = 0
+    for k, (q, scene) in enumerate(zip(queries, scenes)):
+        img = ds8.items[f"{split}/img{k}"].image
+        assert q.image is None and list(q.relevant) == ds8.captions[img]
+        assert colour_words(q.text) == Counter(o.colour for o in scene.objects), (q.text, scene)
+        assert any(w in q.text for w in BACKGROUNDS[scene.background][1])
+        fresh += q.text not in {ds8.items[c].text for c in q.relevant}
+    assert fresh >= 0.9 * len(queries)  # a paraphrase, not a copy of a pooled caption
+
+
+def test_retextured_changes_only_the_texture():
+    import random
+    rng = random.Random(0)
+    for scene in scenes_of("test", 20, seed=0)[0]:
+        other = retextured(rng, scene)
+        assert other.texture != scene.texture and 0 <= other.texture < 4
+        assert replace(other, texture=scene.texture) == scene
+
+
+@pytest.mark.parametrize("split", list(SPLITS))
+def test_i2i_queries_show_their_scene_re_rendered(ds8, split):
+    n = SPLITS[split]
+    item_images = {it.image for it in ds8.items.values() if it.image is not None}
+    for k, q in enumerate(ds8.queries(split, "i2i")):
+        (target,) = q.relevant
+        assert target == f"{split}/img{k}" and q.text is None
+        assert q.image not in item_images  # a query-only image, after the split's scene images
+        assert q.image == ds8.items[f"{split}/img0"].image + n + k
+        a, b = ds8.images[q.image].astype(int), ds8.images[ds8.items[target].image].astype(int)
+        assert not np.array_equal(a, b)
+        # same objects: the re-render is closer to its own scene than to most other scenes of the split
+        others = [np.abs(ds8.images[ds8.items[f"{split}/img{j}"].image].astype(int) - a).mean() for j in range(n)]
+        assert sorted(others).index(others[k]) < max(2, n // 4)
+
+
+@pytest.mark.parametrize("split", list(SPLITS))
+def test_composed_text_and_pair_queries_follow_the_edits(ds8, split):
+    it2i = ds8.queries(split, "it2i")
+    for task in ("it2t", "it2it"):
+        queries = ds8.queries(split, task)
+        assert len(queries) == len(it2i)
+        for q, ref in zip(queries, it2i):
+            assert (q.image, q.text) == (ref.image, ref.text)
+            (target,) = ref.relevant
+            if task == "it2t":
+                assert list(q.relevant) == ds8.captions[ds8.items[target].image]
+            else:
+                assert q.relevant == (f"{target}/pair",)
+
+
+@pytest.mark.parametrize("split", list(SPLITS))
+def test_universal_pool_is_the_union_of_the_task_pools(ds8, split):
+    s = ds8.splits[split]
+    union = s.pools[UNIVERSAL]
+    assert len(set(union)) == len(union)
+    assert set(union) == {i for t in ALL for i in s.pools[t]}
+    assert {ds8.items[i].modality for i in union} == {IMAGE, TEXT, PAIR}
+    assert UNIVERSAL not in ds8.tasks(split) and ds8.queries(split, UNIVERSAL) == []
+    assert all(set(q.relevant) <= set(union) for q in s.queries)
+    assert f"{UNIVERSAL}:{len(union)}" in ds8.summary()
+
+
+@pytest.mark.parametrize("tasks", [["t2i", "x2y"], ["t2i", "t2i"], [], ["t2a"]])
+def test_bad_tasks_raise(tasks):
+    with pytest.raises(GenretrError, match="dataset.tasks"):
+        build_shapes(seed=0, splits={"test": 3}, tasks=tasks)

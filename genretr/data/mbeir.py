@@ -1,0 +1,336 @@
+"""`dataset=mbeir`: M-BEIR (UniIR, Wei et al. 2023), the benchmark of GENIUS Sec. 5.1 and
+App. A, read into the shared schema (`schema.py`).
+
+M-BEIR as distributed (HF `TIGER-Lab/M-BEIR`), paths relative to `root`:
+
+    query/{train,val,test}/mbeir_<dataset>[_task<N>]_<split>.jsonl   one query per line:
+        qid ("9:17", dataset id ":" number), query_txt, query_img_path, query_modality,
+        pos_cand_list, neg_cand_list (dids), task_id (0..8, UniIR's MBEIR_TASK)
+    cand_pool/local/mbeir_<dataset>_task<N>[_test]_cand_pool.jsonl   task-specific pools
+    cand_pool/global/mbeir_union_<split>_cand_pool.jsonl              the universal pool
+        one candidate per line: did, txt, img_path, modality
+    instructions/query_instructions.tsv   query_modality, cand_modality, dataset, dataset_id, prompt...
+    mbeir_images/...                      `*_img_path` are relative to root
+
+A config lists, per split, sources `{queries: FILE, pool: FILE}`.  Each query's task comes
+from its `task_id`; its task-specific pool is its source's pool restricted to the task's
+target modality (M-BEIR's local pools hold one modality, so this is the pool as-is); sources
+of one split that share a task share one pool (their union).  `universal: {split: FILE}`
+adds `pools["universal"]`, the global pool that universal retrieval searches (GENIUS Table 2).
+
+Relevance follows UniIR's evaluation: a query's relevant items are its positives from its
+own dataset (the did prefix matches the qid prefix; OVEN/InfoSeek list some positives of the
+other dataset).  Each must be in the query's pool, and in the universal pool when there is one.
+Instructions are the TSV's prompts for (dataset id, query modality, target modality); a query
+takes one by a hash of its qid (deterministic; UniIR samples one at random per epoch).
+
+Modalities map one to one: "image", "text", "image,text" ("text,image" too).  Item ids are
+M-BEIR dids, query ids `<split>/<task>/<qid>`.  Every bad input raises `DataError` naming the
+file and the entry (jsonl line, TSV line) before anything is returned.
+"""
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from dataclasses import dataclass, replace
+
+import numpy as np
+from PIL import Image
+from rich.progress import track
+
+from genretr.data.karpathy import load_image
+from genretr.data.schema import IMAGE, INSTRUCTIONS, PAIR, TASK_TARGET, TEXT, UNIVERSAL, Item, Query, \
+    RetrievalDataset, Split
+from genretr.errors import DataError, GenretrError
+
+# UniIR's MBEIR_TASK ids (5, "image -> text,image", is unused).
+TASK_IDS = {0: "t2i", 1: "t2t", 2: "t2it", 3: "i2t", 4: "i2i", 6: "it2t", 7: "it2i", 8: "it2it"}
+MODALITIES = {"image": IMAGE, "text": TEXT, "image,text": PAIR, "text,image": PAIR}
+QUERY_SIDE = {"t": TEXT, "i": IMAGE, "it": PAIR}  # task name prefix → query modality
+
+
+@dataclass(frozen=True)
+class Candidate:
+    did: str
+    modality: str
+    text: str | None
+    img_path: str | None
+    where: tuple[str, str]  # (file, "line N"), for error messages
+
+
+@dataclass(frozen=True)
+class RawQuery:
+    qid: str
+    task: str
+    modality: str
+    text: str | None
+    img_path: str | None
+    positives: tuple[str, ...]
+    where: tuple[str, str]
+    relevant: tuple[str, ...] = ()  # set once its pool is known (`_relevant`)
+    instruction: str = ""
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def read_jsonl(path: str, limit: int | None = None):
+    """(line label, object) per non-blank line; malformed JSON is a DataError naming the line."""
+    try:
+        f = open(path, encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(path, None, "file not found (see conf/dataset/mbeir.yaml; nothing is downloaded)") from None
+    except OSError as e:
+        raise DataError(path, None, f"cannot read: {_one_line(e)}") from None
+    kept = 0
+    with f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            if limit is not None and kept >= limit:
+                return
+            try:
+                raw = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(path, f"line {n}", f"malformed JSON: {e.msg} (column {e.colno})") from None
+            if not isinstance(raw, dict):
+                raise DataError(path, f"line {n}", "entry is not a JSON object")
+            kept += 1
+            yield f"line {n}", raw
+
+
+def _field(path: str, line: str, raw: dict, key: str, needed: bool) -> str | None:
+    """A string field; None when absent or empty, a DataError when `needed`."""
+    value = raw.get(key)
+    if value is not None and not isinstance(value, str):
+        raise DataError(path, line, f"'{key}' is not a string")
+    value = value.strip() if value else None
+    if needed and not value:
+        raise DataError(path, line, f"missing or empty '{key}'")
+    return value
+
+
+def _modality(path: str, line: str, raw: dict, key: str) -> str:
+    m = _field(path, line, raw, key, True)
+    if m not in MODALITIES:
+        raise DataError(path, line, f"unknown {key} {m!r}; expected one of {', '.join(MODALITIES)}")
+    return MODALITIES[m]
+
+
+def parse_candidate(path: str, line: str, raw: dict) -> Candidate:
+    did = _field(path, line, raw, "did", True)
+    line = f"{line} (did={did})"
+    modality = _modality(path, line, raw, "modality")
+    text = _field(path, line, raw, "txt", modality in (TEXT, PAIR))
+    img = _field(path, line, raw, "img_path", modality in (IMAGE, PAIR))
+    return Candidate(did, modality, text if modality != IMAGE else None, img if modality != TEXT else None,
+                     (path, line))
+
+
+def parse_query(path: str, line: str, raw: dict) -> RawQuery:
+    qid = _field(path, line, raw, "qid", True)
+    line = f"{line} (qid={qid})"
+    modality = _modality(path, line, raw, "query_modality")
+    if "task_id" not in raw:
+        raise DataError(path, line, "missing 'task_id'")
+    tid = raw["task_id"]
+    task = TASK_IDS.get(tid) if isinstance(tid, int) and not isinstance(tid, bool) else None
+    if task is None:
+        raise DataError(path, line, f"unknown task_id {tid!r}; expected one of {sorted(TASK_IDS)}")
+    if QUERY_SIDE[task.split("2")[0]] != modality:
+        raise DataError(path, line, f"query_modality {modality!r} does not fit task_id {tid} ({task})")
+    positives = raw.get("pos_cand_list")
+    if not isinstance(positives, list) or not positives or not all(isinstance(p, str) for p in positives):
+        raise DataError(path, line, "missing, empty or malformed 'pos_cand_list' (a list of did strings)")
+    text = _field(path, line, raw, "query_txt", modality in (TEXT, PAIR))
+    img = _field(path, line, raw, "query_img_path", modality in (IMAGE, PAIR))
+    return RawQuery(qid, task, modality, text if modality != IMAGE else None, img if modality != TEXT else None,
+                    tuple(positives), (path, line))
+
+
+def load_instructions(path: str) -> dict[tuple[str, str, str], list[str]]:
+    """(dataset id, query modality, candidate modality) → prompts, from M-BEIR's TSV (header skipped)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        raise DataError(path, None, "file not found (set dataset.instructions: null to use genretr's)") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(path, None, f"cannot read: {_one_line(e)}") from None
+    prompts = {}
+    for n, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        parts = [p.strip() for p in line.split("\t")]
+        texts = [p for p in parts[4:] if p]
+        if len(parts) < 5 or not texts:
+            raise DataError(path, f"line {n}", "expected query_modality, cand_modality, dataset, dataset_id and "
+                                               "at least one prompt, tab-separated")
+        for col, m in enumerate(parts[:2]):
+            if m not in MODALITIES:
+                raise DataError(path, f"line {n}", f"unknown modality {m!r} in column {col + 1}")
+        prompts[(parts[3], MODALITIES[parts[0]], MODALITIES[parts[1]])] = texts
+    return prompts
+
+
+class _Pools:
+    """Candidates by did across every pool file read, each file read once."""
+
+    def __init__(self, max_pool_size: int | None):
+        self.cands: dict[str, Candidate] = {}
+        self.files: dict[str, list[str]] = {}
+        self.max_pool_size = max_pool_size
+
+    def read(self, path: str) -> list[str]:
+        if path not in self.files:
+            dids, seen = [], set()
+            for line, raw in read_jsonl(path):
+                c = parse_candidate(path, line, raw)
+                if c.did in seen:
+                    raise DataError(path, c.where[1], f"duplicate did {c.did!r}")
+                seen.add(c.did)
+                old = self.cands.setdefault(c.did, c)
+                if (old.modality, old.text, old.img_path) != (c.modality, c.text, c.img_path):
+                    raise DataError(path, c.where[1], f"did {c.did!r} differs from {old.where[0]} [{old.where[1]}]")
+                dids.append(c.did)
+            self.files[path] = dids
+        return self.files[path]
+
+    def subset(self, path: str, keep: set[str]) -> list[str]:
+        """The pool file's dids, cut to the first `max_pool_size` plus every did in `keep`."""
+        dids = self.read(path)
+        if self.max_pool_size is None:
+            return dids
+        return [d for n, d in enumerate(dids) if n < self.max_pool_size or d in keep]
+
+
+def _relevant(q: RawQuery, pool: set[str], pool_path: str, cands: dict[str, Candidate]) -> tuple[str, ...]:
+    """UniIR's evaluation rule: the positives from the query's own dataset, each in its pool."""
+    prefix = q.qid.split(":")[0]
+    own = tuple(p for p in q.positives if p.split(":")[0] == prefix)
+    if not own:
+        raise DataError(*q.where, f"no positive candidate from the query's dataset {prefix!r}")
+    for did in own:
+        if did not in pool:
+            raise DataError(*q.where, f"positive candidate {did!r} is not in the pool {pool_path}")
+        if cands[did].modality != TASK_TARGET[q.task]:
+            raise DataError(*q.where, f"positive candidate {did!r} is {cands[did].modality!r}, "
+                                      f"but {q.task} retrieves {TASK_TARGET[q.task]!r}")
+    return own
+
+
+def _instruction(q: RawQuery, prompts: dict | None, tsv: str | None) -> str:
+    if prompts is None:
+        return INSTRUCTIONS[q.task]
+    key = (q.qid.split(":")[0], q.modality, TASK_TARGET[q.task])
+    if key not in prompts:
+        raise DataError(*q.where, f"no instruction for dataset {key[0]}, {key[1]} -> {key[2]} in {tsv}")
+    options = prompts[key]
+    return options[zlib.crc32(q.qid.encode()) % len(options)]
+
+
+def _check_config(splits, universal, max_queries_per_file, max_pool_size):
+    if not isinstance(splits, dict) or not splits:
+        raise GenretrError("dataset.splits must map split names to lists of {queries: FILE, pool: FILE}")
+    for split, sources in splits.items():
+        if not isinstance(sources, list) or not sources or not all(
+                isinstance(s, dict) and set(s) == {"queries", "pool"} for s in sources):
+            raise GenretrError(f"dataset.splits.{split} must be a non-empty list of {{queries: FILE, pool: FILE}}")
+    unknown = set(universal or {}) - set(splits)
+    if unknown:
+        raise GenretrError(f"dataset.universal names splits not in dataset.splits: {sorted(unknown)}")
+    for key, v in (("max_queries_per_file", max_queries_per_file), ("max_pool_size", max_pool_size)):
+        if v is not None and int(v) < 1:
+            raise GenretrError(f"dataset.{key} must be >= 1 or null, got {v}")
+
+
+def read_queries(sources: list[dict], at, pools: _Pools, limit: int | None, prompts: dict | None,
+                 tsv: str | None) -> list[tuple[RawQuery, str]]:
+    """One split's queries, each with its relevant items and instruction, and its pool file."""
+    out, seen = [], {}
+    for src in sources:
+        qpath, ppath = at(src["queries"]), at(src["pool"])
+        pool = set(pools.read(ppath))
+        for line, raw in read_jsonl(qpath, limit):
+            q = parse_query(qpath, line, raw)
+            if (q.task, q.qid) in seen:
+                first = seen[q.task, q.qid]
+                raise DataError(*q.where, f"duplicate qid {q.qid!r} for {q.task} (also {first[0]} [{first[1]}])")
+            seen[q.task, q.qid] = q.where
+            out.append((replace(q, relevant=_relevant(q, pool, ppath, pools.cands),
+                                instruction=_instruction(q, prompts, tsv)), ppath))
+    return out
+
+
+def split_pools(qs: list[tuple[RawQuery, str]], pools: _Pools, universal: str | None) -> dict[str, list[str]]:
+    """Task → the union of its sources' pools (target modality only); plus the universal pool."""
+    keep = {r for q, _ in qs for r in q.relevant}
+    out = {}
+    for task in dict.fromkeys(q.task for q, _ in qs):
+        members: dict[str, None] = {}
+        for ppath in dict.fromkeys(p for q, p in qs if q.task == task):
+            members.update((d, None) for d in pools.subset(ppath, keep)
+                           if pools.cands[d].modality == TASK_TARGET[task])
+        out[task] = list(members)
+    if universal:
+        out[UNIVERSAL] = pools.subset(universal, keep)
+        members = set(out[UNIVERSAL])
+        for q, _ in qs:
+            missing = [r for r in q.relevant if r not in members]
+            if missing:
+                raise DataError(*q.where, f"positive candidate {missing[0]!r} is not in the universal pool {universal}")
+    return out
+
+
+def decode_images(refs: dict[str, tuple[str, str]], at, size: int, name: str) -> np.ndarray:
+    """Every referenced image (relative path → the entry naming it), decoded in order."""
+    for rel, where in refs.items():  # cheap existence check before the slow decode
+        if not os.path.isfile(at(rel)):
+            raise DataError(*where, f"image file not found: {at(rel)}")
+    images = np.empty((len(refs), size, size, 3), dtype=np.uint8)
+    for n, (rel, where) in enumerate(track(refs.items(), description=f"decoding {name} images", total=len(refs))):
+        try:
+            images[n] = load_image(at(rel), size)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            raise DataError(*where, f"cannot decode image {at(rel)}: {_one_line(err)}") from None
+    return images
+
+
+def build_mbeir(root: str, splits: dict, universal: dict | None = None, instructions: str | None = None,
+                image_size: int = 64, max_queries_per_file: int | None = None, max_pool_size: int | None = None,
+                name: str = "mbeir") -> RetrievalDataset:
+    """M-BEIR query and pool files → one RetrievalDataset with task-specific and universal pools.
+
+    `max_queries_per_file` keeps each query file's first N queries; `max_pool_size` keeps each
+    pool file's first N candidates plus every positive of the kept queries (quick runs).
+    """
+    _check_config(splits, universal, max_queries_per_file, max_pool_size)
+    root, universal = str(root), dict(universal or {})
+    at = lambda rel: os.path.join(root, str(rel))
+    tsv = at(instructions) if instructions else None
+    prompts = load_instructions(tsv) if tsv else None
+    pools = _Pools(None if max_pool_size is None else int(max_pool_size))
+    limit = None if max_queries_per_file is None else int(max_queries_per_file)
+    queries = {split: read_queries(sources, at, pools, limit, prompts, tsv) for split, sources in splits.items()}
+    pool_ids = {split: split_pools(qs, pools, at(universal[split]) if universal.get(split) else None)
+                for split, qs in queries.items()}
+
+    item_ids = list(dict.fromkeys(d for ps in pool_ids.values() for pool in ps.values() for d in pool))
+    refs: dict[str, tuple[str, str]] = {}  # image path → the first entry that shows it
+    for c in (pools.cands[d] for d in item_ids):
+        if c.img_path:
+            refs.setdefault(c.img_path, c.where)
+    for q, _ in (x for qs in queries.values() for x in qs):
+        if q.img_path:
+            refs.setdefault(q.img_path, q.where)
+    images = decode_images(refs, at, int(image_size), name)
+    image_index = {rel: n for n, rel in enumerate(refs)}
+
+    items = {d: Item(d, pools.cands[d].modality, image=image_index.get(pools.cands[d].img_path),
+                     text=pools.cands[d].text) for d in item_ids}
+    built = {split: Split([Query(f"{split}/{q.task}/{q.qid}", q.task, q.relevant, q.instruction,
+                                 image=image_index.get(q.img_path), text=q.text) for q, _ in qs], pool_ids[split])
+             for split, qs in queries.items()}
+    return RetrievalDataset(name, images, items, built)

@@ -1,0 +1,328 @@
+"""`dataset=mbeir`: the M-BEIR adapter on a tiny tree written in M-BEIR's own layout and format
+(query jsonl, pool jsonl, instructions TSV, images under the root) — genretr/data/mbeir.py."""
+from __future__ import annotations
+
+import json
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from PIL import Image
+
+from genretr.data.mbeir import build_mbeir
+from genretr.data.schema import IMAGE, INSTRUCTIONS, PAIR, TASK_TARGET, TEXT, UNIVERSAL
+from genretr.errors import DataError, GenretrError
+
+CONF = Path(__file__).resolve().parents[2] / "conf" / "dataset"
+RED, GREEN, BLUE, GRAY = (220, 30, 30), (30, 200, 40), (30, 40, 220), (128, 128, 128)
+COCO_T2I = ("query/test/mbeir_mscoco_task0_test.jsonl", "cand_pool/local/mbeir_mscoco_task0_test_cand_pool.jsonl")
+COCO_I2T = ("query/test/mbeir_mscoco_task3_test.jsonl", "cand_pool/local/mbeir_mscoco_task3_test_cand_pool.jsonl")
+WEBQA = ("query/test/mbeir_webqa_task2_test.jsonl", "cand_pool/local/mbeir_webqa_task2_cand_pool.jsonl")
+OVEN = ("query/test/mbeir_oven_task6_test.jsonl", "cand_pool/local/mbeir_oven_task6_cand_pool.jsonl")
+TRAIN = ("query/train/mbeir_mscoco_train.jsonl", "cand_pool/local/mbeir_mscoco_train_cand_pool.jsonl")
+UNION = "cand_pool/global/mbeir_union_test_cand_pool.jsonl"
+TSV = "instructions/query_instructions.tsv"
+
+
+def cand(did, modality, txt=None, img=None):
+    return {"did": did, "txt": txt, "img_path": img, "modality": modality, "src_content": None}
+
+
+def query(qid, modality, task_id, pos, txt=None, img=None):
+    return {"qid": qid, "query_txt": txt, "query_img_path": img, "query_modality": modality,
+            "query_src_content": None, "pos_cand_list": pos, "neg_cand_list": [], "task_id": task_id}
+
+
+IMAGES = {"mbeir_images/mscoco_images/a.jpg": RED, "mbeir_images/mscoco_images/b.jpg": GREEN,
+          "mbeir_images/mscoco_images/c.png": BLUE, "mbeir_images/oven_images/q.jpg": GRAY,
+          "mbeir_images/mscoco_images/train0.jpg": GREEN}
+A, B, C, Q = (f"mbeir_images/{p}" for p in ("mscoco_images/a.jpg", "mscoco_images/b.jpg", "mscoco_images/c.png",
+                                              "oven_images/q.jpg"))
+
+
+def files() -> dict[str, list]:
+    """Every jsonl of the fixture tree: path → entries."""
+    pools = {
+        COCO_T2I[1]: [cand("9:1", "image", img=A), cand("9:2", "image", img=B), cand("9:3", "image", img=C)],
+        COCO_I2T[1]: [cand("9:11", "text", "A red square."), cand("9:12", "text", "A green field."),
+                      cand("9:13", "text", "Blue sky.")],
+        WEBQA[1]: [cand("2:1", "image,text", "Red headline", A), cand("2:2", "text,image", "Blue headline", C)],
+        OVEN[1]: [cand("5:7", "text", "Gray cat (animal)."), cand("5:8", "text", "Tabby.")],
+        TRAIN[1]: [cand("9:101", "image", img="mbeir_images/mscoco_images/train0.jpg"),
+                   cand("9:102", "text", "A green train picture.")],
+    }
+    union = [dict(c) for path in (COCO_T2I[1], COCO_I2T[1], WEBQA[1], OVEN[1]) for c in pools[path]]
+    queries = {
+        COCO_T2I[0]: [query("9:1", "text", 0, ["9:1"], "a red picture"), query("9:2", "text", 0, ["9:2"], "green")],
+        COCO_I2T[0]: [query("9:3", "image", 3, ["9:11"], img=A), query("9:4", "image", 3, ["9:13"], img=C)],
+        WEBQA[0]: [query("2:5", "text", 2, ["2:2"], "what is blue?")],
+        # OVEN lists an InfoSeek (dataset 6) positive too: UniIR's evaluation keeps the query's own dataset
+        OVEN[0]: [query("5:1", "image,text", 6, ["5:7", "6:9"], "what animal is this?", Q)],
+        TRAIN[0]: [query("9:201", "text", 0, ["9:101"], "a green picture"),
+                   query("9:202", "image", 3, ["9:102"], img="mbeir_images/mscoco_images/train0.jpg")],
+    }
+    return {**pools, UNION: union, **queries}
+
+
+INSTRUCTION_ROWS = [
+    ["query_modality", "cand_modality", "dataset", "dataset_id", "prompt_1", "prompt_2", "prompt_3"],
+    ["text", "image", "MSCOCO", "9", "Find me an everyday image that matches the given caption.",
+     "Identify the image showcasing the described everyday scene.", ""],
+    ["image", "text", "MSCOCO", "9", "Find an image caption describing the following everyday image.", "", ""],
+    ["text", "image,text", "WebQA", "2", "Find a Wikipedia image that answers this question.", "", ""],
+    ["image,text", "text", "OVEN", "5", "Retrieve a Wikipedia paragraph that provides an answer to the given "
+                                        "query about the image.", "", ""],
+]
+
+
+class Tree:
+    """An M-BEIR root under tmp_path; `entries` and `tsv` can be edited, then `write()`."""
+
+    def __init__(self, root: Path):
+        self.root, self.entries, self.tsv = root, files(), [list(r) for r in INSTRUCTION_ROWS]
+        for rel, colour in IMAGES.items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (24, 18), colour).save(root / rel)
+        self.write()
+
+    def write(self):
+        for rel, rows in self.entries.items():
+            (self.root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (self.root / rel).write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (self.root / TSV).parent.mkdir(parents=True, exist_ok=True)
+        (self.root / TSV).write_text("".join("\t".join(r) + "\n" for r in self.tsv))
+
+    def build(self, test=(COCO_T2I, COCO_I2T, WEBQA, OVEN), universal=True, **kw):
+        splits = {"train": [{"queries": TRAIN[0], "pool": TRAIN[1]}],
+                  "test": [{"queries": q, "pool": p} for q, p in test]}
+        kw.setdefault("instructions", TSV)
+        return build_mbeir(self.root, splits, universal={"test": UNION} if universal else None, image_size=8, **kw)
+
+
+@pytest.fixture
+def tree(tmp_path):
+    return Tree(tmp_path / "M-BEIR")
+
+
+@pytest.fixture
+def ds(tree):
+    return tree.build()
+
+
+def colour_of(ds, index):
+    """The (solid) image's colour, to the nearest of the fixture's colours (JPEG shifts it slightly)."""
+    mean = ds.images[index].reshape(-1, 3).mean(0)
+    return min((RED, GREEN, BLUE, GRAY), key=lambda c: np.abs(mean - c).sum())
+
+
+# ------------------------------------------------------------------ structure
+
+
+def test_tasks_pools_and_items(ds):
+    test = ds.splits["test"]
+    assert ds.tasks("test") == ["i2t", "it2t", "t2i", "t2it"] and ds.tasks("train") == ["i2t", "t2i"]
+    assert test.pools["t2i"] == ["9:1", "9:2", "9:3"]
+    assert test.pools["i2t"] == ["9:11", "9:12", "9:13"]
+    assert test.pools["t2it"] == ["2:1", "2:2"] and test.pools["it2t"] == ["5:7", "5:8"]
+    for task in ds.tasks("test"):
+        assert all(ds.items[i].modality == TASK_TARGET[task] for i in test.pools[task])
+    assert ds.items["9:11"].text == "A red square." and ds.items["9:11"].image is None
+    assert ds.items["9:1"].text is None and colour_of(ds, ds.items["9:1"].image) == RED
+    pair = ds.items["2:2"]  # "text,image" is read as a pair too
+    assert pair.modality == PAIR and pair.text == "Blue headline" and colour_of(ds, pair.image) == BLUE
+    assert ds.items["2:1"].image == ds.items["9:1"].image  # one image file, decoded once
+    assert ds.images.dtype == np.uint8 and ds.images.shape == (len(IMAGES), 8, 8, 3)
+    assert ds.item_vectors is None and ds.query_vectors is None
+
+
+def test_queries_relevance_and_content(ds):
+    t2i = ds.queries("test", "t2i")
+    assert [(q.id, q.relevant, q.text, q.image) for q in t2i] == [
+        ("test/t2i/9:1", ("9:1",), "a red picture", None), ("test/t2i/9:2", ("9:2",), "green", None)]
+    i2t = ds.queries("test", "i2t")
+    assert [q.relevant for q in i2t] == [("9:11",), ("9:13",)] and all(q.text is None for q in i2t)
+    assert [colour_of(ds, q.image) for q in i2t] == [RED, BLUE]
+    (oven,) = ds.queries("test", "it2t")
+    assert oven.relevant == ("5:7",)  # the InfoSeek positive is not the query's dataset
+    assert oven.text == "what animal is this?" and colour_of(ds, oven.image) == GRAY
+    train = ds.splits["train"]
+    assert [q.task for q in train.queries] == ["t2i", "i2t"]
+    # a mixed pool file: each task's pool holds its target modality only
+    assert train.pools == {"t2i": ["9:101"], "i2t": ["9:102"]}
+    idx, texts = ds.training_pairs()
+    assert texts == ["a green picture"] and idx.tolist() == [ds.items["9:101"].image]
+
+
+def test_instructions_come_from_the_tsv_deterministically(tree, ds):
+    coco = [p for p in INSTRUCTION_ROWS[1][4:] if p]
+    for q in ds.queries("test", "t2i"):
+        qid = q.id.split("/")[-1]
+        assert q.instruction == coco[zlib.crc32(qid.encode()) % len(coco)]
+    assert ds.queries("test", "i2t")[0].instruction == INSTRUCTION_ROWS[2][4]
+    assert ds.queries("test", "it2t")[0].instruction.startswith("Retrieve a Wikipedia paragraph")
+    again = tree.build()
+    assert again.splits == ds.splits and np.array_equal(again.images, ds.images)
+    plain = tree.build(instructions=None)
+    assert all(q.instruction == INSTRUCTIONS[q.task] for s in plain.splits.values() for q in s.queries)
+
+
+def test_universal_pool(ds, tree):
+    union = ds.splits["test"].pools[UNIVERSAL]
+    assert union == [c["did"] for c in files()[UNION]]
+    assert {ds.items[i].modality for i in union} == {IMAGE, TEXT, PAIR}
+    assert UNIVERSAL not in ds.tasks("test") and UNIVERSAL not in ds.splits["train"].pools
+    assert all(set(q.relevant) <= set(union) for q in ds.splits["test"].queries)
+    assert UNIVERSAL not in tree.build(universal=False).splits["test"].pools
+
+
+def test_sources_sharing_a_task_share_one_pool(tree):
+    extra = ("query/test/mbeir_mscoco_task0_extra.jsonl", "cand_pool/local/extra_pool.jsonl")
+    tree.entries[extra[1]] = [cand("9:50", "image", img=C), cand("9:1", "image", img=A)]
+    tree.entries[extra[0]] = [query("9:60", "text", 0, ["9:50"], "blue")]
+    tree.write()
+    ds = tree.build(test=(COCO_T2I, extra), universal=False)
+    assert ds.splits["test"].pools["t2i"] == ["9:1", "9:2", "9:3", "9:50"]
+    assert [q.id for q in ds.queries("test", "t2i")] == ["test/t2i/9:1", "test/t2i/9:2", "test/t2i/9:60"]
+
+
+def test_quick_run_limits_keep_every_positive(tree):
+    ds = tree.build(max_queries_per_file=1, max_pool_size=1)
+    test = ds.splits["test"]
+    assert [q.id for q in ds.queries("test", "i2t")] == ["test/i2t/9:3"]
+    assert test.pools["i2t"] == ["9:11"]  # first candidate, which is also the kept query's positive
+    assert test.pools["t2i"] == ["9:1"] and test.pools["t2it"] == ["2:1", "2:2"]  # 2:2 kept: a positive
+    assert test.pools[UNIVERSAL] == ["9:1", "9:11", "2:2", "5:7"]
+    assert set(ds.items) == {i for s in ds.splits.values() for p in s.pools.values() for i in p}
+
+
+def test_hydra_config_instantiates(tree, monkeypatch):
+    monkeypatch.setenv("GENRETR_DATA", str(tree.root.parent))
+    cfg = OmegaConf.load(CONF / "mbeir.yaml")
+    ds = instantiate(cfg, image_size=8, _convert_="all")
+    assert ds.name == "mbeir_mscoco" and ds.tasks("test") == ["i2t", "t2i"] and ds.tasks("train") == ["i2t", "t2i"]
+    assert len(ds.queries("test", "t2i")) == 2 and UNIVERSAL not in ds.splits["test"].pools
+
+
+# ------------------------------------------------------------------ bad input: one line naming file and entry
+
+
+def _edit(path, k, **fields):
+    """Set fields of entry k of a jsonl (KeyError: remove the field)."""
+    def edit(tree):
+        tree.entries[path][k].update(fields)
+        for key in [key for key, v in fields.items() if v is KeyError]:
+            del tree.entries[path][k][key]
+        tree.write()
+    return edit
+
+
+def _raw_line(path, text, at=1):
+    """Insert a raw line before line `at` (0-based) of a jsonl."""
+    def edit(tree):
+        lines = (tree.root / path).read_text().splitlines(keepends=True)
+        lines.insert(at, text + "\n")
+        (tree.root / path).write_text("".join(lines))
+    return edit
+
+
+BAD = {
+    "malformed json": (_raw_line(COCO_T2I[0], '{"qid": "9:9", '), COCO_T2I[0], "line 2", "malformed JSON"),
+    "not an object": (_raw_line(COCO_T2I[1], "[1, 2]", 0), COCO_T2I[1], "line 1", "not a JSON object"),
+    "missing qid": (_edit(COCO_T2I[0], 1, qid=KeyError), COCO_T2I[0], "line 2", "'qid'"),
+    "missing task_id": (_edit(COCO_T2I[0], 0, task_id=KeyError), COCO_T2I[0], "line 1", "'task_id'"),
+    "unknown task_id": (_edit(COCO_T2I[0], 0, task_id=5), COCO_T2I[0], "line 1", "unknown task_id 5"),
+    "task_id vs modality": (_edit(COCO_I2T[0], 1, task_id=0), COCO_I2T[0], "line 2", "does not fit task_id"),
+    "missing query text": (_edit(COCO_T2I[0], 1, query_txt=None), COCO_T2I[0], "line 2", "'query_txt'"),
+    "missing positives": (_edit(WEBQA[0], 0, pos_cand_list=[]), WEBQA[0], "line 1", "'pos_cand_list'"),
+    "unknown query modality": (_edit(COCO_T2I[0], 0, query_modality="audio"), COCO_T2I[0], "line 1",
+                               "unknown query_modality 'audio'"),
+    "unknown candidate modality": (_edit(COCO_I2T[1], 2, modality="video"), COCO_I2T[1], "line 3",
+                                   "unknown modality 'video'"),
+    "missing did": (_edit(COCO_I2T[1], 1, did=KeyError), COCO_I2T[1], "line 2", "'did'"),
+    "image candidate without path": (_edit(COCO_T2I[1], 1, img_path=""), COCO_T2I[1], "line 2", "'img_path'"),
+    "positive not in pool": (_edit(COCO_T2I[0], 1, pos_cand_list=["9:77"]), COCO_T2I[0], "line 2",
+                             "positive candidate '9:77' is not in the pool"),
+    "positive of the wrong modality": (_edit(TRAIN[0], 0, pos_cand_list=["9:102"]), TRAIN[0], "line 1",
+                                       "is 'text', but t2i retrieves 'image'"),
+    "no positive of its dataset": (_edit(OVEN[0], 0, pos_cand_list=["6:9"]), OVEN[0], "line 1",
+                                   "no positive candidate from the query's dataset '5'"),
+    "duplicate qid": (_edit(COCO_T2I[0], 1, qid="9:1"), COCO_T2I[0], "line 2", "duplicate qid '9:1'"),
+    "duplicate did": (_edit(COCO_I2T[1], 2, did="9:11"), COCO_I2T[1], "line 3", "duplicate did '9:11'"),
+    "missing image": (lambda tree: (tree.root / C).unlink(), COCO_T2I[1], "line 3 (did=9:3)", "image file not found"),
+    "missing query image": (_edit(OVEN[0], 0, query_img_path="mbeir_images/gone.jpg"), OVEN[0], "line 1",
+                            "image file not found"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_names_file_and_entry(tree, case):
+    edit, path, entry, problem = BAD[case]
+    edit(tree)
+    with pytest.raises(DataError) as err:
+        tree.build()
+    msg = str(err.value)
+    assert "\n" not in msg and err.value.path == str(tree.root / path), msg
+    assert f"[{entry}" in msg and problem in msg, msg
+
+
+def test_conflicting_did_across_pool_files(tree):
+    tree.entries[UNION][0]["txt"] = "changed"
+    tree.entries[UNION][0]["modality"] = "image,text"
+    tree.write()
+    with pytest.raises(DataError, match=r"mbeir_union_test_cand_pool.jsonl \[line 1 \(did=9:1\)\]: did '9:1' differs"):
+        tree.build()
+
+
+def test_positive_missing_from_the_universal_pool(tree):
+    tree.entries[UNION] = [c for c in tree.entries[UNION] if c["did"] != "9:13"]
+    tree.write()
+    with pytest.raises(DataError, match=r"mbeir_mscoco_task3_test.jsonl \[line 2 \(qid=9:4\)\]: .*universal pool"):
+        tree.build()
+
+
+def test_undecodable_image(tree):
+    (tree.root / B).write_bytes(b"not a jpeg at all")
+    with pytest.raises(DataError, match=r"task0_test_cand_pool.jsonl \[line 2 \(did=9:2\)\]: cannot decode image"):
+        tree.build()
+
+
+@pytest.mark.parametrize("row, problem", [
+    (["text", "image", "MSCOCO"], "at least one prompt"),
+    (["text", "audio", "X", "9", "Find it."], "unknown modality 'audio' in column 2"),
+])
+def test_bad_instruction_rows(tree, row, problem):
+    tree.tsv.append(row)
+    tree.write()
+    with pytest.raises(DataError, match=rf"query_instructions.tsv \[line {len(tree.tsv)}\]: .*{problem}"):
+        tree.build()
+
+
+def test_query_without_an_instruction(tree):
+    tree.tsv = [r for r in tree.tsv if r[3] != "2"]
+    tree.write()
+    with pytest.raises(DataError, match=r"mbeir_webqa_task2_test.jsonl \[line 1 \(qid=2:5\)\]: no instruction for "
+                                        r"dataset 2, text -> image,text"):
+        tree.build()
+
+
+def test_missing_files(tree):
+    (tree.root / OVEN[0]).unlink()
+    with pytest.raises(DataError, match="mbeir_oven_task6_test.jsonl: file not found"):
+        tree.build()
+    with pytest.raises(DataError, match="nope.tsv: file not found"):
+        tree.build(instructions="nope.tsv")
+
+
+@pytest.mark.parametrize("kw, problem", [
+    ({"splits": {"test": []}}, "non-empty list"),
+    ({"splits": {"test": [{"queries": COCO_T2I[0]}]}}, "non-empty list"),
+    ({"universal": {"val": UNION}}, "not in dataset.splits"),
+    ({"max_pool_size": 0}, "max_pool_size"),
+])
+def test_bad_config(tree, kw, problem):
+    args = {"root": tree.root, "splits": {"test": [{"queries": COCO_T2I[0], "pool": COCO_T2I[1]}]}, **kw}
+    with pytest.raises(GenretrError, match=problem):
+        build_mbeir(**args)
