@@ -26,6 +26,7 @@ from genretr.training import fit
 
 log = logging.getLogger(__name__)
 STAGES = ["dataset", "encode", "identify", "train", "index", "evaluate"]
+CAPTION_TASKS = ("t2i", "t2a", "t2v")  # caption -> item: the (item, caption) pairs encoders and captioners learn from
 
 
 @dataclass
@@ -59,6 +60,17 @@ class Pipeline:
     def tasks(self) -> list[str]:
         return list(self.cfg.eval.tasks)
 
+    def pool_name(self, task: str) -> str:
+        """The pool `task` searches: its own (task-specific) or the split's union pool (GENIUS Table 2)."""
+        return "universal" if str(self.cfg.eval.get("pool", "task")) == "universal" else task
+
+    def pool(self, ds: RetrievalDataset, task: str) -> list[str]:
+        split, name = self.cfg.eval.split, self.pool_name(task)
+        if name not in ds.splits[split].pools:
+            raise GenretrError(f"eval.pool={self.cfg.eval.get('pool')}: split '{split}' of {ds.name} has no "
+                               f"'{name}' pool (shapes: dataset.universal=true)")
+        return ds.splits[split].pools[name]
+
     def splits(self) -> list[str]:
         """The splits this run touches: train (encoder and decoder training) and the evaluation split."""
         return list(dict.fromkeys(["train", self.cfg.eval.split]))
@@ -83,9 +95,15 @@ class Pipeline:
     def encode(self, ds: RetrievalDataset) -> Embeddings:
         cfg = self.cfg.encoder
         splits = self.splits()
-        key = self.keys["encode"] = config_key("encode", self.keys["dataset"], cfg, self.cfg.seed, splits)
+        given = getattr(ds, "item_vectors", None) is not None
+        # given item vectors without query vectors: the zero query vectors exist for token-input backbones only
+        mode = (self._input(), self.cfg.method.name) if given and ds.query_vectors is None else None
+        key = self.keys["encode"] = config_key("encode", self.keys["dataset"], cfg, self.cfg.seed, splits, mode)
 
         def write(tmp: Path):
+            if given:  # features given (dataset=precomputed): nothing to encode
+                torch.save(self._given_vectors(ds, splits).state(), tmp / "embeddings.pt")
+                return
             torch.manual_seed(int(self.cfg.seed))
             encoder = instantiate(cfg.model)
             items, queries = _split_members(ds, splits)
@@ -106,10 +124,44 @@ class Pipeline:
         path = self.store.produce("encode", key, write)
         return Embeddings(**{k: v for k, v in torch.load(path / "embeddings.pt").items() if not k.startswith("_")})
 
+    def _given_vectors(self, ds: RetrievalDataset, splits) -> Embeddings:
+        """Embeddings of a dataset that ships its vectors (CART's ImageBind features): items from
+        `item_vectors`; queries from `query_vectors` (the same model's text side), or -- for backbones
+        that read query tokens and never the query vector -- zeros."""
+        items, queries = _split_members(ds, splits)
+        vecs = torch.from_numpy(np.stack([ds.item_vectors[x.id] for x in items])).float()
+        if ds.query_vectors is not None:
+            qvecs = torch.from_numpy(np.stack([ds.query_vectors[q.id] for q in queries])).float()
+        elif self._input() == "tokens" and self.cfg.method.name != "embedding":
+            qvecs = torch.zeros(len(queries), vecs.shape[1])
+        else:
+            raise GenretrError(f"dataset {ds.name} gives item vectors but no query vectors: set "
+                               "dataset.caption_features (the same model's caption embeddings), or use a "
+                               "token-input backbone (backbone=cart or backbone.input=tokens)")
+        return Embeddings([x.id for x in items], vecs, [q.id for q in queries], qvecs)
+
+    @torch.no_grad()
+    def embed_texts(self, ds: RetrievalDataset, texts: list[str]) -> torch.Tensor:
+        """Vectors of new texts (captioner-written queries) from the trained encoder of this run."""
+        path = self.store.artifact("encode", self.keys["encode"])
+        if not (path / "encoder.pt").exists():
+            raise GenretrError(f"dataset {ds.name} ships its vectors: there is no encoder to embed new texts "
+                               "(train.pseudo_queries needs one)")
+        encoder = instantiate(self.cfg.encoder.model)
+        if (path / "tokenizer.json").exists():
+            from genretr.data.tokenizer import load
+
+            encoder.text_tower.tokenizer = load(path / "tokenizer.json")
+        encoder.load_state_dict(torch.load(path / "encoder.pt"))
+        encoder.eval()
+        inputs = encoder.prepare_texts(texts)
+        bs = int(self.cfg.encoder.fit.batch_size)
+        return torch.cat([encoder.embed_texts(inputs[s:s + bs]) for s in range(0, len(texts), bs)])
+
     # -- identify -------------------------------------------------------------------------
     def identify(self, ds: RetrievalDataset, emb: Embeddings) -> IdTable:
         key = self.keys["identify"] = config_key("identify", self.keys["encode"], self.cfg.identifier, self.tasks())
-        items = _identified_items(ds, self.splits(), self.tasks())
+        items = _identified_items(ds, self.splits(), [*self.tasks(), "universal"])
 
         def write(tmp: Path):
             scheme = instantiate(_scheme_cfg(self.cfg.identifier))
@@ -127,13 +179,14 @@ class Pipeline:
         captions: dict[str, list[str]] = {}
         pairs = [(q, r) for q in ds.splits["train"].queries for r in q.relevant]
         for q, r in pairs:
-            if q.task == "t2i" and q.text:
+            if q.task in CAPTION_TASKS and q.text:
                 captions.setdefault(r, []).append(q.text)
-        return _Ctx(train_texts=[q.text for q in ds.splits["train"].queries if q.task == "t2i"], workdir=workdir,
+        return _Ctx(train_texts=[q.text for q in ds.splits["train"].queries if q.task in CAPTION_TASKS], workdir=workdir,
                     seed=int(self.cfg.seed), progress=bool(self.cfg.progress), item_captions=captions,
                     train_query_vecs=emb.queries([q.id for q, _ in pairs]).numpy() if pairs else np.zeros((0, 1)),
                     train_query_items=[r for _, r in pairs], train_query_tasks=[q.task for q, _ in pairs],
                     item_modalities=[ds.items[i].modality for i in items],
+                    describe=lambda ids: _describe(self, ds, emb, ids),
                     cache_dir=self.store.work("identify-cache", config_key("identify-cache", self.keys["encode"],
                                                                            self.cfg.identifier)))
 
@@ -197,7 +250,7 @@ class Pipeline:
     def pseudo_queries(self, ds: RetrievalDataset, emb: Embeddings, table: IdTable):
         from genretr.augment import pseudo_queries
 
-        return pseudo_queries(self, ds, emb, table)
+        return pseudo_queries(self, ds, emb, table, every_item=str(self.cfg.train.pseudo_queries_for) == "all")
 
     # -- index ----------------------------------------------------------------------------
     def index(self, ds: RetrievalDataset, table: IdTable) -> dict:
@@ -206,15 +259,17 @@ class Pipeline:
         from genretr.decoding.csr_trie import CSRTrie
 
         split = self.cfg.eval.split
-        key = self.keys["index"] = config_key("index", self.keys["identify"], split, self.tasks(), "csr")
+        pools = sorted({self.pool_name(t) for t in self.tasks()})
+        key = self.keys["index"] = config_key("index", self.keys["identify"], split, pools, "csr")
 
         def write(tmp: Path):
-            for task in self.tasks():
-                (tmp / task).mkdir()
-                CSRTrie.from_table(table.subset(ds.splits[split].pools[task])).save(tmp / task)
+            for name in pools:
+                (tmp / name).mkdir()
+                CSRTrie.from_table(table.subset(ds.splits[split].pools[name])).save(tmp / name)
 
         path = self.store.produce("index", key, write)
-        return {task: CSRTrie.load(path / task) for task in self.tasks()}
+        tries = {name: CSRTrie.load(path / name) for name in pools}
+        return {task: tries[self.pool_name(task)] for task in self.tasks()}
 
     # -- evaluate -------------------------------------------------------------------------
     def evaluate(self, ds, emb: Embeddings, model=None, table=None, tries=None) -> dict:
@@ -241,7 +296,7 @@ class Pipeline:
         """query batch -> (rankings, q/s) for the configured method and decoding (genretr.evaluation.search)."""
         from genretr.evaluation import search
 
-        top_k, pool = int(self.cfg.eval.top_k), ds.splits[self.cfg.eval.split].pools[task]
+        top_k, pool = int(self.cfg.eval.top_k), self.pool(ds, task)
         if self.cfg.method.name == "embedding":
             return search.embedding_searcher(pool, emb.items(pool).numpy(), top_k)
         d = self.cfg.decoding
@@ -291,6 +346,14 @@ class _Ctx:
     describe: object = None
 
 
+def _describe(pipeline, ds, emb, item_ids: list[str]) -> list[str]:
+    """Captions written by the run's captioner (genretr.augment) for `item_ids`."""
+    from genretr.augment import captions_for
+
+    written = captions_for(pipeline, ds, emb, list(item_ids), every_item=True)
+    return [written[i] for i in item_ids]
+
+
 def _scheme_cfg(cfg: DictConfig) -> DictConfig:
     """The scheme's constructor arguments: keys the pipeline reads itself (`head`) are not passed."""
     return OmegaConf.masked_copy(cfg, [k for k in cfg if k not in ("head",)])
@@ -300,7 +363,7 @@ def _caption_groups(ds: RetrievalDataset):
     """Training images and, for each, its captions (from the train split's t2i queries)."""
     groups: dict[int, list[str]] = {}
     for q in ds.splits["train"].queries:
-        if q.task == "t2i" and q.text:
+        if q.task in CAPTION_TASKS and q.text:
             groups.setdefault(ds.items[q.relevant[0]].image, []).append(q.text)
     index = np.array(sorted(groups), dtype=np.int64)
     return index, [groups[i] for i in index]

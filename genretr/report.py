@@ -199,6 +199,43 @@ def markdown_table(runs, reference=None, tasks=None, metrics=None) -> str:
     return "\n".join(lines)
 
 
+def plot_sweep(runs: list[dict], x: str, series: str | None, metrics: list[str], task: str | None, path) -> None:
+    """A PNG of metric vs the override `x` (e.g. decoding.num_beams), one line per value of `series`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def value(run, key):
+        for o in run["overrides"]:
+            if _key(o) == key:
+                return o.split("=", 1)[1]
+        return (run.get("choices") or {}).get(key)
+
+    lines: dict[str, list] = {}
+    for r in runs:
+        xv = value(r, x)
+        t = task or next(iter(r["metrics"]), None)
+        if xv is None or t not in r["metrics"]:
+            continue
+        lines.setdefault(str(value(r, series)) if series else "", []).append((float(xv), r["metrics"][t]))
+    if not lines:
+        raise ReportError(path, f"no run has the override {x}= to plot")
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.5), squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        for name, pts in sorted(lines.items()):
+            pts = sorted((px, v[m]) for px, v in pts if v.get(m) is not None)
+            ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", label=name or None)
+        ax.set_xlabel(x)
+        ax.set_ylabel(f"{m} (%)")
+        ax.grid(alpha=0.3)
+    if series:
+        axes[0][0].legend(title=series, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m genretr.report", description=__doc__.splitlines()[0])
     p.add_argument("dirs", nargs="+", metavar="DIR", help="run, multirun or parent dirs")
@@ -206,11 +243,17 @@ def main(argv=None) -> int:
     p.add_argument("--metrics", default=",".join(DEFAULT_METRICS), help="comma-separated (R@1,R@5,R@10)")
     p.add_argument("--tasks", default=None, help="comma-separated tasks (default: all found)")
     p.add_argument("--out", metavar="FILE.md", help="also write the table to this file")
+    p.add_argument("--plot", metavar="KEY", help="also plot metrics vs this override (e.g. decoding.num_beams)")
+    p.add_argument("--series", metavar="KEY", help="one line per value of this override or group (--plot)")
+    p.add_argument("--png", metavar="FILE.png", default="sweep.png", help="where --plot writes")
     a = p.parse_args(argv)
     split = lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else None  # noqa: E731
     try:
         reference = load_reference(a.reference) if a.reference else None
-        table = markdown_table(collect(a.dirs), reference, split(a.tasks), split(a.metrics))
+        runs = collect(a.dirs)
+        table = markdown_table(runs, reference, split(a.tasks), split(a.metrics))
+        if a.plot:
+            plot_sweep(runs, a.plot, a.series, split(a.metrics), (split(a.tasks) or [None])[0], a.png)
         if a.out:
             try:
                 Path(a.out).write_text(table + "\n", encoding="utf-8")

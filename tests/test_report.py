@@ -114,7 +114,7 @@ def test_reference_matching_and_paper_only_rows(tmp_path):
     assert r["method=embedding"] == ["50.0 (58.4)", "80.0 (81.5)", "– (88.1)", "1000.0"]
     labels = list(r)
     assert labels[3:] == ["identifier=numeric (paper only)", "identifier=semantic (paper only)",
-                          "identifier=structured (paper only)"]
+                          "identifier=structured (paper only)", "identifier=image_tokens (paper only)"]
     assert r["identifier=structured (paper only)"] == ["– (37.4)", "– (59.5)", "– (66.2)", "–"]
     assert "GRACE Table 1, Flickr30K" in t
 
@@ -187,4 +187,15 @@ def test_example_reference_is_grace_table1():
     assert ref["dataset"] == "Flickr30K"
     assert ref["rows"]["identifier=structured"]["t2i"] == {"R@1": 37.4, "R@5": 59.5, "R@10": 66.2}
     assert ref["rows"]["method=embedding"]["t2i"] == {"R@1": 58.4, "R@5": 81.5, "R@10": 88.1}
-    assert len(ref["rows"]) == 6
+    assert len(ref["rows"]) == 7  # the five identifiers, image tokenization (Table 3) and CLIP
+
+
+def test_plot_sweep_writes_a_png(tmp_path):
+    for k, (ident, beams) in enumerate([("string", 1), ("string", 10), ("numeric", 1), ("numeric", 10)]):
+        make_run(tmp_path / "sweep" / str(k), [f"identifier={ident}", f"decoding.num_beams={beams}"],
+                 t2i={"R@1": 0.1 * k, "R@10": 0.2 + 0.1 * k})
+    png = tmp_path / "beam.png"
+    assert main([str(tmp_path / "sweep"), "--plot", "decoding.num_beams", "--series", "identifier",
+                 "--metrics", "R@1,R@10", "--png", str(png)]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert main([str(tmp_path / "sweep"), "--plot", "decoding.length_penalty", "--png", str(png)]) == 2

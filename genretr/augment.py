@@ -1,0 +1,53 @@
+"""Captioner-written queries (GRACE Appendix A pseudo-queries; CART Sec. 3.3 caption enhancement).
+
+A captioner (`genretr.captioner`) is trained on the train split's (image embedding, caption) pairs, then
+writes captions for pool items; they are embedded by the run's own encoder like real queries and added
+to the decoder's training samples.  GRACE writes them for the images that have no training query
+(the test pool); CART for every item (`every_item=True`).  The captions are a cached stage artifact.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from genretr.artifacts import config_key
+from genretr.samples import PseudoQueries
+
+log = logging.getLogger(__name__)
+
+
+def captions_for(pipeline, ds, emb, item_ids: list[str], every_item: bool = False) -> dict[str, str]:
+    """{item id: written caption} for `item_ids` without a training caption (or all of them with every_item)."""
+    from genretr.captioner import fit_captioner
+
+    cfg = pipeline.cfg
+    have: dict[str, list[str]] = {}
+    for q in ds.splits["train"].queries:
+        if q.task in ("t2i", "t2a", "t2v") and q.text:
+            for r in q.relevant:
+                have.setdefault(r, []).append(q.text)
+    todo = [i for i in item_ids if every_item or i not in have]
+    key = config_key("captions", pipeline.keys["encode"], cfg.captioner, cfg.seed, sorted(todo))
+
+    def write(tmp: Path):
+        train = sorted(have)
+        cap = fit_captioner(emb.items(train).numpy(), [have[i] for i in train], cfg.captioner, int(cfg.seed),
+                            bool(cfg.progress))
+        cap.save(tmp / "captioner")
+        texts = cap.describe(emb.items(todo).numpy()) if todo else []
+        (tmp / "captions.json").write_text(json.dumps(dict(zip(todo, texts))))
+
+    path = pipeline.store.produce("captions", key, write)
+    return json.loads((path / "captions.json").read_text())
+
+
+def pseudo_queries(pipeline, ds, emb, table, every_item: bool = False) -> PseudoQueries:
+    written = captions_for(pipeline, ds, emb, list(table.item_ids), every_item)
+    ids = list(written)
+    texts = [written[i] for i in ids]
+    vecs = pipeline.embed_texts(ds, texts) if texts else torch.zeros(0, emb.item_vecs.shape[1])
+    log.info("pseudo-queries: %d written, e.g. %s", len(ids), texts[:2])
+    return PseudoQueries(texts, vecs, ids)

@@ -1,0 +1,108 @@
+"""GRACE's semantic identifier (Sec. 3.3): a caption of the image, as word tokens.
+
+An item captioned in the training split uses one of its own captions (`train_caption: first`, or
+`random`, seeded).  The test images' captions must stay unseen, so — as the paper does to avoid
+the leak — a captioner (`genretr.captioner`) is trained on the training items' (embedding,
+captions) and writes their captions; `train_caption: generated` captions every image that way.
+Text and image–text items (other tasks' candidates) use their own text.  The captioner is saved
+under `<workdir>/captioner`.
+
+Collisions.  GRACE adds no disambiguation step, and Sec. 4.2 blames semantic identifiers' errors
+on "images [that] shared the same captions": identical captions stay one identifier shared by all
+their items (`collisions: share`, the default; the trie maps it to all of them, ranked together).
+`collisions: disambiguate` appends a counter token "#j" to the j-th item of each shared group.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from genretr.errors import GenretrError
+from genretr.identifiers.base import SPECIAL_TOKENS, IdTable
+from genretr.identifiers.structured import check_embeddings
+
+log = logging.getLogger(__name__)
+TRAIN_CAPTIONS = ("first", "random", "generated")
+COLLISIONS = ("share", "disambiguate")
+
+
+def append_counters(seqs: list[list[str]]) -> list[list[str]]:
+    """Append "#j" to the j-th sequence (j = 0, 1, ...) of every group of identical ones; others are kept."""
+    groups: dict[tuple, list[int]] = {}
+    for i, s in enumerate(seqs):
+        groups.setdefault(tuple(s), []).append(i)
+    out = [list(s) for s in seqs]
+    for rows in groups.values():
+        if len(rows) > 1:
+            for j, r in enumerate(rows):
+                out[r].append(f"#{j}")
+    if len({tuple(s) for s in out}) != len(out):
+        raise GenretrError("disambiguation failed: a sequence already ended with a counter token '#j'")
+    return out
+
+
+def counter_tokens(seqs: list[list[str]]) -> list[str]:
+    """The counter tokens "#j" used in `seqs`, in numeric order."""
+    used = {s[-1] for s in seqs if s and re.fullmatch(r"#\d+", s[-1])}
+    return sorted(used, key=lambda t: int(t[1:]))
+
+
+class SemanticIdentifier:
+    def __init__(self, captioner: Mapping, train_caption: str = "first", collisions: str = "share", seed: int = 0,
+                 batch_size: int = 256):
+        """`captioner`: the captioner config (conf/captioner/*.yaml, `${captioner}` in the YAML)."""
+        if train_caption not in TRAIN_CAPTIONS:
+            raise GenretrError(f"identifier.train_caption={train_caption} is not one of {', '.join(TRAIN_CAPTIONS)}")
+        if collisions not in COLLISIONS:
+            raise GenretrError(f"identifier.collisions={collisions} is not one of {', '.join(COLLISIONS)}")
+        self.captioner_cfg, self.train_caption, self.collisions = captioner, train_caption, collisions
+        self.seed, self.batch_size = seed, batch_size
+
+    def captions(self, items, x: np.ndarray, ctx) -> tuple[list[list[str]], list[str]]:
+        """Each item's caption as words, and where it came from ("train", "text" or "captioner")."""
+        from genretr.captioner import fit_captioner, words  # lazily: it imports Lightning and transformers
+
+        known = getattr(ctx, "item_captions", None)
+        if known is None:
+            raise GenretrError("semantic identifiers need the training captions (ctx.item_captions)")
+        rng = np.random.default_rng(self.seed)
+        seqs: list[list[str] | None] = [None] * len(items)
+        source = ["captioner"] * len(items)
+        for i, it in enumerate(items):
+            caps = known.get(it.id)
+            if caps and self.train_caption != "generated":
+                seqs[i] = words(caps[0] if self.train_caption == "first" else caps[int(rng.integers(len(caps)))])
+                source[i] = "train"
+            elif getattr(it, "text", None):
+                seqs[i], source[i] = words(it.text), "text"
+        todo = [i for i, s in enumerate(seqs) if s is None]
+        if todo:
+            captioned = [i for i, it in enumerate(items) if known.get(it.id)]
+            if not captioned:
+                raise GenretrError(f"semantic identifiers: {len(todo)} items need a generated caption, "
+                                   "but no item has training captions to train the captioner on")
+            cap = fit_captioner(x[captioned], [list(known[items[i].id]) for i in captioned], self.captioner_cfg,
+                                self.seed, bool(getattr(ctx, "progress", False)))
+            cap.save(Path(ctx.workdir) / "captioner")
+            for i, ws in zip(todo, cap.describe_words(x[todo], batch_size=self.batch_size)):
+                seqs[i] = ws
+        return seqs, source
+
+    def build(self, items, embeddings, ctx) -> IdTable:
+        x = check_embeddings(items, embeddings, "semantic")
+        seqs, source = self.captions(items, x, ctx)
+        log.info("semantic identifiers: %d training captions, %d own texts, %d generated", source.count("train"),
+                 source.count("text"), source.count("captioner"))
+        vocab = SPECIAL_TOKENS + sorted({w for s in seqs for w in s})
+        new_tokens = []
+        if self.collisions == "disambiguate":
+            seqs = append_counters(seqs)
+            new_tokens = counter_tokens(seqs)
+            vocab += new_tokens
+        index = {t: i for i, t in enumerate(vocab)}
+        return IdTable.from_lists([it.id for it in items], [[index[t] for t in s] for s in seqs], vocab,
+                                  new_tokens=new_tokens)

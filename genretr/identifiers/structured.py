@@ -1,0 +1,105 @@
+"""GRACE's structured identifier (Sec. 3.3, Fig. 3b): an item's path in a hierarchical k-means tree.
+
+The item embeddings are clustered into k clusters; every cluster holding more than c items is
+clustered again, recursively (DSI's semantic docids, Tay et al. 2022).  Each level's cluster is a
+new token "C_{level}_{cluster}" (level 1 first); inside a leaf cluster (≤ c items) the item's
+position is the last token, "C_{level}_{position}" one level further down.  Identifiers are unique
+and similar images share a path prefix; lengths vary with the depth of each branch.
+
+`kmeans` (faiss by default, scikit-learn with `backend: sklearn`) is shared with the image-token
+identifier's residual quantizer.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from genretr.errors import GenretrError
+from genretr.identifiers.base import SPECIAL_TOKENS, IdTable
+
+BACKENDS = ("faiss", "sklearn")
+
+
+def check_embeddings(items, embeddings, scheme: str) -> np.ndarray:
+    """(n, d) float32 C-contiguous vectors, one per item, or a one-line error."""
+    x = np.ascontiguousarray(np.asarray(embeddings, dtype=np.float32)) if embeddings is not None else None
+    if x is None or x.ndim != 2 or len(x) != len(items) or len(items) == 0:
+        shape = None if x is None else x.shape
+        raise GenretrError(f"{scheme} identifiers need one embedding per item: {len(items)} items, embeddings {shape}")
+    if not np.isfinite(x).all():
+        raise GenretrError(f"{scheme} identifiers: the item embeddings contain NaN or inf")
+    return x
+
+
+def kmeans(x: np.ndarray, k: int, niter: int = 20, seed: int = 0, backend: str = "faiss",
+           max_points_per_centroid: int = 256, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(centroids (k, d), assignment (n,)) of k-means on the rows of x (k ≤ n).
+
+    faiss's result depends on its thread count (summation order): `threads=1` makes it independent
+    of the machine's core count, `threads=0` uses every core."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if not 1 <= k <= len(x):
+        raise GenretrError(f"k-means: k={k} clusters for {len(x)} points")
+    if backend == "faiss":
+        import faiss
+
+        before = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(threads or os.cpu_count() or 1)
+        try:
+            km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, verbose=False,
+                              max_points_per_centroid=max_points_per_centroid, min_points_per_centroid=1)
+            km.train(x)
+            _, assign = km.index.search(x, 1)
+        finally:
+            faiss.omp_set_num_threads(before)
+        return km.centroids.copy(), assign[:, 0].astype(np.int64)
+    if backend == "sklearn":
+        from sklearn.cluster import KMeans
+
+        km = KMeans(n_clusters=k, n_init=1, max_iter=niter, random_state=seed).fit(x)
+        return km.cluster_centers_.astype(np.float32), km.labels_.astype(np.int64)
+    raise GenretrError(f"k-means backend={backend} is not one of {', '.join(BACKENDS)}")
+
+
+class StructuredIdentifier:
+    def __init__(self, k: int = 30, c: int = 30, niter: int = 20, seed: int = 0, backend: str = "faiss",
+                 max_points_per_centroid: int = 256, threads: int = 1):
+        if k < 2 or c < 1:
+            raise GenretrError(f"structured identifiers need k >= 2 clusters and leaf size c >= 1 (k={k}, c={c})")
+        if backend not in BACKENDS:
+            raise GenretrError(f"identifier.backend={backend} is not one of {', '.join(BACKENDS)}")
+        self.k, self.c, self.niter, self.seed = k, c, niter, seed
+        self.backend, self.max_points_per_centroid, self.threads = backend, max_points_per_centroid, threads
+
+    def paths(self, x: np.ndarray) -> list[list[int]]:
+        """Each row's path: cluster index at every level, then its position in its leaf cluster."""
+        paths: list[list[int]] = [[] for _ in range(len(x))]
+
+        def split(rows: np.ndarray, depth: int) -> None:
+            if len(rows) <= self.c:  # a leaf: the position within the cluster ends the path
+                for pos, r in enumerate(rows):
+                    paths[r].append(pos)
+                return
+            k = min(self.k, len(rows))
+            _, assign = kmeans(x[rows], k, self.niter, self.seed + depth, self.backend, self.max_points_per_centroid,
+                               self.threads)
+            if np.bincount(assign, minlength=k).max() == len(rows):  # identical vectors: split arbitrarily
+                assign = np.arange(len(rows)) % k
+            for j in range(k):
+                members = rows[assign == j]
+                for r in members:
+                    paths[r].append(j)
+                if len(members):
+                    split(members, depth + 1)
+
+        split(np.arange(len(x)), 0)
+        return paths
+
+    def build(self, items, embeddings, ctx) -> IdTable:
+        x = check_embeddings(items, embeddings, "structured")
+        names = [[f"C_{level}_{j}" for level, j in enumerate(p, start=1)] for p in self.paths(x)]
+        used = sorted({t for ts in names for t in ts}, key=lambda t: tuple(int(v) for v in t.split("_")[1:]))
+        index = {t: i for i, t in enumerate(SPECIAL_TOKENS + used)}
+        return IdTable.from_lists([it.id for it in items], [[index[t] for t in ts] for ts in names],
+                                  SPECIAL_TOKENS + used, new_tokens=used)

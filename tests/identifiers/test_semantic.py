@@ -1,0 +1,124 @@
+"""genretr.identifiers.semantic (GRACE semantic IDs: captions, generated for unseen images, Sec. 3.3)."""
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from genretr.captioner import Captioner, words
+from genretr.errors import GenretrError
+from genretr.identifiers.base import SPECIAL_TOKENS
+from genretr.identifiers.semantic import SemanticIdentifier, append_counters
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+TEMPLATES = ["a red circle on the left", "two blue squares at the top", "a small green triangle, far right",
+             "nothing but sand"]
+TINY = {"model": dict(d_model=32, num_layers=1, num_heads=2, d_ff=64, dropout=0.0, prefix_len=2, prefix_hidden=64,
+                      lr=1e-2, warmup_steps=5),
+        "fit": dict(max_epochs=20, batch_size=24), "max_len": 12}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def toy(n=48, n_train=36, d=16):
+    """Items around 4 directions; train items have captions of their direction (mostly the template), test items none."""
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(4, d))
+    label = np.arange(n) % 4
+    x = centers[label] + 0.3 * rng.normal(size=(n, d))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    items = [SimpleNamespace(id=f"{'train' if i < n_train else 'test'}/img{i}", modality="image", text=None)
+             for i in range(n)]
+    captions = {items[i].id: [TEMPLATES[label[i]], TEMPLATES[label[i]], f"variant of {TEMPLATES[label[i]]}"]
+                for i in range(n_train)}
+    return items, x, label, captions
+
+
+def ctx(tmp_path, captions):
+    return SimpleNamespace(train_texts=[c for cs in captions.values() for c in cs], workdir=tmp_path, seed=0,
+                           progress=False, item_captions=captions)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    items, x, label, captions = toy()
+    workdir = tmp_path_factory.mktemp("semantic")
+    table = SemanticIdentifier(captioner=TINY).build(items, x, ctx(workdir, captions))
+    return table, items, x, label, captions, workdir
+
+
+def test_train_items_get_their_own_first_caption(built):
+    table, items, _, _, captions, _ = built
+    for it in items[:36]:
+        assert [table.vocab[t] for t in table.tokens(it.id)[:-1]] == words(captions[it.id][0])
+    assert table.vocab[:2] == SPECIAL_TOKENS and table.new_tokens == []
+
+
+def test_test_items_get_the_captioners_caption(built):
+    table, items, x, label, _, workdir = built
+    cap = Captioner.load(workdir / "captioner")  # saved into ctx.workdir
+    generated = cap.describe_words(x[36:])
+    assert [[table.vocab[t] for t in table.tokens(it.id)[:-1]] for it in items[36:]] == generated
+    assert np.mean([g == words(TEMPLATES[b]) for g, b in zip(generated, label[36:])]) > 0.8
+
+
+def test_shared_captions_share_one_identifier(built):
+    """collisions=share (GRACE): the 12 items of a template all sit behind that one identifier."""
+    table, items, _, label, _, _ = built
+    for b in range(4):
+        members = [it.id for it, lb in zip(items, label) if lb == b]
+        ids = {table.tokens(i) for i in members}
+        assert len(ids) <= 2  # the template (train and well-captioned test items), rarely a miss
+        assert len(table.items_of(table.tokens(members[0]))) >= 9
+    assert table.collisions() >= 40
+
+
+def test_disambiguate_and_caption_choice(tmp_path):
+    items, x, label, captions = toy(n=36, n_train=36)  # all captioned: no captioner is trained
+    table = SemanticIdentifier(captioner=TINY, collisions="disambiguate").build(items, x, ctx(tmp_path, captions))
+    assert table.collisions() == 0 and not (tmp_path / "captioner").exists()
+    assert table.new_tokens == [f"#{j}" for j in range(9)] and table.vocab[-9:] == table.new_tokens
+    for j, it in enumerate(it for it, lb in zip(items, label) if lb == 1):
+        assert table.text(it.id) == " ".join(words(TEMPLATES[1]) + [f"#{j}"])
+    rand = SemanticIdentifier(captioner=TINY, train_caption="random", seed=3).build(items, x, ctx(tmp_path, captions))
+    picked = [rand.text(it.id) for it in items]
+    assert all(p in (" ".join(words(c)) for c in captions[it.id]) for p, it in zip(picked, items))
+    assert sum(p.startswith("variant") for p in picked) not in (0, len(items))
+
+
+def test_text_items_use_their_own_text(tmp_path):
+    items = [SimpleNamespace(id="c0", modality="text", text="A cat, sitting."),
+             SimpleNamespace(id="c1", modality="text", text="A cat, sitting.")]
+    t = SemanticIdentifier(captioner=TINY).build(items, np.eye(2, dtype=np.float32), ctx(tmp_path, {}))
+    assert t.text("c0") == "a cat , sitting ." and t.items_of(t.tokens("c0")) == ["c0", "c1"]
+
+
+def test_append_counters():
+    assert append_counters([["a"], ["b"], ["a"], ["a"]]) == [["a", "#0"], ["b"], ["a", "#1"], ["a", "#2"]]
+
+
+def test_errors(tmp_path):
+    items, x, _, captions = toy()
+    with pytest.raises(GenretrError, match="item_captions"):
+        SemanticIdentifier(captioner=TINY).build(items, x, SimpleNamespace(workdir=tmp_path))
+    with pytest.raises(GenretrError, match="no item has training captions"):
+        SemanticIdentifier(captioner=TINY).build(items, x, ctx(tmp_path, {}))
+    with pytest.raises(GenretrError, match="collisions=merge"):
+        SemanticIdentifier(captioner=TINY, collisions="merge")
+
+
+def test_yaml_takes_the_captioner_group():
+    cfg = OmegaConf.create({"identifier": OmegaConf.load(CONF / "identifier" / "semantic.yaml"),
+                            "captioner": OmegaConf.load(CONF / "captioner" / "default.yaml")})
+    scheme = instantiate(cfg.identifier)
+    assert isinstance(scheme, SemanticIdentifier) and scheme.collisions == "share"
+    assert scheme.captioner_cfg.model.d_model == cfg.captioner.model.d_model
