@@ -186,7 +186,7 @@ class Pipeline:
                     train_query_vecs=emb.queries([q.id for q, _ in pairs]).numpy() if pairs else np.zeros((0, 1)),
                     train_query_items=[r for _, r in pairs], train_query_tasks=[q.task for q, _ in pairs],
                     item_modalities=[ds.items[i].modality for i in items],
-                    describe=lambda ids: _describe(self, ds, emb, ids),
+                    describe=lambda ids: _describe(self, ds, emb, ids), images=ds.images,
                     cache_dir=self.store.work("identify-cache", config_key("identify-cache", self.keys["encode"],
                                                                            self.cfg.identifier)))
 
@@ -343,7 +343,8 @@ class _Ctx:
     train_query_tasks: list = field(default_factory=list)
     item_modalities: list = field(default_factory=list)
     cache_dir: Path | None = None
-    describe: object = None
+    describe: object = None  # item ids -> captions written by the run's captioner (genretr.augment)
+    images: np.ndarray | None = None  # the dataset's images (MLLM generators look at them)
 
 
 def _describe(pipeline, ds, emb, item_ids: list[str]) -> list[str]:
@@ -356,7 +357,9 @@ def _describe(pipeline, ds, emb, item_ids: list[str]) -> list[str]:
 
 def _scheme_cfg(cfg: DictConfig) -> DictConfig:
     """The scheme's constructor arguments: keys the pipeline reads itself (`head`) are not passed."""
-    return OmegaConf.masked_copy(cfg, [k for k in cfg if k not in ("head",)])
+    plain = OmegaConf.to_container(cfg, resolve=True)  # resolves ${captioner}, ${generator} against the root
+    plain.pop("head", None)
+    return OmegaConf.create(plain)
 
 
 def _caption_groups(ds: RetrievalDataset):

@@ -74,3 +74,10 @@ def test_cart_backbone_with_caption_enhancement(make_cfg, tmp_path):
                    "train.pseudo_queries_for=all")
     m = run(cfg, tmp_path)
     assert m["queries"] == 100 and 0.0 <= m["R@10"] <= 1.0
+
+
+def test_ssid_identifiers_from_the_keywords_generator(make_cfg, tmp_path):
+    m = run(make_cfg("identifier=ssid"), tmp_path)
+    assert m["queries"] == 100 and m["R@10"] > 0
+    summary = json.loads(next((tmp_path / "cache").glob("identify/*/artifact/ssid_summary.json")).read_text())
+    assert sum(summary["outcomes"].values()) == 80  # 60 train + 20 test images, each written once

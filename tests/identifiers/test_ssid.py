@@ -1,0 +1,185 @@
+"""SSID identifier generation: parsing and repairs, retries and fallback, collisions, the resumable cache."""
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from genretr.data.schema import Item
+from genretr.errors import DataError, GenretrError
+from genretr.generators.keywords import KeywordsGenerator
+from genretr.identifiers.ssid import AnswerCache, SsidIdentifier, identifier_words, parse
+
+TRAIN = ["a small red circle above a blue square", "a big green triangle on the left", "a small blue square",
+         "a yellow star next to a red circle", "a large green star", "a tiny purple triangle at the bottom"]
+
+
+@dataclass
+class Ctx:
+    workdir: Path
+    cache_dir: Path | None = None
+    train_texts: list = field(default_factory=lambda: list(TRAIN))
+    item_captions: dict = field(default_factory=dict)
+    describe: object = None
+    images: np.ndarray | None = field(default_factory=lambda: np.zeros((8, 4, 4, 3), np.uint8))
+    progress: bool = False
+
+
+class Scripted:
+    """A generator answering from per-item scripts (one answer per attempt); records what it was asked."""
+
+    needs_text = False
+
+    def __init__(self, scripts: dict[str, list[str]], fail_after: int | None = None):
+        self.scripts, self.asked, self.fail_after = scripts, [], fail_after
+
+    def fit(self, train_texts):
+        pass
+
+    def generate(self, requests):
+        if self.fail_after is not None and len(self.asked) >= self.fail_after:
+            raise KeyboardInterrupt("simulated kill")
+        self.asked += requests
+        return [self.scripts[r.item_id][sum(q.item_id == r.item_id for q in self.asked) - 1] for r in requests]
+
+    def signature(self):
+        return {"generator": "scripted"}
+
+
+def items(n, prefix="i"):
+    return [Item(f"{prefix}{k}", "image", image=k) for k in range(n)]
+
+
+def test_parse_strict_repaired_and_deviating():
+    p = parse("caption:Two men near bushes.\nidentifier:two men - bushes\nreason:Both show two men.", 10)
+    assert (p.kind, p.caption, p.identifier, p.reason) == ("strict", "Two men near bushes.", "two men - bushes",
+                                                           "Both show two men.")
+    near_misses = [
+        "Caption: Two men.\nIdentifier: two men - bushes\nReason: both.",  # case, spaces
+        "caption : Two men.\n\nidentifier -  two men - bushes\nreason = both.",  # "Identifier -", blank line
+        "caption:Two men.\nidentifier:two men - bushes\nThey both show two men.",  # missing "reason:" label
+        '- **Caption:** "Two men."\n- **Identifier:** "two men - bushes"\n- **Reason:** both.',  # bullets, quotes
+        "Sure! Here it is:\ncaption:Two men.\nidentifier:two men - bushes.\nreason:both.",  # stray line, period
+    ]
+    for raw in near_misses:
+        p = parse(raw, 10)
+        assert p.kind == "repaired" and p.identifier == "two men - bushes" and p.reason, raw
+    deviating = {"caption:x\nidentifier:two men are standing outside next to some very green bushes today\nreason:y":
+                 "12 words", "caption:x\nidentifier:two men": "reason", "": "empty", "caption:x\nidentifier:\nreason:y":
+                 "identifier", "identifier: ---\ncaption:x\nreason:y": "no word"}
+    for raw, problem in deviating.items():
+        p = parse(raw, 10)
+        assert p.kind == "" and problem in p.problem, (raw, p.problem)
+
+
+def test_identifier_words():
+    assert identifier_words("Cheerleaders-chairs \u2013 Spectators.") == ["cheerleaders", "-", "chairs", "-",
+                                                                         "spectators"]
+    assert identifier_words("- a - - b -") == ["a", "-", "b"]
+
+
+def test_keywords_build_table_reasons_summary_and_unseen_test_captions(tmp_path):
+    its = items(4) + [Item("t0", "text", text="a purple triangle at the bottom")]
+    known = {"i0": ["a small red circle above a blue square"], "i1": ["a big green triangle on the left"],
+             "i2": ["a large green star"]}
+    described = []
+
+    def describe(ids):
+        described.extend(ids)
+        return ["a yellow star next to a red circle" for _ in ids]
+
+    ctx = Ctx(tmp_path / "w", tmp_path / "cache", item_captions=known, describe=describe)
+    ctx.workdir.mkdir()
+    table = SsidIdentifier(KeywordsGenerator()).build(its, np.zeros((5, 4), np.float32), ctx)
+    assert described == ["i3"]  # only the item without text or train caption is captioned
+    assert table.text("i0") == "small red circle - blue square"
+    assert table.text("t0") == "purple triangle - bottom"  # a text item uses its own text
+    assert table.vocab[:2] == ["<pad>", "</s>"] and "-" in table.vocab
+    reasons = json.loads((ctx.workdir / "reasons.json").read_text())
+    assert set(reasons) == {it.id for it in its} and all(reasons.values())
+    summary = json.loads((ctx.workdir / "ssid_summary.json").read_text())
+    assert summary["outcomes"] == {"strict": 5, "repaired": 0, "retried": 0, "fallback": 0}
+    assert summary["collided_items"] == 0 and Path(summary["cache"]).parent == ctx.cache_dir
+
+
+def test_text_generator_without_caption_names_the_item(tmp_path):
+    ctx = Ctx(tmp_path, item_captions={"i0": ["a red circle"]})
+    with pytest.raises(GenretrError, match="caption for item 'i1'"):
+        SsidIdentifier(KeywordsGenerator()).build(items(2), np.zeros((2, 4), np.float32), ctx)
+
+
+def test_retry_with_stricter_prompt_then_fallback_counts_outcomes(tmp_path):
+    good = "caption:a red circle\nidentifier:red circle\nreason:it is red"
+    sentence = "caption:x\nidentifier:" + " ".join(["word"] * 12) + "\nreason:y"
+    gen = Scripted({"i0": [good], "i1": ["Caption: a blue square\nIdentifier - blue square\nit is blue"],
+                    "i2": [sentence, "caption:a green star\nidentifier:green star\nreason:green"],
+                    "i3": ["", "", ""]})
+    ctx = Ctx(tmp_path, item_captions={"i3": ["a small yellow star in the corner"]})
+    table = SsidIdentifier(gen, retries=2, batch_size=8).build(items(4), np.zeros((4, 2), np.float32), ctx)
+    assert [table.text(f"i{k}") for k in range(3)] == ["red circle", "blue square", "green star"]
+    assert table.text("i3") == "small yellow star - corner"  # the caption's distinctive words
+    summary = json.loads((tmp_path / "ssid_summary.json").read_text())
+    assert summary["outcomes"] == {"strict": 1, "repaired": 1, "retried": 1, "fallback": 1}
+    asked = [r.item_id for r in gen.asked]
+    assert asked == ["i0", "i1", "i2", "i3", "i2", "i3", "i3"]  # retries ask only the deviating items
+    assert all("previous answer did not follow" in r.prompt for r in gen.asked[4:])
+    assert "previous answer" not in gen.asked[0].prompt and "caption:a yellow star" not in gen.asked[0].prompt
+    assert gen.asked[3].prompt.endswith("caption:a small yellow star in the corner\nidentifier:\nreason:")
+
+
+@pytest.mark.parametrize("mode", ["disambiguate", "share"])
+def test_collisions_counted_and_disambiguated(tmp_path, mode):
+    same = "caption:c\nidentifier:red circle\nreason:r"
+    gen = Scripted({"i0": [same], "i1": [same], "i2": ["caption:c\nidentifier:blue square\nreason:r"]})
+    table = SsidIdentifier(gen, collisions=mode).build(items(3), np.zeros((3, 2), np.float32), Ctx(tmp_path))
+    summary = json.loads((tmp_path / "ssid_summary.json").read_text())
+    assert summary["collided_items"] == 2 and summary["collision_groups"] == 1
+    if mode == "disambiguate":
+        assert [table.text("i0"), table.text("i1")] == ["red circle #0", "red circle #1"] and table.collisions() == 0
+    else:
+        assert table.items_of(table.tokens("i0")) == ["i0", "i1"]
+    assert table.text("i2") == "blue square"
+
+
+def test_cache_resumes_after_a_kill_and_drops_a_torn_line(tmp_path):
+    scripts = {f"i{k}": [f"caption:c{k}\nidentifier:shape {k}\nreason:r{k}"] for k in range(6)}
+    ctx = Ctx(tmp_path / "w", tmp_path / "cache")
+    ctx.workdir.mkdir()
+    scheme = SsidIdentifier(Scripted(scripts, fail_after=2), batch_size=2)
+    with pytest.raises(KeyboardInterrupt):
+        scheme.build(items(6), np.zeros((6, 2), np.float32), ctx)
+    path = scheme.cache_path(ctx)
+    assert len(path.read_text().splitlines()) == 2  # the first batch was flushed
+    with open(path, "a") as f:
+        f.write('{"item_id": "i2", "caption": "c2", "ident')  # a kill mid-write
+    gen = Scripted(scripts)
+    table = SsidIdentifier(gen, batch_size=2).build(items(6), np.zeros((6, 2), np.float32), ctx)
+    assert [r.item_id for r in gen.asked] == ["i2", "i3", "i4", "i5"]  # finished items are not asked again
+    assert [table.text(f"i{k}") for k in range(6)] == [f"shape {k}" for k in range(6)]
+    lines = path.read_text().splitlines()
+    assert [json.loads(x)["item_id"] for x in lines] == [f"i{k}" for k in range(6)]
+    assert set(json.loads(lines[0])) >= {"item_id", "caption", "identifier", "reason", "raw", "outcome"}
+    again = Scripted(scripts)
+    SsidIdentifier(again, batch_size=2).build(items(6), np.zeros((6, 2), np.float32), ctx)
+    assert again.asked == []
+    assert SsidIdentifier(again, cache=False).generate([], ctx) == {}
+
+
+def test_corrupt_cache_line_is_a_data_error(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"item_id": "a"}\nnot json\n{"item_id": "b"}\n')
+    with pytest.raises(DataError, match="line 2"):
+        AnswerCache(path)
+
+
+def test_mllm_item_without_caption_sees_its_image(tmp_path):
+    imgs = np.zeros((2, 8, 8, 3), np.uint8)
+    imgs[1] += 7
+    gen = Scripted({"i0": ["caption:c\nidentifier:a\nreason:r"], "i1": ["caption:c\nidentifier:b\nreason:r"]})
+    ctx = Ctx(tmp_path, item_captions={"i0": ["a red circle"]}, images=imgs)
+    SsidIdentifier(gen).build(items(2), np.zeros((2, 2), np.float32), ctx)
+    assert gen.asked[0].caption == "a red circle" and gen.asked[1].caption is None
+    assert int(gen.asked[1].image.max()) == 7
+    with pytest.raises(GenretrError, match="neither a caption nor an image"):
+        SsidIdentifier(Scripted({})).build(items(1), np.zeros((1, 2), np.float32), Ctx(tmp_path, images=None))
