@@ -197,7 +197,35 @@ class Pipeline:
     def _classifier_head(self) -> bool:
         return str(self.cfg.identifier.get("head", "vocab")) == "classifier"
 
+    def _mllm(self) -> bool:
+        return str(self.cfg.backbone.get("kind", "decoder")) == "mllm"
+
+    def _train_mllm(self, ds: RetrievalDataset, table: IdTable):
+        """MLLM backbones read samples (images, query text) through their processor (genretr.mllm_stage)."""
+        from genretr import mllm_stage as M
+
+        cfg, tr = self.cfg.backbone, self.cfg.train
+        key = self.keys["train"] = config_key("train", self.keys["identify"], cfg, tr, self.cfg.seed)
+
+        def write(tmp: Path):
+            torch.manual_seed(int(self.cfg.seed))
+            model = instantiate(cfg.model)
+            reasons = M.reasons_of(self.store.artifact("identify", self.keys["identify"]))
+            samples = M.training_samples(ds, table, self.tasks(), reasons, bool(tr.memorize),
+                                         int(tr.memorize_repeat), bool(tr.retrieve), model.reason != "none")
+            log.info("MLLM: %d training samples", len(samples))
+            fit(model, M.SampleDataModule(samples, model.collate, int(cfg.fit.batch_size), int(self.cfg.seed)),
+                self.cfg, self.store.work("train", key), int(cfg.fit.max_epochs), self.logger, self.extra_callbacks)
+            torch.save(model.state_dict(), tmp / "model.pt")
+
+        path = self.store.produce("train", key, write)
+        model = instantiate(cfg.model)
+        model.load_state_dict(torch.load(path / "model.pt"))
+        return model.eval()
+
     def train(self, ds: RetrievalDataset, emb: Embeddings, table: IdTable):
+        if self._mllm():
+            return self._train_mllm(ds, table)
         cfg, tr = self.cfg.backbone, self.cfg.train
         key = self.keys["train"] = config_key("train", self.keys["identify"], cfg, tr, self.cfg.seed,
                                               self.cfg.identifier.get("head", "vocab"))
@@ -239,8 +267,13 @@ class Pipeline:
         texts += [x.text for x in ds.items.values() if x.text]
         return WordVocab.build(texts)
 
-    def queries_of(self, ds: RetrievalDataset, emb: Embeddings, queries) -> torch.Tensor | dict:
-        """What the decoder reads for `queries`: their vectors, and their tokens for token-input backbones."""
+    def queries_of(self, ds: RetrievalDataset, emb: Embeddings, queries) -> torch.Tensor | dict | list:
+        """What the decoder reads for `queries`: their vectors, their tokens for token-input backbones,
+        sample dicts for MLLMs."""
+        if self._mllm() and self.cfg.method.name != "embedding":
+            from genretr.mllm_stage import query_sample
+
+            return [query_sample(ds, q) for q in queries]
         vecs = emb.queries([q.id for q in queries])
         if self.cfg.method.name == "embedding" or self._input() != "tokens":
             return vecs
@@ -260,7 +293,10 @@ class Pipeline:
 
         split = self.cfg.eval.split
         pools = sorted({self.pool_name(t) for t in self.tasks()})
-        key = self.keys["index"] = config_key("index", self.keys["identify"], split, pools, "csr")
+        # MLLMs: the trie holds the identifiers as the LLM's tokens, which depend on its tokenizer
+        tokens = self.cfg.backbone.model.get("pretrained") if self._mllm() else None
+        key = self.keys["index"] = config_key("index", self.keys["identify"], split, pools, "csr",
+                                              *([self.cfg.backbone.model._target_, tokens] if self._mllm() else []))
 
         def write(tmp: Path):
             for name in pools:
@@ -323,6 +359,10 @@ class Pipeline:
         model = self.train(ds, emb, table)
         if done("train"):
             return None
+        if self._mllm():  # decoded over the LLM's vocabulary: the identifiers as its tokens
+            from genretr.mllm_stage import llm_table
+
+            table = llm_table(model, table)
         tries = self.index(ds, table)
         if done("index"):
             return None

@@ -81,3 +81,10 @@ def test_ssid_identifiers_from_the_keywords_generator(make_cfg, tmp_path):
     assert m["queries"] == 100 and m["R@10"] > 0
     summary = json.loads(next((tmp_path / "cache").glob("identify/*/artifact/ssid_summary.json")).read_text())
     assert sum(summary["outcomes"].values()) == 80  # 60 train + 20 test images, each written once
+
+
+def test_mllm_backbone_end_to_end_on_a_tiny_random_qwen(make_cfg, tmp_path):
+    cfg = make_cfg("identifier=ssid", "backbone=qwen25vl", "eval.max_queries=8", "decoding.num_beams=3",
+                   "backbone.fit.max_epochs=1", "train.memorize_repeat=1")
+    m = run(cfg, tmp_path)
+    assert m["queries"] == 8 and 0.0 <= m["R@10"] <= 1.0

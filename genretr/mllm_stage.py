@@ -1,0 +1,84 @@
+"""The train / index / evaluate stages for MLLM backbones (`backbone=qwen25vl|llava|idefics`).
+
+An MLLM reads samples, not vectors (genretr.backbones.mllm): memorize samples are an item's image (or
+text) with GRACE's inst-m, retrieve samples a training query with inst-r (GRACE Sec. 3.4-3.5); the answer
+is the identifier, followed by SSID's rationale when the identifier scheme wrote one (`reasons.json`)
+and `backbone.model.reason` asks for it.  Identifiers are decoded over the LLM's own vocabulary: the trie
+holds each identifier's LLM tokens (`model.id_table`).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from genretr.data.datamodules import EpochShuffle, _private_generator
+from genretr.errors import GenretrError
+from genretr.identifiers.base import IdTable
+
+import lightning as L
+
+
+class SampleList(Dataset):
+    def __init__(self, samples: list[dict]):
+        self.samples = samples
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        return self.samples[i]
+
+
+class SampleDataModule(L.LightningDataModule):
+    """Lists of sample dicts, batched by the model's own `collate` (its processor)."""
+
+    def __init__(self, samples: list[dict], collate, batch_size: int, seed: int = 0):
+        super().__init__()
+        self.data, self.collate, self.batch_size, self.seed = SampleList(samples), collate, batch_size, seed
+
+    def train_dataloader(self):
+        return DataLoader(self.data, batch_size=self.batch_size, sampler=EpochShuffle(len(self.data), self.seed),
+                          generator=_private_generator(), collate_fn=self.collate)
+
+
+def reasons_of(identify_dir: Path) -> dict[str, str]:
+    path = Path(identify_dir) / "reasons.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def query_sample(ds, q) -> dict:
+    return {"text": q.text, "image": None if q.image is None else ds.images[q.image]}
+
+
+def item_sample(ds, item) -> dict:
+    return {"image": None if item.image is None else ds.images[item.image],
+            "text": item.text if item.image is None else None}
+
+
+def training_samples(ds, table: IdTable, tasks, reasons: dict, memorize: bool, memorize_repeat: int,
+                     retrieve: bool, needs_reason: bool) -> list[dict]:
+    def answer(item_id):
+        if needs_reason and not reasons.get(item_id):
+            raise GenretrError(f"backbone.model.reason asks for a rationale but item {item_id} has none: use "
+                               "identifier=ssid (it writes them) or backbone.model.reason=none")
+        return {"answer": table.text(item_id), "reason": reasons.get(item_id)}
+
+    out = []
+    if memorize:
+        for _ in range(memorize_repeat):
+            out += [{**item_sample(ds, ds.items[i]), **answer(i)} for i in table.item_ids]
+    if retrieve:
+        index = set(table.item_ids)
+        out += [{**query_sample(ds, q), **answer(r)} for q in ds.splits["train"].queries if q.task in tasks
+                for r in q.relevant if r in index]
+    if not out:
+        raise GenretrError("no MLLM training samples: train.memorize and train.retrieve are both off or empty")
+    return out
+
+
+def llm_table(model, table: IdTable) -> IdTable:
+    """The identifiers as LLM tokens (each ends with the model's terminator), for the trie and the ranking."""
+    return model.id_table(list(table.item_ids), [table.text(i) for i in table.item_ids])
