@@ -1,0 +1,104 @@
+"""GENIUS's modality-decoupled semantic identifiers (Sec. 4.2; Tables 4, 5, 11).
+
+The `ModalityDecoupledQuantizer` is trained on the train split's (query vector, target item)
+pairs — `ctx.train_query_vecs` with `ctx.train_query_items` mapped to rows of `embeddings` —
+then every item is coded: t_1 its modality, t_2..t_M semantic codes, coarse to fine.
+
+Tokens: `m0`/`m1`/`m2` for the modality level (image, text, image-text pair; Fig. 3) and
+`q1_17`, `q2_5`, ... for the semantic levels (`q0_c` replaces `m{c}` in the
+`modality_decoupled=False` ablation).  The vocabulary holds every token of the configured
+codebook sizes.  Items may share a code sequence (GENIUS keeps collisions; the IdTable maps a
+sequence to all its items) — their count is logged; `unique_suffix=True` appends CART's
+prefix-database counter token `u{n}` to make every identifier unique.
+
+Side artifacts in `ctx.workdir`: `genius_quantizer.pt` (hyper-parameters + state dict) and
+`genius_stats.json` (collisions, codebook usage, modality accuracy, quantization error).
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import torch
+
+from genretr.errors import GenretrError
+from genretr.identifiers.base import SPECIAL_TOKENS, IdTable
+from genretr.identifiers.cart import colliding_items, unique_counters
+from genretr.quantizers.modality_decoupled import fit_modality_decoupled
+
+log = logging.getLogger(__name__)
+
+
+class GeniusIdentifier:
+    def __init__(self, num_levels: int = 4, codebook_size: int = 64, first_level_size: int = 3,
+                 shared: bool = False, modality_decoupled: bool = True, fusion_hidden: int = 256,
+                 tau: float = 0.01, beta: float = 100.0, gamma: float = 100.0, use_cl: bool = True,
+                 use_rq: bool = True, use_mse: bool = True, decay: float = 0.99, kmeans_init: bool = True,
+                 dead_after: int = 20, lr: float = 1e-3, weight_decay: float = 0.0, epochs: int = 10,
+                 batch_size: int = 256, unique_suffix: bool = False, seed: int | None = None):
+        self.quantizer_kwargs = dict(
+            num_levels=num_levels, codebook_size=codebook_size, first_level_size=first_level_size, shared=shared,
+            modality_decoupled=modality_decoupled, fusion_hidden=fusion_hidden, tau=tau, beta=beta, gamma=gamma,
+            use_cl=use_cl, use_rq=use_rq, use_mse=use_mse, decay=decay, kmeans_init=kmeans_init,
+            dead_after=dead_after, lr=lr, weight_decay=weight_decay)
+        self.epochs, self.batch_size, self.unique_suffix, self.seed = epochs, batch_size, unique_suffix, seed
+        self.sizes = [first_level_size] + [codebook_size] * (num_levels - 1)
+        self.modality_decoupled = modality_decoupled
+        self.stats: dict = {}
+        self.model = None
+
+    def build(self, items, embeddings: np.ndarray, ctx) -> IdTable:
+        x = np.asarray(embeddings, dtype=np.float32)
+        if not items or x.ndim != 2 or len(x) != len(items) or not np.isfinite(x).all():
+            raise GenretrError(f"GENIUS: need finite embeddings (n_items={len(items)} > 0, d), got shape {x.shape}")
+        missing = [a for a in ("train_query_vecs", "train_query_items") if getattr(ctx, a, None) is None]
+        if missing:
+            raise GenretrError(f"GENIUS identifiers are learned from query-target pairs; the context lacks {missing}")
+        qv = np.asarray(ctx.train_query_vecs, dtype=np.float32)
+        if qv.ndim != 2 or len(qv) != len(ctx.train_query_items) or (len(qv) and qv.shape[1] != x.shape[1]):
+            raise GenretrError(f"GENIUS: train_query_vecs {qv.shape} must be one {x.shape[1]}-d row per entry of "
+                               f"train_query_items ({len(ctx.train_query_items)})")
+        row_of = {it.id: i for i, it in enumerate(items)}
+        pairs = [(j, row_of[iid]) for j, iid in enumerate(ctx.train_query_items) if iid in row_of]
+        if not pairs:
+            raise GenretrError("GENIUS: no training query has a target among the identified items")
+        q_rows, t_rows = map(np.asarray, zip(*pairs))
+        modalities = [it.modality for it in items]
+        seed = int(self.seed if self.seed is not None else getattr(ctx, "seed", 0))
+
+        model = fit_modality_decoupled(qv[q_rows], t_rows, x, modalities, seed=seed, max_epochs=self.epochs,
+                                       batch_size=self.batch_size, progress=bool(getattr(ctx, "progress", False)),
+                                       **self.quantizer_kwargs)
+        self.model = model
+        vectors = torch.from_numpy(x)
+        codes = model.encode_items(vectors, modalities).numpy()
+        m = model.metrics(vectors, modalities)
+        prefixes = [tuple(row) for row in codes.tolist()]
+        counters = unique_counters(prefixes)
+        table = self._table(items, codes, counters if self.unique_suffix else None)
+        self.stats = {"items": len(items), "train_pairs": len(pairs),
+                      "skipped_pairs": len(ctx.train_query_items) - len(pairs), "distinct_codes": len(set(prefixes)),
+                      "items_in_collisions": colliding_items(prefixes), "usage": m["usage"],
+                      "modality_accuracy": m["modality_accuracy"], "rel_error": m["rel_error"]}
+        log.info("GENIUS identifiers: %s", json.dumps(self.stats))
+        workdir = getattr(ctx, "workdir", None)
+        if workdir is not None:
+            torch.save({"hparams": dict(model.hparams), "state_dict": model.state_dict()},
+                       workdir / "genius_quantizer.pt")
+            (workdir / "genius_stats.json").write_text(json.dumps(self.stats, indent=1) + "\n")
+        return table
+
+    def _table(self, items, codes: np.ndarray, counters: list[int] | None) -> IdTable:
+        first = (lambda c: f"m{c}") if self.modality_decoupled else (lambda c: f"q0_{c}")
+        level_tokens = [[first(c) for c in range(self.sizes[0])]]
+        level_tokens += [[f"q{m}_{c}" for c in range(k)] for m, k in enumerate(self.sizes) if m > 0]
+        vocab = list(SPECIAL_TOKENS) + [t for tokens in level_tokens for t in tokens]
+        if counters is not None:
+            vocab += [f"u{i}" for i in range(max(counters) + 1)]
+        index = {t: i for i, t in enumerate(vocab)}
+        seqs = []
+        for row, c in enumerate(codes.tolist()):
+            seq = [index[level_tokens[m][v]] for m, v in enumerate(c)]
+            seqs.append(seq + ([index[f"u{counters[row]}"]] if counters is not None else []))
+        return IdTable.from_lists([it.id for it in items], seqs, vocab)

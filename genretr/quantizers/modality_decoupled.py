@@ -1,0 +1,181 @@
+"""`ModalityDecoupledQuantizer`: GENIUS's contrastive residual quantizer (Sec. 4.2, Eq. 3-8).
+
+Fusion (Sec. 4.2.1): h(x, y) = λ·x + (1-λ)·y + MLP([x; y]), λ = σ(MLP_λ([x; y])) per sample.
+The fused vector is L2-normalised, z = h / ||h||: the encoders' vectors are unit-norm, and a
+fixed scale keeps L_rq and L_mse from being minimised by shrinking z (L_cl is scale-free).
+genretr's encoders give one vector per query and per item (pairs are already fused by the
+encoder, as UniIR's CLIP-SF), so both are fed as x = y = that vector: h(v, v) = v + MLP([v; v]).
+The MLP's last layer starts at zero, so h starts as the identity.
+
+Residual quantization (Sec. 4.2.3) over M levels: the first codebook has 3 entries, later
+levels K entries (level-specific codebooks, or `shared` ones as Table 11), k-means
+initialised on the first batch, EMA-updated, dead codes re-seeded (`ResidualQuantizer`).
+
+Modality by construction: GENIUS wants the first code to be the modality (0 image, 1 text,
+2 image-text pair; Fig. 3) and obtains it from training.  Here the first level is a *fixed*
+level of the `ResidualQuantizer`: its code is the item's modality index (for a query, the
+modality its instruction asks for, i.e. its target's), and its codeword is learned by EMA as
+that modality's mean fused vector.  So t_1 == modality for 100% of items, and the residual
+passed to level 2 is the vector minus its modality's mean — modality removed, semantics left,
+which is what Sec. 4.2.3 describes.  `modality_decoupled=False` (Table 4 / Table 8 "RQ w/o
+modality-code") makes the first level an ordinary learned level of the same size.
+
+Loss (Eq. 8): L = L_cl + β·L_rq + γ·L_mse, each switchable (Table 4):
+- L_cl (Eq. 3): InfoNCE from fused query to fused target over the batch's targets, cosine/τ,
+  τ = 0.01; columns holding the same item as the positive are masked out of the negatives.
+- L_rq (Eq. 7): Σ_i ||r_{i-1} - sg(e_i)||² for queries and targets; codebooks move by EMA only,
+  and only targets update them (identifiers are for targets).
+- L_mse: ||ẑ_q - ẑ_c||² on the quantized vectors with straight-through gradients (ẑ itself is a
+  sum of EMA codewords and has no gradient of its own).
+Defaults suit a ~2,000-item toy (K = 64, M = 4); the paper's full scale is K = 4096, M = 9.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from genretr.data.schema import IMAGE, PAIR, TEXT
+from genretr.errors import GenretrError
+from genretr.quantizers.residual import ResidualQuantizer
+from genretr.quantizers.rqvae import cpu_trainer
+
+MODALITIES = (IMAGE, TEXT, PAIR)  # first-level codes 0, 1, 2 (GENIUS Fig. 3)
+
+
+def modality_index(modalities: Sequence[str]) -> torch.Tensor:
+    """Modality names → first-level codes (0 image, 1 text, 2 image-text pair)."""
+    index = {m: i for i, m in enumerate(MODALITIES)}
+    bad = sorted({m for m in modalities if m not in index})
+    if bad:
+        raise GenretrError(f"unknown item modality {bad}; expected one of {list(MODALITIES)}")
+    return torch.tensor([index[m] for m in modalities], dtype=torch.long)
+
+
+def modality_accuracy(codes, modalities: Sequence[str]) -> float:
+    """Fraction of rows whose first code is their modality's index."""
+    first = torch.as_tensor(np.asarray(codes))[:, 0]
+    return float((first == modality_index(modalities)).float().mean()) if len(first) else 1.0
+
+
+class Fusion(nn.Module):
+    """h(x, y) = λ·x + (1-λ)·y + MLP([x; y]), λ = σ(MLP_λ([x; y])) (Sec. 4.2.1)."""
+
+    def __init__(self, dim: int, hidden: int = 256):
+        super().__init__()
+        self.mix = nn.Sequential(nn.Linear(2 * dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.gate = nn.Sequential(nn.Linear(2 * dim, hidden), nn.GELU(), nn.Linear(hidden, 1))
+        nn.init.zeros_(self.mix[-1].weight)
+        nn.init.zeros_(self.mix[-1].bias)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        xy = torch.cat([x, y], dim=-1)
+        lam = torch.sigmoid(self.gate(xy))
+        return lam * x + (1 - lam) * y + self.mix(xy)
+
+
+def info_nce(zq: torch.Tensor, zc: torch.Tensor, items: torch.Tensor | None, tau: float) -> torch.Tensor:
+    """Eq. 3 over the batch: query i's positive is target i; duplicates of that item are not negatives."""
+    logits = zq @ zc.t() / tau
+    if items is not None:
+        same = items[:, None] == items[None, :]
+        same.fill_diagonal_(False)
+        logits = logits.masked_fill(same, float("-inf"))
+    return F.cross_entropy(logits, torch.arange(len(zq), device=zq.device))
+
+
+class ModalityDecoupledQuantizer(L.LightningModule):
+    def __init__(self, dim: int, num_levels: int = 4, codebook_size: int = 64, first_level_size: int = 3,
+                 shared: bool = False, modality_decoupled: bool = True, fusion_hidden: int = 256,
+                 tau: float = 0.01, beta: float = 100.0, gamma: float = 100.0, use_cl: bool = True,
+                 use_rq: bool = True, use_mse: bool = True, decay: float = 0.99, kmeans_init: bool = True,
+                 dead_after: int = 20, lr: float = 1e-3, weight_decay: float = 0.0):
+        super().__init__()
+        if not (use_cl or use_rq or use_mse):
+            raise GenretrError("GENIUS quantizer: at least one of use_cl, use_rq, use_mse must be on")
+        if num_levels < 2:
+            raise GenretrError(f"GENIUS quantizer: num_levels must be >= 2 (modality + semantics), got {num_levels}")
+        if modality_decoupled and first_level_size < len(MODALITIES):
+            raise GenretrError(f"modality-decoupled first level needs {len(MODALITIES)} codes, got {first_level_size}")
+        self.save_hyperparameters()
+        self.fusion = Fusion(dim, fusion_hidden)
+        self.quantizer = ResidualQuantizer(dim, [first_level_size] + [codebook_size] * (num_levels - 1),
+                                           shared=shared, update="ema", decay=decay, kmeans_init=kmeans_init,
+                                           dead_after=dead_after, fixed_levels=(0,) if modality_decoupled else ())
+
+    def embed(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """z = h(x, y) / ||h(x, y)||; y defaults to x (one vector per input)."""
+        return F.normalize(self.fusion(x, x if y is None else y), dim=-1)
+
+    def quantize(self, z: torch.Tensor, modality: torch.Tensor, update: bool = False):
+        fixed = {0: modality} if self.hparams.modality_decoupled else None
+        return self.quantizer(z, fixed, update=update)
+
+    def losses(self, query: torch.Tensor, target: torch.Tensor, modality: torch.Tensor,
+               item: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Eq. 8 on a batch of (query vector, target vector, target modality, target item index)."""
+        hp = self.hparams
+        zq, zc = self.embed(query), self.embed(target)
+        zq_hat, _, lq = self.quantize(zq, modality, update=False)
+        zc_hat, _, lc = self.quantize(zc, modality, update=self.training)
+        out = {"cl": info_nce(zq, zc, item, hp.tau), "rq": lq["commitment"] + lc["commitment"],
+               "mse": F.mse_loss(zq_hat, zc_hat)}
+        out["loss"] = sum(w * out[name] for name, w, on in
+                          (("cl", 1.0, hp.use_cl), ("rq", hp.beta, hp.use_rq), ("mse", hp.gamma, hp.use_mse)) if on)
+        return out
+
+    def training_step(self, batch, batch_idx):
+        out = self.losses(*batch)
+        for name, value in out.items():
+            self.log(f"genius_rq/{name}", value, on_step=False, on_epoch=True, prog_bar=name == "loss",
+                     batch_size=len(batch[0]))
+        return out["loss"]
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+    @torch.no_grad()
+    def encode_items(self, vectors: torch.Tensor, modalities: Sequence[str], batch_size: int = 4096) -> torch.Tensor:
+        """Codes (n, M) of items given their vectors and modality names."""
+        self.eval()
+        mod = modality_index(modalities)
+        return torch.cat([self.quantize(self.embed(vectors[s:s + batch_size]), mod[s:s + batch_size])[1]
+                          for s in range(0, len(vectors), batch_size)])
+
+    @torch.no_grad()
+    def metrics(self, vectors: torch.Tensor, modalities: Sequence[str]) -> dict:
+        """Relative quantization error ||z - ẑ||² / ||z||² of items, usage per level, modality accuracy."""
+        self.eval()
+        z = self.embed(vectors)
+        codes = self.encode_items(vectors, modalities)
+        err = (z - self.quantizer.decode(codes)).pow(2).sum() / z.pow(2).sum().clamp_min(1e-12)
+        return {"rel_error": float(err), "usage": self.quantizer.usage(codes),
+                "modality_accuracy": modality_accuracy(codes, modalities)}
+
+
+def fit_modality_decoupled(query_vecs: np.ndarray, target_rows: np.ndarray, item_vecs: np.ndarray,
+                           item_modalities: Sequence[str], *, seed: int = 0, max_epochs: int = 20,
+                           batch_size: int = 256, progress: bool = False, **model_kwargs) -> ModalityDecoupledQuantizer:
+    """Train on (query, target item) pairs: `target_rows[j]` is the row in `item_vecs` of query j's target.
+
+    CPU Lightning Trainer, no logger or checkpoints; deterministic given `seed`, caller's RNG untouched.
+    """
+    items = torch.as_tensor(np.asarray(item_vecs, dtype=np.float32))
+    queries = torch.as_tensor(np.asarray(query_vecs, dtype=np.float32))
+    rows = torch.as_tensor(np.asarray(target_rows, dtype=np.int64))
+    if len(queries) != len(rows) or len(queries) == 0:
+        raise GenretrError(f"GENIUS quantizer needs query-target pairs: {len(queries)} queries, {len(rows)} targets")
+    modality = modality_index(item_modalities)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = ModalityDecoupledQuantizer(dim=items.shape[1], **model_kwargs)
+        data = TensorDataset(queries, items[rows], modality[rows], rows)
+        loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
+        cpu_trainer(max_epochs, progress).fit(model, loader)
+    return model.eval()
