@@ -65,7 +65,8 @@ reproduce-grace-poolsize: install ## GRACE: identifiers as the test pool grows (
 		--series identifier --metrics R@1,R@10 --png multirun/grace_poolsize/poolsize.png
 
 reproduce-efficiency: install ## q/s vs number of candidates: embedding baseline and generative decoders (CSV + PNG)
-	$(PY) -m genretr.bench decoding --skip hf,constraint,bytes --beams 30 --batches 32 --out bench_out/efficiency $(ARGS)
+	$(PY) -m genretr.bench decoding --shapes genius,cart,cart_fusion --skip hf,constraint,bytes --beams 30 \
+		--batches 32 --out bench_out/efficiency $(ARGS)
 
 clean: ## remove outputs (keeps .venv and the artifact cache)
 	rm -rf outputs multirun

@@ -38,6 +38,12 @@ SHAPES = {
                  codes=(128,) * 4),
     "tiny": dict(d_model=32, num_layers=1, num_heads=2, d_ff=64, prefix_len=2, prefix_hidden=32, input_dim=16,
                  codes=(8,) * 3),
+    # CART's own decoder (genretr.backbones.cart: 3 encoder layers over ~12 query words, 3 decoder layers with
+    # coarse-to-fine fusion); no HF generate path exists for it, so only the engine rows are measured
+    "cart_fusion": dict(model="cart", d_model=256, encoder_layers=3, decoder_layers=3, num_heads=4, d_ff=1024,
+                        src_len=12, src_vocab=5000, codes=(128,) * 4),
+    "tiny_cart": dict(model="cart", d_model=32, encoder_layers=1, decoder_layers=1, num_heads=2, d_ff=64, src_len=6,
+                      src_vocab=50, codes=(8,) * 3),
 }
 FULL = dict(shapes="genius,cart", corpus="1000,10000,100000,1000000", batches="32,128", beams="10,30,50",
             hf_queries={"genius": 32, "cart": 128, "tiny": 128}, constraint_corpus=100_000, faiss_queries=512)
@@ -92,6 +98,13 @@ def build_model(shape: str, vocab: int, device):
 
     s = SHAPES[shape]
     torch.manual_seed(0)
+    if s.get("model") == "cart":
+        from genretr.backbones.cart import CartSeq2Seq
+
+        m = CartSeq2Seq(vocab_size=vocab, src_vocab_size=s["src_vocab"], d_model=s["d_model"], heads=s["num_heads"],
+                        d_ff=s["d_ff"], dropout=0.0, encoder_layers=s["encoder_layers"],
+                        decoder_layers=s["decoder_layers"], max_src_len=s["src_len"])
+        return m.to(device).eval()
     m = T5PrefixDecoder(vocab_size=vocab, input_dim=s["input_dim"], d_model=s["d_model"], num_layers=s["num_layers"],
                         num_heads=s["num_heads"], d_ff=s["d_ff"], dropout=0.0, prefix_len=s["prefix_len"],
                         prefix_hidden=s["prefix_hidden"])
@@ -334,16 +347,21 @@ def run(args) -> int:
         _, vocab = code_vocab(s["codes"])
         model = build_model(shape, vocab, device)
         T = len(s["codes"]) + 1
-        hf_cap = args.hf_queries or cfg["hf_queries"][shape]
+        hf_cap = args.hf_queries or cfg["hf_queries"].get(shape, 16)
         zgen = torch.Generator().manual_seed(args.seed)
-        zall = torch.randn(max(max(batches), hf_cap), s["input_dim"], generator=zgen).to(device)
+        cart = s.get("model") == "cart"
+        if cart:  # queries are word ids
+            zall = torch.randint(2, s["src_vocab"], (max(max(batches), hf_cap), s["src_len"]), generator=zgen)
+            zall = zall.to(device)
+        else:
+            zall = torch.randn(max(max(batches), hf_cap), s["input_dim"], generator=zgen).to(device)
         warm = zall[:2]
         # warm-up every method once (allocators, MKL, HF generate setup)
         wseqs = random_ids(200, s["codes"], args.seed)
         wcsr, wdict = CSRTrie.from_sequences(wseqs, vocab), dict_trie(wseqs)
         beam_search(model, warm, wcsr, 2)
         beam_search(model, warm, None, 2, max_len=T)
-        if "hf" not in skip and "qps" not in skip:
+        if "hf" not in skip and "qps" not in skip and not cart:
             hf_generate(model, warm, 2, T, wdict, mode="python")
             hf_generate(model, warm, 2, T, wcsr, mode="processor")
         unconstrained_done = set()
@@ -359,13 +377,13 @@ def run(args) -> int:
                                   dict_rss_growth_mb=dict_mb))
             print(f"[{time.perf_counter() - t_start:6.0f}s] {shape} {n} ids: CSR {t_csr:.2f}s "
                   f"{csr.memory_bytes() / 2**20:.1f} MiB, dict trie {t_dict:.2f}s (+{dict_mb:.0f} MB RSS)", flush=True)
-            if "constraint" not in skip and n == constraint_n:
+            if "constraint" not in skip and n == constraint_n and not cart:
                 constraint_rows += constraint_cost(shape, seqs, csr, dtrie, vocab, args.constraint_queries,
                                                    args.constraint_beams, device, args.seed)
             depth_nodes = np.diff(csr.depth_ptr).tolist()  # nodes per depth (0: root)
             for batch in batches:
                 for beams in beam_list:
-                    if batch == batches[0]:  # rows per step: engine 1, then min(beams, prefixes); HF `beams`
+                    if batch == batches[0] and not cart:  # rows per step: engine 1, then min(beams, prefixes); HF `beams`
                         slots = [1] + [min(beams, k) for k in depth_nodes[1:T]]
                         flop_rows.append(dict(shape=shape, corpus=n, beams=beams,
                                               engine_gflop_per_query=query_flops(s, vocab, T, slots, 1) / 1e9,
@@ -383,7 +401,7 @@ def run(args) -> int:
                                            device, min_s)
                         qps_rows.append(dict(**{**setting, "corpus": "-"}, method="unconstrained", queries=len(z),
                                              batch_effective=batch, runs=runs, seconds=dt, q_per_s=len(z) / dt))
-                    if "hf" not in skip:
+                    if "hf" not in skip and not cart:
                         zh = zall[:min(batch, hf_cap)]
                         for method, trie, mode in (("hf_python", dtrie, "python"), ("hf_processor", csr, "processor")):
                             dt, runs = measure(lambda: hf_generate(model, zh, beams, T, trie, mode=mode), device, min_s)

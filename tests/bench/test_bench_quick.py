@@ -32,3 +32,14 @@ def test_bench_cli_lists_subcommands():
     proc = subprocess.run([sys.executable, "-m", "genretr.bench", "--help"], cwd=ROOT, capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0 and "decoding" in proc.stdout
+
+
+def test_bench_runs_the_cart_fusion_decoder(tmp_path):
+    """CART's own seq2seq (word-id queries) is measured through the engine; it has no HF generate path."""
+    out = tmp_path / "bench"
+    cmd = [sys.executable, "-m", "genretr.bench", "decoding", "--quick", "--shapes", "tiny_cart", "--corpus", "300",
+           "--batches", "8", "--beams", "3", "--threads", "1", "--skip", "hf,constraint,faiss,bytes", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = list(csv.DictReader(open(out / "decoding_qps.csv")))
+    assert {r["method"] for r in rows} == {"engine", "unconstrained"} and all(float(r["q_per_s"]) > 0 for r in rows)
