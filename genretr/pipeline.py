@@ -230,13 +230,18 @@ class Pipeline:
         key = self.keys["train"] = config_key("train", self.keys["identify"], cfg, tr, self.cfg.seed,
                                               self.cfg.identifier.get("head", "vocab"))
         tokens = self._input() == "tokens"
-        vocab = self._query_vocab(ds) if tokens else None
+        describing = bool(tr.get("describe", False))
+        if describing and not tokens:
+            raise GenretrError("train.describe=true (GRACE Sec. 4.5) needs a token-input backbone: backbone.input=tokens")
+        vocab = self._query_vocab(ds, table) if tokens else None
         extra = {"src_vocab_size": len(vocab)} if tokens else {}
+        out_words = _describe_words(ds) if describing else []
+        vocab_size = table.vocab_size + len(out_words)
         if self._classifier_head():  # GRACE atomic IDs through a classifier head: its own output layer
             extra["tie_embeddings"] = False
 
         def build():
-            return instantiate(cfg.model, vocab_size=table.vocab_size, input_dim=emb.item_vecs.shape[1], **extra)
+            return instantiate(cfg.model, vocab_size=vocab_size, input_dim=emb.item_vecs.shape[1], **extra)
 
         def write(tmp: Path):
             torch.manual_seed(int(self.cfg.seed))
@@ -246,6 +251,12 @@ class Pipeline:
                                       memorize_repeat=int(tr.memorize_repeat), retrieve=bool(tr.retrieve),
                                       pseudo=pseudo, vocab=vocab, max_src_len=int(cfg.get("max_src_len", 32)),
                                       labels_width=1 if self._classifier_head() else None)
+            if describing:
+                from genretr import describe
+
+                samples = _concat_samples(samples, describe.samples(ds, table, vocab, out_words,
+                                                                   int(cfg.get("max_src_len", 32)),
+                                                                   emb.item_vecs.shape[1]))
             log.info("decoder: %d training samples (%d memorize)", len(samples["labels"]),
                      int((samples["phase"] == 0).sum()))
             dm = IdentifierDataModule(samples, int(cfg.fit.batch_size), int(self.cfg.seed), str(tr.schedule),
@@ -259,15 +270,21 @@ class Pipeline:
         model.load_state_dict(torch.load(path / "model.pt"))
         return model.eval()
 
-    def _query_vocab(self, ds: RetrievalDataset):
-        """The word vocabulary of token-input backbones, from the training queries (and item texts)."""
+    def _query_vocab(self, ds: RetrievalDataset, table: IdTable | None = None):
+        """The word vocabulary of token-input backbones, from the training queries (and item texts);
+        with train.describe, one word per identifier token too (the describe prompt names an ID)."""
         from genretr.data.vocab import WordVocab
 
         texts = [q.text for q in ds.splits["train"].queries if q.text]
         texts += [x.text for x in ds.items.values() if x.text]
-        return WordVocab.build(texts)
+        vocab = WordVocab.build(texts)
+        if self.cfg.train.get("describe", False) and table is not None:
+            from genretr.describe import id_word
 
-    def queries_of(self, ds: RetrievalDataset, emb: Embeddings, queries) -> torch.Tensor | dict | list:
+            vocab = WordVocab(vocab.tokens + [id_word(t) for t in table.vocab[2:]])
+        return vocab
+
+    def queries_of(self, ds: RetrievalDataset, emb: Embeddings, queries, table=None) -> torch.Tensor | dict | list:
         """What the decoder reads for `queries`: their vectors, their tokens for token-input backbones,
         sample dicts for MLLMs."""
         if self._mllm() and self.cfg.method.name != "embedding":
@@ -277,7 +294,7 @@ class Pipeline:
         vecs = emb.queries([q.id for q in queries])
         if self.cfg.method.name == "embedding" or self._input() != "tokens":
             return vecs
-        vocab = self._query_vocab(ds)
+        vocab = self._query_vocab(ds, table)
         return {"z": vecs, "src": vocab.encode([q.text for q in queries], int(self.cfg.backbone.get("max_src_len", 32)))}
 
     def pseudo_queries(self, ds: RetrievalDataset, emb: Embeddings, table: IdTable):
@@ -319,14 +336,33 @@ class Pipeline:
                 queries = queries[: int(self.cfg.eval.max_queries)]
             if not queries:
                 raise GenretrError(f"no {task} queries in split '{split}' of dataset {ds.name}")
-            qvecs = self.queries_of(ds, emb, queries)
+            qvecs = self.queries_of(ds, emb, queries, table)
             search = self._searcher(ds, emb, task, model, table, tries)
             rankings, qps = sharded(search, qvecs)
             out[task] = {**retrieval_metrics(rankings, [q.relevant for q in queries]), "queries": len(queries),
                          "q_per_s": qps}
             log.info("%s %s: %s", self.cfg.method.name, task,
                      ", ".join(f"{k}={v:.4f}" for k, v in out[task].items() if k.startswith(("R@", "MRR"))))
+        if model is not None and self.cfg.train.get("describe", False):
+            out["describe"] = self.evaluate_descriptions(ds, emb, model, table)
         return out
+
+    def evaluate_descriptions(self, ds, emb: Embeddings, model, table: IdTable) -> dict:
+        """GRACE Sec. 4.5: describe each test-pool image from its identifier; does the description
+        retrieve that image (embedding model, over the same pool)?"""
+        from genretr import describe
+        from genretr.evaluation.embedding import embedding_search
+        from genretr.evaluation.metrics import retrieval_metrics
+
+        pool = ds.splits[self.cfg.eval.split].pools["t2i"]
+        texts = describe.describe(model, table, self._query_vocab(ds, table), _describe_words(ds), pool,
+                                  int(self.cfg.backbone.get("max_src_len", 32)), emb.item_vecs.shape[1])
+        rankings, _ = embedding_search(self.embed_texts(ds, texts).numpy(), emb.items(pool).numpy(), pool,
+                                       int(self.cfg.eval.top_k))
+        metrics = {**retrieval_metrics(rankings, [(i,) for i in pool]), "queries": len(pool)}
+        log.info("describe: e.g. %s -> %r; R@1=%.4f", pool[0], texts[0], metrics["R@1"])
+        (self.run_dir / "descriptions.tsv").write_text("".join(f"{i}\t{t}\n" for i, t in zip(pool, texts)))
+        return metrics
 
     def _searcher(self, ds, emb: Embeddings, task: str, model, table, tries):
         """query batch -> (rankings, q/s) for the configured method and decoding (genretr.evaluation.search)."""
@@ -393,6 +429,24 @@ def _describe(pipeline, ds, emb, item_ids: list[str]) -> list[str]:
 
     written = captions_for(pipeline, ds, emb, list(item_ids), every_item=True)
     return [written[i] for i in item_ids]
+
+
+def _describe_words(ds) -> list[str]:
+    from genretr.describe import caption_words
+
+    return caption_words(ds)
+
+
+def _concat_samples(a: dict, b: dict) -> dict:
+    """Concatenate two sample dicts; `labels` (and `src`) are padded to the wider of the two."""
+    out = {}
+    for k in a:
+        x, y = a[k], b[k]
+        if x.dim() == 2 and x.shape[1] != y.shape[1] and k in ("labels", "src"):
+            w = max(x.shape[1], y.shape[1])
+            x, y = (torch.nn.functional.pad(t, (0, w - t.shape[1])) for t in (x, y))
+        out[k] = torch.cat([x, y])
+    return out
 
 
 def _scheme_cfg(cfg: DictConfig) -> DictConfig:

@@ -88,3 +88,17 @@ def test_mllm_backbone_end_to_end_on_a_tiny_random_qwen(make_cfg, tmp_path):
                    "backbone.fit.max_epochs=1", "train.memorize_repeat=1")
     m = run(cfg, tmp_path)
     assert m["queries"] == 8 and 0.0 <= m["R@10"] <= 1.0
+
+
+def test_describe_memorized_images_by_identifier(make_cfg, tmp_path):
+    cfg = make_cfg("backbone.input=tokens", "train.describe=true", "identifier=structured")
+    out = Pipeline(cfg, tmp_path / "run").run()
+    d = out["describe"]
+    assert d["queries"] == 20 and 0.0 <= d["R@1"] <= d["R@5"] <= 1.0
+    lines = (tmp_path / "run" / "descriptions.tsv").read_text().splitlines()
+    assert len(lines) == 20 and all("<id:" not in line for line in lines)
+    import pytest
+
+    from genretr.errors import GenretrError
+    with pytest.raises(GenretrError, match="backbone.input=tokens"):
+        Pipeline(make_cfg("train.describe=true", run="prefix"), tmp_path / "prefix").run()
