@@ -110,6 +110,7 @@ def build_vocab(captions: list[str], min_count: int = 1) -> list[str]:
 def _decoder_batch(rows) -> dict:
     """The backbone's batch layout: a dict with the input vector, its target's vector and the labels."""
     z, labels = default_collate(rows)
+    labels = labels[:, : int((labels != PAD).sum(1).max())]  # no all-PAD columns
     return {"z": z, "target_z": z, "labels": labels}
 
 
@@ -133,7 +134,6 @@ def fit_captioner(vecs, captions_per_vec: list[list[str]], cfg: Mapping, seed: i
         ids = cap.encode(c)
         labels[row, : len(ids)] = torch.tensor(ids)
     z = torch.from_numpy(vecs[[i for i, _ in pairs]])
-    labels = labels[:, : int((labels != PAD).sum(1).max())]
     fit = cfg["fit"]
     loader = DataLoader(TensorDataset(z, labels), batch_size=int(fit["batch_size"]), shuffle=True,
                         generator=torch.Generator().manual_seed(seed), collate_fn=_decoder_batch)

@@ -22,9 +22,16 @@ def toy(n=40, d=16, seed=0):
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), label
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def captioner():
-    torch.set_num_threads(1)
     x, label = toy()
     return fit_captioner(x, [[TEMPLATES[b]] for b in label], TINY, seed=0)
 

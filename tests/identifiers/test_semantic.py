@@ -30,7 +30,7 @@ def one_thread():
 
 
 def toy(n=48, n_train=36, d=16):
-    """Items around 4 directions; train items have captions of their direction (mostly the template), test items none."""
+    """Items around 4 directions; train items have captions of their direction (mostly its template), test none."""
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(4, d))
     label = np.arange(n) % 4
@@ -122,3 +122,12 @@ def test_yaml_takes_the_captioner_group():
     scheme = instantiate(cfg.identifier)
     assert isinstance(scheme, SemanticIdentifier) and scheme.collisions == "share"
     assert scheme.captioner_cfg.model.d_model == cfg.captioner.model.d_model
+
+
+def test_generated_captions_for_every_image(tmp_path):
+    """train_caption=generated: train images are captioned by the captioner too (one caption distribution)."""
+    items, x, _, captions = toy(n=12, n_train=8)
+    cfg = {**TINY, "fit": dict(max_epochs=2, batch_size=24)}
+    table = SemanticIdentifier(captioner=cfg, train_caption="generated").build(items, x, ctx(tmp_path, captions))
+    generated = Captioner.load(tmp_path / "captioner").describe_words(x)
+    assert [[table.vocab[t] for t in table.tokens(it.id)[:-1]] for it in items] == generated
