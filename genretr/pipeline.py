@@ -372,6 +372,9 @@ class Pipeline:
         if self.cfg.method.name == "embedding":
             return search.embedding_searcher(pool, emb.items(pool).numpy(), top_k)
         d = self.cfg.decoding
+        # identifiers map to the pool's items only: an identifier shared with a train item (semantic IDs'
+        # collisions) never returns that item, and a freely generated train identifier is a miss
+        table = table.subset(pool)
         return search.generative_searcher(model, tries[task], table, d, top_k, bool(self.cfg.progress),
                                           rerank_vecs=emb.items if d.get("rerank", False) else None,
                                           classifier_pool=table.subset(pool) if self._classifier_head() else None)

@@ -102,3 +102,28 @@ def test_describe_memorized_images_by_identifier(make_cfg, tmp_path):
     from genretr.errors import GenretrError
     with pytest.raises(GenretrError, match="backbone.input=tokens"):
         Pipeline(make_cfg("train.describe=true", run="prefix"), tmp_path / "prefix").run()
+
+
+def test_only_pool_items_are_returned_even_with_shared_identifiers(make_cfg, tmp_path):
+    """Semantic IDs collide across train and test images (identical captions); the train item behind a
+    shared identifier must never be returned for a test query, constrained or free."""
+    from genretr.identifiers.base import IdTable
+
+    p = Pipeline(make_cfg("identifier=semantic", "identifier.train_caption=generated"), tmp_path / "run")
+    ds = p.dataset()
+    emb = p.encode(ds)
+    table = p.identify(ds, emb)
+    pool = set(ds.splits["test"].pools["t2i"])
+    # force collisions: for every test item, a train item takes its identifier
+    train_items = [i for i in table.item_ids if i not in pool]
+    seqs = table.sequences.copy()
+    for tr, te in zip(train_items, sorted(pool)):
+        seqs[table.item_ids.index(tr)] = seqs[table.item_ids.index(te)]
+    table = IdTable(table.item_ids, seqs, table.vocab)
+    assert table.collisions() >= 2 * len(pool)
+    model, tries = p.train(ds, emb, table), p.index(ds, table)
+    queries = ds.queries("test", "t2i")
+    for constrained in ("true", "false"):
+        p.cfg.decoding.constrained = constrained == "true"
+        rankings, _ = p._searcher(ds, emb, "t2i", model, table, tries)(emb.queries([q.id for q in queries]))
+        assert all(set(r) <= pool for r in rankings)
