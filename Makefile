@@ -64,6 +64,118 @@ reproduce-grace-poolsize: install ## GRACE: identifiers as the test pool grows (
 	$(REPORT) multirun/grace_poolsize --out multirun/grace_poolsize/table.md --plot dataset.splits.test \
 		--series identifier --metrics R@1,R@10 --png multirun/grace_poolsize/poolsize.png
 
+# --- CART paper tables on shapes (paste after reproduce-grace-poolsize; needs $(PY), $(REPORT), $(ARGS)) ---
+# Every preset builds on conf/experiment/cart_base.yaml (shrunk shapes: 500 train / 100 test images), so
+# the base CART model is trained once and reused by every table through the artifact cache.
+# Paper numbers (Flickr30K) print in parentheses; MRR@10 beside the recalls as CART reports it.
+CART := experiments/cart
+CART_METRICS := --metrics R@1,R@5,R@10,MRR@10
+
+reproduce-cart-table4: install ## CART Table 4 on shapes: w/o K-Means, RQ-VAE, fusion, consistency, caption enhancement
+	$(PY) -m genretr.run -m experiment=cart_table4 hydra.sweep.dir=multirun/cart_table4 $(ARGS)
+	$(REPORT) multirun/cart_table4 --reference $(CART)/table4_flickr30k.yaml $(CART_METRICS) \
+		--out multirun/cart_table4/table.md
+
+reproduce-cart-table5: install ## CART Table 5 on shapes: 1-5 encoder layers, table + PNG
+	$(PY) -m genretr.run -m experiment=cart_table5 hydra.sweep.dir=multirun/cart_table5 $(ARGS)
+	$(REPORT) multirun/cart_table5 --reference $(CART)/table5_flickr30k.yaml $(CART_METRICS) \
+		--out multirun/cart_table5/table.md --plot backbone.model.encoder_layers --png multirun/cart_table5/layers.png
+
+reproduce-cart-table6: install ## CART Table 6 on shapes: K-Means K x codebook size, table + PNG
+	$(PY) -m genretr.run -m experiment=cart_table6 hydra.sweep.dir=multirun/cart_table6 $(ARGS)
+	$(REPORT) multirun/cart_table6 --reference $(CART)/table6_flickr30k.yaml $(CART_METRICS) \
+		--out multirun/cart_table6/table.md --plot identifier.codebook_size --series identifier.k \
+		--png multirun/cart_table6/size.png
+
+reproduce-cart-table7: install ## CART Table 7 on shapes: identifier length 4-6 (2-4 RQ-VAE codebooks)
+	$(PY) -m genretr.run -m experiment=cart_table7 hydra.sweep.dir=multirun/cart_table7 $(ARGS)
+	$(REPORT) multirun/cart_table7 --reference $(CART)/table7_flickr30k.yaml $(CART_METRICS) \
+		--out multirun/cart_table7/table.md
+
+reproduce-cart-table10: install ## CART Table 10 on shapes: 1-5 decoder layers, table + PNG
+	$(PY) -m genretr.run -m experiment=cart_table10 hydra.sweep.dir=multirun/cart_table10 $(ARGS)
+	$(REPORT) multirun/cart_table10 --reference $(CART)/table10_flickr30k.yaml $(CART_METRICS) \
+		--out multirun/cart_table10/table.md --plot backbone.model.decoder_layers --png multirun/cart_table10/layers.png
+
+reproduce-cart-table11: install ## CART Table 11 on shapes: codebook dimension 32, 64, 128
+	$(PY) -m genretr.run -m experiment=cart_table11 hydra.sweep.dir=multirun/cart_table11 $(ARGS)
+	$(REPORT) multirun/cart_table11 --reference $(CART)/table11_flickr30k.yaml $(CART_METRICS) \
+		--out multirun/cart_table11/table.md
+
+reproduce-cart-vs-grace: install ## CART Table 3 on shapes: cart/structured/string IDs x cart/t5 decoders, + GRACE's recipe
+	$(PY) -m genretr.run -m experiment=cart_vs_grace hydra.sweep.dir=multirun/cart_vs_grace $(ARGS)
+	$(PY) -m genretr.run -m experiment=cart_vs_grace identifier=structured,string backbone=t5 train.memorize=true \
+		train.pseudo_queries=false train.pseudo_queries_for=missing hydra.sweep.dir=multirun/cart_vs_grace/grace_recipe $(ARGS)
+	$(REPORT) multirun/cart_vs_grace --reference $(CART)/table3_flickr30k.yaml $(CART_METRICS) \
+		--out multirun/cart_vs_grace/table.md
+
+reproduce-cart: reproduce-cart-table4 reproduce-cart-table5 reproduce-cart-table6 reproduce-cart-table7 \
+	reproduce-cart-table10 reproduce-cart-table11 reproduce-cart-vs-grace ## every CART table above, in turn
+
+# Add to .PHONY:
+#	reproduce-cart reproduce-cart-table4 reproduce-cart-table5 reproduce-cart-table6 reproduce-cart-table7 \
+#	reproduce-cart-table10 reproduce-cart-table11 reproduce-cart-vs-grace
+
+# --- GENIUS paper tables on shapes: paste below the reproduce-grace-* targets (after `GRACE := experiments/grace`).
+# Presets: conf/experiment/genius_*.yaml; paper numbers: experiments/genius/*.yaml. Tables 1, 2, 4, 5, 9, 11 share one
+# trained model (genius_mbeir; tables 4/5/11 retrain only their variants) through the artifact cache: run table1
+# first. Table 3 reuses reproduce-grace-table1's encoder and structured / image-token models.
+# Measured costs on this 2-core CPU while busy (1 thread): table1 ~11 min from a cold cache, then table2 ~3,
+# table4 ~18, table5 ~19, table9 ~2, table11 ~10; table3 ~7 after reproduce-grace-table1; table7 < 1.
+GENIUS := experiments/genius
+GENIUS_COLS := --tasks t2i,i2t,t2t,t2it,it2i --metrics R@5
+
+reproduce-genius-table1: install ## GENIUS Table 1 on shapes: eight tasks, each in its own pool; GENIUS, GENIUS_R, embedding
+	$(PY) -m genretr.run -m experiment=genius_table1 hydra.sweep.dir=multirun/genius_table1 $(ARGS)
+	$(PY) -m genretr.run experiment=genius_table1 method=embedding hydra.mode=RUN \
+		hydra.run.dir=multirun/genius_table1/embedding $(ARGS)
+	$(REPORT) multirun/genius_table1 --reference $(GENIUS)/table1_mbeir.yaml --metrics R@5 \
+		--out multirun/genius_table1/table.md
+
+reproduce-genius-table2: install ## GENIUS Table 2 on shapes: universal pool (Table 1's model); GENIUS, GENIUS_R, embedding
+	$(PY) -m genretr.run -m experiment=genius_table2 hydra.sweep.dir=multirun/genius_table2 $(ARGS)
+	$(PY) -m genretr.run experiment=genius_table2 method=embedding hydra.mode=RUN \
+		hydra.run.dir=multirun/genius_table2/embedding $(ARGS)
+	$(REPORT) multirun/genius_table2 --reference $(GENIUS)/table2_mbeir.yaml --metrics R@5 \
+		--out multirun/genius_table2/table.md
+
+reproduce-genius-table3: install ## GENIUS Table 3 on shapes: text-to-image, GENIUS(_R) beside GRACE and IRGen-style IDs
+	$(PY) -m genretr.run -m experiment=genius_table3 hydra.sweep.dir=multirun/genius_table3/genius $(ARGS)
+	$(PY) -m genretr.run -m experiment=grace_table3 identifier=structured,image_tokens \
+		hydra.sweep.dir=multirun/genius_table3/grace $(ARGS)
+	$(REPORT) multirun/genius_table3 --reference $(GENIUS)/table3_flickr30k.yaml \
+		--out multirun/genius_table3/table_flickr30k.md
+	$(REPORT) multirun/genius_table3 --reference $(GENIUS)/table3_coco.yaml --out multirun/genius_table3/table_coco.md
+
+reproduce-genius-table4: install ## GENIUS Table 4 on shapes: ablations (modality decoupling, query augmentation, L_cl, L_mse)
+	$(PY) -m genretr.run -m experiment=genius_table4 hydra.sweep.dir=multirun/genius_table4 $(ARGS)
+	$(REPORT) multirun/genius_table4 --reference $(GENIUS)/table4_mbeir.yaml $(GENIUS_COLS) \
+		--out multirun/genius_table4/table.md
+
+reproduce-genius-table5: install ## GENIUS Table 5 on shapes: codebook size K x code levels M
+	$(PY) -m genretr.run -m experiment=genius_table5 hydra.sweep.dir=multirun/genius_table5 $(ARGS)
+	$(REPORT) multirun/genius_table5 --reference $(GENIUS)/table5_mbeir.yaml $(GENIUS_COLS) \
+		--out multirun/genius_table5/table.md
+
+reproduce-genius-table7: install ## GENIUS Table 7: storage per item (decoding benchmark's bytes section) + the paper's numbers
+	$(PY) -m genretr.bench decoding --skip qps,hf,constraint,faiss --corpus 1000,10000,100000 \
+		--out bench_out/genius_table7 $(ARGS)
+	@echo "Paper (GENIUS Table 7, $(GENIUS)/table7_storage.yaml): CLIP 3,072 bytes/item; GENIUS 98 bits = 12.25 bytes/item"
+
+reproduce-genius-table9: install ## GENIUS Table 9 on shapes: beam size 1-50 (evaluation only), table + PNG
+	$(PY) -m genretr.run -m experiment=genius_table9 hydra.sweep.dir=multirun/genius_table9 $(ARGS)
+	$(REPORT) multirun/genius_table9 --reference $(GENIUS)/table9_mbeir.yaml $(GENIUS_COLS) \
+		--out multirun/genius_table9/table.md --plot decoding.num_beams --png multirun/genius_table9/beam.png
+
+reproduce-genius-table11: install ## GENIUS Table 11 on shapes: larger codebooks and codebooks shared across levels
+	$(PY) -m genretr.run -m experiment=genius_table11 hydra.sweep.dir=multirun/genius_table11 $(ARGS)
+	$(REPORT) multirun/genius_table11 --reference $(GENIUS)/table11_mbeir.yaml $(GENIUS_COLS) \
+		--out multirun/genius_table11/table.md
+
+# Append to .PHONY:
+#	reproduce-genius-table1 reproduce-genius-table2 reproduce-genius-table3 reproduce-genius-table4 \
+#	reproduce-genius-table5 reproduce-genius-table7 reproduce-genius-table9 reproduce-genius-table11
+
 reproduce-efficiency: install ## q/s vs number of candidates: embedding baseline and generative decoders (CSV + PNG)
 	$(PY) -m genretr.bench decoding --shapes genius,cart,cart_fusion --skip hf,constraint,bytes --beams 30 \
 		--batches 32 --out bench_out/efficiency $(ARGS)
@@ -75,4 +187,5 @@ clean-cache: ## remove the artifact cache (.cache/genretr)
 	rm -rf .cache/genretr
 
 .PHONY: help install run test test-slow bench-decoding reproduce-smoke clean clean-cache reproduce-efficiency \
-	reproduce-grace-table1 reproduce-grace-table2 reproduce-grace-beam reproduce-grace-table3 reproduce-grace-poolsize
+	reproduce-grace-table1 reproduce-grace-table2 reproduce-grace-beam reproduce-grace-table3 reproduce-grace-poolsize \
+	reproduce-cart-table4 reproduce-cart-table5 reproduce-cart-table6 reproduce-cart-table7 reproduce-cart-table10 reproduce-cart-table11 reproduce-cart-vs-grace reproduce-cart reproduce-genius-table1 reproduce-genius-table2 reproduce-genius-table3 reproduce-genius-table4 reproduce-genius-table5 reproduce-genius-table7 reproduce-genius-table9 reproduce-genius-table11

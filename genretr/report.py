@@ -92,7 +92,9 @@ def _key(override: str) -> str:
 
 
 def _norm(pair: str) -> str:
-    return pair.strip().lstrip("+")
+    """`k=v` as matched: leading `+` dropped, YAML booleans spelled one way (Hydra records `False`)."""
+    k, sep, v = pair.strip().lstrip("+").partition("=")
+    return f"{k}{sep}{v.lower() if v.lower() in ('true', 'false') else v}"
 
 
 def labels(runs: list[dict]) -> list[str]:

@@ -62,4 +62,7 @@ def test_experiment_presets_define_sweeps(tmp_path):
         cfg = compose_cfg([f"experiment={name}"], tmp_path, tmp_path / "cache")
         text = (CONF / "experiment" / f"{name}.yaml").read_text()
         assert text.startswith("# @package _global_") or "\n# @package _global_" in text.split("\n\n")[0]
-        assert cfg.hydra.sweeper.params, f"experiment={name} sweeps nothing"
+        # a preset either sweeps, or is a shared setting other presets build on (their defaults list it)
+        shared = any(f"- {name}\n" in (CONF / "experiment" / f"{o}.yaml").read_text()
+                     for o in options("experiment") if o != name)
+        assert cfg.hydra.sweeper.params or shared, f"experiment={name} sweeps nothing and no preset builds on it"

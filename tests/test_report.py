@@ -199,3 +199,11 @@ def test_plot_sweep_writes_a_png(tmp_path):
                  "--metrics", "R@1,R@10", "--png", str(png)]) == 0
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert main([str(tmp_path / "sweep"), "--plot", "decoding.length_penalty", "--png", str(png)]) == 2
+
+
+def test_boolean_overrides_match_either_spelling(tmp_path):
+    make_run(tmp_path / "m" / "0", ["decoding.rerank=False"], {"R@1": 0.5})
+    ref = tmp_path / "ref.yaml"
+    ref.write_text(yaml.safe_dump({"rows": {"decoding.rerank=false": {"t2i": {"R@1": 40.0}}}}))
+    r = rows(markdown_table(collect([tmp_path / "m"]), load_reference(ref)))
+    assert r["decoding.rerank=False"][0] == "50.0 (40.0)"

@@ -1,0 +1,54 @@
+"""Every experiment preset runs (lightning-hydra-template's test_sweeps): each value of each swept
+parameter appears in at least one tiny run, with one artifact cache shared by the whole module (so a
+model trained for one preset serves the others).  Dataset sizes stay tiny: `dataset.splits.*` sweeps
+are not expanded.  CI runs each preset's first job; the other values are `slow` (make test-slow)."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from omegaconf import OmegaConf
+
+from genretr.pipeline import Pipeline
+from tests.conftest import CONF, TINY, compose_cfg
+
+
+def presets() -> list[str]:
+    return sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+def covering_jobs(params: dict[str, str]) -> list[list[str]]:
+    """Few override lists such that every value of every parameter occurs in one of them."""
+    values = {k: [v.strip() for v in str(vs).split(",")] for k, vs in params.items()
+              if not k.startswith("dataset.splits")}
+    if not values:
+        return [[]]
+    n = max(len(v) for v in values.values())
+    return [[f"{k}={vs[i % len(vs)]}" for k, vs in values.items()] for i in range(n)]
+
+
+JOBS = []
+for name in presets():
+    sweep = OmegaConf.load(CONF / "experiment" / f"{name}.yaml").get("hydra", {}).get("sweeper", {}).get("params", {})
+    for k, job in enumerate(covering_jobs(dict(sweep))):
+        JOBS.append(pytest.param(name, job, id=f"{name}:{','.join(job) or 'default'}",
+                                 marks=[pytest.mark.slow] if k else []))
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("sweep-cache")
+
+
+@pytest.mark.parametrize("name,job", JOBS)
+def test_preset_job_runs(name, job, cache, tmp_path):
+    overrides = [f"experiment={name}", *TINY, "hydra.mode=RUN", *job]
+    cfg = compose_cfg([o for o in overrides], tmp_path, cache)
+    out = Pipeline(cfg, tmp_path).run()
+    assert out and all(0.0 <= m["R@10"] <= 1.0 for m in out.values())
+
+
+def test_covering_jobs_cover_every_value():
+    jobs = covering_jobs({"a": "1,2,3", "b": "x,y", "dataset.splits.test": "5,6"})
+    assert len(jobs) == 3 and {j[0] for j in jobs} == {"a=1", "a=2", "a=3"} and {j[1] for j in jobs} == {"b=x", "b=y"}
+    assert list(itertools.chain(*jobs)).count("dataset.splits.test=5") == 0
