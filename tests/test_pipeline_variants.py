@@ -2,6 +2,8 @@
 generation, GENIUS_R re-ranking, the atomic classifier head."""
 import json
 
+import pytest
+
 from genretr.pipeline import Pipeline
 
 
@@ -83,6 +85,7 @@ def test_ssid_identifiers_from_the_keywords_generator(make_cfg, tmp_path):
     assert sum(summary["outcomes"].values()) == 80  # 60 train + 20 test images, each written once
 
 
+@pytest.mark.slow  # each MLLM family's code path runs end to end in tests/backbones/test_mllm.py (CI)
 def test_mllm_backbone_end_to_end_on_a_tiny_random_qwen(make_cfg, tmp_path):
     cfg = make_cfg("identifier=ssid", "backbone=qwen25vl", "eval.max_queries=8", "decoding.num_beams=3",
                    "backbone.fit.max_epochs=1", "train.memorize_repeat=1")
