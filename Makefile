@@ -64,10 +64,13 @@ reproduce-grace-poolsize: install ## GRACE: identifiers as the test pool grows (
 	$(REPORT) multirun/grace_poolsize --out multirun/grace_poolsize/table.md --plot dataset.splits.test \
 		--series identifier --metrics R@1,R@10 --png multirun/grace_poolsize/poolsize.png
 
-# --- CART paper tables on shapes (paste after reproduce-grace-poolsize; needs $(PY), $(REPORT), $(ARGS)) ---
-# Every preset builds on conf/experiment/cart_base.yaml (shrunk shapes: 500 train / 100 test images), so
-# the base CART model is trained once and reused by every table through the artifact cache.
+# --- CART paper tables on shapes ---
+# Every preset builds on conf/experiment/cart_base.yaml (shrunk: 450 train / 100 test shapes images, a
+# d_model 128 decoder, 3 epochs), so the base CART model is trained once and reused by every table
+# through the artifact cache.
 # Paper numbers (Flickr30K) print in parentheses; MRR@10 beside the recalls as CART reports it.
+# Each table takes 7-19 min on an idle 2-core CPU (measured at OMP_NUM_THREADS=1; on a busy machine
+# two torch threads were ~10x slower than one, so prefer `OMP_NUM_THREADS=1 make reproduce-cart-...` there).
 CART := experiments/cart
 CART_METRICS := --metrics R@1,R@5,R@10,MRR@10
 
@@ -116,7 +119,7 @@ reproduce-cart: reproduce-cart-table4 reproduce-cart-table5 reproduce-cart-table
 #	reproduce-cart reproduce-cart-table4 reproduce-cart-table5 reproduce-cart-table6 reproduce-cart-table7 \
 #	reproduce-cart-table10 reproduce-cart-table11 reproduce-cart-vs-grace
 
-# --- GENIUS paper tables on shapes: paste below the reproduce-grace-* targets (after `GRACE := experiments/grace`).
+# --- GENIUS paper tables on shapes.
 # Presets: conf/experiment/genius_*.yaml; paper numbers: experiments/genius/*.yaml. Tables 1, 2, 4, 5, 9, 11 share one
 # trained model (genius_mbeir; tables 4/5/11 retrain only their variants) through the artifact cache: run table1
 # first. Table 3 reuses reproduce-grace-table1's encoder and structured / image-token models.
