@@ -215,7 +215,6 @@ class CartStepDecoder:
     @staticmethod
     def reorder(cache, rows: torch.Tensor, upto: int) -> None:
         """In place: new row i <- old row rows[i], positions < upto only."""
-        n = len(rows)
-        for ks, vs in cache:
-            ks[:n, :, :upto] = ks[rows, :, :upto]
-            vs[:n, :, :upto] = vs[rows, :, :upto]
+        from genretr.decoding.engine import reorder_kv_cache
+
+        reorder_kv_cache(cache, rows, upto)

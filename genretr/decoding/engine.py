@@ -56,6 +56,15 @@ NEG_INF = float("-inf")
 # step-wise T5 decoder
 
 
+def reorder_kv_cache(cache, rows: torch.Tensor, upto: int) -> None:
+    """In place, for a list of (keys, values) of shape (rows, heads, T, d): new row i <- old row rows[i],
+    positions < upto only (the preallocated self-attention cache of every step decoder)."""
+    n = len(rows)
+    for ks, vs in cache:
+        ks[:n, :, :upto] = ks[rows, :, :upto]
+        vs[:n, :, :upto] = vs[rows, :, :upto]
+
+
 class T5StepDecoder:
     """The weights of a `T5PrefixDecoder` (or any HF T5ForConditionalGeneration with a prefix) laid out
     for one-token steps with shared cross-attention and a reorderable self-attention cache."""
@@ -179,13 +188,7 @@ class T5StepDecoder:
         # final layer norm (weight and T5's optional output scaling folded into lm_head)
         return F.linear(self.rms(x), self.lm_head)
 
-    @staticmethod
-    def reorder(cache, rows: torch.Tensor, upto: int) -> None:
-        """In place: new row i <- old row rows[i], positions < upto only."""
-        n = len(rows)
-        for ks, vs in cache:
-            ks[:n, :, :upto] = ks[rows, :, :upto]
-            vs[:n, :, :upto] = vs[rows, :, :upto]
+    reorder = staticmethod(reorder_kv_cache)
 
 
 # ---------------------------------------------------------------------------------------------------------------
