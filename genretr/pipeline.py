@@ -17,8 +17,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from genretr.artifacts import ArtifactStore, config_key
-from genretr.data.datamodules import CaptionPairs, ContrastiveDataModule, IdentifierDataModule
-from genretr.data.schema import RetrievalDataset
+from genretr import encode_stage as E
+from genretr.data.datamodules import CaptionPairs, ContrastiveDataModule, IdentifierDataModule, QueryTargetPairs
+from genretr.data.schema import INSTRUCTIONS, RetrievalDataset
 from genretr.errors import GenretrError
 from genretr.identifiers.base import IdTable
 from genretr.samples import decoder_samples
@@ -26,7 +27,6 @@ from genretr.training import fit
 
 log = logging.getLogger(__name__)
 STAGES = ["dataset", "encode", "identify", "train", "index", "evaluate"]
-CAPTION_TASKS = ("t2i", "t2a", "t2v")  # caption -> item: the (item, caption) pairs encoders and captioners learn from
 
 
 @dataclass
@@ -106,16 +106,26 @@ class Pipeline:
                 return
             torch.manual_seed(int(self.cfg.seed))
             encoder = instantiate(cfg.model)
-            items, queries = _split_members(ds, splits)
-            texts = sorted({x.text for x in items if x.text} | {q.text for q in queries if q.text})
+            items, queries = E.split_members(ds, splits)
+            instructions, all_tasks = self._instructions(), self._encoder_tasks() == "all"
+            sides = E.query_target_sides(ds, instructions) if all_tasks else []
+            texts = sorted({x.text for x in items if x.text} | {t for q in queries if (t := E.query_text(q, instructions))}
+                           | {s[1] for pair in sides for s in pair[:2] if s[1]})
             row = {t: i for i, t in enumerate(texts)}
-            image_index, train_caps = _caption_groups(ds)
+            image_index, train_caps = E.caption_groups(ds)
             text_inputs = encoder.prepare_texts(texts, fit_texts=[c for cs in train_caps for c in cs])
             if int(cfg.fit.max_epochs) > 0:
-                pairs = CaptionPairs(ds.images, image_index, [[row[c] for c in cs] for cs in train_caps], text_inputs)
+                if all_tasks:
+                    pairs = QueryTargetPairs(ds.images, sides, text_inputs, row)
+                else:
+                    pairs = CaptionPairs(ds.images, image_index, [[row[c] for c in cs] for cs in train_caps],
+                                         text_inputs)
+                log.info("encoder: %d training pairs (%s)", len(pairs), "every task" if all_tasks else "captions")
                 fit(encoder, ContrastiveDataModule(pairs, int(cfg.fit.batch_size), int(self.cfg.seed)), self.cfg,
                     self.store.work("encode", key), int(cfg.fit.max_epochs), self.logger, self.extra_callbacks)
-            emb = _embed(encoder, ds, items, queries, texts, text_inputs, int(cfg.fit.batch_size))
+            item_vecs, query_vecs = E.embed(encoder, ds, items, queries, texts, text_inputs,
+                                            int(cfg.fit.batch_size), instructions)
+            emb = Embeddings([x.id for x in items], item_vecs, [q.id for q in queries], query_vecs)
             torch.save(emb.state(), tmp / "embeddings.pt")
             torch.save(encoder.state_dict(), tmp / "encoder.pt")
             if getattr(encoder.text_tower, "tokenizer", None) is not None:
@@ -124,11 +134,21 @@ class Pipeline:
         path = self.store.produce("encode", key, write)
         return Embeddings(**{k: v for k, v in torch.load(path / "embeddings.pt").items() if not k.startswith("_")})
 
+    def _instructions(self) -> bool:
+        """encoder.instructions: queries embedded with their task's instruction (genretr.encode_stage)."""
+        return bool(self.cfg.encoder.get("instructions", False))
+
+    def _encoder_tasks(self) -> str:
+        tasks = str(self.cfg.encoder.fit.get("tasks", "captions"))
+        if tasks not in ("captions", "all"):
+            raise GenretrError(f"encoder.fit.tasks={tasks} is not one of captions, all")
+        return tasks
+
     def _given_vectors(self, ds: RetrievalDataset, splits) -> Embeddings:
         """Embeddings of a dataset that ships its vectors (CART's ImageBind features): items from
         `item_vectors`; queries from `query_vectors` (the same model's text side), or -- for backbones
         that read query tokens and never the query vector -- zeros."""
-        items, queries = _split_members(ds, splits)
+        items, queries = E.split_members(ds, splits)
         vecs = torch.from_numpy(np.stack([ds.item_vectors[x.id] for x in items])).float()
         if ds.query_vectors is not None:
             qvecs = torch.from_numpy(np.stack([ds.query_vectors[q.id] for q in queries])).float()
@@ -142,7 +162,8 @@ class Pipeline:
 
     @torch.no_grad()
     def embed_texts(self, ds: RetrievalDataset, texts: list[str]) -> torch.Tensor:
-        """Vectors of new texts (captioner-written queries) from the trained encoder of this run."""
+        """Vectors of new texts (captioner-written queries) from the trained encoder of this run, as
+        caption → image queries (with encoder.instructions, after the t2i instruction)."""
         path = self.store.artifact("encode", self.keys["encode"])
         if not (path / "encoder.pt").exists():
             raise GenretrError(f"dataset {ds.name} ships its vectors: there is no encoder to embed new texts "
@@ -154,6 +175,8 @@ class Pipeline:
             encoder.text_tower.tokenizer = load(path / "tokenizer.json")
         encoder.load_state_dict(torch.load(path / "encoder.pt"))
         encoder.eval()
+        if self._instructions():
+            texts = [f"{INSTRUCTIONS['t2i']} {t}" for t in texts]
         inputs = encoder.prepare_texts(texts)
         bs = int(self.cfg.encoder.fit.batch_size)
         return torch.cat([encoder.embed_texts(inputs[s:s + bs]) for s in range(0, len(texts), bs)])
@@ -179,9 +202,9 @@ class Pipeline:
         captions: dict[str, list[str]] = {}
         pairs = [(q, r) for q in ds.splits["train"].queries for r in q.relevant]
         for q, r in pairs:
-            if q.task in CAPTION_TASKS and q.text:
+            if q.task in E.CAPTION_TASKS and q.text:
                 captions.setdefault(r, []).append(q.text)
-        return _Ctx(train_texts=[q.text for q in ds.splits["train"].queries if q.task in CAPTION_TASKS], workdir=workdir,
+        return _Ctx(train_texts=[q.text for q in ds.splits["train"].queries if q.task in E.CAPTION_TASKS], workdir=workdir,
                     seed=int(self.cfg.seed), progress=bool(self.cfg.progress), item_captions=captions,
                     train_query_vecs=emb.queries([q.id for q, _ in pairs]).numpy() if pairs else np.zeros((0, 1)),
                     train_query_items=[r for _, r in pairs], train_query_tasks=[q.task for q, _ in pairs],
@@ -457,42 +480,6 @@ def _scheme_cfg(cfg: DictConfig) -> DictConfig:
     plain = OmegaConf.to_container(cfg, resolve=True)  # resolves ${captioner}, ${generator} against the root
     plain.pop("head", None)
     return OmegaConf.create(plain)
-
-
-def _caption_groups(ds: RetrievalDataset):
-    """Training images and, for each, its captions (from the train split's t2i queries)."""
-    groups: dict[int, list[str]] = {}
-    for q in ds.splits["train"].queries:
-        if q.task in CAPTION_TASKS and q.text:
-            groups.setdefault(ds.items[q.relevant[0]].image, []).append(q.text)
-    index = np.array(sorted(groups), dtype=np.int64)
-    return index, [groups[i] for i in index]
-
-
-def _split_members(ds: RetrievalDataset, splits):
-    """Items in the pools of `splits` or relevant to their queries, and those queries."""
-    queries = [q for s in splits for q in ds.splits[s].queries]
-    ids = {i for s in splits for pool in ds.splits[s].pools.values() for i in pool}
-    ids |= {r for q in queries for r in q.relevant}
-    return [x for x in ds.items.values() if x.id in ids], queries
-
-
-@torch.no_grad()
-def _embed(encoder, ds: RetrievalDataset, items, queries, texts, text_inputs, batch_size: int) -> Embeddings:
-    """Vectors of `items` and `queries`; images are embedded once each, texts once each."""
-    encoder.eval()
-    images = torch.from_numpy(ds.images)
-    img = torch.cat([encoder.embed_images(images[s:s + batch_size]) for s in range(0, len(images), batch_size)])
-    txt = torch.cat([encoder.embed_texts(text_inputs[s:s + batch_size]) for s in range(0, len(texts), batch_size)])
-    row = {t: i for i, t in enumerate(texts)}
-
-    def vec(image, text):
-        if image is not None and text:
-            return encoder.fuse(img[image], txt[row[text]])
-        return img[image] if image is not None else txt[row[text]]
-
-    return Embeddings([x.id for x in items], torch.stack([vec(x.image, x.text) for x in items]),
-                      [q.id for q in queries], torch.stack([vec(q.image, q.text) for q in queries]))
 
 
 def _identified_items(ds: RetrievalDataset, splits, tasks) -> list[str]:

@@ -70,8 +70,38 @@ class CaptionPairs(Dataset):
         return self.images[img], self.text_inputs[row]
 
 
+class QueryTargetPairs(Dataset):
+    """(query, target) training pairs of every task for the contrastive encoder (GENIUS Sec. 4.1).
+
+    A side is an image, a text, or both (fused by the encoder); a missing part is a zero row with its
+    ``has_*`` flag off.  ``q_id``/``t_id`` let the loss drop in-batch negatives that are really positives
+    (one query's other relevant items, one item's other queries).  `sides`: see
+    `genretr.encode_stage.query_target_sides`; `row` maps a text to its row of `text_inputs`."""
+
+    groups = None
+
+    def __init__(self, images: np.ndarray, sides: list, text_inputs: torch.Tensor, row: dict[str, int]):
+        self.images, self.text_inputs = torch.from_numpy(images), text_inputs
+        qids, tids = {}, {}
+        image = lambda i: -1 if i is None else int(i)
+        text = lambda t: row[t] if t else -1
+        self.rows = [(image(qi), text(qt), image(ti), text(tt), qids.setdefault(q, len(qids)),
+                      tids.setdefault(t, len(tids))) for (qi, qt), (ti, tt), q, t in sides]
+
+    def __len__(self):
+        return len(self.rows)
+
+    def _side(self, image: int, text: int, prefix: str) -> dict:
+        return {f"{prefix}_image": self.images[max(image, 0)], f"{prefix}_has_image": image >= 0,
+                f"{prefix}_text": self.text_inputs[max(text, 0)], f"{prefix}_has_text": text >= 0}
+
+    def __getitem__(self, i):
+        qi, qt, ti, tt, q, t = self.rows[i]
+        return {**self._side(qi, qt, "q"), **self._side(ti, tt, "t"), "q_id": q, "t_id": t}
+
+
 class ContrastiveDataModule(L.LightningDataModule):
-    def __init__(self, pairs: CaptionPairs, batch_size: int = 128, seed: int = 0):
+    def __init__(self, pairs: CaptionPairs | QueryTargetPairs, batch_size: int = 128, seed: int = 0):
         super().__init__()
         self.pairs, self.batch_size, self.seed = pairs, batch_size, seed
 

@@ -4,6 +4,8 @@ The temperature is learnable (CLIP, Radford et al. 2021, Sec. 2.5), initialised 
 `temperature` and clamped so that 1/τ ≤ 100.  Image–text inputs (pair items, composed
 queries) are embedded by score-level fusion — the sum of the two normalised tower
 outputs, renormalised — as UniIR's CLIP-SF, which GENIUS builds on (Sec. 4.1).
+Batches are (image, caption) pairs, or (query, target) pairs of every task whose sides
+may be images, texts or both (`genretr.encode_stage`, GENIUS Sec. 4.1).
 """
 from __future__ import annotations
 
@@ -36,15 +38,37 @@ class ContrastiveEncoder(L.LightningModule):
     def fuse(image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
         return F.normalize(image_emb + text_emb, dim=-1)
 
+    def embed_sides(self, images, has_image, texts, has_text) -> torch.Tensor:
+        """Rows that are an image, a text, or both (score-level fusion); each tower runs on its rows only."""
+        out = None
+        if has_image.any():
+            img = self.embed_images(images[has_image])
+            out = img.new_zeros(len(images), img.shape[1]).index_put((has_image.nonzero().flatten(),), img)
+        if has_text.any():
+            txt = self.embed_texts(texts[has_text])
+            base = out if out is not None else txt.new_zeros(len(texts), txt.shape[1])
+            out = base.index_put((has_text.nonzero().flatten(),), txt, accumulate=True)
+        return F.normalize(out, dim=-1)
+
     def training_step(self, batch, batch_idx):
-        images, texts = batch
-        img, txt = self.embed_images(images), self.embed_texts(texts)
+        if isinstance(batch, dict):  # (query, target) pairs of every task (genretr.encode_stage, fit.tasks=all)
+            q = self.embed_sides(batch["q_image"], batch["q_has_image"], batch["q_text"], batch["q_has_text"])
+            t = self.embed_sides(batch["t_image"], batch["t_has_image"], batch["t_text"], batch["t_has_text"])
+            # another pair's target that shares this pair's query or target is a positive, not a negative
+            qid, tid = batch["q_id"], batch["t_id"]
+            false_neg = (qid[:, None] == qid[None, :]) | (tid[:, None] == tid[None, :])
+            false_neg.fill_diagonal_(False)
+        else:  # (image, caption) pairs
+            images, texts = batch
+            q, t, false_neg = self.embed_images(images), self.embed_texts(texts), None
         scale = self.log_scale.clamp(max=math.log(100.0)).exp()
-        logits = scale * img @ txt.t()
-        target = torch.arange(len(img), device=img.device)
+        logits = scale * q @ t.t()
+        if false_neg is not None:
+            logits = logits.masked_fill(false_neg, float("-inf"))
+        target = torch.arange(len(q), device=q.device)
         loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
-        self.log("encoder/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(img))
-        self.log("encoder/temperature", 1.0 / scale, on_step=False, on_epoch=True, batch_size=len(img))
+        self.log("encoder/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(q))
+        self.log("encoder/temperature", 1.0 / scale, on_step=False, on_epoch=True, batch_size=len(q))
         return loss
 
     def configure_optimizers(self):

@@ -1,0 +1,78 @@
+"""What the encode stage trains on and embeds (genretr.pipeline.Pipeline.encode).
+
+Two training settings, picked by ``encoder.fit.tasks``:
+
+- ``captions`` (default; GRACE, CART, SSID): (image, caption) pairs of the train split's caption → item
+  queries, one caption per image an epoch.
+- ``all`` (GENIUS Sec. 4.1, UniIR's instruction-tuned CLIP-SF): every train query of every task paired
+  with each of its relevant items, so the encoder learns all eight M-BEIR tasks at once.
+
+With ``encoder.instructions=true`` a query is embedded with its task's instruction prepended to its
+text (GENIUS Sec. 4.2.2; an image-only query fuses its image with the instruction's embedding), so two
+queries with the same words but different target modalities (t→i, t→(i,t), t→t) embed apart — what a
+universal pool (GENIUS Table 2) needs.  Items are embedded without instructions.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from genretr.data.schema import Query, RetrievalDataset
+
+CAPTION_TASKS = ("t2i", "t2a", "t2v")  # caption -> item: the (item, caption) pairs encoders and captioners learn from
+
+
+def query_text(q: Query, instructions: bool) -> str | None:
+    """The text a query is embedded from: its own, or with ``instructions`` its instruction then its text."""
+    if not instructions or not q.instruction:
+        return q.text or None
+    return f"{q.instruction} {q.text}" if q.text else q.instruction
+
+
+def split_members(ds: RetrievalDataset, splits):
+    """Items in the pools of `splits` or relevant to their queries, and those queries."""
+    queries = [q for s in splits for q in ds.splits[s].queries]
+    ids = {i for s in splits for pool in ds.splits[s].pools.values() for i in pool}
+    ids |= {r for q in queries for r in q.relevant}
+    return [x for x in ds.items.values() if x.id in ids], queries
+
+
+def caption_groups(ds: RetrievalDataset):
+    """Training images and, for each, its captions (from the train split's t2i queries)."""
+    groups: dict[int, list[str]] = {}
+    for q in ds.splits["train"].queries:
+        if q.task in CAPTION_TASKS and q.text:
+            groups.setdefault(ds.items[q.relevant[0]].image, []).append(q.text)
+    index = np.array(sorted(groups), dtype=np.int64)
+    return index, [groups[i] for i in index]
+
+
+def query_target_sides(ds: RetrievalDataset, instructions: bool):
+    """(query side, target side, query id, target id) of every train (query, relevant item) pair; a side
+    is (image index or None, text or None)."""
+    out = []
+    for q in ds.splits["train"].queries:
+        qside = (q.image, query_text(q, instructions))
+        for r in q.relevant:
+            x = ds.items[r]
+            out.append((qside, (x.image, x.text or None), q.id, r))
+    return out
+
+
+@torch.no_grad()
+def embed(encoder, ds: RetrievalDataset, items, queries, texts, text_inputs, batch_size: int,
+          instructions: bool = False):
+    """(item vectors, query vectors); images are embedded once each, texts once each."""
+    encoder.eval()
+    images = torch.from_numpy(ds.images)
+    img = torch.cat([encoder.embed_images(images[s:s + batch_size]) for s in range(0, len(images), batch_size)])
+    txt = torch.cat([encoder.embed_texts(text_inputs[s:s + batch_size]) for s in range(0, len(texts), batch_size)])
+    row = {t: i for i, t in enumerate(texts)}
+
+    def vec(image, text):
+        if image is not None and text:
+            return encoder.fuse(img[image], txt[row[text]])
+        return img[image] if image is not None else txt[row[text]]
+
+    return (torch.stack([vec(x.image, x.text) for x in items]),
+            torch.stack([vec(q.image, query_text(q, instructions)) for q in queries]))
