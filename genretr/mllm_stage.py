@@ -62,8 +62,8 @@ def training_samples(ds, table: IdTable, tasks, reasons: dict, memorize: bool, m
                      retrieve: bool, needs_reason: bool) -> list[dict]:
     def answer(item_id):
         if needs_reason and not reasons.get(item_id):
-            raise GenretrError(f"backbone.model.reason asks for a rationale but item {item_id} has none: use "
-                               "identifier=ssid (it writes them) or backbone.model.reason=none")
+            raise GenretrError(f"train.reason asks for a rationale but item {item_id} has none: use "
+                               "identifier=ssid (it writes them) or train.reason=none")
         return {"answer": table.text(item_id), "reason": reasons.get(item_id)}
 
     out = []

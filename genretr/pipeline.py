@@ -227,30 +227,55 @@ class Pipeline:
         """MLLM backbones read samples (images, query text) through their processor (genretr.mllm_stage)."""
         from genretr import mllm_stage as M
 
-        cfg, tr = self.cfg.backbone, self.cfg.train
-        key = self.keys["train"] = config_key("train", self.keys["identify"], cfg, tr, self.cfg.seed)
+        cfg, tr, reason = self.cfg.backbone, self.cfg.train, self._reason()
+        key = self.keys["train"] = config_key("train", self.keys["identify"], cfg, self._train_key(), self.cfg.seed)
 
         def write(tmp: Path):
             torch.manual_seed(int(self.cfg.seed))
-            model = instantiate(cfg.model)
-            reasons = M.reasons_of(self.store.artifact("identify", self.keys["identify"]))
-            samples = M.training_samples(ds, table, self.tasks(), reasons, bool(tr.memorize),
-                                         int(tr.memorize_repeat), bool(tr.retrieve), model.reason != "none")
+            model = instantiate(cfg.model, reason=reason)
+            samples = M.training_samples(ds, table, self.tasks(), self._reasons(), bool(tr.memorize),
+                                         int(tr.memorize_repeat), bool(tr.retrieve), reason != "none")
             log.info("MLLM: %d training samples", len(samples))
             fit(model, M.SampleDataModule(samples, model.collate, int(cfg.fit.batch_size), int(self.cfg.seed)),
                 self.cfg, self.store.work("train", key), int(cfg.fit.max_epochs), self.logger, self.extra_callbacks)
             torch.save(model.state_dict(), tmp / "model.pt")
 
         path = self.store.produce("train", key, write)
-        model = instantiate(cfg.model)
+        model = instantiate(cfg.model, reason=reason)
         model.load_state_dict(torch.load(path / "model.pt"))
         return model.eval()
+
+    def _reasons(self) -> dict:
+        """SSID's rationales {item id: reason} from the identify stage (empty for other schemes)."""
+        from genretr.mllm_stage import reasons_of
+
+        return reasons_of(self.store.artifact("identify", self.keys["identify"]))
+
+    def _reason(self) -> str:
+        """train.reason resolved: auto -> both with rationales, none without (genretr.rationale)."""
+        from genretr.rationale import resolve
+
+        return resolve(str(self.cfg.train.get("reason", "auto")), self._reasons())
+
+    def _train_key(self) -> dict:
+        """cfg.train as it enters the train stage's key: whether a rationale is trained (`both` and
+        `train_only` train alike and share a model), left out without one so that runs without
+        rationales keep the keys they had before the option existed."""
+        tr = OmegaConf.to_container(self.cfg.train, resolve=True)
+        tr.pop("reason", None)
+        return {**tr, "rationale": True} if self._reason() != "none" else tr
+
+    def _reason_vocab(self, table: IdTable, offset: int):
+        """With a rationale in training, its tokens after the identifier (and describe) vocabulary."""
+        from genretr.rationale import ReasonVocab
+
+        return ReasonVocab(self._reasons(), offset) if self._reason() != "none" else None
 
     def train(self, ds: RetrievalDataset, emb: Embeddings, table: IdTable):
         if self._mllm():
             return self._train_mllm(ds, table)
         cfg, tr = self.cfg.backbone, self.cfg.train
-        key = self.keys["train"] = config_key("train", self.keys["identify"], cfg, tr, self.cfg.seed,
+        key = self.keys["train"] = config_key("train", self.keys["identify"], cfg, self._train_key(), self.cfg.seed,
                                               self.cfg.identifier.get("head", "vocab"))
         tokens = self._input() == "tokens"
         describing = bool(tr.get("describe", False))
@@ -260,7 +285,11 @@ class Pipeline:
         extra = {"src_vocab_size": len(vocab)} if tokens else {}
         out_words = _describe_words(ds) if describing else []
         vocab_size = table.vocab_size + len(out_words)
+        reasons = self._reason_vocab(table, vocab_size)  # SSID Sec. III-D: identifier <reason> rationale </s>
+        vocab_size += len(reasons) if reasons else 0
         if self._classifier_head():  # GRACE atomic IDs through a classifier head: its own output layer
+            if reasons:
+                raise GenretrError("identifier.head=classifier ranks identifiers in one step: use train.reason=none")
             extra["tie_embeddings"] = False
 
         def build():
@@ -273,7 +302,8 @@ class Pipeline:
             samples = decoder_samples(ds, emb, table, self.tasks(), memorize=bool(tr.memorize),
                                       memorize_repeat=int(tr.memorize_repeat), retrieve=bool(tr.retrieve),
                                       pseudo=pseudo, vocab=vocab, max_src_len=int(cfg.get("max_src_len", 32)),
-                                      labels_width=1 if self._classifier_head() else None)
+                                      labels_width=1 if self._classifier_head() else None,
+                                      answers=reasons.answers(table) if reasons else None)
             if describing:
                 from genretr import describe
 
@@ -398,6 +428,13 @@ class Pipeline:
         # identifiers map to the pool's items only: an identifier shared with a train item (semantic IDs'
         # collisions) never returns that item, and a freely generated train identifier is a miss
         table = table.subset(pool)
+        if not self._mllm() and self._reason() == "both":  # identifiers end where the model writes <reason>
+            from genretr.rationale import AnswerWithReason
+
+            if d.get("engine", "genretr") != "genretr":
+                raise GenretrError("train.reason=both is decoded by decoding.engine=genretr only")
+            offset = table.vocab_size + (len(_describe_words(ds)) if self.cfg.train.get("describe", False) else 0)
+            model = AnswerWithReason(model, offset)
         return search.generative_searcher(model, tries[task], table, d, top_k, bool(self.cfg.progress),
                                           rerank_vecs=emb.items if d.get("rerank", False) else None,
                                           classifier_pool=table.subset(pool) if self._classifier_head() else None)

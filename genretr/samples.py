@@ -31,8 +31,11 @@ class PseudoQueries:
 
 def decoder_samples(ds, emb, table: IdTable, tasks, memorize: bool = True, memorize_repeat: int = 1,
                     retrieve: bool = True, pseudo: PseudoQueries | None = None, vocab=None, max_src_len: int = 32,
-                    labels_width: int | None = None) -> dict[str, torch.Tensor]:
-    """Every sample the decoder trains on (memorize first, then retrieve, then pseudo-queries)."""
+                    labels_width: int | None = None, answers: dict[str, list[int]] | None = None
+                    ) -> dict[str, torch.Tensor]:
+    """Every sample the decoder trains on (memorize first, then retrieve, then pseudo-queries).
+    `answers` (item id -> target tokens) replaces the identifier as the target (SSID's identifier +
+    rationale, `genretr.rationale`)."""
     index = {iid: i for i, iid in enumerate(table.item_ids)}
     z, target, rows, texts, phase = [], [], [], [], []
 
@@ -58,7 +61,13 @@ def decoder_samples(ds, emb, table: IdTable, tasks, memorize: bool = True, memor
         add(pseudo.vecs[keep], [pseudo.item_ids[k] for k in keep], [pseudo.texts[k] for k in keep], RETRIEVE)
     if not rows:
         raise ValueError("no decoder training samples: memorize and retrieve are both off or empty")
-    labels = torch.from_numpy(table.sequences[rows]).long()
+    if answers is not None:
+        targets = [answers[table.item_ids[r]] for r in rows]
+        labels = torch.zeros(len(targets), max(map(len, targets)), dtype=torch.long)
+        for k, t in enumerate(targets):
+            labels[k, : len(t)] = torch.tensor(t)
+    else:
+        labels = torch.from_numpy(table.sequences[rows]).long()
     if labels_width is not None:
         labels = labels[:, :labels_width]
     out = {"z": torch.cat(z).float(), "target_z": torch.cat(target).float(), "labels": labels,
