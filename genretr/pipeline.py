@@ -235,9 +235,14 @@ class Pipeline:
             model = instantiate(cfg.model, reason=reason)
             samples = M.training_samples(ds, table, self.tasks(), self._reasons(), bool(tr.memorize),
                                          int(tr.memorize_repeat), bool(tr.retrieve), reason != "none")
+            if tr.get("limit") is not None:  # SSID Fig. 3: fine-tune on N samples only
+                keep = _draw({"labels": torch.arange(len(samples))}, int(tr.limit), int(self.cfg.seed))["labels"]
+                samples = [samples[i] for i in keep.tolist()]
             log.info("MLLM: %d training samples", len(samples))
-            fit(model, M.SampleDataModule(samples, model.collate, int(cfg.fit.batch_size), int(self.cfg.seed)),
-                self.cfg, self.store.work("train", key), int(cfg.fit.max_epochs), self.logger, self.extra_callbacks)
+            if samples:
+                fit(model, M.SampleDataModule(samples, model.collate, int(cfg.fit.batch_size), int(self.cfg.seed)),
+                    self.cfg, self.store.work("train", key), int(cfg.fit.max_epochs), self.logger,
+                    self.extra_callbacks)
             torch.save(model.state_dict(), tmp / "model.pt")
 
         path = self.store.produce("train", key, write)
@@ -259,10 +264,12 @@ class Pipeline:
 
     def _train_key(self) -> dict:
         """cfg.train as it enters the train stage's key: whether a rationale is trained (`both` and
-        `train_only` train alike and share a model), left out without one so that runs without
-        rationales keep the keys they had before the option existed."""
+        `train_only` train alike and share a model); options at their neutral value (no rationale,
+        no sample limit) are left out, so runs keep the keys they had before the options existed."""
         tr = OmegaConf.to_container(self.cfg.train, resolve=True)
         tr.pop("reason", None)
+        if tr.get("limit", 0) is None:  # every sample: as before the option existed
+            tr.pop("limit")
         return {**tr, "rationale": True} if self._reason() != "none" else tr
 
     def _reason_vocab(self, table: IdTable, offset: int):
@@ -310,12 +317,15 @@ class Pipeline:
                 samples = _concat_samples(samples, describe.samples(ds, table, vocab, out_words,
                                                                    int(cfg.get("max_src_len", 32)),
                                                                    emb.item_vecs.shape[1]))
+            if tr.get("limit") is not None:  # SSID Fig. 3: fine-tune on N samples only
+                samples = _draw(samples, int(tr.limit), int(self.cfg.seed))
             log.info("decoder: %d training samples (%d memorize)", len(samples["labels"]),
                      int((samples["phase"] == 0).sum()))
-            dm = IdentifierDataModule(samples, int(cfg.fit.batch_size), int(self.cfg.seed), str(tr.schedule),
-                                      int(tr.memorize_epochs))
-            fit(model, dm, self.cfg, self.store.work("train", key), int(cfg.fit.max_epochs), self.logger,
-                self.extra_callbacks, reload_dataloaders_every_n_epochs=1 if dm.memorize_epochs else 0)
+            if len(samples["labels"]):  # train.limit=0: the untrained decoder (the curve's zero point)
+                dm = IdentifierDataModule(samples, int(cfg.fit.batch_size), int(self.cfg.seed), str(tr.schedule),
+                                          int(tr.memorize_epochs))
+                fit(model, dm, self.cfg, self.store.work("train", key), int(cfg.fit.max_epochs), self.logger,
+                    self.extra_callbacks, reload_dataloaders_every_n_epochs=1 if dm.memorize_epochs else 0)
             torch.save(model.state_dict(), tmp / "model.pt")
 
         path = self.store.produce("train", key, write)
@@ -337,18 +347,33 @@ class Pipeline:
             vocab = WordVocab(vocab.tokens + [id_word(t) for t in table.vocab[2:]])
         return vocab
 
-    def queries_of(self, ds: RetrievalDataset, emb: Embeddings, queries, table=None) -> torch.Tensor | dict | list:
-        """What the decoder reads for `queries`: their vectors, their tokens for token-input backbones,
-        sample dicts for MLLMs."""
+    def queries_of(self, ds: RetrievalDataset, emb: Embeddings, queries, table=None,
+                   vecs: torch.Tensor | None = None) -> torch.Tensor | dict | list:
+        """What the decoder reads for `queries`: their vectors (`vecs`, else the encode stage's), their
+        tokens for token-input backbones, sample dicts for MLLMs."""
         if self._mllm() and self.cfg.method.name != "embedding":
             from genretr.mllm_stage import query_sample
 
             return [query_sample(ds, q) for q in queries]
-        vecs = emb.queries([q.id for q in queries])
+        vecs = emb.queries([q.id for q in queries]) if vecs is None else vecs
         if self.cfg.method.name == "embedding" or self._input() != "tokens":
             return vecs
         vocab = self._query_vocab(ds, table)
         return {"z": vecs, "src": vocab.encode([q.text for q in queries], int(self.cfg.backbone.get("max_src_len", 32)))}
+
+    def _translated(self, ds: RetrievalDataset, emb: Embeddings, queries):
+        """eval.query_texts: the listed queries with their translated text, embedded by this run's encoder."""
+        from genretr.evaluation.multilingual import load_query_texts, translated
+
+        queries = translated(queries, load_query_texts(self.cfg.eval.query_texts))
+        if not queries:
+            return [], torch.zeros(0)
+        if any(q.image is not None for q in queries):
+            raise GenretrError(f"eval.query_texts={self.cfg.eval.query_texts}: translates text-only queries")
+        need_vecs = self.cfg.method.name == "embedding" or (not self._mllm() and self._input() != "tokens")
+        vecs = (self.embed_texts(ds, [q.text for q in queries]) if need_vecs  # token input / MLLM: z is unread
+                else torch.zeros(len(queries), emb.query_vecs.shape[1]))
+        return queries, vecs
 
     def pseudo_queries(self, ds: RetrievalDataset, emb: Embeddings, table: IdTable):
         from genretr.augment import pseudo_queries
@@ -387,9 +412,13 @@ class Pipeline:
             queries = ds.queries(split, task)
             if self.cfg.eval.get("max_queries"):
                 queries = queries[: int(self.cfg.eval.max_queries)]
+            vecs = None
+            if self.cfg.eval.get("query_texts"):  # SSID Table IV: the same queries in another language
+                queries, vecs = self._translated(ds, emb, queries)
             if not queries:
-                raise GenretrError(f"no {task} queries in split '{split}' of dataset {ds.name}")
-            qvecs = self.queries_of(ds, emb, queries, table)
+                raise GenretrError(f"no {task} queries in split '{split}' of dataset {ds.name}"
+                                   + (f" listed in {self.cfg.eval.query_texts}" if vecs is not None else ""))
+            qvecs = self.queries_of(ds, emb, queries, table, vecs)
             search = self._searcher(ds, emb, task, model, table, tries)
             rankings, qps = sharded(search, qvecs)
             out[task] = {**retrieval_metrics(rankings, [q.relevant for q in queries]), "queries": len(queries),
@@ -498,6 +527,15 @@ def _describe_words(ds) -> list[str]:
     from genretr.describe import caption_words
 
     return caption_words(ds)
+
+
+def _draw(samples: dict, n: int, seed: int) -> dict:
+    """`n` samples drawn without replacement (seeded), in their original order."""
+    total = len(samples["labels"])
+    if n < 0 or n > total:
+        raise GenretrError(f"train.limit={n}: there are {total} training samples")
+    keep = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    return {k: v[keep] for k, v in samples.items()}
 
 
 def _concat_samples(a: dict, b: dict) -> dict:

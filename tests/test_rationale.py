@@ -83,3 +83,17 @@ def test_ssid_on_t5_trains_the_rationale_and_train_only_shares_the_model(make_cf
     # a scheme without rationales: auto is none, and asking for one is a clear error
     with pytest.raises(GenretrError, match="needs rationales"):
         Pipeline(make_cfg("+train.reason=both", run="str"), tmp_path / "str").run()
+
+
+def test_few_shot_limit_trains_on_n_samples_and_zero_is_the_untrained_decoder(make_cfg, tmp_path):
+    """SSID Fig. 3: fine-tune on N retrieve samples, test identifiers never memorized."""
+    keys = []
+    for n in (0, 20):
+        p = Pipeline(make_cfg("identifier=ssid", "train.memorize=false", f"+train.limit={n}", run=f"n{n}"),
+                     tmp_path / f"n{n}")
+        m = p.run()["t2i"]
+        assert m["queries"] == 100
+        keys.append(p.keys["train"])
+    assert keys[0] != keys[1]
+    with pytest.raises(GenretrError, match="train.limit=100000"):
+        Pipeline(make_cfg("identifier=ssid", "+train.limit=100000", run="big"), tmp_path / "big").run()
