@@ -115,10 +115,6 @@ reproduce-cart-vs-grace: install ## CART Table 3 on shapes: cart/structured/stri
 reproduce-cart: reproduce-cart-table4 reproduce-cart-table5 reproduce-cart-table6 reproduce-cart-table7 \
 	reproduce-cart-table10 reproduce-cart-table11 reproduce-cart-vs-grace ## every CART table above, in turn
 
-# Add to .PHONY:
-#	reproduce-cart reproduce-cart-table4 reproduce-cart-table5 reproduce-cart-table6 reproduce-cart-table7 \
-#	reproduce-cart-table10 reproduce-cart-table11 reproduce-cart-vs-grace
-
 # --- GENIUS paper tables on shapes.
 # Presets: conf/experiment/genius_*.yaml; paper numbers: experiments/genius/*.yaml. Tables 1, 2, 4, 5, 9, 11 share one
 # trained model (genius_mbeir; tables 4/5/11 retrain only their variants) through the artifact cache: run table1
@@ -175,9 +171,28 @@ reproduce-genius-table11: install ## GENIUS Table 11 on shapes: larger codebooks
 	$(REPORT) multirun/genius_table11 --reference $(GENIUS)/table11_mbeir.yaml $(GENIUS_COLS) \
 		--out multirun/genius_table11/table.md
 
-# Append to .PHONY:
-#	reproduce-genius-table1 reproduce-genius-table2 reproduce-genius-table3 reproduce-genius-table4 \
-#	reproduce-genius-table5 reproduce-genius-table7 reproduce-genius-table9 reproduce-genius-table11
+# --- SSID tables on shapes (the users' `make reproduce-table1` is SSID's Table I). SSID's identifiers and
+# rationales come from generator=keywords, the offline stand-in for an MLLM. Tables I and II reuse
+# reproduce-grace-table1's models for GRACE's identifiers (run it first, or they are trained here).
+SSID := experiments/ssid
+
+reproduce-table1: install ## SSID Table I on shapes: numeric, string, semantic, structured and SSID identifiers (T5)
+	$(PY) -m genretr.run -m experiment=ssid_table1 hydra.sweep.dir=multirun/ssid_table1 $(ARGS)
+	$(REPORT) multirun/ssid_table1 --reference $(SSID)/table1_flickr30k.yaml --out multirun/ssid_table1/table.md
+
+reproduce-table2: install ## SSID Table II on shapes: SSID vs atomic and image tokenization (T5), SSID on tiny MLLMs
+	$(PY) -m genretr.run -m experiment=ssid_table2 hydra.sweep.dir=multirun/ssid_table2/t5 $(ARGS)
+	$(PY) -m genretr.run -m experiment=ssid_table2_mllm hydra.sweep.dir=multirun/ssid_table2/mllm $(ARGS)
+	$(REPORT) multirun/ssid_table2 --reference $(SSID)/table2_flickr30k.yaml --out multirun/ssid_table2/table.md
+
+reproduce-table3: install ## SSID Table III on shapes: the rationale in training and inference, training only, neither
+	$(PY) -m genretr.run -m experiment=ssid_table3 hydra.sweep.dir=multirun/ssid_table3 $(ARGS)
+	$(REPORT) multirun/ssid_table3 --reference $(SSID)/table3_flickr30k.yaml --out multirun/ssid_table3/table.md
+
+reproduce-ssid-fewshot: install ## SSID Fig. 3 on shapes: fine-tuning on N samples, test identifiers unseen; table + PNG
+	$(PY) -m genretr.run -m experiment=ssid_fewshot hydra.sweep.dir=multirun/ssid_fewshot $(ARGS)
+	$(REPORT) multirun/ssid_fewshot --reference $(SSID)/fig3_flickr30k.yaml --out multirun/ssid_fewshot/table.md \
+		--plot train.limit --metrics R@1,R@5,R@10 --png multirun/ssid_fewshot/fewshot.png
 
 reproduce-efficiency: install ## q/s vs number of candidates: embedding baseline and generative decoders (CSV + PNG)
 	$(PY) -m genretr.bench decoding --shapes genius,cart,cart_fusion --skip hf,constraint,bytes --beams 30 \
@@ -191,4 +206,5 @@ clean-cache: ## remove the artifact cache (.cache/genretr)
 
 .PHONY: help install run test test-slow bench-decoding reproduce-smoke clean clean-cache reproduce-efficiency \
 	reproduce-grace-table1 reproduce-grace-table2 reproduce-grace-beam reproduce-grace-table3 reproduce-grace-poolsize \
-	reproduce-cart-table4 reproduce-cart-table5 reproduce-cart-table6 reproduce-cart-table7 reproduce-cart-table10 reproduce-cart-table11 reproduce-cart-vs-grace reproduce-cart reproduce-genius-table1 reproduce-genius-table2 reproduce-genius-table3 reproduce-genius-table4 reproduce-genius-table5 reproduce-genius-table7 reproduce-genius-table9 reproduce-genius-table11
+	reproduce-cart-table4 reproduce-cart-table5 reproduce-cart-table6 reproduce-cart-table7 reproduce-cart-table10 reproduce-cart-table11 reproduce-cart-vs-grace reproduce-cart reproduce-genius-table1 reproduce-genius-table2 reproduce-genius-table3 reproduce-genius-table4 reproduce-genius-table5 reproduce-genius-table7 reproduce-genius-table9 reproduce-genius-table11 \
+	reproduce-table1 reproduce-table2 reproduce-table3 reproduce-ssid-fewshot

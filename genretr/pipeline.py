@@ -532,8 +532,10 @@ def _describe_words(ds) -> list[str]:
 def _draw(samples: dict, n: int, seed: int) -> dict:
     """`n` samples drawn without replacement (seeded), in their original order."""
     total = len(samples["labels"])
-    if n < 0 or n > total:
-        raise GenretrError(f"train.limit={n}: there are {total} training samples")
+    if n < 0:
+        raise GenretrError(f"train.limit={n} must be >= 0")
+    if n > total:
+        log.warning("train.limit=%d: there are only %d training samples; training on all of them", n, total)
     keep = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
     return {k: v[keep] for k, v in samples.items()}
 

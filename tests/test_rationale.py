@@ -95,5 +95,5 @@ def test_few_shot_limit_trains_on_n_samples_and_zero_is_the_untrained_decoder(ma
         assert m["queries"] == 100
         keys.append(p.keys["train"])
     assert keys[0] != keys[1]
-    with pytest.raises(GenretrError, match="train.limit=100000"):
-        Pipeline(make_cfg("identifier=ssid", "+train.limit=100000", run="big"), tmp_path / "big").run()
+    with pytest.raises(GenretrError, match="train.limit=-1"):
+        Pipeline(make_cfg("identifier=ssid", "+train.limit=-1", run="neg"), tmp_path / "neg").run()
