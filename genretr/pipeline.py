@@ -22,7 +22,7 @@ from genretr.data.datamodules import CaptionPairs, ContrastiveDataModule, Identi
 from genretr.data.schema import INSTRUCTIONS, RetrievalDataset
 from genretr.errors import GenretrError
 from genretr.identifiers.base import IdTable
-from genretr.samples import decoder_samples
+from genretr.samples import concat_samples, decoder_samples, draw_samples
 from genretr.training import fit
 
 log = logging.getLogger(__name__)
@@ -236,8 +236,8 @@ class Pipeline:
             samples = M.training_samples(ds, table, self.tasks(), self._reasons(), bool(tr.memorize),
                                          int(tr.memorize_repeat), bool(tr.retrieve), reason != "none")
             if tr.get("limit") is not None:  # SSID Fig. 3: fine-tune on N samples only
-                keep = _draw({"labels": torch.arange(len(samples))}, int(tr.limit), int(self.cfg.seed))["labels"]
-                samples = [samples[i] for i in keep.tolist()]
+                rows = draw_samples({"labels": torch.arange(len(samples))}, int(tr.limit), int(self.cfg.seed))
+                samples = [samples[i] for i in rows["labels"].tolist()]
             log.info("MLLM: %d training samples", len(samples))
             if samples:
                 fit(model, M.SampleDataModule(samples, model.collate, int(cfg.fit.batch_size), int(self.cfg.seed)),
@@ -314,11 +314,11 @@ class Pipeline:
             if describing:
                 from genretr import describe
 
-                samples = _concat_samples(samples, describe.samples(ds, table, vocab, out_words,
+                samples = concat_samples(samples, describe.samples(ds, table, vocab, out_words,
                                                                    int(cfg.get("max_src_len", 32)),
                                                                    emb.item_vecs.shape[1]))
             if tr.get("limit") is not None:  # SSID Fig. 3: fine-tune on N samples only
-                samples = _draw(samples, int(tr.limit), int(self.cfg.seed))
+                samples = draw_samples(samples, int(tr.limit), int(self.cfg.seed))
             log.info("decoder: %d training samples (%d memorize)", len(samples["labels"]),
                      int((samples["phase"] == 0).sum()))
             if len(samples["labels"]):  # train.limit=0: the untrained decoder (the curve's zero point)
@@ -361,20 +361,6 @@ class Pipeline:
         vocab = self._query_vocab(ds, table)
         return {"z": vecs, "src": vocab.encode([q.text for q in queries], int(self.cfg.backbone.get("max_src_len", 32)))}
 
-    def _translated(self, ds: RetrievalDataset, emb: Embeddings, queries):
-        """eval.query_texts: the listed queries with their translated text, embedded by this run's encoder."""
-        from genretr.evaluation.multilingual import load_query_texts, translated
-
-        queries = translated(queries, load_query_texts(self.cfg.eval.query_texts))
-        if not queries:
-            return [], torch.zeros(0)
-        if any(q.image is not None for q in queries):
-            raise GenretrError(f"eval.query_texts={self.cfg.eval.query_texts}: translates text-only queries")
-        need_vecs = self.cfg.method.name == "embedding" or (not self._mllm() and self._input() != "tokens")
-        vecs = (self.embed_texts(ds, [q.text for q in queries]) if need_vecs  # token input / MLLM: z is unread
-                else torch.zeros(len(queries), emb.query_vecs.shape[1]))
-        return queries, vecs
-
     def pseudo_queries(self, ds: RetrievalDataset, emb: Embeddings, table: IdTable):
         from genretr.augment import pseudo_queries
 
@@ -402,71 +388,16 @@ class Pipeline:
         tries = {name: CSRTrie.load(path / name) for name in pools}
         return {task: tries[self.pool_name(task)] for task in self.tasks()}
 
-    # -- evaluate -------------------------------------------------------------------------
+    # -- evaluate (genretr.evaluate_stage) ------------------------------------------------
     def evaluate(self, ds, emb: Embeddings, model=None, table=None, tries=None) -> dict:
-        from genretr.evaluation.distributed import sharded
-        from genretr.evaluation.metrics import retrieval_metrics
+        from genretr.evaluate_stage import evaluate
 
-        split, out = self.cfg.eval.split, {}
-        for task in self.tasks():
-            queries = ds.queries(split, task)
-            if self.cfg.eval.get("max_queries"):
-                queries = queries[: int(self.cfg.eval.max_queries)]
-            vecs = None
-            if self.cfg.eval.get("query_texts"):  # SSID Table IV: the same queries in another language
-                queries, vecs = self._translated(ds, emb, queries)
-            if not queries:
-                raise GenretrError(f"no {task} queries in split '{split}' of dataset {ds.name}"
-                                   + (f" listed in {self.cfg.eval.query_texts}" if vecs is not None else ""))
-            qvecs = self.queries_of(ds, emb, queries, table, vecs)
-            search = self._searcher(ds, emb, task, model, table, tries)
-            rankings, qps = sharded(search, qvecs)
-            out[task] = {**retrieval_metrics(rankings, [q.relevant for q in queries]), "queries": len(queries),
-                         "q_per_s": qps}
-            log.info("%s %s: %s", self.cfg.method.name, task,
-                     ", ".join(f"{k}={v:.4f}" for k, v in out[task].items() if k.startswith(("R@", "MRR"))))
-        if model is not None and self.cfg.train.get("describe", False):
-            out["describe"] = self.evaluate_descriptions(ds, emb, model, table)
-        return out
-
-    def evaluate_descriptions(self, ds, emb: Embeddings, model, table: IdTable) -> dict:
-        """GRACE Sec. 4.5: describe each test-pool image from its identifier; does the description
-        retrieve that image (embedding model, over the same pool)?"""
-        from genretr import describe
-        from genretr.evaluation.embedding import embedding_search
-        from genretr.evaluation.metrics import retrieval_metrics
-
-        pool = ds.splits[self.cfg.eval.split].pools["t2i"]
-        texts = describe.describe(model, table, self._query_vocab(ds, table), _describe_words(ds), pool,
-                                  int(self.cfg.backbone.get("max_src_len", 32)), emb.item_vecs.shape[1])
-        rankings, _ = embedding_search(self.embed_texts(ds, texts).numpy(), emb.items(pool).numpy(), pool,
-                                       int(self.cfg.eval.top_k))
-        metrics = {**retrieval_metrics(rankings, [(i,) for i in pool]), "queries": len(pool)}
-        log.info("describe: e.g. %s -> %r; R@1=%.4f", pool[0], texts[0], metrics["R@1"])
-        (self.run_dir / "descriptions.tsv").write_text("".join(f"{i}\t{t}\n" for i, t in zip(pool, texts)))
-        return metrics
+        return evaluate(self, ds, emb, model, table, tries)
 
     def _searcher(self, ds, emb: Embeddings, task: str, model, table, tries):
-        """query batch -> (rankings, q/s) for the configured method and decoding (genretr.evaluation.search)."""
-        from genretr.evaluation import search
+        from genretr.evaluate_stage import searcher
 
-        top_k, pool = int(self.cfg.eval.top_k), self.pool(ds, task)
-        if self.cfg.method.name == "embedding":
-            return search.embedding_searcher(pool, emb.items(pool).numpy(), top_k)
-        d = self.cfg.decoding
-        # identifiers map to the pool's items only: an identifier shared with a train item (semantic IDs'
-        # collisions) never returns that item, and a freely generated train identifier is a miss
-        table = table.subset(pool)
-        if not self._mllm() and self._reason() == "both":  # identifiers end where the model writes <reason>
-            from genretr.rationale import AnswerWithReason
-
-            if d.get("engine", "genretr") != "genretr":
-                raise GenretrError("train.reason=both is decoded by decoding.engine=genretr only")
-            offset = table.vocab_size + (len(_describe_words(ds)) if self.cfg.train.get("describe", False) else 0)
-            model = AnswerWithReason(model, offset)
-        return search.generative_searcher(model, tries[task], table, d, top_k, bool(self.cfg.progress),
-                                          rerank_vecs=emb.items if d.get("rerank", False) else None,
-                                          classifier_pool=table.subset(pool) if self._classifier_head() else None)
+        return searcher(self, ds, emb, task, model, table, tries)
 
     def run(self) -> dict | None:
         stop = self.cfg.stage
@@ -527,29 +458,6 @@ def _describe_words(ds) -> list[str]:
     from genretr.describe import caption_words
 
     return caption_words(ds)
-
-
-def _draw(samples: dict, n: int, seed: int) -> dict:
-    """`n` samples drawn without replacement (seeded), in their original order."""
-    total = len(samples["labels"])
-    if n < 0:
-        raise GenretrError(f"train.limit={n} must be >= 0")
-    if n > total:
-        log.warning("train.limit=%d: there are only %d training samples; training on all of them", n, total)
-    keep = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
-    return {k: v[keep] for k, v in samples.items()}
-
-
-def _concat_samples(a: dict, b: dict) -> dict:
-    """Concatenate two sample dicts; `labels` (and `src`) are padded to the wider of the two."""
-    out = {}
-    for k in a:
-        x, y = a[k], b[k]
-        if x.dim() == 2 and x.shape[1] != y.shape[1] and k in ("labels", "src"):
-            w = max(x.shape[1], y.shape[1])
-            x, y = (torch.nn.functional.pad(t, (0, w - t.shape[1])) for t in (x, y))
-        out[k] = torch.cat([x, y])
-    return out
 
 
 def _scheme_cfg(cfg: DictConfig) -> DictConfig:

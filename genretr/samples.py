@@ -11,12 +11,15 @@ and ``src`` query tokens when the backbone reads tokens.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 
+from genretr.errors import GenretrError
 from genretr.identifiers.base import IdTable
 
+log = logging.getLogger(__name__)
 MEMORIZE, RETRIEVE = 0, 1
 
 
@@ -74,4 +77,27 @@ def decoder_samples(ds, emb, table: IdTable, tasks, memorize: bool = True, memor
            "phase": torch.tensor(phase, dtype=torch.long)}
     if vocab is not None:
         out["src"] = vocab.encode(texts, max_src_len)
+    return out
+
+
+def draw_samples(samples: dict, n: int, seed: int) -> dict:
+    """`n` samples drawn without replacement (seeded), in their original order."""
+    total = len(samples["labels"])
+    if n < 0:
+        raise GenretrError(f"train.limit={n} must be >= 0")
+    if n > total:
+        log.warning("train.limit=%d: there are only %d training samples; training on all of them", n, total)
+    keep = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    return {k: v[keep] for k, v in samples.items()}
+
+
+def concat_samples(a: dict, b: dict) -> dict:
+    """Concatenate two sample dicts; `labels` (and `src`) are padded to the wider of the two."""
+    out = {}
+    for k in a:
+        x, y = a[k], b[k]
+        if x.dim() == 2 and x.shape[1] != y.shape[1] and k in ("labels", "src"):
+            w = max(x.shape[1], y.shape[1])
+            x, y = (torch.nn.functional.pad(t, (0, w - t.shape[1])) for t in (x, y))
+        out[k] = torch.cat([x, y])
     return out
