@@ -66,11 +66,11 @@ reproduce-grace-poolsize: install ## GRACE: identifiers as the test pool grows (
 
 # --- CART paper tables on shapes ---
 # Every preset builds on conf/experiment/cart_base.yaml (shrunk: 450 train / 100 test shapes images, a
-# d_model 128 decoder, 3 epochs), so the base CART model is trained once and reused by every table
+# d_model 128 decoder, 10 epochs), so the base CART model is trained once and reused by every table
 # through the artifact cache.
 # Paper numbers (Flickr30K) print in parentheses; MRR@10 beside the recalls as CART reports it.
-# Each table takes 7-19 min on an idle 2-core CPU (measured at OMP_NUM_THREADS=1; on a busy machine
-# two torch threads were ~10x slower than one, so prefer `OMP_NUM_THREADS=1 make reproduce-cart-...` there).
+# A model takes ~4 min on an idle 2-core CPU, so a table costs ~4 min per new model (table6: 8, table4: 5;
+# on a busy machine two torch threads were ~10x slower than one: prefer `OMP_NUM_THREADS=1 make ...` there).
 CART := experiments/cart
 CART_METRICS := --metrics R@1,R@5,R@10,MRR@10
 

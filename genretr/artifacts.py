@@ -33,6 +33,21 @@ def config_key(*parts) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
+def without_defaults(cfg, defaults: dict) -> dict:
+    """`cfg` as a plain dict less the dotted keys of `defaults` that hold their default value: options
+    added to a stage after its artifacts existed enter its key only when set, so the artifacts of runs
+    that do not use them stay valid."""
+    plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    for dotted, default in defaults.items():
+        *path, leaf = dotted.split(".")
+        node = plain
+        for k in path:
+            node = node.get(k) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node and node[leaf] == default:
+            del node[leaf]
+    return plain
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")

@@ -16,7 +16,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from genretr.artifacts import ArtifactStore, config_key
+from genretr.artifacts import ArtifactStore, config_key, without_defaults
 from genretr import encode_stage as E
 from genretr.data.datamodules import CaptionPairs, ContrastiveDataModule, IdentifierDataModule, QueryTargetPairs
 from genretr.data.schema import INSTRUCTIONS, RetrievalDataset
@@ -26,6 +26,7 @@ from genretr.samples import concat_samples, decoder_samples, draw_samples
 from genretr.training import fit
 
 log = logging.getLogger(__name__)
+ENCODER_DEFAULTS = {"instructions": False, "fit.tasks": "captions"}  # genretr.encode_stage's options
 STAGES = ["dataset", "encode", "identify", "train", "index", "evaluate"]
 
 
@@ -98,7 +99,8 @@ class Pipeline:
         given = getattr(ds, "item_vectors", None) is not None
         # given item vectors without query vectors: the zero query vectors exist for token-input backbones only
         mode = (self._input(), self.cfg.method.name) if given and ds.query_vectors is None else None
-        key = self.keys["encode"] = config_key("encode", self.keys["dataset"], cfg, self.cfg.seed, splits, mode)
+        key = self.keys["encode"] = config_key("encode", self.keys["dataset"], without_defaults(cfg, ENCODER_DEFAULTS),
+                                               self.cfg.seed, splits, mode)
 
         def write(tmp: Path):
             if given:  # features given (dataset=precomputed): nothing to encode
@@ -136,10 +138,10 @@ class Pipeline:
 
     def _instructions(self) -> bool:
         """encoder.instructions: queries embedded with their task's instruction (genretr.encode_stage)."""
-        return bool(self.cfg.encoder.get("instructions", False))
+        return bool(self.cfg.encoder.instructions)
 
     def _encoder_tasks(self) -> str:
-        tasks = str(self.cfg.encoder.fit.get("tasks", "captions"))
+        tasks = str(self.cfg.encoder.fit.tasks)
         if tasks not in ("captions", "all"):
             raise GenretrError(f"encoder.fit.tasks={tasks} is not one of captions, all")
         return tasks
@@ -266,10 +268,8 @@ class Pipeline:
         """cfg.train as it enters the train stage's key: whether a rationale is trained (`both` and
         `train_only` train alike and share a model); options at their neutral value (no rationale,
         no sample limit) are left out, so runs keep the keys they had before the options existed."""
-        tr = OmegaConf.to_container(self.cfg.train, resolve=True)
+        tr = without_defaults(self.cfg.train, {"limit": None})
         tr.pop("reason", None)
-        if tr.get("limit", 0) is None:  # every sample: as before the option existed
-            tr.pop("limit")
         return {**tr, "rationale": True} if self._reason() != "none" else tr
 
     def _reason_vocab(self, table: IdTable, offset: int):

@@ -69,7 +69,7 @@ def test_pairs_of_mixed_sides_train_and_mask_false_negatives():
 def test_instruction_aware_encoder_on_every_task_separates_same_text_queries(make_cfg, tmp_path):
     tasks = "[t2i,t2it,t2t,i2t]"
     cfg = make_cfg("method=embedding", f"dataset.tasks={tasks}", f"eval.tasks={tasks}", "dataset.universal=true",
-                   "+encoder.instructions=true", "+encoder.fit.tasks=all", "eval.pool=universal")
+                   "encoder.instructions=true", "encoder.fit.tasks=all", "eval.pool=universal")
     p = Pipeline(cfg, tmp_path / "run")
     m = p.run()
     assert set(m) == {"t2i", "t2it", "t2t", "i2t"}

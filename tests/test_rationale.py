@@ -72,28 +72,28 @@ def test_ssid_on_t5_trains_the_rationale_and_train_only_shares_the_model(make_cf
     assert both._reason() == "both"
     rv = both._reason_vocab(both.identify(both.dataset(), both.encode(both.dataset())), 0)
     assert rv is not None and len(rv.words) > 3
-    only = Pipeline(make_cfg("identifier=ssid", "+train.reason=train_only", run="only"), tmp_path / "only")
+    only = Pipeline(make_cfg("identifier=ssid", "train.reason=train_only", run="only"), tmp_path / "only")
     m_only = only.run()["t2i"]
     assert only.keys["train"] == both.keys["train"]  # trained alike: one model
-    none = Pipeline(make_cfg("identifier=ssid", "+train.reason=none", run="none"), tmp_path / "none")
+    none = Pipeline(make_cfg("identifier=ssid", "train.reason=none", run="none"), tmp_path / "none")
     none.run()
     assert none.keys["train"] != both.keys["train"]
     assert m_both["queries"] == m_only["queries"] == 100
     assert len(list((tmp_path / "cache").glob("train/*/artifact/model.pt"))) == 2
     # a scheme without rationales: auto is none, and asking for one is a clear error
     with pytest.raises(GenretrError, match="needs rationales"):
-        Pipeline(make_cfg("+train.reason=both", run="str"), tmp_path / "str").run()
+        Pipeline(make_cfg("train.reason=both", run="str"), tmp_path / "str").run()
 
 
 def test_few_shot_limit_trains_on_n_samples_and_zero_is_the_untrained_decoder(make_cfg, tmp_path):
     """SSID Fig. 3: fine-tune on N retrieve samples, test identifiers never memorized."""
     keys = []
     for n in (0, 20):
-        p = Pipeline(make_cfg("identifier=ssid", "train.memorize=false", f"+train.limit={n}", run=f"n{n}"),
+        p = Pipeline(make_cfg("identifier=ssid", "train.memorize=false", f"train.limit={n}", run=f"n{n}"),
                      tmp_path / f"n{n}")
         m = p.run()["t2i"]
         assert m["queries"] == 100
         keys.append(p.keys["train"])
     assert keys[0] != keys[1]
     with pytest.raises(GenretrError, match="train.limit=-1"):
-        Pipeline(make_cfg("identifier=ssid", "+train.limit=-1", run="neg"), tmp_path / "neg").run()
+        Pipeline(make_cfg("identifier=ssid", "train.limit=-1", run="neg"), tmp_path / "neg").run()

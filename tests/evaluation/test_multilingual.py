@@ -38,6 +38,6 @@ def test_translated_queries_through_the_pipeline(make_cfg, tmp_path):
     f.write_text("".join(f"{q.id}\t{' '.join(reversed(q.text.upper().split()))}\n" for q in qs))
     for extra in ([], ["backbone.input=tokens"]):
         method = ["method=embedding"] if not extra else []
-        m = Pipeline(make_cfg(*method, *extra, f"+eval.query_texts={f}", run="x" + str(len(extra))),
+        m = Pipeline(make_cfg(*method, *extra, f"eval.query_texts={f}", run="x" + str(len(extra))),
                      tmp_path / ("x" + str(len(extra)))).run()
         assert m["t2i"]["queries"] == 6 and 0.0 <= m["t2i"]["R@10"] <= 1.0
