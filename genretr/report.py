@@ -173,7 +173,7 @@ def markdown_table(runs, reference=None, tasks=None, metrics=None) -> str:
     header = [f"{t} {m}" for t in tasks for m in metrics]
     header += ["q/s"] if len(tasks) == 1 else [f"{t} q/s" for t in tasks]
     body, matched = [], set()
-    for label, run in sorted(zip(labels(runs), runs), key=lambda lr: lr[0]):
+    for label, run in sorted(zip(labels(runs), runs), key=lambda lr: _natural(lr[0])):
         key = _match(run, rows_ref) if rows_ref else None
         if key is not None:
             matched.add(key)
