@@ -59,7 +59,7 @@ reproduce-grace-table3: install ## GRACE Table 3 on shapes: image tokenization b
 	$(PY) -m genretr.run -m experiment=grace_table3 hydra.sweep.dir=multirun/grace_table3 $(ARGS)
 	$(REPORT) multirun/grace_table3 --reference $(GRACE)/table3_flickr30k.yaml --out multirun/grace_table3/table.md
 
-reproduce-grace-poolsize: install ## GRACE: identifiers as the test pool grows (200, 500, 2,000 images), table + PNG
+reproduce-grace-poolsize: install ## GRACE: identifiers as the test pool grows (200 and 2,000 images), table + PNG
 	$(PY) -m genretr.run -m experiment=grace_poolsize hydra.sweep.dir=multirun/grace_poolsize $(ARGS)
 	$(REPORT) multirun/grace_poolsize --out multirun/grace_poolsize/table.md --plot dataset.splits.test \
 		--series identifier --metrics R@1,R@10 --png multirun/grace_poolsize/poolsize.png
