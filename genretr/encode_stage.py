@@ -14,10 +14,16 @@ universal pool (GENIUS Table 2) needs.  Items are embedded without instructions.
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
+from hydra.utils import instantiate
 
+from genretr.data.datamodules import CaptionPairs, ContrastiveDataModule, QueryTargetPairs
 from genretr.data.schema import Query, RetrievalDataset
+
+log = logging.getLogger("genretr.pipeline")
 
 CAPTION_TASKS = ("t2i", "t2a", "t2v")  # caption -> item: the (item, caption) pairs encoders and captioners learn from
 
@@ -76,3 +82,28 @@ def embed(encoder, ds: RetrievalDataset, items, queries, texts, text_inputs, bat
 
     return (torch.stack([vec(x.image, x.text) for x in items]),
             torch.stack([vec(q.image, query_text(q, instructions)) for q in queries]))
+
+
+def fit_and_embed(cfg, ds: RetrievalDataset, splits, seed: int, instructions: bool, all_tasks: bool, fit):
+    """The encode stage's work (`cfg`: the encoder node): the dual encoder trained with ``fit(encoder,
+    datamodule)`` when ``cfg.fit.max_epochs > 0``, then every member of `splits` embedded.
+    Returns (encoder, items, queries, item vectors, query vectors)."""
+    torch.manual_seed(seed)
+    encoder = instantiate(cfg.model)
+    items, queries = split_members(ds, splits)
+    sides = query_target_sides(ds, instructions) if all_tasks else []
+    texts = sorted({x.text for x in items if x.text} | {t for q in queries if (t := query_text(q, instructions))}
+                   | {s[1] for pair in sides for s in pair[:2] if s[1]})
+    row = {t: i for i, t in enumerate(texts)}
+    image_index, train_caps = caption_groups(ds)
+    text_inputs = encoder.prepare_texts(texts, fit_texts=[c for cs in train_caps for c in cs])
+    if int(cfg.fit.max_epochs) > 0:
+        if all_tasks:
+            pairs = QueryTargetPairs(ds.images, sides, text_inputs, row)
+        else:
+            pairs = CaptionPairs(ds.images, image_index, [[row[c] for c in cs] for cs in train_caps], text_inputs)
+        log.info("encoder: %d training pairs (%s)", len(pairs), "every task" if all_tasks else "captions")
+        fit(encoder, ContrastiveDataModule(pairs, int(cfg.fit.batch_size), seed))
+    item_vecs, query_vecs = embed(encoder, ds, items, queries, texts, text_inputs, int(cfg.fit.batch_size),
+                                  instructions)
+    return encoder, items, queries, item_vecs, query_vecs

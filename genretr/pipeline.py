@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from genretr.artifacts import ArtifactStore, config_key, without_defaults
 from genretr import encode_stage as E
-from genretr.data.datamodules import CaptionPairs, ContrastiveDataModule, IdentifierDataModule, QueryTargetPairs
+from genretr.data.datamodules import IdentifierDataModule
 from genretr.data.schema import INSTRUCTIONS, RetrievalDataset
 from genretr.errors import GenretrError
 from genretr.identifiers.base import IdTable
@@ -106,27 +106,10 @@ class Pipeline:
             if given:  # features given (dataset=precomputed): nothing to encode
                 torch.save(self._given_vectors(ds, splits).state(), tmp / "embeddings.pt")
                 return
-            torch.manual_seed(int(self.cfg.seed))
-            encoder = instantiate(cfg.model)
-            items, queries = E.split_members(ds, splits)
-            instructions, all_tasks = self._instructions(), self._encoder_tasks() == "all"
-            sides = E.query_target_sides(ds, instructions) if all_tasks else []
-            texts = sorted({x.text for x in items if x.text} | {t for q in queries if (t := E.query_text(q, instructions))}
-                           | {s[1] for pair in sides for s in pair[:2] if s[1]})
-            row = {t: i for i, t in enumerate(texts)}
-            image_index, train_caps = E.caption_groups(ds)
-            text_inputs = encoder.prepare_texts(texts, fit_texts=[c for cs in train_caps for c in cs])
-            if int(cfg.fit.max_epochs) > 0:
-                if all_tasks:
-                    pairs = QueryTargetPairs(ds.images, sides, text_inputs, row)
-                else:
-                    pairs = CaptionPairs(ds.images, image_index, [[row[c] for c in cs] for cs in train_caps],
-                                         text_inputs)
-                log.info("encoder: %d training pairs (%s)", len(pairs), "every task" if all_tasks else "captions")
-                fit(encoder, ContrastiveDataModule(pairs, int(cfg.fit.batch_size), int(self.cfg.seed)), self.cfg,
-                    self.store.work("encode", key), int(cfg.fit.max_epochs), self.logger, self.extra_callbacks)
-            item_vecs, query_vecs = E.embed(encoder, ds, items, queries, texts, text_inputs,
-                                            int(cfg.fit.batch_size), instructions)
+            encoder, items, queries, item_vecs, query_vecs = E.fit_and_embed(
+                cfg, ds, splits, int(self.cfg.seed), self._instructions(), self._encoder_tasks() == "all",
+                lambda enc, dm: fit(enc, dm, self.cfg, self.store.work("encode", key), int(cfg.fit.max_epochs),
+                                    self.logger, self.extra_callbacks))
             emb = Embeddings([x.id for x in items], item_vecs, [q.id for q in queries], query_vecs)
             torch.save(emb.state(), tmp / "embeddings.pt")
             torch.save(encoder.state_dict(), tmp / "encoder.pt")
