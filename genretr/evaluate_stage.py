@@ -93,8 +93,7 @@ def searcher(p, ds, emb: Embeddings, task: str, model, table, tries):
 
         if d.get("engine", "genretr") != "genretr":
             raise GenretrError("train.reason=both is decoded by decoding.engine=genretr only")
-        offset = table.vocab_size + (len(_describe_words(ds)) if p.cfg.train.get("describe", False) else 0)
-        model = AnswerWithReason(model, offset)
+        model = AnswerWithReason(model, p._reason_vocab(ds, table).sep)
     return search.generative_searcher(model, tries[task], table, d, top_k, bool(p.cfg.progress),
                                       rerank_vecs=emb.items if d.get("rerank", False) else None,
                                       classifier_pool=table.subset(pool) if p._classifier_head() else None)

@@ -22,7 +22,7 @@ from genretr.data.datamodules import IdentifierDataModule
 from genretr.data.schema import INSTRUCTIONS, RetrievalDataset
 from genretr.errors import GenretrError
 from genretr.identifiers.base import IdTable
-from genretr.samples import concat_samples, decoder_samples, draw_samples
+from genretr.samples import concat_samples, decoder_samples, draw_rows, draw_samples
 from genretr.training import fit
 
 log = logging.getLogger(__name__)
@@ -221,8 +221,7 @@ class Pipeline:
             samples = M.training_samples(ds, table, self.tasks(), self._reasons(), bool(tr.memorize),
                                          int(tr.memorize_repeat), bool(tr.retrieve), reason != "none")
             if tr.get("limit") is not None:  # SSID Fig. 3: fine-tune on N samples only
-                rows = draw_samples({"labels": torch.arange(len(samples))}, int(tr.limit), int(self.cfg.seed))
-                samples = [samples[i] for i in rows["labels"].tolist()]
+                samples = [samples[i] for i in draw_rows(len(samples), int(tr.limit), int(self.cfg.seed))]
             log.info("MLLM: %d training samples", len(samples))
             if samples:
                 fit(model, M.SampleDataModule(samples, model.collate, int(cfg.fit.batch_size), int(self.cfg.seed)),
@@ -236,10 +235,13 @@ class Pipeline:
         return model.eval()
 
     def _reasons(self) -> dict:
-        """SSID's rationales {item id: reason} from the identify stage (empty for other schemes)."""
+        """SSID's rationales {item id: reason} from the identify stage (empty for other schemes); read once."""
         from genretr.mllm_stage import reasons_of
 
-        return reasons_of(self.store.artifact("identify", self.keys["identify"]))
+        key = self.keys["identify"]
+        if getattr(self, "_reasons_of", (None,))[0] != key:
+            self._reasons_of = (key, reasons_of(self.store.artifact("identify", key)))
+        return self._reasons_of[1]
 
     def _reason(self) -> str:
         """train.reason resolved: auto -> both with rationales, none without (genretr.rationale)."""
@@ -255,11 +257,14 @@ class Pipeline:
         tr.pop("reason", None)
         return {**tr, "rationale": True} if self._reason() != "none" else tr
 
-    def _reason_vocab(self, table: IdTable, offset: int):
+    def _reason_vocab(self, ds: RetrievalDataset, table: IdTable):
         """With a rationale in training, its tokens after the identifier (and describe) vocabulary."""
         from genretr.rationale import ReasonVocab
 
-        return ReasonVocab(self._reasons(), offset) if self._reason() != "none" else None
+        if self._reason() == "none":
+            return None
+        describing = bool(self.cfg.train.get("describe", False))
+        return ReasonVocab(self._reasons(), table.vocab_size + (len(_describe_words(ds)) if describing else 0))
 
     def train(self, ds: RetrievalDataset, emb: Embeddings, table: IdTable):
         if self._mllm():
@@ -275,7 +280,7 @@ class Pipeline:
         extra = {"src_vocab_size": len(vocab)} if tokens else {}
         out_words = _describe_words(ds) if describing else []
         vocab_size = table.vocab_size + len(out_words)
-        reasons = self._reason_vocab(table, vocab_size)  # SSID Sec. III-D: identifier <reason> rationale </s>
+        reasons = self._reason_vocab(ds, table)  # SSID Sec. III-D: identifier <reason> rationale </s>
         vocab_size += len(reasons) if reasons else 0
         if self._classifier_head():  # GRACE atomic IDs through a classifier head: its own output layer
             if reasons:

@@ -80,14 +80,18 @@ def decoder_samples(ds, emb, table: IdTable, tasks, memorize: bool = True, memor
     return out
 
 
-def draw_samples(samples: dict, n: int, seed: int) -> dict:
-    """`n` samples drawn without replacement (seeded), in their original order."""
-    total = len(samples["labels"])
+def draw_rows(total: int, n: int, seed: int) -> list[int]:
+    """`n` of `total` row indices drawn without replacement (seeded), in their original order."""
     if n < 0:
         raise GenretrError(f"train.limit={n} must be >= 0")
     if n > total:
         log.warning("train.limit=%d: there are only %d training samples; training on all of them", n, total)
-    keep = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    return torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n].sort().values.tolist()
+
+
+def draw_samples(samples: dict, n: int, seed: int) -> dict:
+    """`n` samples of a sample dict (`draw_rows`)."""
+    keep = torch.tensor(draw_rows(len(samples["labels"]), n, seed), dtype=torch.long)
     return {k: v[keep] for k, v in samples.items()}
 
 

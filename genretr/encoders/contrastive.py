@@ -43,11 +43,12 @@ class ContrastiveEncoder(L.LightningModule):
         out = None
         if has_image.any():
             img = self.embed_images(images[has_image])
-            out = img.new_zeros(len(images), img.shape[1]).index_put((has_image.nonzero().flatten(),), img)
+            out = img.new_zeros(len(images), img.shape[1])
+            out[has_image] = img
         if has_text.any():
             txt = self.embed_texts(texts[has_text])
-            base = out if out is not None else txt.new_zeros(len(texts), txt.shape[1])
-            out = base.index_put((has_text.nonzero().flatten(),), txt, accumulate=True)
+            out = txt.new_zeros(len(texts), txt.shape[1]) if out is None else out
+            out[has_text] = out[has_text] + txt
         return F.normalize(out, dim=-1)
 
     def training_step(self, batch, batch_idx):
