@@ -25,8 +25,8 @@ class Request:
 class Generator(Protocol):
     needs_text: bool  # True: works from captions only (every item needs one)
 
-    def fit(self, train_texts: list[str]) -> None:
-        """See the training captions (before any `generate`)."""
+    def fit(self, train_texts: list[str], groups: list[list[str]] = ()) -> None:
+        """See the training captions, and each training item's captions as one group (before any `generate`)."""
 
     def generate(self, requests: list[Request]) -> list[str]:
         """One raw answer per request."""

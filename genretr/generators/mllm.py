@@ -37,7 +37,7 @@ class MLLMGenerator:
                                       reason="none", dtype=self.dtype).to(self.device).eval()
         return self._backbone
 
-    def fit(self, train_texts: list[str]) -> None:
+    def fit(self, train_texts: list[str], groups: list[list[str]] = ()) -> None:
         """An MLLM needs no fitting."""
 
     def generate(self, requests: list[Request]) -> list[str]:

@@ -267,8 +267,10 @@ class SsidIdentifier:
 
     # -- the table ----------------------------------------------------------------------------------------
     def build(self, items, embeddings, ctx) -> IdTable:
-        self.generator.fit(list(getattr(ctx, "train_texts", []) or []))
-        self.fallback.fit(list(getattr(ctx, "train_texts", []) or []))
+        train_texts = list(getattr(ctx, "train_texts", []) or [])
+        groups = [list(c) for c in (getattr(ctx, "item_captions", None) or {}).values()]
+        self.generator.fit(train_texts, groups)
+        self.fallback.fit(train_texts, groups)
         records = self.generate(self.requests(items, ctx), ctx)
         recs = [records[it.id] for it in items]
         seqs = [identifier_words(r["identifier"]) for r in recs]

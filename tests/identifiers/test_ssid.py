@@ -34,7 +34,7 @@ class Scripted:
     def __init__(self, scripts: dict[str, list[str]], fail_after: int | None = None):
         self.scripts, self.asked, self.fail_after = scripts, [], fail_after
 
-    def fit(self, train_texts):
+    def fit(self, train_texts, groups=()):
         pass
 
     def generate(self, requests):
