@@ -18,11 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from genretr.artifacts import ArtifactStore, config_key, without_defaults
 from genretr import encode_stage as E
-from genretr.data.datamodules import IdentifierDataModule
 from genretr.data.schema import INSTRUCTIONS, RetrievalDataset
 from genretr.errors import GenretrError
 from genretr.identifiers.base import IdTable
-from genretr.samples import concat_samples, decoder_samples, draw_rows, draw_samples
 from genretr.training import fit
 
 log = logging.getLogger(__name__)
@@ -208,32 +206,6 @@ class Pipeline:
     def _mllm(self) -> bool:
         return str(self.cfg.backbone.get("kind", "decoder")) == "mllm"
 
-    def _train_mllm(self, ds: RetrievalDataset, table: IdTable):
-        """MLLM backbones read samples (images, query text) through their processor (genretr.mllm_stage)."""
-        from genretr import mllm_stage as M
-
-        cfg, tr, reason = self.cfg.backbone, self.cfg.train, self._reason()
-        key = self.keys["train"] = config_key("train", self.keys["identify"], cfg, self._train_key(), self.cfg.seed)
-
-        def write(tmp: Path):
-            torch.manual_seed(int(self.cfg.seed))
-            model = instantiate(cfg.model, reason=reason)
-            samples = M.training_samples(ds, table, self.tasks(), self._reasons(), bool(tr.memorize),
-                                         int(tr.memorize_repeat), bool(tr.retrieve), reason != "none")
-            if tr.get("limit") is not None:  # SSID Fig. 3: fine-tune on N samples only
-                samples = [samples[i] for i in draw_rows(len(samples), int(tr.limit), int(self.cfg.seed))]
-            log.info("MLLM: %d training samples", len(samples))
-            if samples:
-                fit(model, M.SampleDataModule(samples, model.collate, int(cfg.fit.batch_size), int(self.cfg.seed)),
-                    self.cfg, self.store.work("train", key), int(cfg.fit.max_epochs), self.logger,
-                    self.extra_callbacks)
-            torch.save(model.state_dict(), tmp / "model.pt")
-
-        path = self.store.produce("train", key, write)
-        model = instantiate(cfg.model, reason=reason)
-        model.load_state_dict(torch.load(path / "model.pt"))
-        return model.eval()
-
     def _reasons(self) -> dict:
         """SSID's rationales {item id: reason} from the identify stage (empty for other schemes); read once."""
         from genretr.mllm_stage import reasons_of
@@ -267,59 +239,9 @@ class Pipeline:
         return ReasonVocab(self._reasons(), table.vocab_size + (len(_describe_words(ds)) if describing else 0))
 
     def train(self, ds: RetrievalDataset, emb: Embeddings, table: IdTable):
-        if self._mllm():
-            return self._train_mllm(ds, table)
-        cfg, tr = self.cfg.backbone, self.cfg.train
-        key = self.keys["train"] = config_key("train", self.keys["identify"], cfg, self._train_key(), self.cfg.seed,
-                                              self.cfg.identifier.get("head", "vocab"))
-        tokens = self._input() == "tokens"
-        describing = bool(tr.get("describe", False))
-        if describing and not tokens:
-            raise GenretrError("train.describe=true (GRACE Sec. 4.5) needs a token-input backbone: backbone.input=tokens")
-        vocab = self._query_vocab(ds, table) if tokens else None
-        extra = {"src_vocab_size": len(vocab)} if tokens else {}
-        out_words = _describe_words(ds) if describing else []
-        vocab_size = table.vocab_size + len(out_words)
-        reasons = self._reason_vocab(ds, table)  # SSID Sec. III-D: identifier <reason> rationale </s>
-        vocab_size += len(reasons) if reasons else 0
-        if self._classifier_head():  # GRACE atomic IDs through a classifier head: its own output layer
-            if reasons:
-                raise GenretrError("identifier.head=classifier ranks identifiers in one step: use train.reason=none")
-            extra["tie_embeddings"] = False
+        from genretr.train_stage import train
 
-        def build():
-            return instantiate(cfg.model, vocab_size=vocab_size, input_dim=emb.item_vecs.shape[1], **extra)
-
-        def write(tmp: Path):
-            torch.manual_seed(int(self.cfg.seed))
-            model = build()
-            pseudo = self.pseudo_queries(ds, emb, table) if tr.pseudo_queries else None
-            samples = decoder_samples(ds, emb, table, self.tasks(), memorize=bool(tr.memorize),
-                                      memorize_repeat=int(tr.memorize_repeat), retrieve=bool(tr.retrieve),
-                                      pseudo=pseudo, vocab=vocab, max_src_len=int(cfg.get("max_src_len", 32)),
-                                      labels_width=1 if self._classifier_head() else None,
-                                      answers=reasons.answers(table) if reasons else None)
-            if describing:
-                from genretr import describe
-
-                samples = concat_samples(samples, describe.samples(ds, table, vocab, out_words,
-                                                                   int(cfg.get("max_src_len", 32)),
-                                                                   emb.item_vecs.shape[1]))
-            if tr.get("limit") is not None:  # SSID Fig. 3: fine-tune on N samples only
-                samples = draw_samples(samples, int(tr.limit), int(self.cfg.seed))
-            log.info("decoder: %d training samples (%d memorize)", len(samples["labels"]),
-                     int((samples["phase"] == 0).sum()))
-            if len(samples["labels"]):  # train.limit=0: the untrained decoder (the curve's zero point)
-                dm = IdentifierDataModule(samples, int(cfg.fit.batch_size), int(self.cfg.seed), str(tr.schedule),
-                                          int(tr.memorize_epochs))
-                fit(model, dm, self.cfg, self.store.work("train", key), int(cfg.fit.max_epochs), self.logger,
-                    self.extra_callbacks, reload_dataloaders_every_n_epochs=1 if dm.memorize_epochs else 0)
-            torch.save(model.state_dict(), tmp / "model.pt")
-
-        path = self.store.produce("train", key, write)
-        model = build()
-        model.load_state_dict(torch.load(path / "model.pt"))
-        return model.eval()
+        return train(self, ds, emb, table)
 
     def _query_vocab(self, ds: RetrievalDataset, table: IdTable | None = None):
         """The word vocabulary of token-input backbones, from the training queries (and item texts);
