@@ -131,7 +131,8 @@ class KeywordsGenerator:
 
     def compose(self, captions: list[str]) -> tuple[str, str]:
         """(identifier, reason) from captions; ("", "") when they hold no content word."""
-        phrases = self.phrases([c for c in captions if c])
+        captions = [c for c in captions if c]
+        phrases = self.phrases(captions)
         if not phrases:
             return "", ""
         reason = f"The caption names {_listed(phrases)}, the elements that set this image apart."
