@@ -112,6 +112,12 @@ reproduce-cart-vs-grace: install ## CART Table 3 on shapes: cart/structured/stri
 	$(REPORT) multirun/cart_vs_grace --reference $(CART)/table3_flickr30k.yaml $(CART_METRICS) \
 		--out multirun/cart_vs_grace/table.md
 
+reproduce-cart-vs-grace-full: reproduce-grace-table1 ## CART vs GRACE's IDs at shapes' full size (2,000 + 500 images; ~1 h)
+	$(PY) -m genretr.run -m experiment=cart_vs_grace identifier=cart,structured backbone=cart dataset.splits.train=2000 \
+		dataset.splits.val=200 dataset.splits.test=500 hydra.sweep.dir=multirun/cart_vs_grace_large $(ARGS)
+	$(REPORT) multirun/cart_vs_grace_large multirun/grace_table1 --reference $(CART)/table3_flickr30k.yaml $(CART_METRICS) \
+		--out multirun/cart_vs_grace_large/table.md
+
 reproduce-cart: reproduce-cart-table4 reproduce-cart-table5 reproduce-cart-table6 reproduce-cart-table7 \
 	reproduce-cart-table10 reproduce-cart-table11 reproduce-cart-vs-grace ## every CART table above, in turn
 
@@ -206,5 +212,5 @@ clean-cache: ## remove the artifact cache (.cache/genretr)
 
 .PHONY: help install run test test-slow bench-decoding reproduce-smoke clean clean-cache reproduce-efficiency \
 	reproduce-grace-table1 reproduce-grace-table2 reproduce-grace-beam reproduce-grace-table3 reproduce-grace-poolsize \
-	reproduce-cart-table4 reproduce-cart-table5 reproduce-cart-table6 reproduce-cart-table7 reproduce-cart-table10 reproduce-cart-table11 reproduce-cart-vs-grace reproduce-cart reproduce-genius-table1 reproduce-genius-table2 reproduce-genius-table3 reproduce-genius-table4 reproduce-genius-table5 reproduce-genius-table7 reproduce-genius-table9 reproduce-genius-table11 \
+	reproduce-cart-table4 reproduce-cart-table5 reproduce-cart-table6 reproduce-cart-table7 reproduce-cart-table10 reproduce-cart-table11 reproduce-cart-vs-grace reproduce-cart-vs-grace-full reproduce-cart reproduce-genius-table1 reproduce-genius-table2 reproduce-genius-table3 reproduce-genius-table4 reproduce-genius-table5 reproduce-genius-table7 reproduce-genius-table9 reproduce-genius-table11 \
 	reproduce-table1 reproduce-table2 reproduce-table3 reproduce-ssid-fewshot
