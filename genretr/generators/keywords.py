@@ -105,10 +105,11 @@ class KeywordsGenerator:
 
     def phrases(self, captions: list[str]) -> list[str]:
         """The distinctive phrases of an item's captions, in the order the captions mention them."""
-        runs = [(c, k, run) for c, text in enumerate(captions) for k, run in enumerate(self.runs(text))]
+        per_caption = [self.runs(text) for text in captions]
+        runs = [(c, k, run) for c, caption_runs in enumerate(per_caption) for k, run in enumerate(caption_runs)]
         if not runs:
             return []
-        share = Counter(w for text in captions for w in set(self.words(text)))
+        share = Counter(w for caption_runs in per_caption for w in {w for run in caption_runs for w in run})
         weight = {w: share[w] / len(captions) * self.idf(w) for w in share}
         candidates: dict[tuple, tuple] = {}
         for c, k, run in runs:
