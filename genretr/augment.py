@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 def captions_for(pipeline, ds, emb, item_ids: list[str], every_item: bool = False) -> dict[str, str]:
     """{item id: written caption} for `item_ids` without a training caption (or all of them with every_item)."""
-    from genretr.captioner import fit_captioner
+    from genretr.captioner import fit_captioner, wants_pixels
 
     cfg = pipeline.cfg
     have: dict[str, list[str]] = {}
@@ -32,16 +32,30 @@ def captions_for(pipeline, ds, emb, item_ids: list[str], every_item: bool = Fals
     todo = [i for i in item_ids if every_item or i not in have]
     key = config_key("captions", pipeline.keys["encode"], cfg.captioner, cfg.seed, sorted(todo))
 
+    pixels = wants_pixels(cfg.captioner)
+
+    def inputs(ids):  # what the captioner reads: item vectors, or the items' images (captioner=pixels)
+        return captioner_images(ds, ids) if pixels else emb.items(ids).numpy()
+
     def write(tmp: Path):
         train = sorted(have)
-        cap = fit_captioner(emb.items(train).numpy(), [have[i] for i in train], cfg.captioner, int(cfg.seed),
-                            bool(cfg.progress))
+        cap = fit_captioner(inputs(train), [have[i] for i in train], cfg.captioner, int(cfg.seed), bool(cfg.progress))
         cap.save(tmp / "captioner")
-        texts = cap.describe(emb.items(todo).numpy()) if todo else []
+        texts = cap.describe(inputs(todo)) if todo else []
         (tmp / "captions.json").write_text(json.dumps(dict(zip(todo, texts))))
 
     path = pipeline.store.produce("captions", key, write)
     return json.loads((path / "captions.json").read_text())
+
+
+def captioner_images(ds, item_ids: list[str]):
+    """The images of `item_ids` for a pixel-reading captioner; an item without one is a clear error."""
+    from genretr.errors import DataError
+
+    for i in item_ids:
+        if ds.items[i].image is None:
+            raise DataError(ds.name, f"item {i}", "has no image for captioner.input=pixels (use the default captioner)")
+    return ds.images[[ds.items[i].image for i in item_ids]]
 
 
 def pseudo_queries(pipeline, ds, emb, table, every_item: bool = False) -> PseudoQueries:

@@ -7,6 +7,10 @@ pseudo-queries for the test images the same way (Appendix A).  Here the captione
 vocabulary built from the training captions (`<pad>`=0, `</s>`=1, `<unk>`=2), fitted with a
 plain CPU/GPU Lightning `Trainer` (no logger, no checkpoints), and decoded greedily or by
 beam search with `genretr.decoding.engine.beam_search` (no trie).
+
+`input: pixels` (conf/captioner/pixels.yaml) reads the image itself instead of its embedding
+(`genretr.encoders.image_prefix.ImagePrefixDecoder`, a small CNN trained with the caption loss): the offline
+vision stand-in for an MLLM that sees the image (SSID Sec. III-E).  Its inputs are (N, H, W, 3) uint8 images.
 """
 from __future__ import annotations
 
@@ -53,6 +57,7 @@ class Captioner:
         if vocab[: len(VOCAB_SPECIALS)] != VOCAB_SPECIALS:
             raise GenretrError(f"captioner vocabulary must start with {VOCAB_SPECIALS}, got {vocab[:3]}")
         self.model, self.vocab, self.max_len = model.eval(), list(vocab), int(max_len)
+        self.pixels = isinstance(model, _image_decoder())
         self.num_beams, self.length_penalty = int(num_beams), float(length_penalty)
         self.index = {w: i for i, w in enumerate(self.vocab)}
 
@@ -66,9 +71,7 @@ class Captioner:
         """The best caption of each vector as a word list (beam search, `num_beams=1`: greedy)."""
         from genretr.decoding.engine import beam_search
 
-        z = torch.as_tensor(np.asarray(vecs, dtype=np.float32))
-        if z.ndim != 2 or z.shape[1] != self.model.hparams.input_dim:
-            raise GenretrError(f"captioner expects (n, {self.model.hparams.input_dim}) vectors, got {tuple(z.shape)}")
+        z = _inputs(vecs, self.pixels, self.model.hparams.input_dim)
         if len(z) == 0:
             return []
         z = z.to(self.model.device)
@@ -85,7 +88,8 @@ class Captioner:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         torch.save(self.model.state_dict(), path / "captioner.pt")
-        meta = {"vocab": self.vocab, "max_len": self.max_len, "num_beams": self.num_beams,
+        meta = {"input": "pixels" if self.pixels else "embedding", "vocab": self.vocab, "max_len": self.max_len,
+                "num_beams": self.num_beams,
                 "length_penalty": self.length_penalty, "model": dict(self.model.hparams)}
         (path / "captioner.json").write_text(json.dumps(meta))
 
@@ -95,7 +99,7 @@ class Captioner:
         if not (path / "captioner.json").is_file():
             raise GenretrError(f"{path}: no saved captioner (captioner.json) there")
         meta = json.loads((path / "captioner.json").read_text())
-        model = T5PrefixDecoder(**meta["model"])
+        model = (_image_decoder() if meta.get("input") == "pixels" else T5PrefixDecoder)(**meta["model"])
         model.load_state_dict(torch.load(path / "captioner.pt", map_location="cpu"))
         return cls(model, meta["vocab"], meta["max_len"], meta["num_beams"], meta["length_penalty"])
 
@@ -114,26 +118,59 @@ def _decoder_batch(rows) -> dict:
     return {"z": z, "target_z": z, "labels": labels}
 
 
+def _image_decoder():
+    from genretr.encoders.image_prefix import ImagePrefixDecoder
+
+    return ImagePrefixDecoder
+
+
+def _inputs(x, pixels: bool, dim: int | None = None) -> torch.Tensor:
+    """Checked captioner inputs: (n, dim) float vectors, or (n, H, W, 3) uint8 images with `pixels`."""
+    if pixels:
+        z = torch.as_tensor(np.asarray(x))
+        if z.ndim != 4 or z.shape[-1] != 3 or z.dtype != torch.uint8:
+            raise GenretrError(f"captioner (input: pixels) expects (n, H, W, 3) uint8 images, got {tuple(z.shape)} "
+                               f"{z.dtype}")
+        return z
+    z = torch.as_tensor(np.asarray(x, dtype=np.float32))
+    if z.ndim != 2 or (dim is not None and z.shape[1] != dim):
+        raise GenretrError(f"captioner expects (n, {dim or 'd'}) vectors, got {tuple(z.shape)}")
+    return z
+
+
+def wants_pixels(cfg: Mapping) -> bool:
+    """Whether a captioner config reads images (`input: pixels`) rather than item embeddings."""
+    kind = _plain(cfg).get("input", "embedding")
+    if kind not in ("embedding", "pixels"):
+        raise GenretrError(f"captioner.input={kind} is not one of embedding, pixels")
+    return kind == "pixels"
+
+
 def fit_captioner(vecs, captions_per_vec: list[list[str]], cfg: Mapping, seed: int = 0,
                   progress: bool = False) -> Captioner:
-    """Train a captioner on every (vector, caption) pair; `cfg` is conf/captioner/*.yaml."""
+    """Train a captioner on every (input, caption) pair; `cfg` is conf/captioner/*.yaml.  The inputs are item
+    vectors, or images with `input: pixels`."""
     cfg = _plain(cfg)
-    vecs = np.asarray(vecs, dtype=np.float32)
-    if vecs.ndim != 2 or len(vecs) != len(captions_per_vec):
-        raise GenretrError(f"fit_captioner: {vecs.shape} vectors for {len(captions_per_vec)} caption lists")
+    pixels = wants_pixels(cfg)
+    vecs = _inputs(vecs, pixels)
+    if len(vecs) != len(captions_per_vec):
+        raise GenretrError(f"fit_captioner: {tuple(vecs.shape)} inputs for {len(captions_per_vec)} caption lists")
     pairs = [(i, c) for i, caps in enumerate(captions_per_vec) for c in caps if words(c)]
     if not pairs:
         raise GenretrError("fit_captioner: no non-empty training captions")
     torch.manual_seed(seed)
     vocab = build_vocab([c for _, c in pairs], int(cfg.get("vocab_min_count", 1)))
-    model = T5PrefixDecoder(vocab_size=len(vocab), input_dim=vecs.shape[1], **cfg["model"])
+    if pixels:
+        model = _image_decoder()(vocab_size=len(vocab), **cfg["model"], **cfg.get("cnn", {}))
+    else:
+        model = T5PrefixDecoder(vocab_size=len(vocab), input_dim=vecs.shape[1], **cfg["model"])
     cap = Captioner(model, vocab, int(cfg.get("max_len", 32)), int(cfg.get("num_beams", 1)),
                     float(cfg.get("length_penalty", 1.0)))
     labels = torch.full((len(pairs), cap.max_len), PAD, dtype=torch.long)
     for row, (_, c) in enumerate(pairs):
         ids = cap.encode(c)
         labels[row, : len(ids)] = torch.tensor(ids)
-    z = torch.from_numpy(vecs[[i for i, _ in pairs]])
+    z = vecs[[i for i, _ in pairs]]
     fit = cfg["fit"]
     loader = DataLoader(TensorDataset(z, labels), batch_size=int(fit["batch_size"]), shuffle=True,
                         generator=torch.Generator().manual_seed(seed), collate_fn=_decoder_batch)

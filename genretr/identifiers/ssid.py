@@ -168,7 +168,10 @@ class AnswerCache:
 
 class SsidIdentifier:
     def __init__(self, generator, retries: int = 2, cache: bool = True, batch_size: int = 16,
-                 max_identifier_words: int = 10, collisions: str = "disambiguate"):
+                 max_identifier_words: int = 10, collisions: str = "disambiguate", captioner: Mapping | None = None):
+        """`captioner`: the config of the captioner behind `ctx.describe` (conf/captioner/*.yaml), which writes
+        the captions a text-only generator reads for items without one; here so that the stage key and the
+        answer cache change with it."""
         if collisions not in COLLISIONS:
             raise GenretrError(f"identifier.collisions={collisions} is not one of {', '.join(COLLISIONS)}")
         if retries < 0 or batch_size < 1 or max_identifier_words < 1:
@@ -179,6 +182,7 @@ class SsidIdentifier:
             generator = instantiate(generator)
         self.generator, self.retries, self.cache, self.batch_size = generator, int(retries), bool(cache), batch_size
         self.max_words, self.collisions = int(max_identifier_words), collisions
+        self.captioner = _plain(captioner) if captioner is not None else None
         self.fallback = KeywordsGenerator(max_words=min(6, self.max_words))
 
     # -- requests -----------------------------------------------------------------------------------------
@@ -243,6 +247,8 @@ class SsidIdentifier:
     def cache_path(self, ctx) -> Path:
         key = {"generator": self.generator.signature(), "retries": self.retries, "max_words": self.max_words,
                "prompt": PROMPT, "stricter": STRICTER}
+        if self.generator.needs_text and self.captioner is not None:
+            key["captioner"] = self.captioner
         digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
         root = Path(getattr(ctx, "cache_dir", None) or ctx.workdir)
         root.mkdir(parents=True, exist_ok=True)
@@ -295,6 +301,12 @@ class SsidIdentifier:
                  ", ".join(f"{k} {v}" for k, v in summary["outcomes"].items()), collided,
                  summary["collision_groups"], self.collisions, len(vocab))
         return table
+
+
+def _plain(cfg) -> dict:
+    from omegaconf import DictConfig, OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
 
 
 def _progress(enabled: bool):

@@ -131,3 +131,22 @@ def test_generated_captions_for_every_image(tmp_path):
     table = SemanticIdentifier(captioner=cfg, train_caption="generated").build(items, x, ctx(tmp_path, captions))
     generated = Captioner.load(tmp_path / "captioner").describe_words(x)
     assert [[table.vocab[t] for t in table.tokens(it.id)[:-1]] for it in items] == generated
+
+
+def test_pixel_captioner_reads_the_item_images(tmp_path):
+    """captioner=pixels: the captioner is fitted on and describes the items' images (ctx.images), not x."""
+    items, x, _, captions = toy(n=12, n_train=8)
+    for k, it in enumerate(items):
+        it.image = k
+    imgs = np.random.default_rng(0).integers(0, 255, size=(12, 8, 8, 3)).astype(np.uint8)
+    cfg = {**TINY, "input": "pixels", "cnn": dict(cnn_width=2, grid=1, cell_dim=2), "fit": dict(max_epochs=1,
+                                                                                              batch_size=24)}
+    c = ctx(tmp_path, captions)
+    c.images = imgs
+    table = SemanticIdentifier(captioner=cfg).build(items, x, c)
+    cap = Captioner.load(tmp_path / "captioner")
+    assert cap.pixels
+    assert [table.text(it.id).split() for it in items[8:]] == cap.describe_words(imgs[8:])
+    c.images = None
+    with pytest.raises(GenretrError, match="has no image"):
+        SemanticIdentifier(captioner=cfg).build(items, x, c)

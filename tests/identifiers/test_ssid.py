@@ -103,6 +103,17 @@ def test_keywords_build_table_reasons_summary_and_unseen_test_captions(tmp_path)
     assert summary["collided_items"] == 0 and Path(summary["cache"]).parent == ctx.cache_dir
 
 
+def test_answer_cache_key_follows_the_describing_captioner(tmp_path):
+    """A text-only generator's answers depend on the captioner that describes caption-less items; an MLLM's
+    do not (it sees the image)."""
+    ctx = Ctx(tmp_path)
+    path = {k: SsidIdentifier(KeywordsGenerator(), captioner={"input": k}).cache_path(ctx)
+            for k in ("embedding", "pixels")}
+    assert path["embedding"] != path["pixels"]
+    mllm = {k: SsidIdentifier(Scripted({}), captioner={"input": k}).cache_path(ctx) for k in ("embedding", "pixels")}
+    assert mllm["embedding"] == mllm["pixels"]
+
+
 def test_text_generator_without_caption_names_the_item(tmp_path):
     ctx = Ctx(tmp_path, item_captions={"i0": ["a red circle"]})
     with pytest.raises(GenretrError, match="caption for item 'i1'"):

@@ -1,0 +1,65 @@
+"""Describer or identifier? SSID's and the semantic identifier beside each other with a perfect describer.
+
+On shapes a test image's identifier is written from the caption of a captioner trained on the train split
+(test captions stay unseen; SSID's MLLM sees the image instead, Sec. III-E).  Here both schemes read, for
+every caption-less pool image, the caption of its image-text pair instead: a real caption of the image, what
+a describer that never errs would write.  That caption is also one of the image's five t2i queries, so recall
+is reported on the other four (unseen paraphrases of the scene) as well as on all five.  The models are new
+stage artifacts (`captioner.describer=pair-caption` enters the stage keys) and are cached like any other.
+
+    .venv/bin/python experiments/ssid/describer_oracle.py experiment=ssid_table1 identifier=ssid
+    .venv/bin/python experiments/ssid/describer_oracle.py experiment=ssid_table1 identifier=semantic
+    .venv/bin/python experiments/ssid/describer_oracle.py --captioner experiment=ssid_table1 identifier=semantic
+
+`--captioner` evaluates the usual run (the captioner describes) the same way, for the comparison.
+"""
+import os
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+from genretr.data.schema import PAIR
+from genretr.evaluate_stage import searcher
+from genretr.pipeline import Pipeline
+
+ROOT = Path(__file__).resolve().parents[2]
+CACHE = os.environ.get("GENRETR_CACHE", str(ROOT / ".cache/genretr"))
+
+
+class PairCaptionPipeline(Pipeline):
+    """The identify stage sees each caption-less image's pair caption as if it were a training caption."""
+
+    def _context(self, ds, emb, items, workdir):
+        ctx = super()._context(ds, emb, items, workdir)
+        pair_caption = {it.image: it.text for it in ds.items.values() if it.modality == PAIR and it.text}
+        extra = {i: [pair_caption[ds.items[i].image]] for i in items
+                 if i not in ctx.item_captions and ds.items[i].image in pair_caption}
+        ctx.item_captions = {**ctx.item_captions, **extra}
+        return ctx
+
+
+def main(args):
+    oracle = "--captioner" not in args
+    overrides = [a for a in args if a != "--captioner"]
+    extra = ["+captioner.describer=pair-caption"] if oracle else []
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        cfg = compose("config", overrides=[*overrides, *extra, f"paths.cache_dir={CACHE}", "progress=false"])
+    p = (PairCaptionPipeline if oracle else Pipeline)(cfg, Path("outputs/describer_oracle"))
+    ds = p.dataset()
+    emb = p.encode(ds)
+    table = p.identify(ds, emb)
+    model, tries = p.train(ds, emb, table), p.index(ds, table)
+    queries = ds.queries(cfg.eval.split, "t2i")
+    rankings, _ = searcher(p, ds, emb, "t2i", model, table, tries)(p.queries_of(ds, emb, queries, table))
+    pair_caption = {it.image: it.text for it in ds.items.values() if it.modality == PAIR}
+    rows = [(next(iter(q.relevant)), list(r), q.text == pair_caption.get(ds.items[next(iter(q.relevant))].image))
+            for q, r in zip(queries, rankings)]
+    name = f"{' '.join(overrides)} ({'pair-caption describer' if oracle else 'captioner describer'})"
+    for label, sel in (("all five queries", rows), ("the four non-pair-caption queries", [r for r in rows if not r[2]])):
+        rec = [100 * sum(g in r[:k] for g, r, _ in sel) / len(sel) for k in (1, 5, 10)]
+        print(f"{name}: {label} ({len(sel)}): R@1 {rec[0]:.1f}  R@5 {rec[1]:.1f}  R@10 {rec[2]:.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
