@@ -98,3 +98,15 @@ def searcher(p, ds, emb: Embeddings, task: str, model, table, tries):
                                       rerank_vecs=emb.items if d.get("rerank", False) else None,
                                       classifier_pool=table.subset(pool) if p._classifier_head() else None)
 
+
+
+def task_rankings(p, task: str = "t2i"):
+    """(dataset, queries, rankings) of one generative run's `task` on the eval split, every stage run or reused
+    from the cache: what the analysis scripts under experiments/ bucket and compare."""
+    ds = p.dataset()
+    emb = p.encode(ds)
+    table = p.identify(ds, emb)
+    model, tries = p.train(ds, emb, table), p.index(ds, table)
+    queries = ds.queries(p.cfg.eval.split, task)
+    rankings, _ = searcher(p, ds, emb, task, model, table, tries)(p.queries_of(ds, emb, queries, table))
+    return ds, queries, rankings

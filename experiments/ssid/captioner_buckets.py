@@ -18,7 +18,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from genretr.evaluate_stage import searcher
+from genretr.evaluate_stage import task_rankings
 from genretr.pipeline import Pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,13 +32,8 @@ def pipeline(overrides):
 
 
 def main(overrides):
-    p, cfg = pipeline(overrides)
-    ds = p.dataset()
-    emb = p.encode(ds)
-    table = p.identify(ds, emb)
-    model, tries = p.train(ds, emb, table), p.index(ds, table)
-    queries = ds.queries(cfg.eval.split, "t2i")
-    rankings, _ = searcher(p, ds, emb, "t2i", model, table, tries)(p.queries_of(ds, emb, queries, table))
+    p, _ = pipeline(overrides)
+    ds, queries, rankings = task_rankings(p, "t2i")
     ssid, _ = pipeline([o for o in overrides if not o.startswith("identifier=")] + ["identifier=ssid"])
     sds = ssid.dataset()
     ssid.identify(sds, ssid.encode(sds))

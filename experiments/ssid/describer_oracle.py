@@ -20,7 +20,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 
 from genretr.data.schema import PAIR
-from genretr.evaluate_stage import searcher
+from genretr.evaluate_stage import task_rankings
 from genretr.pipeline import Pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,12 +46,7 @@ def main(args):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
         cfg = compose("config", overrides=[*overrides, *extra, f"paths.cache_dir={CACHE}", "progress=false"])
     p = (PairCaptionPipeline if oracle else Pipeline)(cfg, Path("outputs/describer_oracle"))
-    ds = p.dataset()
-    emb = p.encode(ds)
-    table = p.identify(ds, emb)
-    model, tries = p.train(ds, emb, table), p.index(ds, table)
-    queries = ds.queries(cfg.eval.split, "t2i")
-    rankings, _ = searcher(p, ds, emb, "t2i", model, table, tries)(p.queries_of(ds, emb, queries, table))
+    ds, queries, rankings = task_rankings(p, "t2i")
     pair_caption = {it.image: it.text for it in ds.items.values() if it.modality == PAIR}
     rows = [(next(iter(q.relevant)), list(r), q.text == pair_caption.get(ds.items[next(iter(q.relevant))].image))
             for q, r in zip(queries, rankings)]
