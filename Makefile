@@ -200,6 +200,12 @@ reproduce-ssid-fewshot: install ## SSID Fig. 3 on shapes: fine-tuning on N sampl
 	$(REPORT) multirun/ssid_fewshot --reference $(SSID)/fig3_flickr30k.yaml --out multirun/ssid_fewshot/table.md \
 		--plot train.limit --metrics R@1,R@5,R@10 --png multirun/ssid_fewshot/fewshot.png
 
+reproduce-ssid-describer: install ## SSID vs semantic IDs when the describer is the captioner or writes real captions
+	for id in semantic ssid; do \
+		$(PY) experiments/ssid/describer_oracle.py --captioner experiment=ssid_table1 identifier=$$id $(ARGS) || exit 1; \
+		$(PY) experiments/ssid/describer_oracle.py experiment=ssid_table1 identifier=$$id $(ARGS) || exit 1; \
+	done
+
 reproduce-efficiency: install ## q/s vs number of candidates: embedding baseline and generative decoders (CSV + PNG)
 	$(PY) -m genretr.bench decoding --shapes genius,cart,cart_fusion --skip hf,constraint,bytes --beams 30 \
 		--batches 32 --out bench_out/efficiency $(ARGS)
@@ -213,4 +219,4 @@ clean-cache: ## remove the artifact cache (.cache/genretr)
 .PHONY: help install run test test-slow bench-decoding reproduce-smoke clean clean-cache reproduce-efficiency \
 	reproduce-grace-table1 reproduce-grace-table2 reproduce-grace-beam reproduce-grace-table3 reproduce-grace-poolsize \
 	reproduce-cart-table4 reproduce-cart-table5 reproduce-cart-table6 reproduce-cart-table7 reproduce-cart-table10 reproduce-cart-table11 reproduce-cart-vs-grace reproduce-cart-vs-grace-full reproduce-cart reproduce-genius-table1 reproduce-genius-table2 reproduce-genius-table3 reproduce-genius-table4 reproduce-genius-table5 reproduce-genius-table7 reproduce-genius-table9 reproduce-genius-table11 \
-	reproduce-table1 reproduce-table2 reproduce-table3 reproduce-ssid-fewshot
+	reproduce-table1 reproduce-table2 reproduce-table3 reproduce-ssid-fewshot reproduce-ssid-describer
