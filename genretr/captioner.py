@@ -89,8 +89,7 @@ class Captioner:
         path.mkdir(parents=True, exist_ok=True)
         torch.save(self.model.state_dict(), path / "captioner.pt")
         meta = {"input": "pixels" if self.pixels else "embedding", "vocab": self.vocab, "max_len": self.max_len,
-                "num_beams": self.num_beams,
-                "length_penalty": self.length_penalty, "model": dict(self.model.hparams)}
+                "num_beams": self.num_beams, "length_penalty": self.length_penalty, "model": dict(self.model.hparams)}
         (path / "captioner.json").write_text(json.dumps(meta))
 
     @classmethod

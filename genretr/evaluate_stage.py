@@ -99,7 +99,6 @@ def searcher(p, ds, emb: Embeddings, task: str, model, table, tries):
                                       classifier_pool=table.subset(pool) if p._classifier_head() else None)
 
 
-
 def task_rankings(p, task: str = "t2i"):
     """(dataset, queries, rankings) of one generative run's `task` on the eval split, every stage run or reused
     from the cache: what the analysis scripts under experiments/ bucket and compare."""
