@@ -5,6 +5,8 @@ the Sec. III-E prompt with three lines ``caption:`` / ``identifier:`` / ``reason
 item's own caption where one is known (its text, else a train-split caption: test captions stay unseen);
 otherwise an MLLM sees the image alone and writes the caption itself, and a text-only generator gets
 `ctx.describe(item_ids)` captions (a captioner trained on the train split) or fails naming the item.
+`describe: all` treats every image item as caption-less (train captions unused): one describer writes
+every image's identifier, as the paper's MLLM does; `missing` (the default) describes only the rest.
 
 Answers are parsed strictly; near misses are repaired (label case and spacing, ``Identifier -``, a
 missing ``reason:`` label, quotes, markdown bullets and bold, stray lines); answers that still deviate (an
@@ -168,12 +170,15 @@ class AnswerCache:
 
 class SsidIdentifier:
     def __init__(self, generator, retries: int = 2, cache: bool = True, batch_size: int = 16,
-                 max_identifier_words: int = 10, collisions: str = "disambiguate", captioner: Mapping | None = None):
+                 max_identifier_words: int = 10, collisions: str = "disambiguate", captioner: Mapping | None = None,
+                 describe: str = "missing"):
         """`captioner`: the config of the captioner behind `ctx.describe` (conf/captioner/*.yaml), which writes
         the captions a text-only generator reads for items without one; here so that the stage key and the
         answer cache change with it."""
         if collisions not in COLLISIONS:
             raise GenretrError(f"identifier.collisions={collisions} is not one of {', '.join(COLLISIONS)}")
+        if describe not in ("missing", "all"):
+            raise GenretrError(f"identifier.describe={describe} is not one of missing, all")
         if retries < 0 or batch_size < 1 or max_identifier_words < 1:
             raise GenretrError("identifier: retries >= 0, batch_size >= 1, max_identifier_words >= 1")
         if isinstance(generator, Mapping):  # a config that Hydra did not instantiate
@@ -183,6 +188,7 @@ class SsidIdentifier:
         self.generator, self.retries, self.cache, self.batch_size = generator, int(retries), bool(cache), batch_size
         self.max_words, self.collisions = int(max_identifier_words), collisions
         self.captioner = _plain(captioner) if captioner is not None else None
+        self.describe = describe
         self.fallback = KeywordsGenerator(max_words=min(6, self.max_words))
 
     # -- requests -----------------------------------------------------------------------------------------
@@ -190,7 +196,7 @@ class SsidIdentifier:
         return PROMPT.format(caption=caption or "", stricter=STRICTER.format(n=self.max_words) if stricter else "")
 
     def requests(self, items, ctx) -> list[Request]:
-        known = getattr(ctx, "item_captions", None) or {}
+        known = {} if self.describe == "all" else getattr(ctx, "item_captions", None) or {}
         captions = [[it.text] if getattr(it, "text", None) else list(known.get(it.id, [])) for it in items]
         describe = getattr(ctx, "describe", None)
         missing = [i for i, c in enumerate(captions) if not c]
@@ -247,6 +253,8 @@ class SsidIdentifier:
     def cache_path(self, ctx) -> Path:
         key = {"generator": self.generator.signature(), "retries": self.retries, "max_words": self.max_words,
                "prompt": PROMPT, "stricter": STRICTER}
+        if self.describe != "missing":
+            key["describe"] = self.describe
         if self.generator.needs_text and self.captioner is not None:
             key["captioner"] = self.captioner
         digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]

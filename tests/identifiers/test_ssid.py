@@ -103,6 +103,25 @@ def test_keywords_build_table_reasons_summary_and_unseen_test_captions(tmp_path)
     assert summary["collided_items"] == 0 and Path(summary["cache"]).parent == ctx.cache_dir
 
 
+def test_describe_all_writes_every_image_from_the_describer(tmp_path):
+    """describe=all: one describer for every image item, train captions unused; a text item keeps its text."""
+    its = items(2) + [Item("t0", "text", text="a purple triangle at the bottom")]
+    described = []
+
+    def describe(ids):
+        described.extend(ids)
+        return ["a yellow star next to a red circle" for _ in ids]
+
+    ctx = Ctx(tmp_path, item_captions={"i0": ["a small red circle above a blue square"]}, describe=describe)
+    table = SsidIdentifier(KeywordsGenerator(), describe="all").build(its, np.zeros((3, 4), np.float32), ctx)
+    assert described == ["i0", "i1"] and table.text("i0").startswith("yellow star")
+    assert table.text("t0") == "purple triangle - bottom"
+    other = SsidIdentifier(KeywordsGenerator()).cache_path(ctx)
+    assert SsidIdentifier(KeywordsGenerator(), describe="all").cache_path(ctx) != other
+    with pytest.raises(GenretrError, match="describe=some"):
+        SsidIdentifier(KeywordsGenerator(), describe="some")
+
+
 def test_answer_cache_key_follows_the_describing_captioner(tmp_path):
     """A text-only generator's answers depend on the captioner that describes caption-less items; an MLLM's
     do not (it sees the image)."""
