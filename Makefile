@@ -200,11 +200,14 @@ reproduce-ssid-fewshot: install ## SSID Fig. 3 on shapes: fine-tuning on N sampl
 	$(REPORT) multirun/ssid_fewshot --reference $(SSID)/fig3_flickr30k.yaml --out multirun/ssid_fewshot/table.md \
 		--plot train.limit --metrics R@1,R@5,R@10 --png multirun/ssid_fewshot/fewshot.png
 
-reproduce-ssid-describer: install ## SSID vs semantic IDs when the describer is the captioner or writes real captions
-	for id in semantic ssid; do \
-		$(PY) experiments/ssid/describer_oracle.py --captioner experiment=ssid_table1 identifier=$$id $(ARGS) || exit 1; \
-		$(PY) experiments/ssid/describer_oracle.py experiment=ssid_table1 identifier=$$id $(ARGS) || exit 1; \
-	done
+DESCRIBER = $(PY) experiments/ssid/describer_oracle.py experiment=ssid_table1
+reproduce-ssid-describer: install ## SSID vs semantic IDs under three describers of the images (README, SSID)
+	$(DESCRIBER) --captioner identifier=semantic $(ARGS)
+	$(DESCRIBER) --captioner identifier=semantic identifier.train_caption=generated $(ARGS)
+	$(DESCRIBER) identifier=semantic $(ARGS)
+	$(DESCRIBER) --captioner identifier=ssid $(ARGS)
+	$(DESCRIBER) --captioner identifier=ssid identifier.describe=all $(ARGS)
+	$(DESCRIBER) identifier=ssid $(ARGS)
 
 reproduce-efficiency: install ## q/s vs number of candidates: embedding baseline and generative decoders (CSV + PNG)
 	$(PY) -m genretr.bench decoding --shapes genius,cart,cart_fusion --skip hf,constraint,bytes --beams 30 \

@@ -11,7 +11,9 @@ stage artifacts (`captioner.describer=pair-caption` enters the stage keys) and a
     .venv/bin/python experiments/ssid/describer_oracle.py experiment=ssid_table1 identifier=semantic
     .venv/bin/python experiments/ssid/describer_oracle.py --captioner experiment=ssid_table1 identifier=semantic
 
-`--captioner` evaluates the usual run (the captioner describes) the same way, for the comparison.
+`--captioner` evaluates the usual run (the captioner describes) the same way, for the comparison; with
+`identifier.describe=all` (SSID) or `identifier.train_caption=generated` (semantic) the captioner describes
+every image, train images too.  `make reproduce-ssid-describer` runs the six.
 """
 import os
 import sys
