@@ -4,7 +4,7 @@ The GRACE captioner reads an item's embedding (one vector, `genretr.captioner`);
 image (SSID Sec. III-E).  This decoder is the offline vision stand-in: `SmallCNN`'s conv trunk, pooled to a
 `grid` x `grid` map of `cell_dim`-channel cells (a few visual tokens that keep where things are), flattened
 and L2-normalised into the prefix MLP (GENIUS Eq. 9), trained end to end with the caption loss.  Queries are
-(N, H, W, 3) uint8 images.
+(N, H, W, 3) uint8 images (prefix input only: a captioner reads no query tokens).
 """
 from __future__ import annotations
 
