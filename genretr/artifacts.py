@@ -33,11 +33,16 @@ def config_key(*parts) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
+def plain_dict(cfg) -> dict:
+    """A config node (DictConfig, resolved) or mapping as a plain dict."""
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+
+
 def without_defaults(cfg, defaults: dict) -> dict:
     """`cfg` as a plain dict less the dotted keys of `defaults` that hold their default value: options
     added to a stage after its artifacts existed enter its key only when set, so the artifacts of runs
     that do not use them stay valid."""
-    plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    plain = plain_dict(cfg)
     for dotted, default in defaults.items():
         *path, leaf = dotted.split(".")
         node = plain

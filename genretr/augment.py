@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 def captions_for(pipeline, ds, emb, item_ids: list[str], every_item: bool = False) -> dict[str, str]:
     """{item id: written caption} for `item_ids` without a training caption (or all of them with every_item)."""
-    from genretr.captioner import fit_captioner, wants_pixels
+    from genretr.captioner import fit_captioner, item_images, wants_pixels
 
     cfg = pipeline.cfg
     have: dict[str, list[str]] = {}
@@ -35,7 +35,7 @@ def captions_for(pipeline, ds, emb, item_ids: list[str], every_item: bool = Fals
     pixels = wants_pixels(cfg.captioner)
 
     def inputs(ids):  # what the captioner reads: item vectors, or the items' images (captioner=pixels)
-        return captioner_images(ds, ids) if pixels else emb.items(ids).numpy()
+        return item_images(ds.images, [ds.items[i] for i in ids], ds.name) if pixels else emb.items(ids).numpy()
 
     def write(tmp: Path):
         train = sorted(have)
@@ -46,16 +46,6 @@ def captions_for(pipeline, ds, emb, item_ids: list[str], every_item: bool = Fals
 
     path = pipeline.store.produce("captions", key, write)
     return json.loads((path / "captions.json").read_text())
-
-
-def captioner_images(ds, item_ids: list[str]):
-    """The images of `item_ids` for a pixel-reading captioner; an item without one is a clear error."""
-    from genretr.errors import DataError
-
-    for i in item_ids:
-        if ds.items[i].image is None:
-            raise DataError(ds.name, f"item {i}", "has no image for captioner.input=pixels (use the default captioner)")
-    return ds.images[[ds.items[i].image for i in item_ids]]
 
 
 def pseudo_queries(pipeline, ds, emb, table, every_item: bool = False) -> PseudoQueries:

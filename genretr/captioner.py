@@ -23,9 +23,9 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, TensorDataset, default_collate
 
+from genretr.artifacts import plain_dict
 from genretr.backbones.t5_prefix import T5PrefixDecoder
 from genretr.errors import GenretrError
 from genretr.identifiers.base import EOS, PAD, SPECIAL_TOKENS
@@ -43,10 +43,6 @@ def words(text: str) -> list[str]:
 def join_words(tokens: list[str]) -> str:
     """The inverse of `words` up to case and spacing: no space before punctuation."""
     return re.sub(r" ([,.;:!?)])", r"\1", " ".join(tokens))
-
-
-def _plain(cfg) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
 
 
 class Captioner:
@@ -139,17 +135,27 @@ def _inputs(x, pixels: bool, dim: int | None = None) -> torch.Tensor:
 
 def wants_pixels(cfg: Mapping) -> bool:
     """Whether a captioner config reads images (`input: pixels`) rather than item embeddings."""
-    kind = _plain(cfg).get("input", "embedding")
+    kind = plain_dict(cfg).get("input", "embedding")
     if kind not in ("embedding", "pixels"):
         raise GenretrError(f"captioner.input={kind} is not one of embedding, pixels")
     return kind == "pixels"
+
+
+def item_images(images, items, who: str) -> np.ndarray:
+    """The images of `items` (objects with `.id`, `.image`) for a pixel-reading captioner; `who` names the caller
+    in the error an item without an image (or a missing image array) raises."""
+    missing = next((it.id for it in items if images is None or getattr(it, "image", None) is None), None)
+    if missing is not None:
+        raise GenretrError(f"{who}: captioner.input=pixels, but item '{missing}' has no image; use the default "
+                           "captioner")
+    return np.asarray(images)[[it.image for it in items]]
 
 
 def fit_captioner(vecs, captions_per_vec: list[list[str]], cfg: Mapping, seed: int = 0,
                   progress: bool = False) -> Captioner:
     """Train a captioner on every (input, caption) pair; `cfg` is conf/captioner/*.yaml.  The inputs are item
     vectors, or images with `input: pixels`."""
-    cfg = _plain(cfg)
+    cfg = plain_dict(cfg)
     pixels = wants_pixels(cfg)
     vecs = _inputs(vecs, pixels)
     if len(vecs) != len(captions_per_vec):

@@ -64,7 +64,7 @@ class SemanticIdentifier:
 
     def captions(self, items, x: np.ndarray, ctx) -> tuple[list[list[str]], list[str]]:
         """Each item's caption as words, and where it came from ("train", "text" or "captioner")."""
-        from genretr.captioner import fit_captioner, wants_pixels, words  # lazily: imports Lightning, transformers
+        from genretr.captioner import fit_captioner, item_images, wants_pixels, words  # lazily: imports Lightning
 
         known = getattr(ctx, "item_captions", None)
         if known is None:
@@ -87,7 +87,7 @@ class SemanticIdentifier:
                                    "but no item has training captions to train the captioner on")
             if wants_pixels(self.captioner_cfg):  # captioner=pixels reads the images, not the embeddings
                 need = sorted({*captioned, *todo})
-                images = _images([items[i] for i in need], ctx)
+                images = item_images(getattr(ctx, "images", None), [items[i] for i in need], "semantic identifiers")
                 x = np.zeros((len(items), *images.shape[1:]), np.uint8)
                 x[need] = images
             cap = fit_captioner(x[captioned], [list(known[items[i].id]) for i in captioned], self.captioner_cfg,
@@ -111,12 +111,3 @@ class SemanticIdentifier:
         index = {t: i for i, t in enumerate(vocab)}
         return IdTable.from_lists([it.id for it in items], [[index[t] for t in s] for s in seqs], vocab,
                                   new_tokens=new_tokens)
-
-
-def _images(items, ctx) -> np.ndarray:
-    images = getattr(ctx, "images", None)
-    missing = next((it.id for it in items if images is None or getattr(it, "image", None) is None), None)
-    if missing is not None:
-        raise GenretrError(f"semantic identifiers: captioner.input=pixels, but item '{missing}' has no image "
-                           "(ctx.images); use the default captioner")
-    return images[[it.image for it in items]]

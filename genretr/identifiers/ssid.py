@@ -35,6 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from genretr.artifacts import plain_dict
 from genretr.errors import DataError, GenretrError
 from genretr.generators import Request
 from genretr.generators.keywords import KeywordsGenerator
@@ -187,7 +188,7 @@ class SsidIdentifier:
             generator = instantiate(generator)
         self.generator, self.retries, self.cache, self.batch_size = generator, int(retries), bool(cache), batch_size
         self.max_words, self.collisions = int(max_identifier_words), collisions
-        self.captioner = _plain(captioner) if captioner is not None else None
+        self.captioner = plain_dict(captioner) if captioner is not None else None
         self.describe = describe
         self.fallback = KeywordsGenerator(max_words=min(6, self.max_words))
 
@@ -309,12 +310,6 @@ class SsidIdentifier:
                  ", ".join(f"{k} {v}" for k, v in summary["outcomes"].items()), collided,
                  summary["collision_groups"], self.collisions, len(vocab))
         return table
-
-
-def _plain(cfg) -> dict:
-    from omegaconf import DictConfig, OmegaConf
-
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
 
 
 def _progress(enabled: bool):
