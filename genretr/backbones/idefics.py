@@ -62,8 +62,15 @@ class IdeficsRetriever(MLLMRetriever):
         return torch.cat([rows, rows[-1:].expand(n, *rows.shape[1:])])
 
     def step_extras(self, batch, out):
-        return {"image_states": out.image_hidden_states, "image_mask": batch["image_attention_mask"][:, -1:]}
+        """The prompt's image states under the keyword the model takes them back by. transformers >= 5.24
+        returns the vision encoder's states in ``image_outputs`` (``image_hidden_states`` became the pooled
+        features): they go back as ``image_encoder_embeddings`` and the resampler, if any, reruns on them.
+        Before 5.24 ``image_hidden_states`` were the states the cross-attention read (after the resampler)."""
+        mask = batch["image_attention_mask"][:, -1:]
+        if getattr(out, "image_outputs", None) is not None:
+            return {"image_encoder_embeddings": out.image_outputs.last_hidden_state, "image_attention_mask": mask}
+        key = "perceiver_embeddings" if self.hf.config.use_resampler else "image_encoder_embeddings"
+        return {key: out.image_hidden_states, "image_attention_mask": mask}
 
     def step_inputs(self, extras):
-        key = "perceiver_embeddings" if self.hf.config.use_resampler else "image_encoder_embeddings"
-        return {key: extras["image_states"], "image_attention_mask": extras["image_mask"]}
+        return dict(extras)
