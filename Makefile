@@ -11,13 +11,30 @@ ARGS ?=
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-22s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml
+PIP := $(PY) -m pip install -q --disable-pip-version-check
+LOCK := requirements.lock
+
+# The exact versions the test suite last passed with (requirements.lock), then genretr itself without
+# resolving again: a fresh clone installs what CI tested, whatever PyPI has published since.
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	@test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]"
+	$(PIP) "$(TORCH_SPEC)"
+	$(PIP) -r $(LOCK)
+	$(PIP) --no-deps -e .
+	$(PY) -m pip check --disable-pip-version-check
 	@touch $@
 
-install: $(VENV)/.installed ## create .venv and install genretr with its dependencies
+install: $(VENV)/.installed ## create .venv and install the locked versions (requirements.lock) and genretr
+
+lock: ## refresh requirements.lock on purpose: the newest versions pyproject.toml's ranges admit, in a scratch venv
+	rm -rf .lock-venv && python3 -m venv .lock-venv
+	.lock-venv/bin/python -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
+	.lock-venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+	{ echo "# genretr's pinned environment: \`make install\` installs exactly these; \`make lock\` refreshes them."; \
+	  echo "# Made by \`make lock\` with $$(.lock-venv/bin/python --version) on $$(date -u +%Y-%m-%d); torch is the CPU build"; \
+	  echo "# (TORCH_SPEC in the Makefile installs it first; its local '+cpu' label is dropped here)."; \
+	  .lock-venv/bin/python -m pip freeze --exclude-editable --disable-pip-version-check | sed 's/+cpu$$//'; } > $(LOCK)
+	rm -rf .lock-venv
 
 run: install ## the default experiment: shapes, embedding baseline + string IDs with a T5 decoder
 	$(PY) -m genretr.run method=embedding $(ARGS)
@@ -219,7 +236,7 @@ clean: ## remove outputs (keeps .venv and the artifact cache)
 clean-cache: ## remove the artifact cache (.cache/genretr)
 	rm -rf .cache/genretr
 
-.PHONY: help install run test test-slow bench-decoding reproduce-smoke clean clean-cache reproduce-efficiency \
+.PHONY: help install lock run test test-slow bench-decoding reproduce-smoke clean clean-cache reproduce-efficiency \
 	reproduce-grace-table1 reproduce-grace-table2 reproduce-grace-beam reproduce-grace-table3 reproduce-grace-poolsize \
 	reproduce-cart-table4 reproduce-cart-table5 reproduce-cart-table6 reproduce-cart-table7 reproduce-cart-table10 reproduce-cart-table11 reproduce-cart-vs-grace reproduce-cart-vs-grace-full reproduce-cart reproduce-genius-table1 reproduce-genius-table2 reproduce-genius-table3 reproduce-genius-table4 reproduce-genius-table5 reproduce-genius-table7 reproduce-genius-table9 reproduce-genius-table11 \
 	reproduce-table1 reproduce-table2 reproduce-table3 reproduce-ssid-fewshot reproduce-ssid-describer
