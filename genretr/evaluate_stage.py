@@ -1,4 +1,5 @@
-"""The evaluate stage (DESIGN.md): every task's queries searched in its pool, R@K and MRR@10.
+"""The evaluate stage (DESIGN.md): every task's queries searched in its pool, R@K and MRR@10 (and each
+query's first-hit rank in the run dir's per_query.json, for genretr.report's paired tests).
 
 `searcher` picks the method: the two-tower embedding search, or generative retrieval -- the trained
 decoder under the pool's trie (`genretr.evaluation.search`), with GENIUS_R re-ranking, the atomic
@@ -8,10 +9,13 @@ descriptions are scored too.  Functions take the `Pipeline` (its config, store a
 """
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
 import torch
 
+from genretr.artifacts import atomic_write_text
 from genretr.data.schema import RetrievalDataset
 from genretr.errors import GenretrError
 from genretr.identifiers.base import IdTable
@@ -34,11 +38,20 @@ def translated_queries(p, ds: RetrievalDataset, emb: Embeddings, queries):
             else torch.zeros(len(queries), emb.query_vecs.shape[1]))
     return queries, vecs
 
+def write_per_query(run_dir: Path, per_query: dict) -> None:
+    """`per_query.json` in the run dir: task -> {"query_ids", "rank"}, rank the 1-based position of the first
+    relevant item in the top_k ranking, 0 when none is (genretr.report's paired tests read it)."""
+    from genretr.run import _rank_zero
+
+    if _rank_zero():
+        atomic_write_text(Path(run_dir) / "per_query.json", json.dumps(per_query, separators=(",", ":")) + "\n")
+
+
 def evaluate(p, ds, emb: Embeddings, model=None, table=None, tries=None) -> dict:
     from genretr.evaluation.distributed import sharded
-    from genretr.evaluation.metrics import retrieval_metrics
+    from genretr.evaluation.metrics import first_hit_ranks, metrics_from_ranks
 
-    split, out = p.cfg.eval.split, {}
+    split, out, per_query = p.cfg.eval.split, {}, {}
     for task in p.tasks():
         queries = ds.queries(split, task)
         if p.cfg.eval.get("max_queries"):
@@ -52,10 +65,12 @@ def evaluate(p, ds, emb: Embeddings, model=None, table=None, tries=None) -> dict
         qvecs = p.queries_of(ds, emb, queries, table, vecs)
         search = searcher(p, ds, emb, task, model, table, tries)
         rankings, qps = sharded(search, qvecs)
-        out[task] = {**retrieval_metrics(rankings, [q.relevant for q in queries]), "queries": len(queries),
-                     "q_per_s": qps}
+        ranks = first_hit_ranks(rankings, [q.relevant for q in queries])
+        per_query[task] = {"query_ids": [q.id for q in queries], "rank": ranks.tolist()}
+        out[task] = {**metrics_from_ranks(ranks), "queries": len(queries), "q_per_s": qps}
         log.info("%s %s: %s", p.cfg.method.name, task,
                  ", ".join(f"{k}={v:.4f}" for k, v in out[task].items() if k.startswith(("R@", "MRR"))))
+    write_per_query(p.run_dir, per_query)
     if model is not None and p.cfg.train.get("describe", False):
         out["describe"] = describe_metrics(p, ds, emb, model, table)
     return out

@@ -1,8 +1,23 @@
 """Markdown tables of results: `python -m genretr.report DIR [DIR ...] [options]`.
 
 Collects every `results.json` under the given dirs (a run dir, a multirun dir, or any parent;
-searched recursively) and prints one row per run.  The row label is made of the overrides
-that differ across the collected runs; cells are percentages with one decimal; `–` = missing.
+searched recursively) and prints one row per configuration.  The row label is made of the overrides
+that differ across the collected runs, `seed` left out: runs that differ only in their seed (override
+`seed=N`, results.json's `provenance.seed`, or .hydra/config.yaml) are replicates of one row, whose `n`
+column counts them.  A cell is `mean ± std` over them (sample std, ddof=1; the mean alone when n = 1),
+percent with one decimal for @-metrics; `[k]` follows it when only k of the row's n runs have the value;
+`–` = missing.
+
+Paired test over queries (genretr.report_stats, genretr.stats): two rows' per-query outcomes (each run
+dir's per_query.json: the first relevant item's rank) are paired by (seed, task, query id) over the seeds
+both rows ran and pooled; the per-query metric (R@K: hit within K; MRR@10: 1/rank within 10) differences
+go into a two-sided paired sign-flip permutation test (exact over all sign patterns for <= 16 non-zero
+differences, else 10,000 random ones from a fixed seed).  A permutation test rather than a paired
+bootstrap: its p-value is exact under H0 (the two rows' outcomes of a query exchangeable) at any number
+of pairs, where the bootstrap's is asymptotic and too small with few discordant queries.  Each
+(seed, query) pair is one unit: the test covers the sampling of queries, and of training noise only
+what the pooled seeds show -- read it beside the std column.
+`--compare A B` (row labels or unique substrings) prints it for every task and metric shown.
 
 Reference file (`--reference`), values in percent exactly as the paper prints them::
 
@@ -17,7 +32,13 @@ A row key is comma-separated `k=v` pairs; it matches a run when every pair is am
 overrides or its config choices (as `group=option`).  When several rows match, the one with
 the most pairs matched by explicit overrides wins, then the one with most pairs, then file
 order.  Matched cells print `ours (paper)`; rows matching no run are appended (in file order)
-at the bottom as `KEY (paper only)`.  Errors print one line naming the file on stderr and exit 2.
+at the bottom as `KEY (paper only)`.  Under the table, "Orderings" checks every pair of rows with runs
+whose paper values of the first metric differ: `→ holds` when the paired test separates them (p < 0.05)
+in the paper's direction, `→ reversed` when in the other, else `→ not separated`.
+
+Runs from several git commits, without a recorded commit, or from a dirty tree (results.json's
+`provenance.git`) get a `warning:` line on stderr and a note under the table.  Errors print one line
+naming the file on stderr and exit 2.
 """
 from __future__ import annotations
 
@@ -30,18 +51,11 @@ from pathlib import Path
 
 import yaml
 
-from genretr.errors import GenretrError
+from genretr.report_stats import ReportError, Row, compare, fmt_paper, orderings, provenance_warnings
+from genretr.stats import summary
 
 DEFAULT_METRICS = ("R@1", "R@5", "R@10")
 MISSING = "–"
-
-
-class ReportError(GenretrError):
-    """A results or reference file that cannot be used; the message names the file."""
-
-    def __init__(self, path, problem: str):
-        self.path = str(path)
-        super().__init__(f"{path}: {' '.join(str(problem).split())}")
 
 
 def _natural(path: Path):
@@ -68,8 +82,29 @@ def _load_run(path: Path) -> dict:
     run["overrides"] = [str(o) for o in run["overrides"]]
     run.setdefault("choices", {})
     run.setdefault("metrics", {})
+    if not isinstance(run.setdefault("provenance", {}), dict) or not isinstance(
+            run["provenance"].get("git") or {}, dict):
+        raise ReportError(path, "'provenance' is not a mapping with a 'git' mapping")
     run["path"] = str(path)
+    run["seed"] = _seed(run, path)
     return run
+
+
+def _seed(run: dict, path: Path):
+    """The run's seed: provenance.seed, else a `seed=` override, else the seed in .hydra/config.yaml."""
+    if run["provenance"].get("seed") is not None:
+        return run["provenance"]["seed"]
+    for o in run["overrides"]:
+        if _key(o) == "seed":
+            v = o.split("=", 1)[1]
+            return int(v) if v.lstrip("-").isdigit() else v
+    cfg = path.parent / ".hydra" / "config.yaml"
+    if cfg.is_file():
+        try:
+            return (yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}).get("seed")
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError) as e:
+            raise ReportError(cfg, f"unreadable config ({e})") from None
+    return None
 
 
 def collect(dirs) -> list[dict]:
@@ -98,14 +133,26 @@ def _norm(pair: str) -> str:
 
 
 def labels(runs: list[dict]) -> list[str]:
-    """Row labels: each run's overrides whose key has a value that differs across runs."""
-    maps = [{_key(o): o for o in r["overrides"]} for r in runs]
+    """Row labels: each run's overrides, but `seed`, whose key has a value that differs across runs."""
+    overrides = [[o for o in r["overrides"] if _key(o) != "seed"] for r in runs]
+    maps = [{_key(o): o for o in ov} for ov in overrides]
     keys = set().union(*maps) if maps else set()
     differing = {k for k in keys if len({m.get(k) for m in maps}) > 1}
     out = []
-    for r in runs:
-        shown = [o for o in r["overrides"] if _key(o) in differing] if differing else r["overrides"]
+    for ov in overrides:
+        shown = [o for o in ov if _key(o) in differing] if differing else ov
         out.append(", ".join(shown) or "(default)")
+    return out
+
+
+def group_rows(runs: list[dict], reference_rows: dict | None = None) -> list[Row]:
+    """Runs grouped by label (seed replicates), sorted by label, each with its reference row key."""
+    rows: dict[str, Row] = {}
+    for label, run in zip(labels(runs), runs):
+        rows.setdefault(label, Row(label)).runs.append(run)
+    out = sorted(rows.values(), key=lambda r: _natural(r.label))
+    for row in out:
+        row.ref_key = _match(row.runs[0], reference_rows) if reference_rows else None
     return out
 
 
@@ -145,24 +192,30 @@ def _match(run: dict, rows: dict) -> str | None:
     return best
 
 
-def _fmt(metric: str, v) -> str:
-    if not isinstance(v, (int, float)) or isinstance(v, bool) or math.isnan(v):
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
+
+
+def _cell(metric: str, values: list, n_runs: int) -> str:
+    """`mean ± std` of the runs' values (percent for @-metrics), `[k]` when only k of n runs have one."""
+    values = [v for v in values if _number(v)]
+    if not values:
         return MISSING
-    if "@" in metric:  # fraction in [0, 1] -> percent
-        return f"{100 * v:.1f}"
-    return str(v) if isinstance(v, int) and metric != "q/s" else f"{v:.1f}"
-
-
-def _fmt_paper(v) -> str:
-    return f"{v:.1f}" if round(v, 1) == v else f"{v:g}"
+    if "@" not in metric and metric != "q/s" and all(isinstance(v, int) for v in values) and len(set(values)) == 1:
+        text = str(values[0])  # a count such as `queries`
+    else:
+        s, scale = summary(values), (100 if "@" in metric else 1)  # fractions in [0, 1] -> percent
+        text = f"{scale * s.mean:.1f}" + (f" ± {scale * s.std:.1f}" if s.n > 1 else "")
+    return text + (f" [{len(values)}]" if len(values) < n_runs else "")
 
 
 def _esc(s: str) -> str:
     return s.replace("|", r"\|")
 
 
-def markdown_table(runs, reference=None, tasks=None, metrics=None) -> str:
-    """The markdown table of `runs` (from `collect`), optionally beside a loaded reference."""
+def markdown_table(runs, reference=None, tasks=None, metrics=None, compare_rows=None) -> str:
+    """The markdown table of `runs` (from `collect`), optionally beside a loaded reference (then with its
+    orderings checked), with provenance warnings and, for `compare_rows` (A, B), their paired tests."""
     metrics = list(metrics or DEFAULT_METRICS)
     rows_ref = (reference or {}).get("rows") or {}
     if not tasks:
@@ -170,27 +223,27 @@ def markdown_table(runs, reference=None, tasks=None, metrics=None) -> str:
         for t in [t for r in runs for t in r["metrics"]] + [t for v in rows_ref.values() for t in v]:
             if t not in tasks:
                 tasks.append(t)
-    header = [f"{t} {m}" for t in tasks for m in metrics]
+    header = ["n"] + [f"{t} {m}" for t in tasks for m in metrics]
     header += ["q/s"] if len(tasks) == 1 else [f"{t} q/s" for t in tasks]
-    body, matched = [], set()
-    for label, run in sorted(zip(labels(runs), runs), key=lambda lr: _natural(lr[0])):
-        key = _match(run, rows_ref) if rows_ref else None
-        if key is not None:
-            matched.add(key)
+    rows = group_rows(runs, rows_ref)
+    body = []
+    for row in rows:
+        n = len(row.runs)
+        ours = lambda t, m: [(r["metrics"].get(t) or {}).get(m) for r in row.runs]  # noqa: E731
         cells = []
         for t in tasks:
-            ours = run["metrics"].get(t) or {}
-            paper = (rows_ref[key].get(t) or {}) if key is not None else {}
+            paper = (rows_ref[row.ref_key].get(t) or {}) if row.ref_key is not None else {}
             for m in metrics:
-                cell = _fmt(m, ours.get(m))
-                cells.append(f"{cell} ({_fmt_paper(paper[m])})" if m in paper else cell)
-        cells += [_fmt("q/s", (run["metrics"].get(t) or {}).get("q_per_s")) for t in tasks]
-        body.append([label] + cells)
+                cell = _cell(m, ours(t, m), n)
+                cells.append(f"{cell} ({fmt_paper(paper[m])})" if m in paper else cell)
+        cells += [_cell("q/s", ours(t, "q_per_s"), n) for t in tasks]
+        body.append([row.label, str(n)] + cells)
+    matched = {row.ref_key for row in rows}
     for key, by_task in rows_ref.items():
         if key not in matched:
-            cells = [f"{MISSING} ({_fmt_paper(by_task[t][m])})" if m in (by_task.get(t) or {}) else MISSING
+            cells = [f"{MISSING} ({fmt_paper(by_task[t][m])})" if m in (by_task.get(t) or {}) else MISSING
                      for t in tasks for m in metrics]
-            body.append([f"{key} (paper only)"] + cells + [MISSING] * len(tasks))
+            body.append([f"{key} (paper only)", "0"] + cells + [MISSING] * len(tasks))
     lines = ["| run | " + " | ".join(header) + " |", "|---|" + "---:|" * len(header)]
     lines += ["| " + " | ".join(_esc(c) for c in row) + " |" for row in body]
     if reference:
@@ -198,11 +251,19 @@ def markdown_table(runs, reference=None, tasks=None, metrics=None) -> str:
         name = " ".join(str(x) for x in (reference.get("paper"), table and f"Table {table}") if x)
         src = ", ".join(x for x in (name, str(reference.get("dataset") or "")) if x)
         lines += ["", f"Paper values in parentheses{': ' + src if src else ''}."]
+    warnings = provenance_warnings(runs, rows)
+    if warnings:
+        lines += [""] + [f"Warning: {w}." for w in warnings]
+    if reference:
+        lines += orderings(rows, reference, tasks, metrics[0])
+    if compare_rows:
+        lines += compare(rows, list(compare_rows), tasks, metrics)
     return "\n".join(lines)
 
 
 def plot_sweep(runs: list[dict], x: str, series: str | None, metrics: list[str], task: str | None, path) -> None:
-    """A PNG of metric vs the override `x` (e.g. decoding.num_beams), one line per value of `series`."""
+    """A PNG of metric vs the override `x` (e.g. decoding.num_beams), one line per value of `series`;
+    seed replicates at one x are plotted as their mean with a ±1 std bar."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -226,8 +287,14 @@ def plot_sweep(runs: list[dict], x: str, series: str | None, metrics: list[str],
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.5), squeeze=False)
     for ax, m in zip(axes[0], metrics):
         for name, pts in sorted(lines.items()):
-            pts = sorted((px, v[m]) for px, v in pts if v.get(m) is not None)
-            ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", label=name or None)
+            at_x: dict[float, list] = {}
+            for px, v in pts:
+                if _number(v.get(m)):
+                    at_x.setdefault(px, []).append(100 * v[m])
+            xs = sorted(at_x)
+            stats = [summary(at_x[px]) for px in xs]
+            ax.errorbar(xs, [st.mean for st in stats], yerr=[0.0 if st.n < 2 else st.std for st in stats],
+                        marker="o", capsize=3, label=name or None)
         ax.set_xlabel(x)
         ax.set_ylabel(f"{m} (%)")
         ax.grid(alpha=0.3)
@@ -248,12 +315,14 @@ def main(argv=None) -> int:
     p.add_argument("--plot", metavar="KEY", help="also plot metrics vs this override (e.g. decoding.num_beams)")
     p.add_argument("--series", metavar="KEY", help="one line per value of this override or group (--plot)")
     p.add_argument("--png", metavar="FILE.png", default="sweep.png", help="where --plot writes")
+    p.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                   help="paired test over queries of rows A and B (labels or unique substrings), every metric")
     a = p.parse_args(argv)
     split = lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else None  # noqa: E731
     try:
         reference = load_reference(a.reference) if a.reference else None
         runs = collect(a.dirs)
-        table = markdown_table(runs, reference, split(a.tasks), split(a.metrics))
+        table = markdown_table(runs, reference, split(a.tasks), split(a.metrics), a.compare)
         if a.plot:
             plot_sweep(runs, a.plot, a.series, split(a.metrics), (split(a.tasks) or [None])[0], a.png)
         if a.out:
@@ -264,6 +333,8 @@ def main(argv=None) -> int:
     except ReportError as e:
         print(f"genretr.report: error: {e}", file=sys.stderr)
         return 2
+    for w in provenance_warnings(runs, group_rows(runs)):
+        print(f"warning: {w}", file=sys.stderr)
     print(table)
     return 0
 

@@ -29,13 +29,25 @@ def first_hit_ranks(rankings: Sequence[Sequence[str]], relevant: Sequence[Sequen
     return out
 
 
-def retrieval_metrics(rankings, relevant, ks=DEFAULT_KS, mrr_k: int = 10) -> dict[str, float]:
-    """R@K for each K and MRR@mrr_k, averaged over queries."""
-    ranks = first_hit_ranks(rankings, relevant)
+def per_query_scores(ranks, metric: str) -> np.ndarray:
+    """Each query's value of `metric` from its first-hit rank (`first_hit_ranks`): for R@K the hit
+    indicator 1 <= rank <= K, for MRR@K 1/rank when 1 <= rank <= K, else 0.  Their mean is the metric."""
+    ranks = np.asarray(ranks, dtype=np.int64)
+    name, _, k = metric.partition("@")
+    if name not in ("R", "MRR") or not k.isdigit() or int(k) < 1:
+        raise ValueError(f"no per-query form of metric {metric!r} (R@K and MRR@K have one)")
+    hit = (ranks >= 1) & (ranks <= int(k))
+    return hit.astype(float) if name == "R" else np.where(hit, 1.0 / np.maximum(ranks, 1), 0.0)
+
+
+def metrics_from_ranks(ranks, ks=DEFAULT_KS, mrr_k: int = 10) -> dict[str, float]:
+    """R@K for each K and MRR@mrr_k, averaged over queries, from their first-hit ranks."""
     if len(ranks) == 0:
         return {}
-    hit = ranks > 0
-    out = {f"R@{k}": float(np.mean(hit & (ranks <= k))) for k in ks}
-    rr = np.where(hit & (ranks <= mrr_k), 1.0 / np.maximum(ranks, 1), 0.0)
-    out[f"MRR@{mrr_k}"] = float(rr.mean())
-    return out
+    names = [f"R@{k}" for k in ks] + [f"MRR@{mrr_k}"]
+    return {m: float(np.mean(per_query_scores(ranks, m))) for m in names}
+
+
+def retrieval_metrics(rankings, relevant, ks=DEFAULT_KS, mrr_k: int = 10) -> dict[str, float]:
+    """R@K for each K and MRR@mrr_k, averaged over queries."""
+    return metrics_from_ranks(first_hit_ranks(rankings, relevant), ks, mrr_k)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torchmetrics.retrieval import RetrievalHitRate, RetrievalMRR, RetrievalRecall
 
-from genretr.evaluation.metrics import first_hit_ranks, retrieval_metrics
+from genretr.evaluation.metrics import first_hit_ranks, metrics_from_ranks, per_query_scores, retrieval_metrics
 
 # Six queries over items named by string; first relevant hit at ranks 1, 3, none, 5, 10, 11.
 RANKINGS = [
@@ -28,6 +28,28 @@ RELEVANT = [
 
 def test_first_hit_ranks_hand_computed():
     assert first_hit_ranks(RANKINGS, RELEVANT).tolist() == [1, 3, 0, 5, 10, 11]
+
+
+def test_per_query_scores_hand_computed():
+    ranks = first_hit_ranks(RANKINGS, RELEVANT)                     # 1, 3, 0, 5, 10, 11
+    assert per_query_scores(ranks, "R@1").tolist() == [1, 0, 0, 0, 0, 0]
+    assert per_query_scores(ranks, "R@5").tolist() == [1, 1, 0, 1, 0, 0]
+    assert per_query_scores(ranks, "R@10").tolist() == [1, 1, 0, 1, 1, 0]
+    assert per_query_scores(ranks, "MRR@10").tolist() == pytest.approx([1, 1 / 3, 0, 1 / 5, 1 / 10, 0])
+    for bad in ("P@5", "R@0", "MRR@x", "R1", "q_per_s"):
+        with pytest.raises(ValueError):
+            per_query_scores(ranks, bad)
+
+
+def test_per_query_scores_average_to_retrieval_metrics():
+    """per_query.json keeps only ranks: their per-query outcomes must give back results.json's metrics."""
+    rankings, relevant, _ = _random_queries(seed=2)
+    ranks = first_hit_ranks(rankings, relevant)
+    metrics = retrieval_metrics(rankings, relevant, ks=(1, 3, 5, 10), mrr_k=5)
+    assert metrics == metrics_from_ranks(ranks, ks=(1, 3, 5, 10), mrr_k=5)
+    for name, value in metrics.items():
+        assert per_query_scores(ranks, name).mean() == pytest.approx(value)
+    assert metrics_from_ranks([]) == {}
 
 
 def test_retrieval_metrics_hand_computed():
