@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from genretr.artifacts import config_key
+from genretr.fingerprint import stage_fingerprint
 from genretr.samples import PseudoQueries
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,8 @@ def captions_for(pipeline, ds, emb, item_ids: list[str], every_item: bool = Fals
             for r in q.relevant:
                 have.setdefault(r, []).append(q.text)
     todo = [i for i in item_ids if every_item or i not in have]
-    key = config_key("captions", pipeline.keys["encode"], cfg.captioner, cfg.seed, sorted(todo))
+    key = config_key("captions", pipeline.keys["encode"], cfg.captioner, cfg.seed, sorted(todo),
+                     stage_fingerprint("captions", cfg.captioner))
 
     pixels = wants_pixels(cfg.captioner)
 

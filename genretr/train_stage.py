@@ -18,6 +18,7 @@ from genretr.data.schema import RetrievalDataset
 from genretr.errors import GenretrError
 from genretr.identifiers.base import IdTable
 from genretr.artifacts import config_key
+from genretr.fingerprint import stage_fingerprint
 from genretr.pipeline import _describe_words
 from genretr.samples import concat_samples, decoder_samples, draw_rows, draw_samples
 from genretr.training import fit
@@ -31,7 +32,7 @@ def train(p, ds: RetrievalDataset, emb, table: IdTable):
         return train_mllm(p, ds, table)
     cfg, tr = p.cfg.backbone, p.cfg.train
     key = p.keys["train"] = config_key("train", p.keys["identify"], cfg, p._train_key(), p.cfg.seed,
-                                       p.cfg.identifier.get("head", "vocab"))
+                                       p.cfg.identifier.get("head", "vocab"), stage_fingerprint("train", cfg))
     tokens = p._input() == "tokens"
     describing = bool(tr.get("describe", False))
     if describing and not tokens:
@@ -87,7 +88,8 @@ def train_mllm(p, ds: RetrievalDataset, table: IdTable):
     from genretr import mllm_stage as M
 
     cfg, tr, reason = p.cfg.backbone, p.cfg.train, p._reason()
-    key = p.keys["train"] = config_key("train", p.keys["identify"], cfg, p._train_key(), p.cfg.seed)
+    key = p.keys["train"] = config_key("train", p.keys["identify"], cfg, p._train_key(), p.cfg.seed,
+                                       stage_fingerprint("train", cfg))
 
     def write(tmp: Path):
         torch.manual_seed(int(p.cfg.seed))
