@@ -53,7 +53,7 @@ def _write_features(root, n=24, d=8, seed=0):
 def test_precomputed_audio_features_with_a_token_input_decoder(make_cfg, tmp_path):
     root = _write_features(tmp_path)
     common = ["dataset=precomputed", f"dataset.features={root}/features.npy", f"dataset.ids={root}/ids.txt",
-              f"dataset.captions={root}/captions.jsonl", "eval.tasks=[t2a]", "~dataset.splits"]
+              f"dataset.captions={root}/captions.jsonl", "eval.tasks=[t2a]"]
     m = Pipeline(make_cfg(*common, "backbone.input=tokens"), tmp_path / "run").run()["t2a"]
     assert m["queries"] == 16 and 0.0 <= m["R@10"] <= 1.0
     import pytest

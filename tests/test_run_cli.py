@@ -7,11 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(*args, cwd=ROOT, env=None, timeout=300):
+    """`python -m genretr.run *args`; `env` values replace the environment's (None: unset)."""
     e = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    e = {k: v for k, v in e.items() if v is not None}
     return subprocess.run([sys.executable, "-m", "genretr.run", *args], cwd=cwd, env=e, capture_output=True,
                           text=True, timeout=timeout)
 
@@ -38,6 +42,34 @@ def test_missing_dataset_file_is_one_line_and_exit_2(tmp_path):
     assert not (tmp_path / "run" / "results.json").exists()
 
 
+def no_wandb_key(tmp_path) -> dict:
+    """An environment with no W&B credentials: a temp HOME (no ~/.netrc), no key variables, no WANDB_MODE."""
+    (tmp_path / "home").mkdir(exist_ok=True)
+    return {"HOME": str(tmp_path / "home"), "WANDB_API_KEY": None, "WANDB_IDENTITY_TOKEN_FILE": None, "NETRC": None,
+            "WANDB_MODE": None, "WANDB_BASE_URL": None}
+
+
+REFUSED = {  # configs users ran that failed only after stages had run: overrides, message part
+    "num_beams not a number": (["decoding.num_beams=abc"], "decoding.num_beams=abc is not an integer >= 1"),
+    "unknown task, generative": (["eval.tasks=[x2y]"], "eval.tasks=[x2y]: x2y is not a task"),
+    "test-only M-BEIR": (["dataset=mbeir", "~dataset.splits.train"], "dataset.splits has no train split"),
+    "W&B online without a key": (["logger=wandb", "logger.offline=false"], "no API key"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_bad_config_is_one_line_before_any_stage(case, tmp_path):
+    overrides, expected = REFUSED[case]
+    logger = [] if any(o.startswith("logger=") for o in overrides) else ["logger=none"]
+    out = run("debug=tiny", *logger, *overrides, f"paths.cache_dir={tmp_path}/cache", f"hydra.run.dir={tmp_path}/run",
+              env=no_wandb_key(tmp_path))
+    assert out.returncode == 2, out.stderr[-2000:]
+    lines = [ln for ln in out.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("genretr: error: ") and expected in lines[0], out.stderr
+    assert not (tmp_path / "cache").exists(), "a stage ran"
+    assert not (tmp_path / "run" / "results.json").exists() and not (tmp_path / "run" / "wandb").exists()
+
+
 def test_bad_stage_name_is_a_clear_error(tmp_path):
     out = run("stage=bogus", f"paths.cache_dir={tmp_path}/cache", f"hydra.run.dir={tmp_path}/run", "logger=none")
     assert out.returncode == 2 and "stage=bogus" in out.stderr
@@ -55,7 +87,8 @@ def test_tiny_run_with_csv_logger_writes_everything(tmp_path):
 
 
 def test_wandb_logger_offline_never_blocks(tmp_path):
+    """logger=wandb alone logs offline: no WANDB_MODE, no key anywhere."""
     out = run("debug=tiny", "logger=wandb", f"paths.cache_dir={tmp_path}/cache", f"hydra.run.dir={tmp_path}/run",
-              env={"WANDB_API_KEY": "", "WANDB_MODE": "offline"}, timeout=240)
+              env=no_wandb_key(tmp_path), timeout=240)
     assert out.returncode == 0, out.stderr[-2000:]
     assert list((tmp_path / "run").rglob("offline-run-*")), "no offline W&B run was written"

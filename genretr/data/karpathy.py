@@ -27,6 +27,7 @@ from genretr.errors import DataError, GenretrError
 
 SPLITS = ("train", "val", "test")
 JSON_SPLITS = SPLITS + ("restval",)
+TASKS = ("t2i", "i2t", "t2it")  # no it2i: these sets have no composed queries
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,7 @@ def build_karpathy(name: str, json_path: str, image_root: str, image_size: int =
     captions: dict[int, list[str]] = {}
     img_index = 0
     for split in SPLITS:
-        s = Split(pools={"t2i": [], "i2t": [], "t2it": []})
+        s = Split(pools={t: [] for t in TASKS})
         for e in by_split[split]:
             iid = f"{split}/{e.filename}"
             items[iid] = Item(iid, IMAGE, image=img_index)

@@ -17,6 +17,8 @@ from its `task_id`; its task-specific pool is its source's pool restricted to th
 target modality (M-BEIR's local pools hold one modality, so this is the pool as-is); sources
 of one split that share a task share one pool (their union).  `universal: {split: FILE}`
 adds `pools["universal"]`, the global pool that universal retrieval searches (GENIUS Table 2).
+A config without a train split (test queries only) gets an empty one: an untrained encoder's
+embeddings need none, and runs that train on it are refused first (genretr.validate).
 
 Relevance follows UniIR's evaluation: a query's relevant items are its positives from its
 own dataset (the did prefix matches the qid prefix; OVEN/InfoSeek list some positives of the
@@ -333,4 +335,5 @@ def build_mbeir(root: str, splits: dict, universal: dict | None = None, instruct
     built = {split: Split([Query(f"{split}/{q.task}/{q.qid}", q.task, q.relevant, q.instruction,
                                  image=image_index.get(q.img_path), text=q.text) for q, _ in qs], pool_ids[split])
              for split, qs in queries.items()}
+    built.setdefault("train", Split())
     return RetrievalDataset(name, images, items, built)

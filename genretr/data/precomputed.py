@@ -14,7 +14,8 @@ Inputs (nothing is downloaded; any encoder's features work, ImageBind is the pap
 Items have the configured modality ("audio" → task t2a, "video" → task t2v), no image and no
 text; their vectors are `RetrievalDataset.item_vectors` (item id → (d,) float32, L2-normalised
 unless `normalize: false`), caption vectors `query_vectors` (query id → (d,)).  Each split's
-pool is its items; each caption is one query whose relevant item is its own.  Bad input
+pool is its items; each caption is one query whose relevant item is its own (captions of the test
+splits only give an empty train split, so given vectors are evaluated without one).  Bad input
 (shape mismatch, unknown item id, NaN or infinite values, ...) raises `DataError` naming
 the file and the entry.
 """
@@ -195,6 +196,7 @@ def build_precomputed(features: str, captions: str, modality: str = AUDIO, ids: 
         s.queries.append(q)
         if cap_vecs is not None:
             query_vectors[q.id] = cap_vecs[k]
+    splits.setdefault("train", Split(pools={task: []}))
     if len(items) < len(item_ids):
         log.info("%s: %d of %d feature rows have no caption (or are past max_items_per_split) and are left out",
                  name, len(item_ids) - len(items), len(item_ids))

@@ -1,0 +1,300 @@
+"""The composed config checked before the first stage runs (`genretr.run.execute`).
+
+`validate(cfg)` raises `GenretrError` with one line naming the key, its value and what is allowed,
+so a typo costs a second instead of the stages before the option is first read.  It checks:
+choices (stage, method, pools, schedules, engines), the types and ranges of numeric and boolean
+options, task names and whether the dataset can serve them, whether the run needs a train split
+the dataset config does not have, and that online W&B logging has an API key.  What only the data
+can tell (a file's contents, a task missing from an M-BEIR file not named after its task) is left
+to the dataset stage.  The checks scattered where options are read stay; these come first.
+"""
+from __future__ import annotations
+
+import netrc
+import os
+import re
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from genretr.data import karpathy, mbeir, precomputed, shapes
+from genretr.data.schema import TASK_TARGET, UNIVERSAL
+from genretr.errors import GenretrError
+from genretr.pipeline import STAGES
+from genretr.rationale import MODES as REASON_MODES
+
+ABSENT = object()
+CHOICES = {  # key -> allowed values (checked when the key is set)
+    "stage": STAGES,
+    "method.name": ("embedding", "generative"),
+    "eval.pool": ("task", UNIVERSAL),
+    "encoder.fit.tasks": ("captions", "all"),
+    "train.schedule": ("interleaved", "phased"),
+    "train.reason": REASON_MODES,
+    "train.pseudo_queries_for": ("missing", "all"),
+    "decoding.engine": ("genretr", "hf"),
+    "backbone.input": ("prefix", "tokens"),
+}
+INTS = {  # key -> (minimum, null allowed)
+    "threads": (1, True),
+    "eval.top_k": (1, False),
+    "eval.max_queries": (1, True),
+    "decoding.num_beams": (1, False),
+    "decoding.batch_size": (1, False),
+    "encoder.fit.max_epochs": (0, False),
+    "encoder.fit.batch_size": (1, False),
+    "backbone.fit.max_epochs": (0, False),
+    "backbone.fit.batch_size": (1, False),
+    "backbone.max_src_len": (1, False),
+    "captioner.fit.max_epochs": (0, False),
+    "captioner.fit.batch_size": (1, False),
+    "captioner.num_beams": (1, False),
+    "captioner.max_len": (2, False),
+    "train.memorize_repeat": (0, False),
+    "train.memorize_epochs": (0, False),
+    "train.limit": (0, True),
+}
+FLOATS = ("decoding.length_penalty", "captioner.length_penalty")
+BOOLS = ("progress", "encoder.instructions", "train.memorize", "train.retrieve", "train.pseudo_queries",
+         "train.describe", "train.consistency", "decoding.constrained", "decoding.rerank")
+SEED_MAX = 2**32 - 1  # numpy's (and Lightning's seed_everything's) bound
+
+# dataset._target_ -> the adapter's kind; each kind's own numeric options, as INTS (relative to `dataset.`)
+DATASETS = {"genretr.data.shapes.build_shapes": "shapes", "genretr.data.karpathy.build_karpathy": "karpathy",
+            "genretr.data.mbeir.build_mbeir": "mbeir", "genretr.data.precomputed.build_precomputed": "precomputed"}
+DATASET_INTS = {
+    "shapes": {"image_size": (1, False), "captions_per_image": (1, False), "max_objects": (1, False)},
+    "karpathy": {"image_size": (1, False), "max_images_per_split": (1, True)},
+    "mbeir": {"image_size": (1, False), "max_queries_per_file": (1, True), "max_pool_size": (1, True)},
+    "precomputed": {"max_items_per_split": (1, True)},
+}
+MBEIR_TASK_IN_NAME = re.compile(r"_task(\d+)_")  # M-BEIR's query file names: mbeir_mscoco_task0_test.jsonl
+WANDB_HOST = "https://api.wandb.ai"
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise `GenretrError` (one line) on the first option of `cfg` that cannot run."""
+    for key, allowed in CHOICES.items():
+        _choice(cfg, key, allowed)
+    for key, (low, nullable) in INTS.items():
+        _int(cfg, key, low, nullable)
+    seed = _get(cfg, "seed")
+    if seed is not ABSENT and not (_is_int(seed) and 0 <= int(seed) <= SEED_MAX):
+        raise GenretrError(f"seed={_show(seed)} is not an integer in 0..{SEED_MAX}")
+    for key in FLOATS:
+        _float(cfg, key)
+    for key in BOOLS:
+        _bool(cfg, key)
+    kind = DATASETS.get(str(_get(cfg, "dataset._target_", "")))
+    if kind is not None:
+        _check_dataset(cfg, kind)
+    _check_tasks(cfg, kind)
+    _check_wandb(cfg)
+
+
+# -- values -------------------------------------------------------------------------------------
+def _get(cfg: DictConfig, key: str, default=ABSENT):
+    return OmegaConf.select(cfg, key, default=default, throw_on_missing=False)
+
+
+def _show(value) -> str:
+    if isinstance(value, (DictConfig, ListConfig)):
+        value = OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, list):
+        return "[" + ",".join(map(str, value)) + "]"
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _choice(cfg, key: str, allowed) -> None:
+    value = _get(cfg, key)
+    if value is not ABSENT and value not in allowed:
+        raise GenretrError(f"{key}={_show(value)} is not one of {', '.join(allowed)}")
+
+
+def _is_int(value) -> bool:
+    """An int, or a string of one (what an `${oc.env:...}` interpolation gives); never a bool or a float."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()) is not None
+
+
+def _int(cfg, key: str, low: int, nullable: bool, value=ABSENT) -> None:
+    value = _get(cfg, key) if value is ABSENT else value
+    if value is ABSENT or value is None and nullable:
+        return
+    if value is None or not _is_int(value) or int(value) < low:
+        raise GenretrError(f"{key}={_show(value)} is not an integer >= {low}" + (" or null" if nullable else ""))
+
+
+def _float(cfg, key: str) -> None:
+    value = _get(cfg, key)
+    if value is ABSENT:
+        return
+    try:
+        ok = not isinstance(value, bool) and value is not None and float(value) == float(value)  # not NaN
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise GenretrError(f"{key}={_show(value)} is not a number")
+
+
+def _bool(cfg, key: str) -> None:
+    value = _get(cfg, key)
+    if value is not ABSENT and not isinstance(value, bool):
+        raise GenretrError(f"{key}={_show(value)} is not one of true, false")
+
+
+# -- dataset ------------------------------------------------------------------------------------
+def _check_dataset(cfg, kind: str) -> None:
+    """The adapter's numeric options; the eval split and (when the run trains) a train split."""
+    for key, (low, nullable) in DATASET_INTS[kind].items():
+        _int(cfg, f"dataset.{key}", low, nullable)
+    if kind == "shapes":
+        _shapes_options(cfg)
+    if kind == "precomputed":
+        _choice(cfg, "dataset.modality", tuple(precomputed.TASK_OF))
+    splits = _dataset_splits(cfg, kind)
+    if splits is None:
+        return
+    split = str(_get(cfg, "eval.split", "test"))
+    if split not in splits:
+        raise GenretrError(f"eval.split={split} is not a split of dataset {cfg.dataset.get('name', kind)} "
+                           f"(its splits: {', '.join(splits)})")
+    if "train" not in splits:
+        needs = _needs_train(cfg)
+        if needs:
+            raise GenretrError(f"dataset.splits has no train split, but {needs} trains on it: add "
+                               "dataset.splits.train, or run method=embedding with encoder.fit.max_epochs=0")
+
+
+def _shapes_options(cfg) -> None:
+    sizes = _get(cfg, "dataset.splits")
+    if not isinstance(sizes, DictConfig) or not sizes:
+        raise GenretrError(f"dataset.splits={_show(sizes)} must map split names to image counts")
+    for split, n in sizes.items():
+        _int(cfg, f"dataset.splits.{split}", 1, False, n)
+    _bool(cfg, "dataset.universal")
+    fraction = _get(cfg, "dataset.edit_fraction")
+    _float(cfg, "dataset.edit_fraction")
+    if fraction is not ABSENT and not 0.0 <= float(fraction) <= 1.0:
+        raise GenretrError(f"dataset.edit_fraction={fraction} is not in [0, 1]")
+
+
+def _dataset_splits(cfg, kind: str) -> list[str] | None:
+    """The splits the dataset config gives (None where only the data knows: precomputed)."""
+    if kind == "karpathy":
+        return list(karpathy.SPLITS)
+    if kind in ("shapes", "mbeir"):
+        splits = _get(cfg, "dataset.splits")
+        return [str(s) for s in splits] if isinstance(splits, DictConfig) else None
+    return None
+
+
+def _needs_train(cfg) -> str | None:
+    """What of this run trains on the train split (None: nothing — an untrained encoder's embeddings)."""
+    if _get(cfg, "method.name") != "embedding":
+        return f"method={_get(cfg, 'method.name')}"
+    epochs = _get(cfg, "encoder.fit.max_epochs", 0)
+    return f"encoder.fit.max_epochs={epochs}" if int(epochs) > 0 else None
+
+
+# -- tasks --------------------------------------------------------------------------------------
+def _check_tasks(cfg, kind: str | None) -> None:
+    tasks = _get(cfg, "eval.tasks")
+    if tasks is ABSENT:
+        return
+    if not isinstance(tasks, ListConfig) or not tasks:
+        raise GenretrError(f"eval.tasks={_show(tasks)} is not a non-empty list of tasks, e.g. eval.tasks=[t2i]")
+    for t in tasks:
+        if t not in TASK_TARGET:
+            raise GenretrError(f"eval.tasks={_show(tasks)}: {t} is not a task (tasks: {', '.join(TASK_TARGET)})")
+    served, how = _served(cfg, kind)
+    missing = [t for t in tasks if served is not None and t not in served]
+    if missing:
+        raise GenretrError(f"eval.tasks={_show(tasks)}: dataset {_get(cfg, 'dataset.name', kind)} has no "
+                           f"{', '.join(missing)} queries ({how})")
+    if _get(cfg, "eval.pool") == UNIVERSAL:
+        _check_universal(cfg, kind)
+
+
+def _served(cfg, kind: str | None) -> tuple[list[str] | None, str]:
+    """The tasks the dataset config can serve and where that comes from (None: only the data knows)."""
+    if kind == "shapes":
+        tasks = _get(cfg, "dataset.tasks", None)
+        try:
+            tasks = shapes.check_tasks(None if tasks is None else list(tasks))
+        except TypeError:
+            raise GenretrError(f"dataset.tasks={_show(tasks)} is not a list of tasks") from None
+        return tasks, f"dataset.tasks lists {', '.join(tasks)}"
+    if kind == "karpathy":
+        return list(karpathy.TASKS), f"its tasks: {', '.join(karpathy.TASKS)}"
+    if kind == "precomputed":
+        task = precomputed.TASK_OF[_get(cfg, "dataset.modality")]
+        return [task], f"dataset.modality={_get(cfg, 'dataset.modality')} gives {task}"
+    if kind == "mbeir":
+        split = str(_get(cfg, "eval.split", "test"))
+        sources = _get(cfg, f"dataset.splits.{split}", None) or []
+        ids = [MBEIR_TASK_IN_NAME.search(Path(str(s.get("queries", ""))).name) for s in sources]
+        if not ids or not all(ids) or not all(int(m.group(1)) in mbeir.TASK_IDS for m in ids):
+            return None, ""
+        tasks = list(dict.fromkeys(mbeir.TASK_IDS[int(m.group(1))] for m in ids))
+        return tasks, f"the query files of dataset.splits.{split} are of {', '.join(tasks)}"
+    return None, ""
+
+
+def _check_universal(cfg, kind: str | None) -> None:
+    """eval.pool=universal needs the dataset to build the union pool of the eval split."""
+    split = str(_get(cfg, "eval.split", "test"))
+    if kind == "shapes" and not _get(cfg, "dataset.universal", False):
+        raise GenretrError("eval.pool=universal: dataset shapes builds no universal pool (set dataset.universal=true)")
+    if kind == "mbeir" and not (_get(cfg, "dataset.universal", None) or {}).get(split):
+        raise GenretrError(f"eval.pool=universal: dataset.universal names no pool file for split {split} "
+                           f"(e.g. dataset.universal.{split}=cand_pool/global/mbeir_union_{split}_cand_pool.jsonl)")
+    if kind in ("karpathy", "precomputed"):
+        raise GenretrError(f"eval.pool=universal: dataset {_get(cfg, 'dataset.name', kind)} has no universal pool "
+                           "(eval.pool=task)")
+
+
+# -- W&B ----------------------------------------------------------------------------------------
+def _check_wandb(cfg) -> None:
+    """logger=wandb: `logger.offline` is the one switch; online needs an API key, found as wandb finds it."""
+    if not str(_get(cfg, "logger._target_", "") or "").endswith(".WandbLogger"):
+        return
+    _bool(cfg, "logger.offline")
+    offline = _get(cfg, "logger.offline", False)
+    mode = os.environ.get("WANDB_MODE", "").strip().lower()
+    if offline and mode == "online":
+        raise GenretrError("WANDB_MODE=online is not the switch: unset it and log online with logger.offline=false")
+    if not offline and mode == "offline":
+        raise GenretrError("logger.offline=false but WANDB_MODE=offline: unset WANDB_MODE to log online, "
+                           "or drop logger.offline=false to log offline")
+    if not offline and mode not in ("dryrun", "disabled") and not wandb_api_key_found():
+        raise GenretrError(f"logger.offline=false logs to W&B at {_wandb_host()} but no API key was found (no "
+                           f"WANDB_API_KEY, no entry in {_netrc_path()}): set WANDB_API_KEY or run `wandb login`, "
+                           "or log offline without logger.offline=false")
+
+
+def _wandb_host() -> str:
+    return os.environ.get("WANDB_BASE_URL") or WANDB_HOST
+
+
+def _netrc_path() -> Path:
+    """The .netrc wandb reads: $NETRC, else ~/.netrc, else ~/_netrc (wandb.sdk.lib.wbauth.wbnetrc)."""
+    if os.environ.get("NETRC"):
+        return Path(os.environ["NETRC"]).expanduser()
+    unix, windows = Path("~/.netrc").expanduser(), Path("~/_netrc").expanduser()
+    return windows if not unix.exists() and windows.exists() else unix
+
+
+def wandb_api_key_found() -> bool:
+    """Whether wandb will find credentials without asking: WANDB_API_KEY, WANDB_IDENTITY_TOKEN_FILE, or a
+    password for the W&B host ($WANDB_BASE_URL, default api.wandb.ai) in the .netrc (no network)."""
+    if os.environ.get("WANDB_API_KEY", "").strip() or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    host = urlsplit(_wandb_host()).netloc
+    try:
+        creds = netrc.netrc(str(_netrc_path())).authenticators(host) if host else None
+    except (OSError, netrc.NetrcParseError):
+        return False
+    return bool(creds and creds[2])
