@@ -55,29 +55,35 @@ reproduce-smoke: install ## a 2x2 multirun on shapes (encoder x method) and its 
 
 # Paper tables on shapes: a Hydra multirun, then our table beside the paper's numbers (genretr.report).
 # Every stage is cached (.cache/genretr), so tables that share models reuse them; a killed target resumes.
+# Every row runs over SEEDS seeds (0 .. SEEDS-1), JOBS runs side by side with one torch thread each
+# (conf/hydra/launcher/parallel.yaml); the report prints mean ± std over seeds and a paired test per ordering.
+SEEDS ?= 3
+JOBS ?= 2
+SEED_LIST = $(shell seq -s, 0 $$(( $(SEEDS) - 1 )))
+SWEEP = $(PY) -m genretr.run -m seed=$(SEED_LIST) hydra/launcher=parallel hydra.launcher.n_jobs=$(JOBS) threads=1
 REPORT := $(PY) -m genretr.report
 GRACE := experiments/grace
 
 reproduce-grace-table1: install ## GRACE Table 1 on shapes: every identifier type + the embedding baseline
-	$(PY) -m genretr.run -m experiment=grace_table1 hydra.sweep.dir=multirun/grace_table1 $(ARGS)
-	$(PY) -m genretr.run method=embedding progress=false hydra.run.dir=multirun/grace_table1/embedding $(ARGS)
+	$(SWEEP) experiment=grace_table1 hydra.sweep.dir=multirun/grace_table1 $(ARGS)
+	$(SWEEP) method=embedding progress=false hydra.sweep.dir=multirun/grace_table1/embedding $(ARGS)
 	$(REPORT) multirun/grace_table1 --reference $(GRACE)/table1_flickr30k.yaml --out multirun/grace_table1/table.md
 
 reproduce-grace-table2: install ## GRACE Table 2 on shapes: w/o learning to memorize, w/o constrained generation
-	$(PY) -m genretr.run -m experiment=grace_table2 hydra.sweep.dir=multirun/grace_table2 $(ARGS)
+	$(SWEEP) experiment=grace_table2 hydra.sweep.dir=multirun/grace_table2 $(ARGS)
 	$(REPORT) multirun/grace_table2 --reference $(GRACE)/table2_flickr30k.yaml --out multirun/grace_table2/table.md
 
 reproduce-grace-beam: install ## GRACE Appendix B on shapes: beam size sweep, table + PNG
-	$(PY) -m genretr.run -m experiment=grace_beam hydra.sweep.dir=multirun/grace_beam $(ARGS)
+	$(SWEEP) experiment=grace_beam hydra.sweep.dir=multirun/grace_beam $(ARGS)
 	$(REPORT) multirun/grace_beam --out multirun/grace_beam/table.md --plot decoding.num_beams \
 		--series identifier --metrics R@1,R@10 --png multirun/grace_beam/beam.png
 
 reproduce-grace-table3: install ## GRACE Table 3 on shapes: image tokenization beside structured and atomic
-	$(PY) -m genretr.run -m experiment=grace_table3 hydra.sweep.dir=multirun/grace_table3 $(ARGS)
+	$(SWEEP) experiment=grace_table3 hydra.sweep.dir=multirun/grace_table3 $(ARGS)
 	$(REPORT) multirun/grace_table3 --reference $(GRACE)/table3_flickr30k.yaml --out multirun/grace_table3/table.md
 
 reproduce-grace-poolsize: install ## GRACE: identifiers as the test pool grows (200 and 2,000 images), table + PNG
-	$(PY) -m genretr.run -m experiment=grace_poolsize hydra.sweep.dir=multirun/grace_poolsize $(ARGS)
+	$(SWEEP) experiment=grace_poolsize hydra.sweep.dir=multirun/grace_poolsize $(ARGS)
 	$(REPORT) multirun/grace_poolsize --out multirun/grace_poolsize/table.md --plot dataset.splits.test \
 		--series identifier --metrics R@1,R@10 --png multirun/grace_poolsize/poolsize.png
 
@@ -92,45 +98,45 @@ CART := experiments/cart
 CART_METRICS := --metrics R@1,R@5,R@10,MRR@10
 
 reproduce-cart-table4: install ## CART Table 4 on shapes: w/o K-Means, RQ-VAE, fusion, consistency, caption enhancement
-	$(PY) -m genretr.run -m experiment=cart_table4 hydra.sweep.dir=multirun/cart_table4 $(ARGS)
+	$(SWEEP) experiment=cart_table4 hydra.sweep.dir=multirun/cart_table4 $(ARGS)
 	$(REPORT) multirun/cart_table4 --reference $(CART)/table4_flickr30k.yaml $(CART_METRICS) \
 		--out multirun/cart_table4/table.md
 
 reproduce-cart-table5: install ## CART Table 5 on shapes: 1-5 encoder layers, table + PNG
-	$(PY) -m genretr.run -m experiment=cart_table5 hydra.sweep.dir=multirun/cart_table5 $(ARGS)
+	$(SWEEP) experiment=cart_table5 hydra.sweep.dir=multirun/cart_table5 $(ARGS)
 	$(REPORT) multirun/cart_table5 --reference $(CART)/table5_flickr30k.yaml $(CART_METRICS) \
 		--out multirun/cart_table5/table.md --plot backbone.model.encoder_layers --png multirun/cart_table5/layers.png
 
 reproduce-cart-table6: install ## CART Table 6 on shapes: K-Means K x codebook size, table + PNG
-	$(PY) -m genretr.run -m experiment=cart_table6 hydra.sweep.dir=multirun/cart_table6 $(ARGS)
+	$(SWEEP) experiment=cart_table6 hydra.sweep.dir=multirun/cart_table6 $(ARGS)
 	$(REPORT) multirun/cart_table6 --reference $(CART)/table6_flickr30k.yaml $(CART_METRICS) \
 		--out multirun/cart_table6/table.md --plot identifier.codebook_size --series identifier.k \
 		--png multirun/cart_table6/size.png
 
 reproduce-cart-table7: install ## CART Table 7 on shapes: identifier length 4-6 (2-4 RQ-VAE codebooks)
-	$(PY) -m genretr.run -m experiment=cart_table7 hydra.sweep.dir=multirun/cart_table7 $(ARGS)
+	$(SWEEP) experiment=cart_table7 hydra.sweep.dir=multirun/cart_table7 $(ARGS)
 	$(REPORT) multirun/cart_table7 --reference $(CART)/table7_flickr30k.yaml $(CART_METRICS) \
 		--out multirun/cart_table7/table.md
 
 reproduce-cart-table10: install ## CART Table 10 on shapes: 1-5 decoder layers, table + PNG
-	$(PY) -m genretr.run -m experiment=cart_table10 hydra.sweep.dir=multirun/cart_table10 $(ARGS)
+	$(SWEEP) experiment=cart_table10 hydra.sweep.dir=multirun/cart_table10 $(ARGS)
 	$(REPORT) multirun/cart_table10 --reference $(CART)/table10_flickr30k.yaml $(CART_METRICS) \
 		--out multirun/cart_table10/table.md --plot backbone.model.decoder_layers --png multirun/cart_table10/layers.png
 
 reproduce-cart-table11: install ## CART Table 11 on shapes: codebook dimension 32, 64, 128
-	$(PY) -m genretr.run -m experiment=cart_table11 hydra.sweep.dir=multirun/cart_table11 $(ARGS)
+	$(SWEEP) experiment=cart_table11 hydra.sweep.dir=multirun/cart_table11 $(ARGS)
 	$(REPORT) multirun/cart_table11 --reference $(CART)/table11_flickr30k.yaml $(CART_METRICS) \
 		--out multirun/cart_table11/table.md
 
 reproduce-cart-vs-grace: install ## CART Table 3 on shapes: cart/structured/string IDs x cart/t5 decoders, + GRACE's recipe
-	$(PY) -m genretr.run -m experiment=cart_vs_grace hydra.sweep.dir=multirun/cart_vs_grace $(ARGS)
-	$(PY) -m genretr.run -m experiment=cart_vs_grace identifier=structured,string backbone=t5 train.memorize=true \
+	$(SWEEP) experiment=cart_vs_grace hydra.sweep.dir=multirun/cart_vs_grace $(ARGS)
+	$(SWEEP) experiment=cart_vs_grace identifier=structured,string backbone=t5 train.memorize=true \
 		train.pseudo_queries=false train.pseudo_queries_for=missing hydra.sweep.dir=multirun/cart_vs_grace/grace_recipe $(ARGS)
 	$(REPORT) multirun/cart_vs_grace --reference $(CART)/table3_flickr30k.yaml $(CART_METRICS) \
 		--out multirun/cart_vs_grace/table.md
 
 reproduce-cart-vs-grace-full: reproduce-grace-table1 ## CART vs GRACE's IDs at shapes' full size (2,000 + 500 images; ~1 h)
-	$(PY) -m genretr.run -m experiment=cart_vs_grace identifier=cart,structured backbone=cart dataset.splits.train=2000 \
+	$(SWEEP) experiment=cart_vs_grace identifier=cart,structured backbone=cart dataset.splits.train=2000 \
 		dataset.splits.val=200 dataset.splits.test=500 hydra.sweep.dir=multirun/cart_vs_grace_large $(ARGS)
 	$(REPORT) multirun/cart_vs_grace_large multirun/grace_table1 --reference $(CART)/table3_flickr30k.yaml $(CART_METRICS) \
 		--out multirun/cart_vs_grace_large/table.md
@@ -148,34 +154,34 @@ GENIUS := experiments/genius
 GENIUS_COLS := --tasks t2i,i2t,t2t,t2it,it2i --metrics R@5
 
 reproduce-genius-table1: install ## GENIUS Table 1 on shapes: eight tasks, each in its own pool; GENIUS, GENIUS_R, embedding
-	$(PY) -m genretr.run -m experiment=genius_table1 hydra.sweep.dir=multirun/genius_table1 $(ARGS)
-	$(PY) -m genretr.run experiment=genius_table1 method=embedding hydra.mode=RUN \
-		hydra.run.dir=multirun/genius_table1/embedding $(ARGS)
+	$(SWEEP) experiment=genius_table1 hydra.sweep.dir=multirun/genius_table1 $(ARGS)
+	$(SWEEP) experiment=genius_table1 method=embedding hydra.sweeper.params=null \
+		hydra.sweep.dir=multirun/genius_table1/embedding $(ARGS)
 	$(REPORT) multirun/genius_table1 --reference $(GENIUS)/table1_mbeir.yaml --metrics R@5 \
 		--out multirun/genius_table1/table.md
 
 reproduce-genius-table2: install ## GENIUS Table 2 on shapes: universal pool (Table 1's model); GENIUS, GENIUS_R, embedding
-	$(PY) -m genretr.run -m experiment=genius_table2 hydra.sweep.dir=multirun/genius_table2 $(ARGS)
-	$(PY) -m genretr.run experiment=genius_table2 method=embedding hydra.mode=RUN \
-		hydra.run.dir=multirun/genius_table2/embedding $(ARGS)
+	$(SWEEP) experiment=genius_table2 hydra.sweep.dir=multirun/genius_table2 $(ARGS)
+	$(SWEEP) experiment=genius_table2 method=embedding hydra.sweeper.params=null \
+		hydra.sweep.dir=multirun/genius_table2/embedding $(ARGS)
 	$(REPORT) multirun/genius_table2 --reference $(GENIUS)/table2_mbeir.yaml --metrics R@5 \
 		--out multirun/genius_table2/table.md
 
 reproduce-genius-table3: install ## GENIUS Table 3 on shapes: text-to-image, GENIUS(_R) beside GRACE and IRGen-style IDs
-	$(PY) -m genretr.run -m experiment=genius_table3 hydra.sweep.dir=multirun/genius_table3/genius $(ARGS)
-	$(PY) -m genretr.run -m experiment=grace_table3 identifier=structured,image_tokens \
+	$(SWEEP) experiment=genius_table3 hydra.sweep.dir=multirun/genius_table3/genius $(ARGS)
+	$(SWEEP) experiment=grace_table3 identifier=structured,image_tokens \
 		hydra.sweep.dir=multirun/genius_table3/grace $(ARGS)
 	$(REPORT) multirun/genius_table3 --reference $(GENIUS)/table3_flickr30k.yaml \
 		--out multirun/genius_table3/table_flickr30k.md
 	$(REPORT) multirun/genius_table3 --reference $(GENIUS)/table3_coco.yaml --out multirun/genius_table3/table_coco.md
 
 reproduce-genius-table4: install ## GENIUS Table 4 on shapes: ablations (modality decoupling, query augmentation, L_cl, L_mse)
-	$(PY) -m genretr.run -m experiment=genius_table4 hydra.sweep.dir=multirun/genius_table4 $(ARGS)
+	$(SWEEP) experiment=genius_table4 hydra.sweep.dir=multirun/genius_table4 $(ARGS)
 	$(REPORT) multirun/genius_table4 --reference $(GENIUS)/table4_mbeir.yaml $(GENIUS_COLS) \
 		--out multirun/genius_table4/table.md
 
 reproduce-genius-table5: install ## GENIUS Table 5 on shapes: codebook size K x code levels M
-	$(PY) -m genretr.run -m experiment=genius_table5 hydra.sweep.dir=multirun/genius_table5 $(ARGS)
+	$(SWEEP) experiment=genius_table5 hydra.sweep.dir=multirun/genius_table5 $(ARGS)
 	$(REPORT) multirun/genius_table5 --reference $(GENIUS)/table5_mbeir.yaml $(GENIUS_COLS) \
 		--out multirun/genius_table5/table.md
 
@@ -185,12 +191,12 @@ reproduce-genius-table7: install ## GENIUS Table 7: storage per item (decoding b
 	@echo "Paper (GENIUS Table 7, $(GENIUS)/table7_storage.yaml): CLIP 3,072 bytes/item; GENIUS 98 bits = 12.25 bytes/item"
 
 reproduce-genius-table9: install ## GENIUS Table 9 on shapes: beam size 1-50 (evaluation only), table + PNG
-	$(PY) -m genretr.run -m experiment=genius_table9 hydra.sweep.dir=multirun/genius_table9 $(ARGS)
+	$(SWEEP) experiment=genius_table9 hydra.sweep.dir=multirun/genius_table9 $(ARGS)
 	$(REPORT) multirun/genius_table9 --reference $(GENIUS)/table9_mbeir.yaml $(GENIUS_COLS) \
 		--out multirun/genius_table9/table.md --plot decoding.num_beams --png multirun/genius_table9/beam.png
 
 reproduce-genius-table11: install ## GENIUS Table 11 on shapes: larger codebooks and codebooks shared across levels
-	$(PY) -m genretr.run -m experiment=genius_table11 hydra.sweep.dir=multirun/genius_table11 $(ARGS)
+	$(SWEEP) experiment=genius_table11 hydra.sweep.dir=multirun/genius_table11 $(ARGS)
 	$(REPORT) multirun/genius_table11 --reference $(GENIUS)/table11_mbeir.yaml $(GENIUS_COLS) \
 		--out multirun/genius_table11/table.md
 
@@ -200,20 +206,20 @@ reproduce-genius-table11: install ## GENIUS Table 11 on shapes: larger codebooks
 SSID := experiments/ssid
 
 reproduce-table1: install ## SSID Table I on shapes: numeric, string, semantic, structured and SSID identifiers (T5)
-	$(PY) -m genretr.run -m experiment=ssid_table1 hydra.sweep.dir=multirun/ssid_table1 $(ARGS)
+	$(SWEEP) experiment=ssid_table1 hydra.sweep.dir=multirun/ssid_table1 $(ARGS)
 	$(REPORT) multirun/ssid_table1 --reference $(SSID)/table1_flickr30k.yaml --out multirun/ssid_table1/table.md
 
 reproduce-table2: install ## SSID Table II on shapes: SSID vs atomic and image tokenization (T5), SSID on tiny MLLMs
-	$(PY) -m genretr.run -m experiment=ssid_table2 hydra.sweep.dir=multirun/ssid_table2/t5 $(ARGS)
-	$(PY) -m genretr.run -m experiment=ssid_table2_mllm hydra.sweep.dir=multirun/ssid_table2/mllm $(ARGS)
+	$(SWEEP) experiment=ssid_table2 hydra.sweep.dir=multirun/ssid_table2/t5 $(ARGS)
+	$(SWEEP) experiment=ssid_table2_mllm hydra.sweep.dir=multirun/ssid_table2/mllm $(ARGS)
 	$(REPORT) multirun/ssid_table2 --reference $(SSID)/table2_flickr30k.yaml --out multirun/ssid_table2/table.md
 
 reproduce-table3: install ## SSID Table III on shapes: the rationale in training and inference, training only, neither
-	$(PY) -m genretr.run -m experiment=ssid_table3 hydra.sweep.dir=multirun/ssid_table3 $(ARGS)
+	$(SWEEP) experiment=ssid_table3 hydra.sweep.dir=multirun/ssid_table3 $(ARGS)
 	$(REPORT) multirun/ssid_table3 --reference $(SSID)/table3_flickr30k.yaml --out multirun/ssid_table3/table.md
 
 reproduce-ssid-fewshot: install ## SSID Fig. 3 on shapes: fine-tuning on N samples, test identifiers unseen; table + PNG
-	$(PY) -m genretr.run -m experiment=ssid_fewshot hydra.sweep.dir=multirun/ssid_fewshot $(ARGS)
+	$(SWEEP) experiment=ssid_fewshot hydra.sweep.dir=multirun/ssid_fewshot $(ARGS)
 	$(REPORT) multirun/ssid_fewshot --reference $(SSID)/fig3_flickr30k.yaml --out multirun/ssid_fewshot/table.md \
 		--plot train.limit --metrics R@1,R@5,R@10 --png multirun/ssid_fewshot/fewshot.png
 

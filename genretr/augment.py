@@ -32,7 +32,7 @@ def captions_for(pipeline, ds, emb, item_ids: list[str], every_item: bool = Fals
                 have.setdefault(r, []).append(q.text)
     todo = [i for i in item_ids if every_item or i not in have]
     key = config_key("captions", pipeline.keys["encode"], cfg.captioner, cfg.seed, sorted(todo),
-                     stage_fingerprint("captions", cfg.captioner))
+                     pipeline.numerics(), stage_fingerprint("captions", cfg.captioner))
 
     pixels = wants_pixels(cfg.captioner)
 

@@ -14,14 +14,18 @@ universal pool (GENIUS Table 2) needs.  Items are embedded without instructions.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
+from pathlib import Path
 
 import numpy as np
 import torch
 from hydra.utils import instantiate
 
+from genretr.artifacts import config_key
 from genretr.data.datamodules import CaptionPairs, ContrastiveDataModule, QueryTargetPairs
 from genretr.data.schema import Query, RetrievalDataset
+from genretr.fingerprint import code_fingerprint
 
 log = logging.getLogger("genretr.pipeline")
 
@@ -84,9 +88,29 @@ def embed(encoder, ds: RetrievalDataset, items, queries, texts, text_inputs, bat
             torch.stack([vec(q.image, query_text(q, instructions)) for q in queries]))
 
 
-def fit_and_embed(cfg, ds: RetrievalDataset, splits, seed: int, instructions: bool, all_tasks: bool, fit):
+def prepare_texts(encoder, texts: list[str], fit_texts: list[str], store=None) -> torch.Tensor:
+    """The text tower's inputs for `texts`.  A tower whose preparation depends on the texts alone
+    (``fixed_preparation``: frozen MiniLM features) computes them once: they are kept in `store` (an
+    `ArtifactStore`, stage ``text-features``, keyed by the tower, its code and the texts) and reused by
+    every seed and every run over the same texts."""
+    tower = encoder.text_tower
+    if store is None or not getattr(tower, "fixed_preparation", False):
+        return encoder.prepare_texts(texts, fit_texts)
+    digest = hashlib.sha1("\n".join(texts).encode()).hexdigest()
+    key = config_key("text-features", type(tower).__qualname__, tower.preparation_id(), digest,
+                     code_fingerprint(type(tower).__module__))
+
+    def write(tmp: Path):
+        torch.save(encoder.prepare_texts(texts, fit_texts), tmp / "features.pt")
+
+    return torch.load(store.produce("text-features", key, write) / "features.pt")
+
+
+def fit_and_embed(cfg, ds: RetrievalDataset, splits, seed: int, instructions: bool, all_tasks: bool, fit,
+                  store=None):
     """The encode stage's work (`cfg`: the encoder node): the dual encoder trained with ``fit(encoder,
-    datamodule)`` when ``cfg.fit.max_epochs > 0``, then every member of `splits` embedded.
+    datamodule)`` when ``cfg.fit.max_epochs > 0``, then every member of `splits` embedded.  `store` keeps
+    fixed text features across runs (`prepare_texts`).
     Returns (encoder, items, queries, item vectors, query vectors)."""
     torch.manual_seed(seed)
     encoder = instantiate(cfg.model)
@@ -96,7 +120,7 @@ def fit_and_embed(cfg, ds: RetrievalDataset, splits, seed: int, instructions: bo
                    | {s[1] for pair in sides for s in pair[:2] if s[1]})
     row = {t: i for i, t in enumerate(texts)}
     image_index, train_caps = caption_groups(ds)
-    text_inputs = encoder.prepare_texts(texts, fit_texts=[c for cs in train_caps for c in cs])
+    text_inputs = prepare_texts(encoder, texts, [c for cs in train_caps for c in cs], store)
     if int(cfg.fit.max_epochs) > 0:
         if all_tasks:
             pairs = QueryTargetPairs(ds.images, sides, text_inputs, row)

@@ -41,9 +41,10 @@ def translated_queries(p, ds: RetrievalDataset, emb: Embeddings, queries):
 def write_per_query(run_dir: Path, per_query: dict) -> None:
     """`per_query.json` in the run dir: task -> {"query_ids", "rank"}, rank the 1-based position of the first
     relevant item in the top_k ranking, 0 when none is (genretr.report's paired tests read it)."""
-    from genretr.run import _rank_zero
+    from genretr.evaluation.distributed import rank_zero
 
-    if _rank_zero():
+    if rank_zero():
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
         atomic_write_text(Path(run_dir) / "per_query.json", json.dumps(per_query, separators=(",", ":")) + "\n")
 
 

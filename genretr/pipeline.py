@@ -1,13 +1,14 @@
 """The five stages (DESIGN.md): dataset → encode → identify → train → index → evaluate.
 
-Each stage's artifact is keyed by the config that produced it plus its upstream keys
-(`genretr.artifacts`), so reruns skip finished stages, a sweep over backbones shares one
-encode + identify, and a killed run resumes.  `stage=NAME` stops after that stage.
+Each stage's artifact is keyed by the config and the code that produced it plus its upstream
+keys (`genretr.artifacts`, `genretr.fingerprint`), so reruns skip finished stages, a sweep over
+backbones shares one encode + identify, and a killed run resumes.  `stage=NAME` stops after that stage.
 """
 from __future__ import annotations
 
 import logging
 import pickle
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,15 +17,15 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from genretr.artifacts import ArtifactStore, config_key, without_defaults
+from genretr.artifacts import ArtifactStore, config_key
 from genretr import encode_stage as E
 from genretr.data.schema import INSTRUCTIONS, RetrievalDataset
 from genretr.errors import GenretrError
+from genretr.fingerprint import source_fingerprint, stage_fingerprint
 from genretr.identifiers.base import IdTable
 from genretr.training import fit
 
 log = logging.getLogger(__name__)
-ENCODER_DEFAULTS = {"instructions": False, "fit.tasks": "captions"}  # genretr.encode_stage's options
 STAGES = ["dataset", "encode", "identify", "train", "index", "evaluate"]
 
 
@@ -55,6 +56,17 @@ class Pipeline:
         self.store = ArtifactStore(cfg.paths.cache_dir)
         self.keys: dict[str, str] = {}
         self.extra_callbacks = list(extra_callbacks)
+        self.stage_seconds: dict[str, float] = {}  # wall time per stage (results.json's provenance)
+
+    def numerics(self) -> dict:
+        """What sets a trained artifact's numbers besides its config and seed: torch's thread count (CPU
+        kernels sum in another order at another count), the device and the precision.  In the keys of the
+        stages that train (encode, identify, train, captions), so no artifact is reused across them."""
+        import torch
+
+        t = self.cfg.trainer
+        return {"threads": torch.get_num_threads(), **{k: str(t.get(k)) for k in
+                                                       ("accelerator", "devices", "strategy", "precision")}}
 
     def tasks(self) -> list[str]:
         return list(self.cfg.eval.tasks)
@@ -76,7 +88,9 @@ class Pipeline:
 
     # -- dataset --------------------------------------------------------------------------
     def dataset(self) -> RetrievalDataset:
-        key = self.keys["dataset"] = config_key("dataset", self.cfg.dataset)
+        # the source files by content (an edited Karpathy JSON is a new dataset) and the code that reads them
+        key = self.keys["dataset"] = config_key("dataset", self.cfg.dataset, source_fingerprint(self.cfg.dataset),
+                                                stage_fingerprint("dataset", self.cfg.dataset))
 
         def write(tmp: Path):
             ds = instantiate(self.cfg.dataset, _convert_="all")
@@ -97,8 +111,8 @@ class Pipeline:
         given = getattr(ds, "item_vectors", None) is not None
         # given item vectors without query vectors: the zero query vectors exist for token-input backbones only
         mode = (self._input(), self.cfg.method.name) if given and ds.query_vectors is None else None
-        key = self.keys["encode"] = config_key("encode", self.keys["dataset"], without_defaults(cfg, ENCODER_DEFAULTS),
-                                               self.cfg.seed, splits, mode)
+        key = self.keys["encode"] = config_key("encode", self.keys["dataset"], cfg, self.cfg.seed, splits, mode,
+                                               self.numerics(), stage_fingerprint("encode", cfg))
 
         def write(tmp: Path):
             if given:  # features given (dataset=precomputed): nothing to encode
@@ -107,7 +121,7 @@ class Pipeline:
             encoder, items, queries, item_vecs, query_vecs = E.fit_and_embed(
                 cfg, ds, splits, int(self.cfg.seed), self._instructions(), self._encoder_tasks() == "all",
                 lambda enc, dm: fit(enc, dm, self.cfg, self.store.work("encode", key), int(cfg.fit.max_epochs),
-                                    self.logger, self.extra_callbacks))
+                                    self.logger, self.extra_callbacks), self.store)
             emb = Embeddings([x.id for x in items], item_vecs, [q.id for q in queries], query_vecs)
             torch.save(emb.state(), tmp / "embeddings.pt")
             torch.save(encoder.state_dict(), tmp / "encoder.pt")
@@ -166,7 +180,8 @@ class Pipeline:
 
     # -- identify -------------------------------------------------------------------------
     def identify(self, ds: RetrievalDataset, emb: Embeddings) -> IdTable:
-        key = self.keys["identify"] = config_key("identify", self.keys["encode"], self.cfg.identifier, self.tasks())
+        key = self.keys["identify"] = config_key("identify", self.keys["encode"], self.cfg.identifier, self.tasks(),
+                                                 self.numerics(), stage_fingerprint("identify", self.cfg.identifier))
         items = _identified_items(ds, self.splits(), [*self.tasks(), "universal"])
 
         def write(tmp: Path):
@@ -193,8 +208,9 @@ class Pipeline:
                     train_query_items=[r for _, r in pairs], train_query_tasks=[q.task for q, _ in pairs],
                     item_modalities=[ds.items[i].modality for i in items],
                     describe=lambda ids: _describe(self, ds, emb, ids), images=ds.images,
-                    cache_dir=self.store.work("identify-cache", config_key("identify-cache", self.keys["encode"],
-                                                                           self.cfg.identifier)))
+                    cache_dir=self.store.work("identify-cache", config_key(
+                        "identify-cache", self.keys["encode"], self.cfg.identifier,
+                        stage_fingerprint("identify-cache", self.cfg.identifier))))
 
     # -- train ----------------------------------------------------------------------------
     def _input(self) -> str:
@@ -222,12 +238,11 @@ class Pipeline:
         return resolve(str(self.cfg.train.get("reason", "auto")), self._reasons())
 
     def _train_key(self) -> dict:
-        """cfg.train as it enters the train stage's key: whether a rationale is trained (`both` and
-        `train_only` train alike and share a model); options at their neutral value (no rationale,
-        no sample limit) are left out, so runs keep the keys they had before the options existed."""
-        tr = without_defaults(self.cfg.train, {"limit": None})
+        """cfg.train as it enters the train stage's key: `reason` as whether a rationale is trained (`both`
+        and `train_only` train alike and share a model)."""
+        tr = OmegaConf.to_container(self.cfg.train, resolve=True)
         tr.pop("reason", None)
-        return {**tr, "rationale": True} if self._reason() != "none" else tr
+        return {**tr, "rationale": self._reason() != "none"}
 
     def _reason_vocab(self, ds: RetrievalDataset, table: IdTable):
         """With a rationale in training, its tokens after the identifier (and describe) vocabulary."""
@@ -279,15 +294,17 @@ class Pipeline:
     # -- index ----------------------------------------------------------------------------
     def index(self, ds: RetrievalDataset, table: IdTable) -> dict:
         # One CSRTrie per task: its allowed() serves the HF path's prefix_allowed_tokens_fn, its
-        # vectorised children()/step() the genretr engine ("csr" in the key: older pickled dict tries are not reused).
+        # vectorised children()/step() the genretr engine.
         from genretr.decoding.csr_trie import CSRTrie
 
         split = self.cfg.eval.split
         pools = sorted({self.pool_name(t) for t in self.tasks()})
         # MLLMs: the trie holds the identifiers as the LLM's tokens, which depend on its tokenizer
         tokens = self.cfg.backbone.model.get("pretrained") if self._mllm() else None
-        key = self.keys["index"] = config_key("index", self.keys["identify"], split, pools, "csr",
-                                              *([self.cfg.backbone.model._target_, tokens] if self._mllm() else []))
+        llm = [self.cfg.backbone] if self._mllm() else []  # its code makes those tokens
+        key = self.keys["index"] = config_key("index", self.keys["identify"], split, pools,
+                                              *([self.cfg.backbone.model._target_, tokens] if self._mllm() else []),
+                                              stage_fingerprint("index", *llm))
 
         def write(tmp: Path):
             for name in pools:
@@ -309,33 +326,41 @@ class Pipeline:
 
         return searcher(self, ds, emb, task, model, table, tries)
 
+    def _timed(self, stage: str, work, *args):
+        """`work(*args)`, its wall time added to `stage_seconds[stage]` (results.json's provenance)."""
+        start = time.perf_counter()
+        try:
+            return work(*args)
+        finally:
+            self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + time.perf_counter() - start
+
     def run(self) -> dict | None:
         stop = self.cfg.stage
         if stop not in STAGES:
             raise GenretrError(f"stage={stop} is not one of {', '.join(STAGES)}")
         done = lambda s: STAGES.index(s) >= STAGES.index(stop)
-        ds = self.dataset()
+        ds = self._timed("dataset", self.dataset)
         if done("dataset"):
             return None
-        emb = self.encode(ds)
+        emb = self._timed("encode", self.encode, ds)
         if done("encode"):
             return None
         if self.cfg.method.name == "embedding":
-            return self.evaluate(ds, emb) if stop == "evaluate" else None
-        table = self.identify(ds, emb)
+            return self._timed("evaluate", self.evaluate, ds, emb) if stop == "evaluate" else None
+        table = self._timed("identify", self.identify, ds, emb)
         if done("identify"):
             return None
-        model = self.train(ds, emb, table)
+        model = self._timed("train", self.train, ds, emb, table)
         if done("train"):
             return None
         if self._mllm():  # decoded over the LLM's vocabulary: the identifiers as its tokens
             from genretr.mllm_stage import llm_table
 
             table = llm_table(model, table)
-        tries = self.index(ds, table)
+        tries = self._timed("index", self.index, ds, table)
         if done("index"):
             return None
-        return self.evaluate(ds, emb, model, table, tries)
+        return self._timed("evaluate", self.evaluate, ds, emb, model, table, tries)
 
 
 @dataclass

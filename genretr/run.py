@@ -22,14 +22,10 @@ from omegaconf import DictConfig, OmegaConf
 import genretr  # noqa: F401  (sets the offline environment before transformers is imported)
 from genretr.artifacts import atomic_write_text
 from genretr.errors import GenretrError
+from genretr.evaluation.distributed import rank_zero
+from genretr.provenance import provenance
 
 log = logging.getLogger("genretr")
-
-
-def _rank_zero() -> bool:
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def _link_artifacts(pipe, run_dir: Path) -> None:
@@ -47,17 +43,23 @@ def execute(cfg: DictConfig, run_dir: Path, extra_callbacks=()) -> dict | None:
     import lightning as L
 
     from genretr.pipeline import Pipeline
+    from genretr.validate import validate
 
+    validate(cfg)  # a bad option is one line before any stage runs
     run_dir.mkdir(parents=True, exist_ok=True)
     for name in ("lightning.pytorch", "lightning.fabric", "faiss.loader"):  # keep run.log about genretr
         logging.getLogger(name).setLevel(logging.WARNING)
+    if cfg.get("threads"):  # torch's intra-op threads; one per job when jobs share the machine
+        import torch
+
+        torch.set_num_threads(int(cfg.threads))
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     logger = instantiate(cfg.logger) if cfg.get("logger") and cfg.logger.get("_target_") else None
     start = time.perf_counter()
     pipe = Pipeline(cfg, run_dir, logger, extra_callbacks)
     try:
         metrics = pipe.run()
-        if _rank_zero():
+        if rank_zero():
             _link_artifacts(pipe, run_dir)
             if metrics is not None:
                 hc = HydraConfig.get() if HydraConfig.initialized() else None
@@ -67,6 +69,7 @@ def execute(cfg: DictConfig, run_dir: Path, extra_callbacks=()) -> dict | None:
                     "overrides": list(hc.overrides.task) if hc else [],
                     "metrics": metrics,
                     "elapsed_s": round(time.perf_counter() - start, 2),
+                    "provenance": provenance(cfg, pipe.stage_seconds),
                 }
                 atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
                 if logger is not None:

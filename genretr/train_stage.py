@@ -32,7 +32,8 @@ def train(p, ds: RetrievalDataset, emb, table: IdTable):
         return train_mllm(p, ds, table)
     cfg, tr = p.cfg.backbone, p.cfg.train
     key = p.keys["train"] = config_key("train", p.keys["identify"], cfg, p._train_key(), p.cfg.seed,
-                                       p.cfg.identifier.get("head", "vocab"), stage_fingerprint("train", cfg))
+                                       p.cfg.identifier.get("head", "vocab"), p.numerics(),
+                                       stage_fingerprint("train", cfg))
     tokens = p._input() == "tokens"
     describing = bool(tr.get("describe", False))
     if describing and not tokens:
@@ -88,7 +89,7 @@ def train_mllm(p, ds: RetrievalDataset, table: IdTable):
     from genretr import mllm_stage as M
 
     cfg, tr, reason = p.cfg.backbone, p.cfg.train, p._reason()
-    key = p.keys["train"] = config_key("train", p.keys["identify"], cfg, p._train_key(), p.cfg.seed,
+    key = p.keys["train"] = config_key("train", p.keys["identify"], cfg, p._train_key(), p.cfg.seed, p.numerics(),
                                        stage_fingerprint("train", cfg))
 
     def write(tmp: Path):

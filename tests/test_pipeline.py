@@ -38,9 +38,11 @@ def test_generative_on_other_tasks(make_cfg, tmp_path):
     assert set(metrics) == {"i2t", "t2it"}
 
 
-@pytest.mark.parametrize("stop,written", [("dataset", {"dataset"}), ("encode", {"dataset", "encode"}),
-                                          ("identify", {"dataset", "encode", "identify"}),
-                                          ("index", {"dataset", "encode", "identify", "train", "index"})])
+# text-features: the frozen MiniLM features the encode stage keeps for every seed (genretr.encode_stage)
+@pytest.mark.parametrize("stop,written", [("dataset", {"dataset"}), ("encode", {"dataset", "text-features", "encode"}),
+                                          ("identify", {"dataset", "text-features", "encode", "identify"}),
+                                          ("index", {"dataset", "text-features", "encode", "identify", "train",
+                                                     "index"})])
 def test_stage_stops(make_cfg, tmp_path, stop, written):
     cfg = make_cfg(f"stage={stop}")
     assert execute(cfg, tmp_path / "run") is None

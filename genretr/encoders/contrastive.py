@@ -19,7 +19,8 @@ from torch import nn
 
 class ContrastiveEncoder(L.LightningModule):
     def __init__(self, image_tower: nn.Module, text_tower: nn.Module, lr: float = 1e-3, weight_decay: float = 0.01,
-                 temperature: float = 0.07, learn_temperature: bool = True):
+                 temperature: float = 0.07, learn_temperature: bool = True, schedule: str = "constant",
+                 warmup: float = 0.0):
         super().__init__()
         self.save_hyperparameters(ignore=["image_tower", "text_tower"])
         self.image_tower, self.text_tower = image_tower, text_tower
@@ -73,4 +74,20 @@ class ContrastiveEncoder(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        """AdamW; with ``schedule=cosine`` the rate warms up linearly over the first `warmup` fraction of the
+        steps, then decays to zero along a cosine (CLIP, Radford et al. 2021, Sec. 2.5)."""
+        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        if self.hparams.schedule == "constant":
+            return opt
+        if self.hparams.schedule != "cosine":
+            raise ValueError(f"ContrastiveEncoder: schedule={self.hparams.schedule} is not one of constant, cosine")
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warm = int(self.hparams.warmup * total)
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

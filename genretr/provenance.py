@@ -1,0 +1,67 @@
+"""Where a result came from: the `provenance` block of results.json (code, environment, timings).
+
+A number is reproducible only together with the commit that made it (and whether the tree had
+uncommitted changes), the versions of the libraries that ran it, the thread count and the device
+(torch's CPU kernels sum in another order at another thread count) and the seed.
+`genretr.report` warns when the rows of one table disagree on the commit.
+"""
+from __future__ import annotations
+
+import platform
+import subprocess
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+
+# The direct dependencies whose versions can change a number (pyproject.toml).
+PACKAGES = ("torch", "transformers", "lightning", "hydra-core", "omegaconf", "faiss-cpu", "scikit-learn",
+            "tokenizers", "torchmetrics", "numpy", "wandb", "genretr")
+
+
+def _git(root: Path, *args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+@lru_cache(maxsize=1)
+def git_state() -> dict:
+    """{commit, dirty} of the checkout genretr is imported from; both None outside a git checkout.
+    Dirty means tracked files differ from the commit (untracked files do not count)."""
+    root = Path(__file__).resolve().parents[1]
+    commit = _git(root, "rev-parse", "HEAD")
+    if commit is None:
+        return {"commit": None, "dirty": None}
+    status = _git(root, "status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit.strip(), "dirty": None if status is None else bool(status.strip())}
+
+
+def versions() -> dict:
+    """Installed versions of Python and of `PACKAGES` (None when one is not installed)."""
+    found = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def device_name(accelerator: str) -> str:
+    """The device the trainer runs on, in words: `cpu` or the CUDA device's name."""
+    import torch
+
+    if str(accelerator) in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return f"cuda:{torch.cuda.get_device_name(0)}"
+    return "cpu"
+
+
+def provenance(cfg, stage_seconds: dict) -> dict:
+    """The `provenance` block of results.json for a run of `cfg` whose stages took `stage_seconds`."""
+    import torch
+
+    return {"git": git_state(), "seed": int(cfg.seed), "torch_threads": torch.get_num_threads(),
+            "device": device_name(cfg.trainer.get("accelerator", "cpu")), "versions": versions(),
+            "stage_seconds": {k: round(v, 2) for k, v in stage_seconds.items()}}
