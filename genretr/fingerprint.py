@@ -35,6 +35,9 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 PACKAGE = "genretr"
 PACKAGE_DIR = Path(__file__).resolve().parent
 LEAF_MODULES = frozenset({"genretr.pipeline"})  # hashed, imports not followed (see the module docstring)
+# Plumbing that cannot change a stage's output (the cache, its keys, provenance, error classes): neither hashed
+# nor followed, so an edit to a log line of the lock does not invalidate every trained model.
+PLUMBING = frozenset({"genretr.artifacts", "genretr.fingerprint", "genretr.provenance", "genretr.errors"})
 
 _PIPELINE_TRAIN = ("genretr.augment", "genretr.rationale", "genretr.mllm_stage", "genretr.data.vocab",
                    "genretr.describe", "genretr.data.tokenizer")  # what Pipeline's train helpers import
@@ -118,7 +121,7 @@ def _closure(roots: tuple[str, ...], package_dir: Path) -> tuple[str, ...]:
     todo = list(roots)
     while todo:
         name = todo.pop()
-        if name in seen or name == PACKAGE:
+        if name in seen or name == PACKAGE or name in PLUMBING:
             continue
         seen.add(name)
         todo.extend(p for p in _parents(name) if _module_file(p, package_dir) is not None)
@@ -176,15 +179,15 @@ def stage_fingerprint(stage: str, *configs, package_dir: Path = PACKAGE_DIR) -> 
 
 # -- data ---------------------------------------------------------------------------------------------------
 def _file_digest(path: str) -> dict:
+    """A text file by its bytes' hash (a copy or a touch keeps its key); another file by size and mtime."""
     st = os.stat(path)
-    out = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    if Path(path).suffix.lower() in TEXT_SUFFIXES:
-        h = hashlib.sha1()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        out["sha1"] = h.hexdigest()
-    return out
+    if Path(path).suffix.lower() not in TEXT_SUFFIXES:
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return {"size": st.st_size, "sha1": h.hexdigest()}
 
 
 def _dir_digest(path: str) -> dict:
@@ -212,7 +215,8 @@ def _dir_digest(path: str) -> dict:
 def source_fingerprint(dataset_cfg) -> dict:
     """{config key: content descriptor} of every string in the dataset config (but `_target_` and `name`) that
     names an existing file or directory, as given or under the config's `root` (M-BEIR's relative paths);
-    {} for a generated dataset."""
+    {} for a generated dataset.  `root` itself is not listed: it is where the named files are looked for
+    (M-BEIR's root holds millions of images, which its jsonl files name)."""
     plain = _plain(dataset_cfg)
     root = plain.get("root") if isinstance(plain, dict) else None
     out: dict[str, dict] = {}
@@ -225,7 +229,7 @@ def source_fingerprint(dataset_cfg) -> dict:
         elif isinstance(node, list):
             for i, v in enumerate(node):
                 walk(v, f"{at}[{i}]")
-        elif isinstance(node, str) and node:
+        elif isinstance(node, str) and node and at != "root":
             for path in dict.fromkeys([node, *([os.path.join(str(root), node)] if root and at != "root" else [])]):
                 if os.path.isfile(path):
                     out[at] = _file_digest(path)

@@ -17,7 +17,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from genretr.artifacts import ArtifactStore, config_key
+from genretr.artifacts import ArtifactStore, config_key, plain_dict
 from genretr import encode_stage as E
 from genretr.data.schema import INSTRUCTIONS, RetrievalDataset
 from genretr.errors import GenretrError
@@ -27,6 +27,8 @@ from genretr.training import fit
 
 log = logging.getLogger(__name__)
 STAGES = ["dataset", "encode", "identify", "train", "index", "evaluate"]
+# trainer options that change what is shown or logged, not what is learned (left out of the stage keys)
+TRAINER_DISPLAY = ("log_every_n_steps", "enable_model_summary", "enable_progress_bar", "num_sanity_val_steps")
 
 
 @dataclass
@@ -60,13 +62,19 @@ class Pipeline:
 
     def numerics(self) -> dict:
         """What sets a trained artifact's numbers besides its config and seed: torch's thread count (CPU
-        kernels sum in another order at another count), the device and the precision.  In the keys of the
+        kernels sum in another order at another count), the trainer (device, precision, strategy, clipping…;
+        not its logging and display options) and the versions of the numeric libraries.  In the keys of the
         stages that train (encode, identify, train, captions), so no artifact is reused across them."""
         import torch
 
-        t = self.cfg.trainer
-        return {"threads": torch.get_num_threads(), **{k: str(t.get(k)) for k in
-                                                       ("accelerator", "devices", "strategy", "precision")}}
+        from genretr.provenance import versions
+
+        trainer = {k: v for k, v in plain_dict(self.cfg.trainer).items() if k not in TRAINER_DISPLAY}
+        if str(trainer.get("devices")) in ("-1", "auto"):  # all devices: how many there are
+            trainer["devices"] = torch.cuda.device_count() if torch.cuda.is_available() else 1
+        found = versions()
+        return {"threads": torch.get_num_threads(), "trainer": trainer,
+                "versions": {k: found[k] for k in ("torch", "transformers", "lightning", "numpy", "faiss-cpu")}}
 
     def tasks(self) -> list[str]:
         return list(self.cfg.eval.tasks)

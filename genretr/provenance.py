@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import platform
 import subprocess
-from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
@@ -26,15 +25,19 @@ def _git(root: Path, *args: str) -> str | None:
     return out.stdout if out.returncode == 0 else None
 
 
-@lru_cache(maxsize=1)
+# What a run executes or installs from: a change there (committed or not, a new file too) is a dirty tree.
+CODE_PATHS = ("genretr", "conf", "pyproject.toml", "requirements.lock")
+
+
 def git_state() -> dict:
-    """{commit, dirty} of the checkout genretr is imported from; both None outside a git checkout.
-    Dirty means tracked files differ from the commit (untracked files do not count)."""
+    """{commit, dirty} of the checkout genretr is imported from, read now (`genretr.run` reads it as a run
+    starts); both None outside a git checkout.  Dirty: `CODE_PATHS` differ from the commit or hold
+    untracked files (an edited README does not count)."""
     root = Path(__file__).resolve().parents[1]
     commit = _git(root, "rev-parse", "HEAD")
     if commit is None:
         return {"commit": None, "dirty": None}
-    status = _git(root, "status", "--porcelain", "--untracked-files=no")
+    status = _git(root, "status", "--porcelain", "--untracked-files=all", "--", *CODE_PATHS)
     return {"commit": commit.strip(), "dirty": None if status is None else bool(status.strip())}
 
 
@@ -58,10 +61,11 @@ def device_name(accelerator: str) -> str:
     return "cpu"
 
 
-def provenance(cfg, stage_seconds: dict) -> dict:
-    """The `provenance` block of results.json for a run of `cfg` whose stages took `stage_seconds`."""
+def provenance(cfg, stage_seconds: dict, git: dict) -> dict:
+    """The `provenance` block of results.json for a run of `cfg` started at `git` (`git_state()` then) whose
+    stages took `stage_seconds`."""
     import torch
 
-    return {"git": git_state(), "seed": int(cfg.seed), "torch_threads": torch.get_num_threads(),
+    return {"git": git, "seed": int(cfg.seed), "torch_threads": torch.get_num_threads(),
             "device": device_name(cfg.trainer.get("accelerator", "cpu")), "versions": versions(),
             "stage_seconds": {k: round(v, 2) for k, v in stage_seconds.items()}}

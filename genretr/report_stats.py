@@ -16,7 +16,7 @@ import numpy as np
 
 from genretr.errors import GenretrError
 from genretr.evaluation.metrics import per_query_scores
-from genretr.stats import PairedTest, paired_permutation_test
+from genretr.stats import holm, PairedTest, paired_permutation_test
 
 ALPHA = 0.05
 
@@ -81,12 +81,12 @@ def _keyed(ids: list) -> list[tuple]:
 
 def paired_ranks(a: Row, b: Row, task: str):
     """First-hit ranks of the queries both rows answered, paired by (seed, task, query id) over their
-    common seeds: (ranks_a, ranks_b, seeds), or a string saying why there are none."""
+    common seeds: (ranks_a, ranks_b, seed of each pair), or a string saying why there are none."""
     seeds_a, seeds_b = a.by_seed(), b.by_seed()
     common = [s for s in seeds_a if s in seeds_b]
     if not common:
         return "no seeds in common"
-    ra, rb = [], []
+    ra, rb, seed_of = [], [], []
     for s in common:
         pa, pb = load_per_query(seeds_a[s]), load_per_query(seeds_b[s])
         for row, data in ((a, pa), (b, pb)):
@@ -97,21 +97,37 @@ def paired_ranks(a: Row, b: Row, task: str):
             if key in b_rank:
                 ra.append(r)
                 rb.append(b_rank[key])
+                seed_of.append(s)
     if not ra:
         return "no queries in common"
-    return np.asarray(ra), np.asarray(rb), common
+    return np.asarray(ra), np.asarray(rb), np.asarray(seed_of)
 
 
-def paired_test(a: Row, b: Row, task: str, metric: str) -> PairedTest | str:
-    """The paired permutation test of a - b on `metric`'s per-query outcome, or why it cannot run."""
+def paired_test(a: Row, b: Row, task: str, metric: str) -> tuple[PairedTest, list[float]] | str:
+    """The paired permutation test of a - b on `metric`'s per-query outcome and the mean difference within
+    each common seed, or why it cannot run."""
     paired = paired_ranks(a, b, task)
     if isinstance(paired, str):
         return paired
-    ra, rb, _ = paired
+    ra, rb, seed_of = paired
     try:
-        return paired_permutation_test(per_query_scores(ra, metric), per_query_scores(rb, metric))
+        sa, sb = per_query_scores(ra, metric), per_query_scores(rb, metric)
+        test = paired_permutation_test(sa, sb)
     except ValueError as e:
         return str(e)
+    return test, [float(np.mean(sa[seed_of == s] - sb[seed_of == s])) for s in dict.fromkeys(seed_of.tolist())]
+
+
+def verdict(test: PairedTest, per_seed: list[float], p_adjusted: float) -> str:
+    """holds / reversed when the (family-adjusted) p < ALPHA and every seed's mean difference has the pooled
+    sign (the queries of one seed share one trained model: one lucky seed alone must not decide);
+    else not separated."""
+    if p_adjusted >= ALPHA:
+        return "not separated"
+    sign = np.sign(test.mean_diff)
+    if any(np.sign(d) != sign for d in per_seed):
+        return "not separated (the seeds disagree in sign)"
+    return "holds" if sign > 0 else "reversed"
 
 
 def fmt_p(p: float) -> str:
@@ -134,15 +150,17 @@ def orderings(rows: list[Row], reference: dict, tasks: list[str], metric: str) -
         if not pairs:
             continue
         lines += ["", f"Orderings, {task} {metric} (paired sign-flip permutation test over queries pooled "
-                      f"across seeds; separated at p < {ALPHA}):"]
-        for (a, va), (b, vb) in pairs:
+                      f"across seeds, Holm-adjusted over the {len(pairs)} pairs; separated at p < {ALPHA} with "
+                      "every seed's difference of one sign):"]
+        tests = [paired_test(a, b, task, metric) for (a, _), (b, _) in pairs]
+        adjusted = iter(holm([t[0].p_value for t in tests if not isinstance(t, str)]))
+        for ((a, va), (b, vb)), t in zip(pairs, tests):
             head = f"- paper: {a.label} > {b.label} ({fmt_paper(va)} vs {fmt_paper(vb)}); ours: "
-            t = paired_test(a, b, task, metric)
             if isinstance(t, str):
                 lines.append(head + t)
                 continue
-            verdict = "not separated" if t.p_value >= ALPHA else "holds" if t.mean_diff > 0 else "reversed"
-            lines.append(head + f"{_diff(a, b, t)} → {verdict}")
+            p_adj = next(adjusted)
+            lines.append(head + f"{_diff(a, b, t[0])} (adjusted {fmt_p(p_adj)}) → {verdict(t[0], t[1], p_adj)}")
     return lines
 
 
@@ -165,7 +183,11 @@ def compare(rows: list[Row], specs: list[str], tasks: list[str], metrics: list[s
     for task in tasks:
         for m in metrics:
             t = paired_test(a, b, task, m)
-            lines.append(f"- {task} {m}: " + (t if isinstance(t, str) else _diff(a, b, t, pairs=True)))
+            if isinstance(t, str):
+                lines.append(f"- {task} {m}: {t}")
+                continue
+            seeds = ", ".join(f"{100 * d:+.1f}" for d in t[1])
+            lines.append(f"- {task} {m}: {_diff(a, b, t[0], pairs=True)}; per seed {seeds}")
     return lines
 
 

@@ -23,7 +23,7 @@ import genretr  # noqa: F401  (sets the offline environment before transformers 
 from genretr.artifacts import atomic_write_text
 from genretr.errors import GenretrError
 from genretr.evaluation.distributed import rank_zero
-from genretr.provenance import provenance
+from genretr.provenance import git_state, provenance
 
 log = logging.getLogger("genretr")
 
@@ -46,6 +46,7 @@ def execute(cfg: DictConfig, run_dir: Path, extra_callbacks=()) -> dict | None:
     from genretr.validate import validate
 
     validate(cfg)  # a bad option is one line before any stage runs
+    git = git_state()  # the code this run starts from, before anyone edits or commits during it
     run_dir.mkdir(parents=True, exist_ok=True)
     for name in ("lightning.pytorch", "lightning.fabric", "faiss.loader"):  # keep run.log about genretr
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -69,7 +70,7 @@ def execute(cfg: DictConfig, run_dir: Path, extra_callbacks=()) -> dict | None:
                     "overrides": list(hc.overrides.task) if hc else [],
                     "metrics": metrics,
                     "elapsed_s": round(time.perf_counter() - start, 2),
-                    "provenance": provenance(cfg, pipe.stage_seconds),
+                    "provenance": provenance(cfg, pipe.stage_seconds, git),
                 }
                 atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
                 if logger is not None:

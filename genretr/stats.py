@@ -73,3 +73,18 @@ def paired_permutation_test(a, b, n_permutations: int = N_PERMUTATIONS, seed: in
             done += k
         p = (1 + hits) / (1 + n_permutations)
     return PairedTest(float(d.mean()), p, len(d), m, m <= max_exact)
+
+
+def holm(p_values) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (Holm 1979): the k-th smallest is multiplied by
+    m - k + 1, made monotone, capped at 1.  Rejecting where the adjusted p < alpha keeps the chance of any
+    false "separated" in the family at or below alpha."""
+    p = np.asarray(list(p_values), dtype=float)
+    order = np.argsort(p, kind="stable")
+    adjusted = np.empty_like(p)
+    running = 0.0
+    for k, i in enumerate(order):
+        running = max(running, min(1.0, (len(p) - k) * p[i]))
+        adjusted[i] = running
+    return adjusted.tolist()
+

@@ -35,6 +35,7 @@ CHOICES = {  # key -> allowed values (checked when the key is set)
     "train.pseudo_queries_for": ("missing", "all"),
     "decoding.engine": ("genretr", "hf"),
     "backbone.input": ("prefix", "tokens"),
+    "encoder.model.schedule": ("constant", "cosine"),
 }
 INTS = {  # key -> (minimum, null allowed)
     "threads": (1, True),
@@ -56,6 +57,7 @@ INTS = {  # key -> (minimum, null allowed)
     "train.limit": (0, True),
 }
 FLOATS = ("decoding.length_penalty", "captioner.length_penalty")
+UNIT_INTERVAL = ("encoder.model.warmup",)  # fractions in [0, 1)
 BOOLS = ("progress", "encoder.instructions", "train.memorize", "train.retrieve", "train.pseudo_queries",
          "train.describe", "train.consistency", "decoding.constrained", "decoding.rerank")
 SEED_MAX = 2**32 - 1  # numpy's (and Lightning's seed_everything's) bound
@@ -82,8 +84,11 @@ def validate(cfg: DictConfig) -> None:
     seed = _get(cfg, "seed")
     if seed is not ABSENT and not (_is_int(seed) and 0 <= int(seed) <= SEED_MAX):
         raise GenretrError(f"seed={_show(seed)} is not an integer in 0..{SEED_MAX}")
-    for key in FLOATS:
+    for key in FLOATS + UNIT_INTERVAL:
         _float(cfg, key)
+    for key in UNIT_INTERVAL:
+        if (value := _get(cfg, key)) is not ABSENT and not 0.0 <= float(value) < 1.0:
+            raise GenretrError(f"{key}={_show(value)} is not a fraction in [0, 1)")
     for key in BOOLS:
         _bool(cfg, key)
     kind = DATASETS.get(str(_get(cfg, "dataset._target_", "")))

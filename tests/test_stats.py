@@ -5,7 +5,7 @@ from math import comb
 import numpy as np
 import pytest
 
-from genretr.stats import paired_permutation_test, summary
+from genretr.stats import holm, paired_permutation_test, summary
 
 
 def test_summary_hand_computed():
@@ -91,3 +91,10 @@ def test_bad_input():
         paired_permutation_test([], [])
     with pytest.raises(ValueError):
         paired_permutation_test(np.ones((2, 2)), np.ones((2, 2)))
+
+
+def test_holm_by_hand():
+    # sorted 0.01, 0.02, 0.04 (m = 3): 0.03, max(0.03, 0.04) = 0.04, max(0.04, 0.04) = 0.04; order kept
+    assert holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+    assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])  # capped at 1
+    assert holm([0.2]) == pytest.approx([0.2]) and holm([]) == []

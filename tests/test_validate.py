@@ -33,6 +33,8 @@ BAD = {  # overrides (on debug=tiny) -> what the one-line message must say
     "schedule": (["train.schedule=sequential"], "train.schedule=sequential is not one of interleaved, phased"),
     "reason": (["train.reason=always"], "train.reason=always is not one of auto, both, train_only, none"),
     "engine": (["decoding.engine=vllm"], "decoding.engine=vllm is not one of genretr, hf"),
+    "encoder schedule": (["encoder.model.schedule=linear"], "encoder.model.schedule=linear is not one of constant, cosine"),
+    "encoder warm-up": (["encoder.model.warmup=1.5"], "encoder.model.warmup=1.5 is not a fraction in [0, 1)"),
     "unknown task": (["eval.tasks=[x2y]"], "eval.tasks=[x2y]: x2y is not a task"),
     "tasks not a list": (["eval.tasks=t2i"], "eval.tasks=t2i is not a non-empty list"),
     "shapes task not generated": (["eval.tasks=[t2i,t2t]"], "dataset shapes has no t2t queries (dataset.tasks lists"),

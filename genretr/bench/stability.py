@@ -52,9 +52,13 @@ def _run_chain(chain: list[tuple[list[str], Path]], env: dict) -> None:
 
 
 def _run_all(chains: list, parallel: int, env: dict) -> None:
-    with ThreadPoolExecutor(max_workers=parallel) as pool:
+    """Every chain, `parallel` at a time; the first failure cancels the chains not yet started."""
+    pool = ThreadPoolExecutor(max_workers=parallel)
+    try:
         for done in [pool.submit(_run_chain, chain, env) for chain in chains]:
             done.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _summary(values: list[float]) -> dict:
