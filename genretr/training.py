@@ -6,6 +6,7 @@ so the same command after a kill finds `last.ckpt` and resumes from it.
 from __future__ import annotations
 
 import logging
+import math
 import random
 from pathlib import Path
 
@@ -29,6 +30,27 @@ class EpochSeed(Callback):
         torch.manual_seed(s)
         np.random.seed(s % 2**32)
         random.seed(s)
+
+
+SCHEDULES = ("constant", "cosine")
+
+
+def lr_factor(schedule: str, warmup_steps: int, total_steps: int):
+    """The learning-rate factor of optimiser step s (for `LambdaLR`): linear warm-up over `warmup_steps`, then
+    constant, or a cosine decay to zero at `total_steps` (CLIP, Radford et al. 2021, Sec. 2.5)."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule={schedule} is not one of {', '.join(SCHEDULES)}")
+    warm = max(1, int(warmup_steps))
+    decay = max(1, int(total_steps) - warm)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if schedule == "constant":
+            return 1.0
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / decay)))
+
+    return factor
 
 
 class SimulatedKill(RuntimeError):

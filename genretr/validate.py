@@ -36,6 +36,7 @@ CHOICES = {  # key -> allowed values (checked when the key is set)
     "decoding.engine": ("genretr", "hf"),
     "backbone.input": ("prefix", "tokens"),
     "encoder.model.schedule": ("constant", "cosine"),
+    "backbone.model.schedule": ("constant", "cosine"),
 }
 INTS = {  # key -> (minimum, null allowed)
     "threads": (1, True),

@@ -25,6 +25,7 @@ from transformers import T5Config, T5ForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput
 
 from genretr.identifiers.base import EOS, PAD
+from genretr.training import lr_factor
 
 
 class PrefixMLP(nn.Module):
@@ -46,7 +47,8 @@ class PrefixMLP(nn.Module):
 class T5PrefixDecoder(L.LightningModule):
     def __init__(self, vocab_size: int, input_dim: int, d_model: int = 256, num_layers: int = 2, num_heads: int = 4,
                  d_ff: int = 1024, dropout: float = 0.1, prefix_len: int = 8, prefix_hidden: int = 1024,
-                 lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: int = 100, query_mix_alpha: float = 0.0,
+                 lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: int = 100, schedule: str = "constant",
+                 query_mix_alpha: float = 0.0,
                  tie_embeddings: bool = True, input: str = "prefix", encoder_layers: int = 2,
                  src_vocab_size: int | None = None):
         super().__init__()
@@ -110,8 +112,8 @@ class T5PrefixDecoder(L.LightningModule):
     def configure_optimizers(self):
         opt = torch.optim.AdamW([p for p in self.parameters() if p.requires_grad], lr=self.hparams.lr,
                                 weight_decay=self.hparams.weight_decay)
-        warm = max(1, self.hparams.warmup_steps)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
+        factor = lr_factor(self.hparams.schedule, self.hparams.warmup_steps, self.trainer.estimated_stepping_batches)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     @torch.no_grad()

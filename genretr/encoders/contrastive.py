@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genretr.training import lr_factor
+
 
 class ContrastiveEncoder(L.LightningModule):
     def __init__(self, image_tower: nn.Module, text_tower: nn.Module, lr: float = 1e-3, weight_decay: float = 0.01,
@@ -74,20 +76,12 @@ class ContrastiveEncoder(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        """AdamW; with ``schedule=cosine`` the rate warms up linearly over the first `warmup` fraction of the
-        steps, then decays to zero along a cosine (CLIP, Radford et al. 2021, Sec. 2.5)."""
+        """AdamW; the rate warms up linearly over the first `warmup` fraction of the steps, then stays
+        (``schedule=constant``) or decays to zero along a cosine (``cosine``; `genretr.training.lr_factor`)."""
         opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        if self.hparams.schedule == "constant":
+        if self.hparams.schedule == "constant" and not self.hparams.warmup:
             return opt
-        if self.hparams.schedule != "cosine":
-            raise ValueError(f"ContrastiveEncoder: schedule={self.hparams.schedule} is not one of constant, cosine")
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        warm = int(self.hparams.warmup * total)
-
-        def factor(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-
+        factor = lr_factor(self.hparams.schedule, int(self.hparams.warmup * total), total)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

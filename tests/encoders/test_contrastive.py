@@ -54,3 +54,13 @@ def test_constant_keeps_the_rate():
 def test_unknown_schedule_is_an_error():
     with pytest.raises(ValueError, match="schedule=linear"):
         _rates("linear", 0.0)
+
+
+def test_lr_factor_by_hand():
+    from genretr.training import lr_factor
+
+    cos = lr_factor("cosine", warmup_steps=2, total_steps=6)   # warm-up 0.5, 1.0; then 4 decay steps
+    assert [cos(s) for s in range(7)] == pytest.approx([0.5, 1.0, 1.0, 0.5 * (1 + math.cos(math.pi / 4)), 0.5,
+                                                        0.5 * (1 + math.cos(3 * math.pi / 4)), 0.0])
+    const = lr_factor("constant", warmup_steps=2, total_steps=6)
+    assert [const(s) for s in range(4)] == [0.5, 1.0, 1.0, 1.0]
