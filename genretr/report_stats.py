@@ -127,7 +127,8 @@ def verdict(test: PairedTest, per_seed: list[float], p_adjusted: float) -> str:
     sign = np.sign(test.mean_diff)
     if any(np.sign(d) != sign for d in per_seed):
         return "not separated (the seeds disagree in sign)"
-    return "holds" if sign > 0 else "reversed"
+    found = "holds" if sign > 0 else "reversed"
+    return found if len(per_seed) > 1 else f"{found} (one seed in common: the spread over seeds is untested)"
 
 
 def fmt_p(p: float) -> str:

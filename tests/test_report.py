@@ -381,3 +381,15 @@ def test_one_lucky_seed_does_not_make_an_ordering_hold(tmp_path, capsys):
     line = capsys.readouterr().out.splitlines()[-1]
     # pooled: 30 wins (seed 0), then 2 losses in each other seed: 26 / 120 = +21.7 points, p < 0.001
     assert line.endswith("→ not separated (the seeds disagree in sign)") and "= +21.7 points, p < 0.001" in line
+
+
+def test_a_verdict_from_one_common_seed_says_so(tmp_path, capsys):
+    make_ranked_run(tmp_path / "m" / "a0", ["identifier=a"], 0, hits(30))
+    for seed in range(3):
+        make_ranked_run(tmp_path / "m" / f"b{seed}", ["identifier=b"], seed, hits(5))
+    ref = tmp_path / "ref.yaml"
+    ref.write_text(yaml.safe_dump({"rows": {"identifier=a": {"t2i": {"R@1": 60.0}},
+                                            "identifier=b": {"t2i": {"R@1": 40.0}}}}))
+    assert main([str(tmp_path / "m"), "--reference", str(ref), "--metrics", "R@1"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].endswith(
+        "→ holds (one seed in common: the spread over seeds is untested)")
