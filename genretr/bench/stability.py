@@ -14,12 +14,13 @@ from __future__ import annotations
 import csv
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from genretr.stats import summary
 
 BUDGETS = (("embedding", "R@1", "min", 60.0), ("embedding", "R@1", "std", 2.0), ("generative", "R@10", "std", 2.0))
 
@@ -62,8 +63,9 @@ def _run_all(chains: list, parallel: int, env: dict) -> None:
 
 
 def _summary(values: list[float]) -> dict:
-    return {"n": len(values), "mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1
-            else 0.0, "min": min(values), "max": max(values)}
+    """`genretr.stats.summary` (mean, sample std, n) with the range."""
+    st = summary(values)
+    return {"n": st.n, "mean": st.mean, "std": st.std if st.n > 1 else 0.0, "min": min(values), "max": max(values)}
 
 
 def run(args) -> int:
