@@ -49,6 +49,9 @@ test-slow: install ## the slow tests too
 bench-decoding: install ## the decoding benchmark (add ARGS=--quick for a 3-minute subset); CSV + PNG in bench_out/
 	$(PY) -m genretr.bench decoding $(ARGS)
 
+bench-training: install ## training throughput of the default models, fp32 vs bf16, 1 vs 2 threads (ARGS=--quick: smoke); bench_out/training/
+	$(PY) -m genretr.bench training $(ARGS)
+
 reproduce-smoke: install ## a 2x2 multirun on shapes (encoder x method) and its table
 	$(PY) -m genretr.run -m experiment=smoke hydra.sweep.dir=multirun/smoke $(ARGS)
 	$(PY) -m genretr.report multirun/smoke
@@ -62,7 +65,7 @@ reproduce-smoke: install ## a 2x2 multirun on shapes (encoder x method) and its 
 SEEDS ?= 3
 JOBS ?= 2
 SEED_LIST = $(shell seq -s, 0 $$(( $(SEEDS) - 1 )))
-SWEEP = $(PY) -m genretr.run -m seed=$(SEED_LIST) hydra/launcher=parallel hydra.launcher.n_jobs=$(JOBS) threads=1
+SWEEP = $(PY) -m genretr.run -m seed=$(SEED_LIST) hydra/launcher=parallel hydra.launcher.n_jobs=$(JOBS)
 REPORT := $(PY) -m genretr.report
 GRACE := experiments/grace
 

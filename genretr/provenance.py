@@ -66,6 +66,13 @@ def provenance(cfg, stage_seconds: dict, git: dict) -> dict:
     stages took `stage_seconds`."""
     import torch
 
-    return {"git": git, "seed": int(cfg.seed), "torch_threads": torch.get_num_threads(),
-            "device": device_name(cfg.trainer.get("accelerator", "cpu")), "versions": versions(),
+    from genretr.hardware import bf16_kind, step_dtype
+
+    accelerator = cfg.trainer.get("accelerator", "cpu")
+    device = device_name(accelerator)
+    option = cfg.get("precision", "auto")
+    precision = {"option": option, "bf16_hardware": bf16_kind(accelerator), "trainer": cfg.trainer.get("precision"),
+                 "search_step": step_dtype(option, device)}
+    return {"git": git, "seed": int(cfg.seed), "torch_threads": torch.get_num_threads(), "device": device,
+            "precision": precision, "versions": versions(),
             "stage_seconds": {k: round(v, 2) for k, v in stage_seconds.items()}}

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import genretr  # noqa: F401  (sets the offline environment before transformers is imported)
 from genretr.artifacts import atomic_write_text
+from genretr import fingerprint
 from genretr.errors import GenretrError
 from genretr.evaluation.distributed import rank_zero
 from genretr.provenance import git_state, provenance
@@ -38,6 +39,21 @@ def _link_artifacts(pipe, run_dir: Path) -> None:
             link.symlink_to(target, target_is_directory=True)
 
 
+def _jobs_side_by_side() -> int:
+    """How many jobs of this sweep run at once on this machine: the joblib launcher's n_jobs, else 1."""
+    if not HydraConfig.initialized():
+        return 1
+    launcher = HydraConfig.get().launcher
+    if "joblib" not in str(launcher.get("_target_", "")).lower():
+        return 1
+    n = int(launcher.get("n_jobs") or 1)
+    if n < 0:  # joblib: -1 is one job per core, -2 all but one, ...
+        from genretr.hardware import cores
+
+        n = max(1, cores() + 1 + n)
+    return n
+
+
 def execute(cfg: DictConfig, run_dir: Path, extra_callbacks=()) -> dict | None:
     """Run the pipeline for `cfg`, writing into `run_dir`; returns the metrics (None if stopped early)."""
     import lightning as L
@@ -47,13 +63,15 @@ def execute(cfg: DictConfig, run_dir: Path, extra_callbacks=()) -> dict | None:
 
     validate(cfg)  # a bad option is one line before any stage runs
     git = git_state()  # the code this run starts from, before anyone edits or commits during it
+    fingerprint.snapshot()  # and the stage keys' code fingerprints of that same code
     run_dir.mkdir(parents=True, exist_ok=True)
     for name in ("lightning.pytorch", "lightning.fabric", "faiss.loader"):  # keep run.log about genretr
         logging.getLogger(name).setLevel(logging.WARNING)
-    if cfg.get("threads"):  # torch's intra-op threads; one per job when jobs share the machine
-        import torch
+    import torch
 
-        torch.set_num_threads(int(cfg.threads))
+    from genretr.hardware import auto_threads
+
+    torch.set_num_threads(auto_threads(cfg.get("threads", "auto"), _jobs_side_by_side()))
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     logger = instantiate(cfg.logger) if cfg.get("logger") and cfg.logger.get("_target_") else None
     start = time.perf_counter()

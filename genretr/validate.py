@@ -21,11 +21,13 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from genretr.data import karpathy, mbeir, precomputed, shapes
 from genretr.data.schema import TASK_TARGET, UNIVERSAL
 from genretr.errors import GenretrError
+from genretr.hardware import PRECISIONS
 from genretr.pipeline import STAGES
 from genretr.rationale import MODES as REASON_MODES
 
 ABSENT = object()
 CHOICES = {  # key -> allowed values (checked when the key is set)
+    "precision": PRECISIONS,  # first: trainer.precision resolves from it
     "stage": STAGES,
     "method.name": ("embedding", "generative"),
     "eval.pool": ("task", UNIVERSAL),
@@ -39,7 +41,6 @@ CHOICES = {  # key -> allowed values (checked when the key is set)
     "backbone.model.schedule": ("constant", "cosine"),
 }
 INTS = {  # key -> (minimum, null allowed)
-    "threads": (1, True),
     "eval.top_k": (1, False),
     "eval.max_queries": (1, True),
     "decoding.num_beams": (1, False),
@@ -82,6 +83,9 @@ def validate(cfg: DictConfig) -> None:
         _choice(cfg, key, allowed)
     for key, (low, nullable) in INTS.items():
         _int(cfg, key, low, nullable)
+    threads = _get(cfg, "threads")
+    if threads not in (ABSENT, None, "auto") and not (_is_int(threads) and int(threads) >= 1):
+        raise GenretrError(f"threads={_show(threads)} is not auto or an integer >= 1")
     seed = _get(cfg, "seed")
     if seed is not ABSENT and not (_is_int(seed) and 0 <= int(seed) <= SEED_MAX):
         raise GenretrError(f"seed={_show(seed)} is not an integer in 0..{SEED_MAX}")

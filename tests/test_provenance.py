@@ -14,10 +14,14 @@ from genretr.run import execute
 def test_results_carry_provenance(make_cfg, tmp_path):
     threads = torch.get_num_threads()
     try:
-        execute(make_cfg("method=embedding", "seed=3", "threads=1"), tmp_path / "run")
+        execute(make_cfg("method=embedding", "seed=3", "threads=1", "precision=fp32"), tmp_path / "run")
     finally:
         torch.set_num_threads(threads)
     prov = json.loads((tmp_path / "run" / "results.json").read_text())["provenance"]
+    from genretr.hardware import cpu_bf16_kind
+
+    assert prov["precision"] == {"option": "fp32", "bf16_hardware": cpu_bf16_kind(), "trainer": "32-true",
+                                 "search_step": "float32"}
     assert re.fullmatch(r"[0-9a-f]{40}", prov["git"]["commit"])  # the tests run in a git checkout
     assert isinstance(prov["git"]["dirty"], bool)
     assert prov["seed"] == 3 and prov["torch_threads"] == 1 and prov["device"] == "cpu"

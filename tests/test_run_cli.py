@@ -92,3 +92,23 @@ def test_wandb_logger_offline_never_blocks(tmp_path):
               env=no_wandb_key(tmp_path), timeout=240)
     assert out.returncode == 0, out.stderr[-2000:]
     assert list((tmp_path / "run").rglob("offline-run-*")), "no offline W&B run was written"
+
+
+def test_jobs_side_by_side_take_one_share_of_the_cores_each(tmp_path):
+    """hydra/launcher=parallel with n_jobs=2 and threads=auto (the default): each job gets cores // 2 torch
+    threads (one each on a 2-core machine), recorded in its results.json; a single run gets every core."""
+    from genretr.hardware import cores
+
+    sweep = tmp_path / "sweep"
+    out = run("-m", "debug=tiny", "method=embedding", "seed=0,1", "hydra/launcher=parallel",
+              "hydra.launcher.n_jobs=2", "logger=none", f"paths.cache_dir={tmp_path}/cache",
+              f"hydra.sweep.dir={sweep}", env={"OMP_NUM_THREADS": None})
+    assert out.returncode == 0, out.stderr[-2000:]
+    threads = [json.loads((sweep / str(n) / "results.json").read_text())["provenance"]["torch_threads"]
+               for n in (0, 1)]
+    assert threads == [max(1, cores() // 2)] * 2
+    out = run("debug=tiny", "method=embedding", "logger=none", f"paths.cache_dir={tmp_path}/cache",
+              f"hydra.run.dir={tmp_path}/single", env={"OMP_NUM_THREADS": None})
+    assert out.returncode == 0, out.stderr[-2000:]
+    single = json.loads((tmp_path / "single" / "results.json").read_text())["provenance"]["torch_threads"]
+    assert single == cores()
