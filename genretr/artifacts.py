@@ -31,7 +31,10 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 TMP_PREFIX = ".artifact."
-RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK")  # set by distributed launchers only (torchrun, Lightning)
+# Set for every task of a cluster job, distributed or not (`srun -n 4` of four independent runs): a rank
+# only when the run itself is distributed (the trainer asks for several processes).
+CLUSTER_RANK_VARIABLES = ("SLURM_PROCID", "JSM_NAMESPACE_RANK")
 
 
 def config_key(*parts) -> str:
@@ -57,10 +60,12 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def secondary_rank() -> bool:
+def secondary_rank(distributed: bool = False) -> bool:
     """Whether this process is a rank other than 0 of a distributed run (the variables Lightning and
-    torchrun set; NODE_RANK for the first process of another node)."""
-    return any(os.environ.get(v, "0").strip() not in ("", "0") for v in RANK_VARIABLES)
+    torchrun set; NODE_RANK for the first process of another node; SLURM's and LSF's task ids when
+    `distributed`, i.e. the run's trainer spans several processes)."""
+    names = RANK_VARIABLES + (CLUSTER_RANK_VARIABLES if distributed else ())
+    return any(os.environ.get(v, "0").strip() not in ("", "0") for v in names)
 
 
 def _tmp_name() -> str:
@@ -85,8 +90,10 @@ def _writer_alive(tmp_name: str) -> bool:
 
 
 class ArtifactStore:
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, distributed: bool = False):
+        """`distributed`: this run's trainer spans several processes (see `secondary_rank`)."""
         self.root = Path(root).expanduser().resolve()
+        self.distributed = bool(distributed)
 
     def dir(self, stage: str, key: str) -> Path:
         return self.root / stage / key
@@ -146,7 +153,7 @@ class ArtifactStore:
         if final.is_dir():
             log.info("stage %s: reusing %s", stage, final)
             return final
-        if secondary_rank():
+        if secondary_rank(self.distributed):
             return self._write(stage, key, writer, meta)
         with self.lock(stage, key):
             if final.is_dir():  # another run wrote it while this one waited

@@ -109,6 +109,21 @@ def _parsed(name: str, package_dir: Path) -> tuple[str, tuple[str, ...]]:
     return hashlib.sha1(ast.dump(tree).encode()).hexdigest(), tuple(sorted(deps))
 
 
+def snapshot(package_dir: Path = PACKAGE_DIR) -> int:
+    """Read every genretr module now (cached for this process): `genretr.run` calls it as a run starts, with
+    `provenance.git_state()`, so that the stage keys describe the code the run started with even when a
+    file is edited while it runs.  Returns the number of modules read."""
+    package_dir = Path(package_dir)
+    names = []
+    for path in sorted(package_dir.rglob("*.py")):
+        parts = path.relative_to(package_dir).with_suffix("").parts
+        names.append(".".join((PACKAGE, *parts[:-1])) if parts[-1] == "__init__" else ".".join((PACKAGE, *parts)))
+    for name in names:
+        if name != PACKAGE:
+            _parsed(name, package_dir)
+    return len(names)
+
+
 def _parents(name: str) -> list[str]:
     """The packages whose __init__ runs on importing `name` (genretr's own excluded)."""
     parts = name.split(".")

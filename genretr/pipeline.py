@@ -31,6 +31,25 @@ STAGES = ["dataset", "encode", "identify", "train", "index", "evaluate"]
 TRAINER_DISPLAY = ("log_every_n_steps", "enable_model_summary", "enable_progress_bar", "num_sanity_val_steps")
 
 
+def devices(trainer) -> object:
+    """The trainer's `devices`, with "all of them" (-1, auto) resolved to how many there are."""
+    value = trainer.get("devices", 1)
+    if str(value) in ("-1", "auto"):
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 1
+    return value
+
+
+def processes(trainer) -> int:
+    """How many processes the trainer trains with (devices x nodes; a device list counts its entries)."""
+    n = devices(trainer)
+    if isinstance(n, str):  # "2" or "0,1"
+        n = [d for d in n.split(",") if d.strip()] if "," in n else int(n)
+    n = len(n) if not isinstance(n, int) else n
+    return max(1, n) * max(1, int(trainer.get("num_nodes", 1) or 1))
+
+
 @dataclass
 class Embeddings:
     item_ids: list[str]
@@ -55,7 +74,7 @@ class Embeddings:
 class Pipeline:
     def __init__(self, cfg: DictConfig, run_dir: Path, logger=None, extra_callbacks=()):
         self.cfg, self.run_dir, self.logger = cfg, Path(run_dir), logger
-        self.store = ArtifactStore(cfg.paths.cache_dir)
+        self.store = ArtifactStore(cfg.paths.cache_dir, distributed=processes(cfg.trainer) > 1)
         self.keys: dict[str, str] = {}
         self.extra_callbacks = list(extra_callbacks)
         self.stage_seconds: dict[str, float] = {}  # wall time per stage (results.json's provenance)
@@ -70,8 +89,7 @@ class Pipeline:
         from genretr.provenance import versions
 
         trainer = {k: v for k, v in plain_dict(self.cfg.trainer).items() if k not in TRAINER_DISPLAY}
-        if str(trainer.get("devices")) in ("-1", "auto"):  # all devices: how many there are
-            trainer["devices"] = torch.cuda.device_count() if torch.cuda.is_available() else 1
+        trainer["devices"] = devices(trainer)
         found = versions()
         return {"threads": torch.get_num_threads(), "trainer": trainer,
                 "versions": {k: found[k] for k in ("torch", "transformers", "lightning", "numpy", "faiss-cpu")}}

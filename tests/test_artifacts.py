@@ -285,3 +285,20 @@ def test_multirun_jobs_share_the_sweep_dir():
     job = _compose_hydra(["seed=1"])
     OmegaConf.copy_cache(from_config=master, to_config=job)  # what Hydra's load_sweep_config does
     assert pickle.loads(pickle.dumps(job)).hydra.sweep.dir == sweep_dir
+
+
+def test_cluster_task_ids_are_ranks_only_of_a_distributed_run(monkeypatch):
+    """`srun -n 4` of four independent runs sets SLURM_PROCID 0..3: those must still take the stage locks;
+    in a run whose trainer spans several processes, a task id other than 0 is a secondary rank."""
+    from genretr.artifacts import CLUSTER_RANK_VARIABLES, RANK_VARIABLES, secondary_rank
+    from genretr.pipeline import processes
+
+    for v in RANK_VARIABLES + CLUSTER_RANK_VARIABLES:
+        monkeypatch.delenv(v, raising=False)
+    monkeypatch.setenv("SLURM_PROCID", "2")
+    assert not secondary_rank() and secondary_rank(distributed=True)
+    assert not ArtifactStore("x").distributed
+    assert processes({"devices": 1}) == 1 and processes({"devices": 2, "num_nodes": 2}) == 4
+    assert processes({"devices": "0,1"}) == 2 and processes({"devices": [0, 1, 2]}) == 3
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert secondary_rank()

@@ -137,3 +137,17 @@ def test_every_stage_key_holds_its_code_fingerprint(module):
         fps = [a for a in call.args if isinstance(a, ast.Call) and getattr(a.func, "id", None) == "stage_fingerprint"]
         assert stage in STAGE_ROOTS, (module, call.lineno)
         assert [f.args[0].value for f in fps] == [stage], (module, call.lineno, ast.unparse(call))
+
+
+def test_keys_describe_the_code_read_when_the_run_started(tmp_path, encoder_cfg):
+    """`snapshot()` (genretr.run, as a run starts) reads every module: an edit made while the run goes on does
+    not change its keys, which describe the code it imported; the next run sees the edit."""
+    from genretr import fingerprint
+
+    base = copy_package(tmp_path / "a")
+    assert fingerprint.snapshot(base) == len(list(base.rglob("*.py")))
+    before = stage_fingerprint("encode", encoder_cfg, package_dir=base)
+    append(base / "encoders" / "towers.py", "\nEDITED_DURING_THE_RUN = 1\n")
+    assert stage_fingerprint("encode", encoder_cfg, package_dir=base) == before
+    fingerprint._parsed.cache_clear(), fingerprint._closure.cache_clear()  # a new process
+    assert stage_fingerprint("encode", encoder_cfg, package_dir=base) != before

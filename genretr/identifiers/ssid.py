@@ -35,6 +35,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from filelock import FileLock
+
 from genretr.artifacts import plain_dict
 from genretr.errors import DataError, GenretrError
 from genretr.generators import Request
@@ -264,8 +266,15 @@ class SsidIdentifier:
         return root / f"ssid-{digest}.jsonl"
 
     def generate(self, requests: list[Request], ctx) -> dict[str, dict]:
-        """Every request's record, from the cache where it has one (batched, appended and flushed per batch)."""
-        cache = AnswerCache(self.cache_path(ctx)) if self.cache else None
+        """Every request's record, from the cache where it has one (batched, appended and flushed per batch).
+        The cache file is held (a file lock) while answering: runs sharing it answer each request once."""
+        if not self.cache:
+            return self._generate(requests, ctx, None)
+        path = self.cache_path(ctx)
+        with FileLock(str(path) + ".lock"):
+            return self._generate(requests, ctx, AnswerCache(path))
+
+    def _generate(self, requests: list[Request], ctx, cache: "AnswerCache | None") -> dict[str, dict]:
         done = {r.item_id: cache.records[r.item_id] for r in requests if cache and r.item_id in cache.records}
         todo = [r for r in requests if r.item_id not in done]
         if done:
