@@ -252,7 +252,7 @@ reproduce-ssid-fewshot: install ## SSID Fig. 3 on shapes: fine-tuning on N sampl
 	$(REPORT) multirun/ssid_fewshot --reference $(SSID)/fig3_flickr30k.yaml --out multirun/ssid_fewshot/table.md \
 		--plot train.limit --metrics R@1,R@5,R@10 --png multirun/ssid_fewshot/fewshot.png
 
-DESCRIBER = $(PY) experiments/ssid/describer_oracle.py experiment=ssid_table1
+DESCRIBER = $(PY) experiments/ssid/describer_oracle.py --seeds $(SEED_LIST) experiment=ssid_table1
 reproduce-ssid-describer: install ## SSID vs semantic IDs under three describers of the images (README, SSID)
 	$(DESCRIBER) --captioner identifier=semantic $(ARGS)
 	$(DESCRIBER) --captioner identifier=semantic identifier.train_caption=generated $(ARGS)

@@ -13,17 +13,21 @@ stage artifacts (`captioner.describer=pair-caption` enters the stage keys) and a
 
 `--captioner` evaluates the usual run (the captioner describes) the same way, for the comparison; with
 `identifier.describe=all` (SSID) or `identifier.train_caption=generated` (semantic) the captioner describes
-every image, train images too.  `make reproduce-ssid-describer` runs the six.
+every image, train images too.  `--seeds 0,1,2` runs each seed and prints mean ± std over them;
+`make reproduce-ssid-describer` runs the six over SEEDS seeds.
 """
 import os
 import sys
 from pathlib import Path
 
+import torch
 from hydra import compose, initialize_config_dir
 
 from genretr.data.schema import PAIR
 from genretr.evaluate_stage import task_rankings
+from genretr.hardware import auto_threads
 from genretr.pipeline import Pipeline
+from genretr.stats import summary
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = os.environ.get("GENRETR_CACHE", str(ROOT / ".cache/genretr"))
@@ -41,21 +45,48 @@ class PairCaptionPipeline(Pipeline):
         return ctx
 
 
-def main(args):
-    oracle = "--captioner" not in args
-    overrides = [a for a in args if a != "--captioner"]
+def evaluate(overrides: list[str], oracle: bool, seed: int) -> dict[str, list[float]]:
+    """R@1/5/10 (%) of one seed's run on all five t2i queries and on the four that are not the pair caption."""
     extra = ["+captioner.describer=pair-caption"] if oracle else []
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
-        cfg = compose("config", overrides=[*overrides, *extra, f"paths.cache_dir={CACHE}", "progress=false"])
+        cfg = compose("config", overrides=[*overrides, *extra, f"seed={seed}", f"paths.cache_dir={CACHE}",
+                                           "progress=false"])
+    torch.set_num_threads(auto_threads(cfg.get("threads", "auto")))
     p = (PairCaptionPipeline if oracle else Pipeline)(cfg, Path("outputs/describer_oracle"))
     ds, queries, rankings = task_rankings(p, "t2i")
     pair_caption = {it.image: it.text for it in ds.items.values() if it.modality == PAIR}
     rows = [(next(iter(q.relevant)), list(r), q.text == pair_caption.get(ds.items[next(iter(q.relevant))].image))
             for q, r in zip(queries, rankings)]
+    found = {}
+    for label, sel in ((ALL, rows), (UNSEEN, [r for r in rows if not r[2]])):
+        found[label] = [100 * sum(g in r[:k] for g, r, _ in sel) / len(sel) for k in (1, 5, 10)]
+        found[label + " n"] = len(sel)
+    return found
+
+
+ALL, UNSEEN = "all five queries", "the four non-pair-caption queries"
+
+
+def main(args):
+    oracle = "--captioner" not in args
+    seeds = [0]
+    if "--seeds" in args:  # --seeds 0,1,2: one run per seed, then mean ± std over them
+        i = args.index("--seeds")
+        seeds = [int(s) for s in args[i + 1].split(",") if s]
+        args = args[:i] + args[i + 2:]
+    overrides = [a for a in args if a != "--captioner"]
     name = f"{' '.join(overrides)} ({'pair-caption describer' if oracle else 'captioner describer'})"
-    for label, sel in (("all five queries", rows), ("the four non-pair-caption queries", [r for r in rows if not r[2]])):
-        rec = [100 * sum(g in r[:k] for g, r, _ in sel) / len(sel) for k in (1, 5, 10)]
-        print(f"{name}: {label} ({len(sel)}): R@1 {rec[0]:.1f}  R@5 {rec[1]:.1f}  R@10 {rec[2]:.1f}", flush=True)
+    per_seed = [evaluate(overrides, oracle, s) for s in seeds]
+    for seed, found in zip(seeds, per_seed):
+        for label in (ALL, UNSEEN):
+            rec = found[label]
+            print(f"{name} seed {seed}: {label} ({found[label + ' n']}): R@1 {rec[0]:.1f}  R@5 {rec[1]:.1f}  "
+                  f"R@10 {rec[2]:.1f}", flush=True)
+    if len(seeds) > 1:
+        for label in (ALL, UNSEEN):
+            cols = [summary([f[label][k] for f in per_seed]) for k in range(3)]
+            print(f"{name}: {label}, mean ± std over seeds {','.join(map(str, seeds))}: " + "  ".join(
+                f"R@{k} {c.mean:.1f} ± {c.std:.1f}" for k, c in zip((1, 5, 10), cols)), flush=True)
 
 
 if __name__ == "__main__":
