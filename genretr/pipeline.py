@@ -78,21 +78,22 @@ class Pipeline:
         self.keys: dict[str, str] = {}
         self.extra_callbacks = list(extra_callbacks)
         self.stage_seconds: dict[str, float] = {}  # wall time per stage (results.json's provenance)
+        self._numerics: dict | None = None
 
     def numerics(self) -> dict:
         """What sets a trained artifact's numbers besides its config and seed: torch's thread count (CPU
         kernels sum in another order at another count), the trainer (device, precision, strategy, clipping…;
         not its logging and display options) and the versions of the numeric libraries.  In the keys of the
         stages that train (encode, identify, train, captions), so no artifact is reused across them."""
-        import torch
-
         from genretr.provenance import versions
 
-        trainer = {k: v for k, v in plain_dict(self.cfg.trainer).items() if k not in TRAINER_DISPLAY}
-        trainer["devices"] = devices(trainer)
-        found = versions()
-        return {"threads": torch.get_num_threads(), "trainer": trainer,
-                "versions": {k: found[k] for k in ("torch", "transformers", "lightning", "numpy", "faiss-cpu")}}
+        if self._numerics is None:  # once per run (the installed versions are read from package metadata)
+            trainer = {k: v for k, v in plain_dict(self.cfg.trainer).items() if k not in TRAINER_DISPLAY}
+            trainer["devices"] = devices(trainer)
+            found = versions()
+            self._numerics = {"trainer": trainer, "versions": {
+                k: found[k] for k in ("torch", "transformers", "lightning", "numpy", "faiss-cpu")}}
+        return {"threads": torch.get_num_threads(), **self._numerics}
 
     def tasks(self) -> list[str]:
         return list(self.cfg.eval.tasks)

@@ -7,6 +7,7 @@ import sys
 SUBCOMMANDS = {
     "decoding": ("genretr.bench.decoding", "constrained decoding: HF vs the genretr engine, trie, faiss crossover"),
     "stability": ("genretr.bench.stability", "the default training over seeds x thread counts: spread and budgets"),
+    "training": ("genretr.bench.training", "training throughput of the default models: fp32 vs bf16, per thread count"),
 }
 
 

@@ -251,3 +251,27 @@ def test_backbone_config_instantiates(tmp_path):
     assert len(m.encoder) == 3 and len(m.decoder) == 3 and cfg.backbone.input == "tokens"
     cfg = compose_cfg(["backbone=cart", "logger=none", "++train.consistency=false"], tmp_path, tmp_path / "cache")
     assert instantiate(cfg.backbone.model, vocab_size=30, src_vocab_size=50, input_dim=16).omega == 0.0
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_math_attention_is_sdpa(causal):
+    """The bf16-on-CPU attention path (plain matmuls, fp32 softmax) computes what SDPA does, fully masked
+    rows included (0), and its gradients too; in fp32 the two agree to rounding."""
+    import torch.nn.functional as F
+
+    from genretr.backbones.cart_fusion import math_attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 5, 8, generator=g, requires_grad=True) for _ in range(3))
+    mask = torch.rand(3, 1, 1, 5, generator=g) > 0.3
+    mask[1] = False  # a query that sees nothing
+    for m in (None, mask):
+        ref = F.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=causal)
+        out = math_attention(q, k, v, m, causal)
+        assert torch.allclose(out, ref, atol=1e-5)
+        gr = torch.autograd.grad(ref.square().sum(), (q, k, v))
+        go = torch.autograd.grad(out.square().sum(), (q, k, v))
+        assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(go, gr))
+    assert (math_attention(q, k, v, mask, causal)[1] == 0).all()
+    low = math_attention(*(x.detach().bfloat16() for x in (q, k, v)), mask, causal)
+    assert low.dtype == torch.bfloat16 and torch.allclose(low.float(), ref.detach(), atol=0.05)
