@@ -112,7 +112,20 @@ def searcher(p, ds, emb: Embeddings, task: str, model, table, tries):
         model = AnswerWithReason(model, p._reason_vocab(ds, table).sep)
     return search.generative_searcher(model, tries[task], table, d, top_k, bool(p.cfg.progress),
                                       rerank_vecs=emb.items if d.get("rerank", False) else None,
-                                      classifier_pool=table.subset(pool) if p._classifier_head() else None)
+                                      classifier_pool=table.subset(pool) if p._classifier_head() else None,
+                                      step_dtype=search_step_dtype(p.cfg, model_device(model)))
+
+
+def model_device(model) -> torch.device:
+    params = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+    return params.device if params is not None else torch.device("cpu")
+
+
+def search_step_dtype(cfg, device) -> str:
+    """The dtype of the search's model step: `decoding.precision`, else `precision` (genretr.hardware)."""
+    from genretr.hardware import step_dtype
+
+    return step_dtype(cfg.decoding.get("precision") or cfg.get("precision", "auto"), device)
 
 
 def task_rankings(p, task: str = "t2i"):

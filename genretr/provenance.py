@@ -72,7 +72,7 @@ def provenance(cfg, stage_seconds: dict, git: dict) -> dict:
     device = device_name(accelerator)
     option = cfg.get("precision", "auto")
     precision = {"option": option, "bf16_hardware": bf16_kind(accelerator), "trainer": cfg.trainer.get("precision"),
-                 "search_step": step_dtype(option, device)}
+                 "search_step": step_dtype(cfg.get("decoding", {}).get("precision") or option, device)}
     return {"git": git, "seed": int(cfg.seed), "torch_threads": torch.get_num_threads(), "device": device,
             "precision": precision, "versions": versions(),
             "stage_seconds": {k: round(v, 2) for k, v in stage_seconds.items()}}

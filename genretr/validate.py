@@ -83,6 +83,8 @@ def validate(cfg: DictConfig) -> None:
         _choice(cfg, key, allowed)
     for key, (low, nullable) in INTS.items():
         _int(cfg, key, low, nullable)
+    if _get(cfg, "decoding.precision") is not None:
+        _choice(cfg, "decoding.precision", PRECISIONS)
     threads = _get(cfg, "threads")
     if threads not in (ABSENT, None, "auto") and not (_is_int(threads) and int(threads) >= 1):
         raise GenretrError(f"threads={_show(threads)} is not auto or an integer >= 1")

@@ -11,7 +11,7 @@ All parameters are Xavier-uniform initialised (Appendix C; biases zero).
 `step_decoder()` lays the model out for `genretr.decoding.engine`: the encoder, Z and every decoder
 layer's cross-attention / coarse / fine keys and values are computed once per query (`prepare`) and
 shared by its beams, which attend as S query positions against that one query's keys; the
-self-attention keys/values live in a preallocated cache reordered in place.
+self-attention keys/values live in a preallocated double-buffered cache (`genretr.decoding.t5_step.KVCache`).
 """
 from __future__ import annotations
 
@@ -171,17 +171,33 @@ class CartSeq2Seq(L.LightningModule):
 
 
 class CartStepDecoder:
-    """`genretr.decoding.engine` step-decoder protocol for a `CartSeq2Seq` (inference: call on an eval model)."""
+    """`genretr.decoding.engine` step-decoder protocol for a `CartSeq2Seq` (inference: call on an eval model).
+
+    Self-attention keys/values live in a double-buffered `KVCache` (rows, T, heads, d_k).  `cast(torch.bfloat16)`
+    runs the step on a bf16 twin of the model (weights, encoder memories and cache in bf16; issue #18)."""
+
+    compilable = True
 
     def __init__(self, model: CartSeq2Seq):
         self.model = model
         self.vocab_size = model.hparams.vocab_size
         first = model.decoder[0].self_attn
         self.heads, self.dk = first.heads, first.dk
+        self.dtype = next(model.parameters()).dtype
 
     @property
     def device(self) -> torch.device:
         return self.model.out.weight.device
+
+    def cast(self, dtype: torch.dtype) -> "CartStepDecoder":
+        """Step on a copy of the model in `dtype` (rebuilt from its hyperparameters and weights, so a trainer
+        attached to the model is not copied)."""
+        if dtype != self.dtype:
+            twin = type(self.model)(**dict(self.model.hparams))
+            twin.load_state_dict(self.model.state_dict())
+            self.model = twin.to(device=self.device, dtype=dtype).eval()
+            self.dtype = dtype
+        return self
 
     @torch.no_grad()
     def prepare(self, queries):
@@ -190,11 +206,11 @@ class CartStepDecoder:
         return self.model.memories(torch.as_tensor(src, device=self.device))
 
     def new_cache(self, rows: int, T: int):
+        from genretr.decoding.t5_step import KVCache
+
         if T > self.model.hparams.max_tgt_len:
             raise GenretrError(f"identifiers of {T} tokens exceed CART's max_tgt_len={self.model.hparams.max_tgt_len}")
-        shape = (rows, self.heads, T, self.dk)
-        return [(torch.empty(shape, device=self.device), torch.empty(shape, device=self.device))
-                for _ in self.model.decoder]
+        return KVCache(len(self.model.decoder), rows, T, self.heads, self.dk, self.device, self.dtype)
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor, t: int, N: int, S: int, state, cache, T: int) -> torch.Tensor:
@@ -202,11 +218,12 @@ class CartStepDecoder:
         mems, mask, fine_mask = state
         NS = N * S
         x = self.model.embed_targets(tokens, t).unsqueeze(1)  # (NS, 1, d)
-        for layer, mem, (ks, vs) in zip(self.model.decoder, mems, cache):
+        for layer, mem, (ks, vs) in zip(self.model.decoder, mems, cache.layers):
             a = layer.self_attn
-            ks[:NS, :, t: t + 1] = a.split(x, a.k)
-            vs[:NS, :, t: t + 1] = a.split(x, a.v)
-            y = layer.norm1(x + a.attend(a.split(x, a.q), ks[:NS, :, : t + 1], vs[:NS, :, : t + 1]))
+            ks[:NS, t] = a.split(x, a.k)[:, :, 0]  # (NS, H, dk)
+            vs[:NS, t] = a.split(x, a.v)[:, :, 0]
+            k, v = ks[:NS, : t + 1].transpose(1, 2), vs[:NS, : t + 1].transpose(1, 2)  # (NS, H, t+1, dk)
+            y = layer.norm1(x + a.attend(a.split(x, a.q), k, v))
             # the S beams of a query are S query positions against that query's shared keys/values
             h = layer.attend_memory(y.view(N, S, -1), mem, mask, fine_mask)
             x = layer.feed_forward(h).view(NS, 1, -1)
@@ -214,7 +231,5 @@ class CartStepDecoder:
 
     @staticmethod
     def reorder(cache, rows: torch.Tensor, upto: int) -> None:
-        """In place: new row i <- old row rows[i], positions < upto only."""
-        from genretr.decoding.engine import reorder_kv_cache
-
-        reorder_kv_cache(cache, rows, upto)
+        """New row i <- old row rows[i], positions < upto (`KVCache.reorder`: index_select into the other buffer)."""
+        cache.reorder(rows, upto)

@@ -359,17 +359,34 @@ class MLLMRetriever(L.LightningModule):
         return torch.stack(out).cpu()
 
 class MLLMStepDecoder:
-    """The StepDecoder protocol of `genretr.decoding.engine` for an `MLLMRetriever` (rows n*S + s)."""
+    """The StepDecoder protocol of `genretr.decoding.engine` for an `MLLMRetriever` (rows n*S + s).
+
+    `cast(torch.bfloat16)` (the engine's ``step_dtype="bfloat16"``, issue #18) runs the prompt and every step
+    under `torch.autocast` in bf16 (the HF cache then holds bf16 keys/values); the weights stay in the
+    model's own dtype (``backbone.dtype``) and the logits are returned in float32 either way.  Not
+    compilable (`compilable = False`): HF's dynamic cache grows every step."""
+
+    compilable = False
 
     def __init__(self, model: MLLMRetriever):
         self.model = model
         self.device = next(model.parameters()).device
         self.vocab_size = model.lm_vocab_size + OFFSET
+        self.autocast: torch.dtype | None = None
+
+    def cast(self, dtype: torch.dtype) -> "MLLMStepDecoder":
+        self.autocast = None if dtype == torch.float32 else dtype
+        return self
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.autocast or torch.float32,
+                              enabled=self.autocast is not None)
 
     def prepare(self, queries: list[dict]) -> PromptState:
         m = self.model
         batch = {k: v.to(self.device) for k, v in m.batch(list(queries), False).items()}
-        out = m.hf(**m.model_inputs(batch), use_cache=True, logits_to_keep=1)
+        with self._autocast():
+            out = m.hf(**m.model_inputs(batch), use_cache=True, logits_to_keep=1)
         return PromptState(out.logits[:, -1].float(), out.past_key_values, batch["attention_mask"],
                            m.next_positions(batch), m.step_extras(batch, out))
 
@@ -383,8 +400,9 @@ class MLLMStepDecoder:
         mask = torch.cat([state.mask[q], state.mask.new_ones(N * S, t)], 1)
         pos = self.model.step_positions(state.next_pos[q] + (t - 1))
         extras = self.model.step_inputs({k: v[q] for k, v in state.extras.items()})
-        out = self.model.hf(input_ids=llm_tokens[:, None], attention_mask=mask, position_ids=pos,
-                            past_key_values=cache.kv, use_cache=True, **extras)
+        with self._autocast():
+            out = self.model.hf(input_ids=llm_tokens[:, None], attention_mask=mask, position_ids=pos,
+                                past_key_values=cache.kv, use_cache=True, **extras)
         cache.kv = out.past_key_values
         return out.logits[:, -1].float()
 

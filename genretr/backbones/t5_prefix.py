@@ -28,6 +28,17 @@ from genretr.identifiers.base import EOS, PAD
 from genretr.training import lr_factor
 
 
+def generation_cache():
+    """An empty cache for HF `generate` whose layers are created as the decoder writes them.
+
+    HF builds its default cache from ``config.num_layers`` -- the *encoder* depth of a T5 config -- so a
+    token-input decoder with more decoder than encoder layers (or any depth differing from the prefix
+    mode's 0) would index past its cache (IndexError in `DynamicCache.update`)."""
+    from transformers import DynamicCache, EncoderDecoderCache
+
+    return EncoderDecoderCache(DynamicCache(), DynamicCache())
+
+
 class PrefixMLP(nn.Module):
     """Eq. 9: z_q → N × d' prefix embeddings."""
 
@@ -122,6 +133,7 @@ class T5PrefixDecoder(L.LightningModule):
         """HF beam search; returns (sequences without the start token, scores)."""
         states, mask = self.encode(z)
         out = self.t5.generate(encoder_outputs=BaseModelOutput(last_hidden_state=states),
+                               cache=generation_cache(),
                                attention_mask=None if mask is None else mask.long(), num_beams=num_beams,
                                num_return_sequences=num_return_sequences or num_beams,
                                max_new_tokens=max_new_tokens, prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,

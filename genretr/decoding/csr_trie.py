@@ -234,6 +234,17 @@ class CSRTrie:
             self._depth_fan = out
         return self._depth_fan
 
+    @property
+    def depth_open_nodes(self) -> np.ndarray:
+        """Nodes with children (beams that can still run) at each depth (0: the root): at most this many
+        distinct running beams exist after d tokens, so the engine's beam width at step d is
+        ``min(num_beams, depth_open_nodes[d])`` without looking at the beams (no host synchronisation)."""
+        if getattr(self, "_depth_open", None) is None:
+            fan = np.diff(self.indptr)
+            depth = np.searchsorted(self.depth_ptr, np.arange(len(fan)), side="right") - 1  # depth of each node
+            self._depth_open = np.bincount(depth[fan > 0], minlength=len(self.depth_ptr) - 1).astype(np.int64)
+        return self._depth_open
+
     def tensors(self, device="cpu") -> dict:
         """The arrays as torch tensors on `device` (on CPU they share memory with the numpy arrays)."""
         key = str(device)
@@ -267,18 +278,20 @@ class CSRTrie:
         tok = self.tensors(node_ids.device)["edge_token"][edge].long()
         return tok, edge.add_(1), valid
 
-    def step(self, node_ids: torch.Tensor, tokens: torch.Tensor, depth: int | None = None) -> torch.Tensor:
+    def step(self, node_ids: torch.Tensor, tokens: torch.Tensor, depth: int | None = None,
+             widest: int | None = None) -> torch.Tensor:
         """Child of each node by each token (-1 when there is none or the node is -1).
 
         A binary search inside each node's sorted child segment, vectorised over all nodes: as many
-        rounds as the widest fan-out (at `depth` if given) needs; no extra index memory."""
+        rounds as the widest fan-out (`widest`, else that of `depth` if given) needs; no extra index memory."""
         t = self.tensors(node_ids.device)
         nodes, tokens = node_ids.long(), tokens.long()
         lo, count = self._span(nodes)
         hi = lo + count
-        end = hi.clone()
-        fan = self.depth_max_fanout
-        widest = int(fan[depth]) if depth is not None and depth < len(fan) else int(fan.max(initial=0))
+        end = hi
+        if widest is None:
+            fan = self.depth_max_fanout
+            widest = int(fan[depth]) if depth is not None and depth < len(fan) else int(fan.max(initial=0))
         edge_token = t["edge_token"]
         for _ in range(widest.bit_length()):
             active = lo < hi
@@ -314,6 +327,15 @@ class CSRTrie:
         mask = fill(len(uniq), V + 1, dtype=torch.bool, device=node_ids.device)
         mask.scatter_(1, torch.where(valid, tok, V), allowed)
         return mask[:, :V][inverse]
+
+    def children_mask(self, node_ids: torch.Tensor, width: int, vocab_size: int | None = None,
+                      allowed: bool = True) -> torch.Tensor:
+        """(n, V) bool allowed (or disallowed) mask of each row's node, with the children padded to a given
+        `width` (>= the rows' widest fan-out): fixed shapes, no `unique`, no host synchronisation."""
+        V = int(vocab_size or self.vocab_size)
+        tok, _, valid = self.children(node_ids, width=width)
+        mask = (torch.zeros if allowed else torch.ones)(len(node_ids), V + 1, dtype=torch.bool, device=node_ids.device)
+        return mask.scatter_(1, torch.where(valid, tok, V), allowed)[:, :V]
 
     def leaf_rows(self, node_ids: torch.Tensor) -> torch.Tensor:
         """Index into `leaf_node` of each (leaf) node, -1 for non-leaves."""

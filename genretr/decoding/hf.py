@@ -3,15 +3,22 @@
 `prefix_allowed_tokens_fn` walks the trie once per beam per step; beams that already
 ended are padded.  Candidates map back to items through the `IdTable`'s inverse map;
 items are ranked by their identifier's beam score, duplicates removed.
+
+`TrieLogitsProcessor` applies the engine's vectorised constraint inside HF `generate`, and
+`hf_generate` runs HF beam search with either constraint (the benchmark's baselines).
 """
 from __future__ import annotations
 
 import time
 
 import torch
+from transformers import LogitsProcessor
 
+from genretr.decoding.csr_trie import CSRTrie
 from genretr.decoding.trie import Trie
 from genretr.identifiers.base import EOS, PAD, IdTable
+
+NEG_INF = float("-inf")
 
 
 def prefix_allowed_fn(trie: Trie):
@@ -54,3 +61,67 @@ def constrained_search(model, query_vecs: torch.Tensor, trie: Trie, table: IdTab
             rankings.append(ranked[:top_k])
     elapsed = time.perf_counter() - t0
     return rankings, len(query_vecs) / max(elapsed, 1e-9)
+
+
+class TrieLogitsProcessor(LogitsProcessor):
+    """HF `LogitsProcessor`: -inf on every token the trie does not allow after each row's prefix.
+
+    Equivalent to `PrefixConstrainedLogitsProcessor(prefix_allowed_fn(trie))` (rows whose prefix is
+    complete or invalid may only emit PAD) but vectorised over all rows: the prefixes are walked
+    down the CSR trie column by column and the allowed children scattered into one mask."""
+
+    def __init__(self, trie, num_beams: int = 1, prompt_len: int = 1, inplace: bool = False):
+        self.trie = CSRTrie.coerce(trie)
+        self.num_beams = num_beams
+        self.prompt_len = prompt_len  # decoder start token(s) to skip
+        # inplace=True masks `scores` itself, sparing a (rows, V) allocation: safe in HF beam search (its
+        # input is a fresh log-softmax), not in greedy search with output_logits=True (HF keeps that tensor)
+        self.inplace = inplace
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        nodes = self.trie.walk(input_ids[:, self.prompt_len:])
+        dead = self.trie.fanout(nodes) == 0
+        if dead.any():  # complete or invalid prefix: only PAD (as `prefix_allowed_fn`)
+            nodes = nodes.masked_fill(dead, -1)
+        banned = self.trie.disallowed_mask(nodes, scores.shape[-1])
+        banned[:, PAD] &= ~dead
+        processed = scores.masked_fill_(banned, NEG_INF) if self.inplace else scores.masked_fill(banned, NEG_INF)
+        # as HF: if no beam of a batch element has a finite allowed score, force the constraint with 0
+        unsat = processed.amax(-1).isneginf().view(-1, self.num_beams).all(-1, keepdim=True)
+        if unsat.any():
+            zero = torch.zeros_like(scores).masked_fill(banned, NEG_INF)
+            processed = torch.where(unsat.repeat_interleave(self.num_beams, 0), zero, processed)
+        return processed
+
+
+@torch.no_grad()
+def hf_generate(model, z: torch.Tensor, num_beams: int, max_new_tokens: int, trie=None, mode: str = "processor",
+                length_penalty: float = 0.0):
+    """HF beam search (or greedy) on a T5PrefixDecoder with the trie as `TrieLogitsProcessor`
+    (`mode="processor"`), as the Python `prefix_allowed_tokens_fn` (`mode="python"`), or unconstrained
+    (`trie=None`).  Float query vectors are cast to the model's dtype (a bf16 model: the benchmark's
+    "HF, model in bf16" row; HF's beam search casts the logits to float32).  Returns (sequences without
+    the start token, scores)."""
+    from transformers import LogitsProcessorList
+    from transformers.modeling_outputs import BaseModelOutput
+
+    kwargs = {}
+    if trie is not None and mode == "python":
+        kwargs["prefix_allowed_tokens_fn"] = prefix_allowed_fn(trie)
+    elif trie is not None:
+        kwargs["logits_processor"] = LogitsProcessorList([TrieLogitsProcessor(trie, num_beams, inplace=True)])
+    dtype = next(model.parameters()).dtype
+    if torch.is_tensor(z) and z.is_floating_point():
+        z = z.to(dtype)
+    from genretr.backbones.t5_prefix import generation_cache
+
+    enc, mask = model.encode(z)
+    out = model.t5.generate(encoder_outputs=BaseModelOutput(last_hidden_state=enc), cache=generation_cache(),
+                            attention_mask=None if mask is None else mask.long(),
+                            num_beams=num_beams,
+                            num_return_sequences=num_beams, max_new_tokens=max_new_tokens,
+                            length_penalty=length_penalty, early_stopping=True, do_sample=False, output_scores=True,
+                            return_dict_in_generate=True, **kwargs)
+    seqs = out.sequences[:, 1:]
+    scores = getattr(out, "sequences_scores", None)
+    return seqs, scores

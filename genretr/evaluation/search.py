@@ -28,13 +28,14 @@ def embedding_searcher(pool_ids: list[str], pool_vecs: np.ndarray, top_k: int):
 
 
 @torch.no_grad()
-def classifier_search(model, queries, pool: IdTable, top_k: int, batch_size: int = 256):
-    """Atomic identifiers through a classifier head: the first decoding step's logits over the pool's tokens."""
+def classifier_search(model, queries, pool: IdTable, top_k: int, batch_size: int = 256, step_dtype="float32"):
+    """Atomic identifiers through a classifier head: the first decoding step's logits over the pool's tokens
+    (the step in `step_dtype`, its logits ranked in fp32)."""
     from genretr.decoding.engine import step_decoder_of
 
     t0 = time.perf_counter()
     model.eval()
-    sd = step_decoder_of(model)
+    sd = step_decoder_of(model, step_dtype)
     tokens = torch.as_tensor(pool.sequences[:, 0], dtype=torch.long, device=sd.device)
     rankings = []
     for s in range(0, Q.count(queries), batch_size):
@@ -42,25 +43,26 @@ def classifier_search(model, queries, pool: IdTable, top_k: int, batch_size: int
         n = Q.count(q)
         logits = sd.step(torch.full((n,), PAD, dtype=torch.long, device=sd.device), 0, n, 1, sd.prepare(q),
                          sd.new_cache(n, 1), 1)
-        top = logits[:, tokens].topk(min(top_k, len(tokens)), dim=1).indices.cpu().tolist()
+        top = logits[:, tokens].float().topk(min(top_k, len(tokens)), dim=1).indices.cpu().tolist()
         rankings += [[pool.item_ids[j] for j in row] for row in top]
     return rankings, Q.count(queries) / max(time.perf_counter() - t0, 1e-9)
 
 
 def generative_searcher(model, trie, table: IdTable, decoding, top_k: int, progress: bool, rerank_vecs=None,
-                        classifier_pool: IdTable | None = None):
-    """`decoding` is the config's `decoding` node; `rerank_vecs(ids) -> vectors` enables GENIUS_R."""
+                        classifier_pool: IdTable | None = None, step_dtype: str = "float32"):
+    """`decoding` is the config's `decoding` node; `rerank_vecs(ids) -> vectors` enables GENIUS_R; `step_dtype`:
+    the dtype of the genretr engine's model step (its scores stay fp32; the HF engine runs the model as it is)."""
     engine, constrained = decoding.get("engine", "genretr"), bool(decoding.get("constrained", True))
     beams, lp, bs = int(decoding.num_beams), float(decoding.length_penalty), int(decoding.batch_size)
     # GENIUS_R re-ranks the items behind all beams, so the beams are cut to top_k only afterwards
     k = max(top_k, beams) if rerank_vecs is not None else top_k
     if classifier_pool is not None:
-        search = lambda v: classifier_search(model, v, classifier_pool, k, bs)
+        search = lambda v: classifier_search(model, v, classifier_pool, k, bs, step_dtype)
     elif engine == "genretr":
         from genretr.decoding.engine import constrained_beam_search
 
         search = lambda v: constrained_beam_search(model, v, trie, table, beams, k, lp, bs, constrained=constrained,
-                                                   progress=progress)
+                                                   progress=progress, step_dtype=step_dtype)
     elif engine == "hf":
         if not constrained:
             raise GenretrError("decoding.constrained=false is implemented by decoding.engine=genretr only")
