@@ -18,6 +18,7 @@ import torch
 from genretr.artifacts import atomic_write_text
 from genretr.data.schema import RetrievalDataset
 from genretr.errors import GenretrError
+from genretr.hardware import search_dtype
 from genretr.identifiers.base import IdTable
 from genretr.pipeline import Embeddings, _describe_words
 
@@ -113,19 +114,13 @@ def searcher(p, ds, emb: Embeddings, task: str, model, table, tries):
     return search.generative_searcher(model, tries[task], table, d, top_k, bool(p.cfg.progress),
                                       rerank_vecs=emb.items if d.get("rerank", False) else None,
                                       classifier_pool=table.subset(pool) if p._classifier_head() else None,
-                                      step_dtype=search_step_dtype(p.cfg, model_device(model)))
+                                      step_dtype=search_dtype(p.cfg, model_device(model)))
 
 
 def model_device(model) -> torch.device:
     params = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
     return params.device if params is not None else torch.device("cpu")
 
-
-def search_step_dtype(cfg, device) -> str:
-    """The dtype of the search's model step: `decoding.precision`, else `precision` (genretr.hardware)."""
-    from genretr.hardware import step_dtype
-
-    return step_dtype(cfg.decoding.get("precision") or cfg.get("precision", "auto"), device)
 
 
 def task_rankings(p, task: str = "t2i"):

@@ -84,6 +84,12 @@ def step_dtype(precision: str, device) -> str:
     return "bfloat16" if use_bf16(precision, kind) else "float32"
 
 
+def search_dtype(cfg, device) -> str:
+    """The dtype of the search's model step for run config `cfg`: `decoding.precision`, else `precision`."""
+    decoding = cfg.get("decoding") or {}
+    return step_dtype(decoding.get("precision") or cfg.get("precision", "auto"), device)
+
+
 def cores() -> int:
     """The cores this process may run on."""
     try:

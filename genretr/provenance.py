@@ -61,18 +61,28 @@ def device_name(accelerator: str) -> str:
     return "cpu"
 
 
+def search_step(cfg, device: str) -> str | None:
+    """The dtype the genretr engine ran the model step in (None: no generative search; HF runs it as is)."""
+    from genretr.hardware import search_dtype
+
+    decoding = cfg.get("decoding") or {}
+    if cfg.get("method", {}).get("name") != "generative" or decoding.get("engine", "genretr") != "genretr":
+        return None
+    return search_dtype(cfg, device)
+
+
 def provenance(cfg, stage_seconds: dict, git: dict) -> dict:
     """The `provenance` block of results.json for a run of `cfg` started at `git` (`git_state()` then) whose
     stages took `stage_seconds`."""
     import torch
 
-    from genretr.hardware import bf16_kind, step_dtype
+    from genretr.hardware import bf16_kind
 
     accelerator = cfg.trainer.get("accelerator", "cpu")
     device = device_name(accelerator)
     option = cfg.get("precision", "auto")
     precision = {"option": option, "bf16_hardware": bf16_kind(accelerator), "trainer": cfg.trainer.get("precision"),
-                 "search_step": step_dtype(cfg.get("decoding", {}).get("precision") or option, device)}
+                 "search_step": search_step(cfg, device)}
     return {"git": git, "seed": int(cfg.seed), "torch_threads": torch.get_num_threads(), "device": device,
             "precision": precision, "versions": versions(),
             "stage_seconds": {k: round(v, 2) for k, v in stage_seconds.items()}}

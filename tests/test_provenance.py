@@ -21,7 +21,7 @@ def test_results_carry_provenance(make_cfg, tmp_path):
     from genretr.hardware import cpu_bf16_kind
 
     assert prov["precision"] == {"option": "fp32", "bf16_hardware": cpu_bf16_kind(), "trainer": "32-true",
-                                 "search_step": "float32"}
+                                 "search_step": None}  # no generative search in an embedding run
     assert re.fullmatch(r"[0-9a-f]{40}", prov["git"]["commit"])  # the tests run in a git checkout
     assert isinstance(prov["git"]["dirty"], bool)
     assert prov["seed"] == 3 and prov["torch_threads"] == 1 and prov["device"] == "cpu"
@@ -63,3 +63,13 @@ def test_thread_count_keys_trained_stages(make_cfg, tmp_path):
         torch.set_num_threads(threads)
     assert keys[1]["dataset"] == keys[2]["dataset"]
     assert keys[1]["encode"] != keys[2]["encode"]
+
+
+def test_search_step_records_the_dtype_the_engine_ran(make_cfg):
+    from genretr.provenance import search_step
+
+    assert search_step(make_cfg(), "cpu") == "float32"  # the default: fp32 search steps
+    assert search_step(make_cfg("decoding.precision=bf16"), "cpu") == "bfloat16"
+    assert search_step(make_cfg("decoding.precision=null", "precision=fp32"), "cpu") == "float32"
+    assert search_step(make_cfg("decoding.precision=bf16", "decoding.engine=hf"), "cpu") is None  # HF: as is
+    assert search_step(make_cfg("method=embedding"), "cpu") is None

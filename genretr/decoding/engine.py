@@ -111,6 +111,7 @@ def beam_search(model, query_vecs, trie: CSRTrie | None, num_beams: int, length_
     `exit_every`: test every that many steps whether all queries are done (default 1 on CPU, 4 on CUDA, 0: never)."""
     if early_stopping not in (True, False, "never"):
         raise ValueError(f"early_stopping={early_stopping!r} is not one of True, False, 'never'")
+    early_stopping = early_stopping if early_stopping == "never" else bool(early_stopping)  # 1 -> True
     if trie is not None:
         trie = CSRTrie.coerce(trie)
         T = trie.max_len if max_len is None else min(int(max_len), trie.max_len)
@@ -128,7 +129,7 @@ def beam_search(model, query_vecs, trie: CSRTrie | None, num_beams: int, length_
     if opts is not None:
         if getattr(sd, "compilable", False):
             _raise_recompile_limit(T)
-            step = torch.compile(_search_step, **opts)
+            step = compiled_step(opts)
         else:
             warnings.warn(f"{type(sd).__name__} cannot be compiled; its steps run eagerly", stacklevel=2)
             opts = None
@@ -150,6 +151,18 @@ def beam_search(model, query_vecs, trie: CSRTrie | None, num_beams: int, length_
         e = torch.empty(0, B)
         return BeamResult(torch.empty(0, B, T, dtype=torch.long), e, e.long(), e.long())
     return BeamResult(*(torch.cat([getattr(p, f) for p in parts]) for f in ("tokens", "scores", "lengths", "nodes")))
+
+
+_COMPILED: dict = {}
+
+
+def compiled_step(opts: dict):
+    """`torch.compile(_search_step, **opts)`, one per distinct `opts` in this process (so repeated searches reuse
+    its graphs instead of compiling a new wrapper each call)."""
+    key = repr(sorted(opts.items()))
+    if key not in _COMPILED:
+        _COMPILED[key] = torch.compile(_search_step, **opts)
+    return _COMPILED[key]
 
 
 def _raise_recompile_limit(T: int) -> None:
@@ -265,6 +278,8 @@ def _search_step(sd, trie, state, cache, carry, t: int, S: int, W: int, dense: b
 def _search_batch(sd, z, trie, B: int, T: int, lp: float, early_stopping, plan, step, compiled: bool,
                   exit_every: int) -> BeamResult:
     N, dev = Q.count(z), sd.device
+    if trie is not None:
+        trie.tensors(dev)  # built outside the (compiled) step, never inside a captured graph
     state = sd.prepare(z)  # what a query's beams share (encoder states, cross-attention K/V), once per query
     cache = sd.new_cache(N * max((s for s, _, _ in plan), default=1), T)
     if compiled and torch.device(dev).type == "cuda":
