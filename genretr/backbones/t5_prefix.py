@@ -129,8 +129,9 @@ class T5PrefixDecoder(L.LightningModule):
 
     @torch.no_grad()
     def generate(self, z, num_beams: int, max_new_tokens: int, prefix_allowed_tokens_fn=None,
-                 num_return_sequences: int | None = None, length_penalty: float = 0.0):
+                 num_return_sequences: int | None = None, length_penalty: float = 0.0, logits_processor=None):
         """HF beam search; returns (sequences without the start token, scores)."""
+        extra = {} if logits_processor is None else {"logits_processor": logits_processor}
         states, mask = self.encode(z)
         out = self.t5.generate(encoder_outputs=BaseModelOutput(last_hidden_state=states),
                                cache=generation_cache(),
@@ -138,7 +139,7 @@ class T5PrefixDecoder(L.LightningModule):
                                num_return_sequences=num_return_sequences or num_beams,
                                max_new_tokens=max_new_tokens, prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
                                length_penalty=length_penalty, early_stopping=True, do_sample=False,
-                               output_scores=True, return_dict_in_generate=True)
+                               output_scores=True, return_dict_in_generate=True, **extra)
         seqs = out.sequences[:, 1:]
         if getattr(out, "sequences_scores", None) is not None:
             return seqs, out.sequences_scores

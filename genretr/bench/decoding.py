@@ -64,7 +64,7 @@ def add_arguments(p):
 
 def run(args) -> int:
     from genretr.decoding.csr_trie import CSRTrie
-    from genretr.decoding.engine import beam_search
+    from genretr.decoding.engine import beam_search, search_plan
     from genretr.decoding.hf import hf_generate
 
     cfg = dict(QUICK if args.quick else FULL)
@@ -142,11 +142,10 @@ def run(args) -> int:
             if "constraint" not in skip and n == constraint_n and not cart:
                 constraint_rows += constraint_cost(shape, seqs, csr, dtrie, vocab, args.constraint_queries,
                                                    args.constraint_beams, device, args.seed)
-            open_nodes = csr.depth_open_nodes.tolist()  # prefixes with children per depth (0: root)
             for batch in batches:
                 for beams in beam_list:
-                    if batch == batches[0] and not cart:  # rows per step: engine min(beams, open prefixes); HF `beams`
-                        slots = [min(beams, k) for k in open_nodes[:T]]
+                    if batch == batches[0] and not cart:  # rows per step: the engine's plan; HF `beams`
+                        slots = [S for S, _, _ in search_plan(csr, min(beams, csr.num_sequences), T, vocab)]
                         flop_rows.append(dict(shape=shape, corpus=n, beams=beams,
                                               engine_gflop_per_query=query_flops(s, vocab, T, slots, 1) / 1e9,
                                               hf_gflop_per_query=query_flops(s, vocab, T, [beams] * T, beams) / 1e9))

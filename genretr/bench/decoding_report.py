@@ -134,12 +134,7 @@ def plot(path: Path, qps_rows, faiss_rows, constraint_rows, batches, beam_list):
         if fr:
             ax.plot([r["corpus"] for r in fr], [r["q_per_s"] for r in fr], "k:", label="faiss IndexFlatIP 512-d")
         ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("corpus size (identifiers)")
-        ax.set_ylabel("queries / s")
-        ax.set_title(f"{shape}-like, batch {batch}, beams {beams}")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3, which="both")
+        _style(ax, "corpus size (identifiers)", "queries / s", f"{shape}-like, batch {batch}, beams {beams}")
     if constraint_rows:
         ax = axes[0][-1]
         for shape in dict.fromkeys(r["shape"] for r in constraint_rows):
@@ -149,12 +144,17 @@ def plot(path: Path, qps_rows, faiss_rows, constraint_rows, batches, beam_list):
                     label=f"{shape}: engine")
             ax.plot([r["depth"] for r in rs], [r["trie_logits_processor_ms"] for r in rs], "s:",
                     label=f"{shape}: TrieLogitsProcessor")
-        ax.set_yscale("log")
-        ax.set_xlabel("decoding step (prefix length)")
-        ax.set_ylabel("ms per step")
-        ax.set_title(f"constraint cost, {constraint_rows[0]['rows']} rows")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3, which="both")
+        _style(ax, "decoding step (prefix length)", "ms per step", f"constraint cost, {constraint_rows[0]['rows']} rows")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _style(ax, xlabel: str, ylabel: str, title: str) -> None:
+    """Log y axis, labels, title, legend and grid of one panel."""
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, which="both")

@@ -123,7 +123,7 @@ def beam_search(model, query_vecs, trie: CSRTrie | None, num_beams: int, length_
     was_training = getattr(model, "training", False)
     model.eval()
     sd = step_decoder_of(model, step_dtype)  # cheap (views / one copy of the weights); never stale
-    plan = _plan(trie, B, T, int(sd.vocab_size), dense_ratio)
+    plan = search_plan(trie, B, T, int(sd.vocab_size), dense_ratio)
     step = _search_step
     opts = compile_options(sd.device, compile)
     if opts is not None:
@@ -175,7 +175,7 @@ def _raise_recompile_limit(T: int) -> None:
         cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, 64 * T)
 
 
-def _plan(trie: CSRTrie | None, B: int, T: int, V: int, dense_ratio: float) -> list[tuple[int, int, bool]]:
+def search_plan(trie: CSRTrie | None, B: int, T: int, V: int, dense_ratio: float = 4.0) -> list[tuple[int, int, bool]]:
     """Per step t: (beam slots S_t, child width W_t, dense), fixed before the search (no host sync per step).
 
     S_t = min(B, prefixes of depth t that have children) (1 at t = 0); unconstrained min(B, V ** t).

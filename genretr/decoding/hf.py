@@ -103,7 +103,6 @@ def hf_generate(model, z: torch.Tensor, num_beams: int, max_new_tokens: int, tri
     "HF, model in bf16" row; HF's beam search casts the logits to float32).  Returns (sequences without
     the start token, scores)."""
     from transformers import LogitsProcessorList
-    from transformers.modeling_outputs import BaseModelOutput
 
     kwargs = {}
     if trie is not None and mode == "python":
@@ -113,15 +112,5 @@ def hf_generate(model, z: torch.Tensor, num_beams: int, max_new_tokens: int, tri
     dtype = next(model.parameters()).dtype
     if torch.is_tensor(z) and z.is_floating_point():
         z = z.to(dtype)
-    from genretr.backbones.t5_prefix import generation_cache
-
-    enc, mask = model.encode(z)
-    out = model.t5.generate(encoder_outputs=BaseModelOutput(last_hidden_state=enc), cache=generation_cache(),
-                            attention_mask=None if mask is None else mask.long(),
-                            num_beams=num_beams,
-                            num_return_sequences=num_beams, max_new_tokens=max_new_tokens,
-                            length_penalty=length_penalty, early_stopping=True, do_sample=False, output_scores=True,
-                            return_dict_in_generate=True, **kwargs)
-    seqs = out.sequences[:, 1:]
-    scores = getattr(out, "sequences_scores", None)
-    return seqs, scores
+    return model.generate(z, num_beams, max_new_tokens, num_return_sequences=num_beams,
+                          length_penalty=length_penalty, **kwargs)
