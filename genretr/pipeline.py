@@ -83,15 +83,20 @@ class Pipeline:
     def numerics(self) -> dict:
         """What sets a trained artifact's numbers besides its config and seed: torch's thread count (CPU
         kernels sum in another order at another count), the trainer (device, precision, strategy, clipping…;
-        not its logging and display options) and the versions of the numeric libraries.  In the keys of the
+        not its logging and display options), the CPU kernels torch dispatches to and the versions of the
+        numeric libraries.  In the keys of the
         stages that train (encode, identify, train, captions), so no artifact is reused across them."""
         from genretr.provenance import versions
 
         if self._numerics is None:  # once per run (the installed versions are read from package metadata)
+            from genretr.hardware import bf16_kind
+
             trainer = {k: v for k, v in plain_dict(self.cfg.trainer).items() if k not in TRAINER_DISPLAY}
             trainer["devices"] = devices(trainer)
             found = versions()
-            self._numerics = {"trainer": trainer, "versions": {
+            # the kernels torch dispatches to (AVX2 / AVX512, AMX or AVX512-BF16 for bf16) sum in their own order
+            kernels = {"cpu": torch.backends.cpu.get_cpu_capability(), "bf16": bf16_kind(trainer.get("accelerator"))}
+            self._numerics = {"trainer": trainer, "kernels": kernels, "versions": {
                 k: found[k] for k in ("torch", "transformers", "lightning", "numpy", "faiss-cpu")}}
         return {"threads": torch.get_num_threads(), **self._numerics}
 
