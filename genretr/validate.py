@@ -61,7 +61,7 @@ INTS = {  # key -> (minimum, null allowed)
 FLOATS = ("decoding.length_penalty", "captioner.length_penalty")
 UNIT_INTERVAL = ("encoder.model.warmup",)  # fractions in [0, 1)
 BOOLS = ("progress", "encoder.instructions", "train.memorize", "train.retrieve", "train.pseudo_queries",
-         "train.describe", "train.consistency", "decoding.constrained", "decoding.rerank")
+         "train.describe", "train.consistency", "decoding.constrained", "decoding.rerank", "decoding.compile")
 SEED_MAX = 2**32 - 1  # numpy's (and Lightning's seed_everything's) bound
 
 # dataset._target_ -> the adapter's kind; each kind's own numeric options, as INTS (relative to `dataset.`)

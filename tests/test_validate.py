@@ -27,6 +27,7 @@ BAD = {  # overrides (on debug=tiny) -> what the one-line message must say
     "edit fraction": (["dataset.edit_fraction=1.5"], "dataset.edit_fraction=1.5 is not in [0, 1]"),
     "karpathy limit": (["dataset=coco", "dataset.max_images_per_split=0"], "dataset.max_images_per_split=0"),
     "precision": (["precision=half"], "precision=half is not one of auto, bf16, fp32"),
+    "compile flag": (["decoding.compile=maybe"], "decoding.compile=maybe is not one of true, false"),
     "search precision": (["decoding.precision=fp16"], "decoding.precision=fp16 is not one of auto, bf16, fp32"),
     "threads": (["threads=0"], "threads=0 is not auto or an integer >= 1"),
     "threads text": (["threads=many"], "threads=many is not auto or an integer >= 1"),

@@ -62,7 +62,8 @@ def generative_searcher(model, trie, table: IdTable, decoding, top_k: int, progr
         from genretr.decoding.engine import constrained_beam_search
 
         search = lambda v: constrained_beam_search(model, v, trie, table, beams, k, lp, bs, constrained=constrained,
-                                                   progress=progress, step_dtype=step_dtype)
+                                                   progress=progress, step_dtype=step_dtype,
+                                                   compile=bool(decoding.get("compile", False)))
     elif engine == "hf":
         if not constrained:
             raise GenretrError("decoding.constrained=false is implemented by decoding.engine=genretr only")
