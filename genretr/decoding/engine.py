@@ -141,9 +141,15 @@ def beam_search(model, query_vecs, trie: CSRTrie | None, num_beams: int, length_
         from rich.progress import track
 
         starts = track(starts, description="constrained beam search (genretr)", transient=True)
+    # one cache for the whole search, sized for the largest batch: its buffers keep their addresses across
+    # batches, so CUDA graphs captured on the first batch replay on the next ones
+    widest = max((s for s, _, _ in plan), default=1)
+    cache = sd.new_cache(min(int(batch_size), Q.count(query_vecs)) * widest, T) if Q.count(query_vecs) else None
+    if opts is not None and torch.device(sd.device).type == "cuda" and hasattr(cache, "mark_static"):
+        cache.mark_static()
     for s in starts:
         z = Q.to_device(Q.take(query_vecs, s, s + batch_size), sd.device)
-        parts.append(_search_batch(sd, z, trie, B, T, float(length_penalty), early_stopping, plan, step,
+        parts.append(_search_batch(sd, z, trie, B, T, float(length_penalty), early_stopping, plan, step, cache,
                                    opts is not None, int(exit_every)))
     if was_training:
         model.train()
@@ -275,17 +281,16 @@ def _search_step(sd, trie, state, cache, carry, t: int, S: int, W: int, dense: b
     return (tokens, nodes, r_top, hist, fin_scores, fin_tok, fin_len, fin_node, frozen), done
 
 
-def _search_batch(sd, z, trie, B: int, T: int, lp: float, early_stopping, plan, step, compiled: bool,
+def _search_batch(sd, z, trie, B: int, T: int, lp: float, early_stopping, plan, step, cache, compiled: bool,
                   exit_every: int) -> BeamResult:
+    """One batch of queries; `cache` (the search's, rows >= N * widest S) is overwritten from position 0, and a
+    row is always written at a position before any live beam reads it there."""
     N, dev = Q.count(z), sd.device
     if trie is not None:
         trie.tensors(dev)  # built outside the (compiled) step, never inside a captured graph
     state = sd.prepare(z)  # what a query's beams share (encoder states, cross-attention K/V), once per query
-    cache = sd.new_cache(N * max((s for s, _, _ in plan), default=1), T)
     if compiled and torch.device(dev).type == "cuda":
         torch.compiler.cudagraph_mark_step_begin()
-        if hasattr(cache, "mark_static"):
-            cache.mark_static()
     carry = (torch.full((N,), PAD, dtype=torch.long, device=dev),  # tokens (N*S,)
              torch.zeros(N, 1, dtype=torch.long, device=dev),  # nodes (N, S): the root
              torch.zeros(N, 1, device=dev),  # running scores (N, S)

@@ -24,6 +24,7 @@ from genretr.decoding.engine import (TrieLogitsProcessor, beam_search, constrain
                                      rank_items)
 from genretr.decoding.hf import constrained_search, prefix_allowed_fn
 from genretr.decoding.rerank import rerank
+from genretr.decoding.t5_step import T5StepDecoder
 from genretr.decoding.trie import Trie
 from genretr.identifiers.base import EOS, PAD, IdTable
 
@@ -205,12 +206,15 @@ def test_unconstrained_matches_hf():
             compare(eng, [(cut(s), sc) for s, sc in zip(seqs[q], scores[q])])
 
 
-def test_batching_does_not_change_results():
+def test_batching_does_not_change_results(monkeypatch):
     table = random_table("variable-wide")
     model = decoder(1, table.vocab_size)
     z = torch.randn(7, 8, generator=torch.Generator().manual_seed(8))
     a = engine_beams(model, z, table, 4, batch_size=64)
-    b = engine_beams(model, z, table, 4, batch_size=3)
+    made, real = [], T5StepDecoder.new_cache
+    monkeypatch.setattr(T5StepDecoder, "new_cache", lambda self, rows, T: made.append(rows) or real(self, rows, T))
+    b = engine_beams(model, z, table, 4, batch_size=3)  # batches of 3, 3, 1 queries
+    assert made == [3 * 4]  # one cache for the whole search (fixed addresses for CUDA graphs), reused by each batch
     for x, y in zip(a, b):
         assert [s for s, _ in x] == [s for s, _ in y]
         assert np.allclose([sc for _, sc in x], [sc for _, sc in y], atol=1e-5)
