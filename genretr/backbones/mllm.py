@@ -31,7 +31,6 @@ A subclass per family (qwen25vl.py, llava.py, idefics.py) says how to build, loa
 from __future__ import annotations
 
 import string
-from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -41,6 +40,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from genretr.backbones.lora import apply_lora
+from genretr.backbones.mllm_step import MLLMStepDecoder
 from genretr.errors import GenretrError, MissingWeightsError
 from genretr.identifiers.base import IdTable
 
@@ -72,24 +72,6 @@ def char_tokenizer(special_tokens: list[str]):
     tok.decoder = decoders.Fuse()
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
                                    eos_token="</s>", extra_special_tokens=list(special_tokens))
-
-
-@dataclass
-class PromptState:
-    """What a query's beams share: the prompt's last logits (N, V), its KV cache, mask and next position."""
-
-    logits: torch.Tensor
-    cache: object
-    mask: torch.Tensor
-    next_pos: torch.Tensor
-    extras: dict
-
-
-class BeamCache:
-    """The beams' KV cache (prompt + generated), set from the prompt's at step 0."""
-
-    def __init__(self):
-        self.kv = None
 
 
 class MLLMRetriever(L.LightningModule):
@@ -337,7 +319,12 @@ class MLLMRetriever(L.LightningModule):
         return out
 
     # -- decoding -----------------------------------------------------------------------------------------
-    def step_decoder(self) -> "MLLMStepDecoder":
+    @property
+    def decoding_vocab_size(self) -> int:
+        """Tokens of the decoding space: the LLM's, shifted by OFFSET (PAD and the terminator first)."""
+        return self.lm_vocab_size + OFFSET
+
+    def step_decoder(self) -> MLLMStepDecoder:
         return MLLMStepDecoder(self)
 
     @torch.no_grad()
@@ -357,65 +344,6 @@ class MLLMRetriever(L.LightningModule):
             lp = lg.log_softmax(-1).gather(1, torch.tensor(s, device=lg.device)[:, None])
             out.append(lp.sum())
         return torch.stack(out).cpu()
-
-class MLLMStepDecoder:
-    """The StepDecoder protocol of `genretr.decoding.engine` for an `MLLMRetriever` (rows n*S + s).
-
-    `cast(torch.bfloat16)` (the engine's ``step_dtype="bfloat16"``, issue #18) runs the prompt and every step
-    under `torch.autocast` in bf16 (the HF cache then holds bf16 keys/values); the weights stay in the
-    model's own dtype (``backbone.dtype``) and the logits are returned in float32 either way.  Not
-    compilable (`compilable = False`): HF's dynamic cache grows every step."""
-
-    compilable = False
-
-    def __init__(self, model: MLLMRetriever):
-        self.model = model
-        self.device = next(model.parameters()).device
-        self.vocab_size = model.lm_vocab_size + OFFSET
-        self.autocast: torch.dtype | None = None
-
-    def cast(self, dtype: torch.dtype) -> "MLLMStepDecoder":
-        self.autocast = None if dtype == torch.float32 else dtype
-        return self
-
-    def _autocast(self):
-        return torch.autocast(self.device.type, dtype=self.autocast or torch.float32,
-                              enabled=self.autocast is not None)
-
-    def prepare(self, queries: list[dict]) -> PromptState:
-        m = self.model
-        batch = {k: v.to(self.device) for k, v in m.batch(list(queries), False).items()}
-        with self._autocast():
-            out = m.hf(**m.model_inputs(batch), use_cache=True, logits_to_keep=1)
-        return PromptState(out.logits[:, -1].float(), out.past_key_values, batch["attention_mask"],
-                           m.next_positions(batch), m.step_extras(batch, out))
-
-    def new_cache(self, rows: int, T: int) -> BeamCache:
-        return BeamCache()
-
-    def llm_step(self, llm_tokens: torch.Tensor, t: int, N: int, S: int, state: PromptState,
-                 cache: BeamCache) -> torch.Tensor:
-        """LLM logits (N*S, V) after feeding `llm_tokens` as generated token t (t >= 1)."""
-        q = torch.arange(N, device=self.device).repeat_interleave(S)
-        mask = torch.cat([state.mask[q], state.mask.new_ones(N * S, t)], 1)
-        pos = self.model.step_positions(state.next_pos[q] + (t - 1))
-        extras = self.model.step_inputs({k: v[q] for k, v in state.extras.items()})
-        with self._autocast():
-            out = self.model.hf(input_ids=llm_tokens[:, None], attention_mask=mask, position_ids=pos,
-                                past_key_values=cache.kv, use_cache=True, **extras)
-        cache.kv = out.past_key_values
-        return out.logits[:, -1].float()
-
-    def step(self, tokens: torch.Tensor, t: int, N: int, S: int, state: PromptState, cache: BeamCache,
-             T: int) -> torch.Tensor:
-        if t == 0:  # the prompt's last position predicts the first identifier token
-            cache.kv = state.cache
-            return self.model.to_decoding(state.logits)
-        return self.model.to_decoding(self.llm_step(self.model.to_llm(tokens), t, N, S, state, cache))
-
-    def reorder(self, cache: BeamCache, rows: torch.Tensor, upto: int) -> None:
-        cache.kv.reorder_cache(rows.to(self.device))
-
 
 def retriever_class(name: str) -> type[MLLMRetriever]:
     """The MLLMRetriever subclass of a family name (qwen25vl, llava, idefics)."""
