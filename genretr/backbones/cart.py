@@ -191,11 +191,17 @@ class CartStepDecoder:
 
     def cast(self, dtype: torch.dtype) -> "CartStepDecoder":
         """Step on a copy of the model in `dtype` (rebuilt from its hyperparameters and weights, so a trainer
-        attached to the model is not copied)."""
+        attached to the model is not copied).  Built on the meta device, so no initialisation runs (that was
+        ~0.1 s of random draws per search on the benchmark's decoder), then filled with the model's tensors."""
         if dtype != self.dtype:
-            twin = type(self.model)(**dict(self.model.hparams))
+            with torch.device("meta"):
+                twin = type(self.model)(**dict(self.model.hparams))
+            twin = twin.to_empty(device=self.device)
             twin.load_state_dict(self.model.state_dict())
-            self.model = twin.to(device=self.device, dtype=dtype).eval()
+            with torch.no_grad():  # non-persistent buffers (positional encodings) are not in the state dict
+                for mine, theirs in zip(twin.buffers(), self.model.buffers()):
+                    mine.copy_(theirs)
+            self.model = twin.to(dtype=dtype).eval()
             self.dtype = dtype
         return self
 

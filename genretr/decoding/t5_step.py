@@ -181,9 +181,7 @@ class T5StepDecoder:
             qkv = F.linear(self.rms(x), layer["qkv"]).view(NS, 3, self.H, self.dk)
             ks[:NS, t] = qkv[:, 1]
             vs[:NS, t] = qkv[:, 2]
-            q = qkv[:, 0].unsqueeze(2)  # (NS, H, 1, dk)
-            k, v = ks[:NS, : t + 1].transpose(1, 2), vs[:NS, : t + 1].transpose(1, 2)  # (NS, H, t+1, dk)
-            att = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
+            att = self.attend_cache(qkv[:, 0], ks[:NS, : t + 1], vs[:NS, : t + 1], bias)  # (NS, H, dk)
             x = torch.addmm(x, att.reshape(NS, self.inner), layer["o_t"])
             # cross-attention: the S beams of a query are S query positions against its shared prefix K/V
             q = F.linear(self.rms(x), layer["cq"]).view(N, S, self.H, self.dk).transpose(1, 2)  # (N, H, S, dk)
@@ -199,5 +197,20 @@ class T5StepDecoder:
             x = torch.addmm(x, g, layer["wo_t"])
         # final layer norm (weight and T5's optional output scaling folded into lm_head)
         return F.linear(self.rms(x), self.lm_head)
+
+    def attend_cache(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """Self-attention of one query position over the cached positions 0..t.
+
+        q (NS, H, dk); k, v (NS, t+1, H, dk), the cache's layout; bias (H, 1, t+1).  Returns (NS, H, dk).
+        fp32: `scaled_dot_product_attention` (exact against HF).  bf16: products in the cache's layout, scores
+        and softmax in fp32 -- a (1 x dk) @ (dk x t+1) product per row and head is too small for a batched
+        matmul, and CPU SDPA takes its slow math path for a bf16 mask (3x slower on GENIUS's decoder)."""
+        if self.dtype == torch.float32:
+            att = F.scaled_dot_product_attention(q.unsqueeze(2), k.transpose(1, 2), v.transpose(1, 2),
+                                                 attn_mask=bias, scale=1.0)  # (NS, H, 1, dk)
+            return att.squeeze(2)
+        scores = (k * q.unsqueeze(1)).sum(-1, dtype=torch.float32)  # (NS, t+1, H)
+        p = scores.add_(bias.squeeze(1).t()).softmax(1).to(v.dtype)
+        return (p.unsqueeze(-1) * v).sum(1)  # (NS, H, dk)
 
     reorder = staticmethod(reorder_kv_cache)

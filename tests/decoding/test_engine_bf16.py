@@ -158,3 +158,19 @@ def test_topk_agreement():
     assert topk_agreement([], [], 10) == 1.0
     with pytest.raises(ValueError):
         topk_agreement(a, b[:2], 10)
+
+
+def test_bf16_self_attention_matches_sdpa_on_the_same_inputs(trained):
+    """T5StepDecoder.attend_cache in bf16 (products in the cache layout, fp32 softmax) against fp32 SDPA fed the
+    same bf16-rounded q, k, v and bias: equal to bf16 rounding of the output."""
+    m, _, _ = trained
+    sd32, sd16 = step_decoder_of(m), step_decoder_of(m, "bfloat16")
+    g = torch.Generator().manual_seed(0)
+    NS, H, dk, t = 12, sd16.H, sd16.dk, 4
+    q = torch.randn(NS, H, dk, generator=g).bfloat16()
+    k, v = (torch.randn(NS, t + 1, H, dk, generator=g).bfloat16() for _ in range(2))
+    bias = sd16.position_bias(8)[t, :, :, : t + 1]  # bf16, -inf above the diagonal cut away
+    out = sd16.attend_cache(q, k, v, bias)
+    assert out.dtype == torch.bfloat16 and out.shape == (NS, H, dk)
+    ref = sd32.attend_cache(q.float(), k.float(), v.float(), bias.float())
+    torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=2e-2)
