@@ -4,12 +4,8 @@ cache reordered by beam (`genretr.backbones.mllm` says how decoding ids map to t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
-
-if TYPE_CHECKING:
-    from genretr.backbones.mllm import MLLMRetriever
 
 
 @dataclass
@@ -40,7 +36,7 @@ class MLLMStepDecoder:
 
     compilable = False
 
-    def __init__(self, model: "MLLMRetriever"):
+    def __init__(self, model):  # a genretr.backbones.mllm.MLLMRetriever
         self.model = model
         self.device = next(model.parameters()).device
         self.vocab_size = model.decoding_vocab_size
