@@ -171,7 +171,7 @@ class CartSeq2Seq(L.LightningModule):
 
 
 class CartStepDecoder:
-    """`genretr.decoding.engine` step-decoder protocol for a `CartSeq2Seq` (inference: call on an eval model).
+    """The `genretr.decoding.protocol.StepDecoder` of a `CartSeq2Seq` (inference: call on an eval model).
 
     Self-attention keys/values live in a double-buffered `KVCache` (rows, T, heads, d_k).  `cast(torch.bfloat16)`
     runs the step on a bf16 twin of the model (weights, encoder memories and cache in bf16; issue #18)."""

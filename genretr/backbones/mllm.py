@@ -17,7 +17,7 @@ compatibility"); the token that follows it in every answer (`<sep>`, the tokeniz
 engine see): token ``i + 2`` is LLM token ``i``, 0 is PAD (the engine's start token, never scored), 1 is
 the terminator (EOS of the trie); `identifier_token_ids` / `id_table` build the trie over it.
 
-Decoding (`step_decoder`, the `genretr.decoding.engine` StepDecoder protocol): the prompt of each query
+Decoding (`step_decoder`, a `genretr.decoding.protocol.StepDecoder`): the prompt of each query
 runs once (its KV cache and last-position logits kept); every step feeds the beams' tokens through the
 HF model with an HF `DynamicCache` over prompt + generated tokens, reordered by ``index_select`` on the
 beam dimension (`Cache.reorder_cache`), so the prompt's keys/values are copied per beam.  Batches are

@@ -1,5 +1,5 @@
-"""`MLLMStepDecoder`: an `MLLMRetriever` laid out for `genretr.decoding.engine` (the StepDecoder protocol in
-`genretr.decoding.t5_step`): each query's prompt runs once, then one HF forward per generated token over an HF
+"""`MLLMStepDecoder`: an `MLLMRetriever` laid out for `genretr.decoding.engine` (the StepDecoder protocol of
+`genretr.decoding.protocol`): each query's prompt runs once, then one HF forward per generated token over an HF
 cache reordered by beam (`genretr.backbones.mllm` says how decoding ids map to the LLM's)."""
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ class BeamCache:
 
 
 class MLLMStepDecoder:
-    """The StepDecoder protocol of `genretr.decoding.engine` for an `MLLMRetriever` (rows n*S + s).
+    """The `genretr.decoding.protocol.StepDecoder` of an `MLLMRetriever` (rows n*S + s).
 
     `cast(torch.bfloat16)` (the engine's ``step_dtype="bfloat16"``, issue #18) runs the prompt and every step
     under `torch.autocast` in bf16 (the HF cache then holds bf16 keys/values); the weights stay in the

@@ -24,7 +24,7 @@ placeholder entry the two agree (tests/decoding/test_engine.py).
 
 How it is computed (the speed; no host synchronisation inside a step, issue #18):
 
-* the step decoder (`genretr.decoding.t5_step.T5StepDecoder`, CART's, an MLLM's) computes the prefix /
+* the step decoder (`genretr.decoding.protocol.StepDecoder`: T5's, CART's, an MLLM's) computes the prefix /
   encoder states and every layer's cross-attention K/V once per query, shared by its beams, and keeps the
   self-attention K/V in a double-buffered cache reordered by `index_select` (`t5_step.KVCache`);
 * beam slots per query at step t are fixed before the search: ``min(num_beams, trie.depth_open_nodes[t])``
@@ -54,6 +54,7 @@ import torch
 from genretr.decoding import queries as Q
 from genretr.decoding.csr_trie import CSRTrie
 from genretr.decoding.hf import TrieLogitsProcessor, hf_generate  # noqa: F401  (re-export)
+from genretr.decoding.protocol import StepDecoder
 from genretr.decoding.t5_step import KVCache, T5StepDecoder, reorder_kv_cache  # noqa: F401  (re-export)
 from genretr.identifiers.base import EOS, PAD, IdTable
 
@@ -81,6 +82,10 @@ def as_dtype(dtype) -> torch.dtype:
 def step_decoder_of(model, dtype=torch.float32):
     """The model's `StepDecoder` (`model.step_decoder()`: CART, MLLMs) or the built-in T5 one, its step in `dtype`."""
     sd = model.step_decoder() if hasattr(model, "step_decoder") else T5StepDecoder(model)
+    if not isinstance(sd, StepDecoder):
+        missing = [n for n in ("vocab_size", "device", "prepare", "new_cache", "step", "reorder") if not hasattr(sd, n)]
+        raise TypeError(f"{type(sd).__name__} is not a StepDecoder (genretr.decoding.protocol): it lacks "
+                        f"{', '.join(missing)}")
     dtype = as_dtype(dtype)
     if dtype != torch.float32:
         if not hasattr(sd, "cast"):

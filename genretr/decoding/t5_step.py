@@ -1,11 +1,5 @@
-"""Step decoders' shared pieces: the double-buffered self-attention cache (`KVCache`) and the T5 step decoder.
-
-The StepDecoder protocol of `genretr.decoding.engine` (T5 here, CART in `genretr.backbones.cart`, MLLMs in
-`genretr.backbones.mllm`): ``prepare(queries) -> state`` once per query batch (what a query's beams share),
-``new_cache(rows, T)``, ``step(tokens, t, N, S, state, cache, T) -> logits (N*S, V)`` for N queries x S beam
-slots at position t (rows n*S + s), ``reorder(cache, rows, upto)`` (new row i <- old row rows[i]), and
-optionally ``cast(dtype)`` (run the step in bf16, issue #18) and ``compilable`` (the step can be traced by
-`torch.compile` with ``fullgraph=True``).
+"""Step decoders' shared pieces: the double-buffered self-attention cache (`KVCache`) and the T5 step decoder,
+both for the `genretr.decoding.protocol.StepDecoder` protocol (where its inputs and outputs are written down).
 """
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ from genretr.backbones.lora import LoRALinear
 from genretr.backbones.mllm import ASK_REASON, IGNORE, OFFSET, retriever_class
 from genretr.decoding.csr_trie import CSRTrie
 from genretr.decoding.engine import beam_search, constrained_beam_search
+from genretr.decoding.protocol import StepDecoder
 from genretr.errors import GenretrError, MissingWeightsError
 from genretr.evaluation.metrics import retrieval_metrics
 
@@ -106,6 +107,7 @@ def test_step_decoder_matches_teacher_forcing(family):
     seqs = [s + [1] for s in m.identifier_token_ids(IDENTIFIERS[1:])]
     full = m.teacher_forced_logits(queries, seqs)
     sd = m.step_decoder()
+    assert isinstance(sd, StepDecoder)
     assert sd.vocab_size == m.lm_vocab_size + OFFSET == full[0].shape[1]
     T = max(map(len, seqs))
     with torch.no_grad():
