@@ -102,7 +102,22 @@ def validate(cfg: DictConfig) -> None:
     if kind is not None:
         _check_dataset(cfg, kind)
     _check_tasks(cfg, kind)
+    _check_engine(cfg)
     _check_wandb(cfg)
+
+
+def _check_engine(cfg) -> None:
+    """decoding.engine=hf runs the backbone's own HF `generate` (`decoding.hf`): only backbones that have one."""
+    if _get(cfg, "decoding.engine") != "hf" or _get(cfg, "method.name") == "embedding":
+        return
+    target = _get(cfg, "backbone.model._target_")
+    if target is ABSENT or target is None:
+        return
+    from hydra.utils import get_class
+
+    if not hasattr(get_class(str(target)), "generate"):
+        raise GenretrError(f"decoding.engine=hf needs a backbone with HF generate; {str(target).rsplit('.', 1)[-1]} "
+                           "(backbone.model._target_) is searched by decoding.engine=genretr only")
 
 
 # -- values -------------------------------------------------------------------------------------

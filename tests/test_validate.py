@@ -38,6 +38,9 @@ BAD = {  # overrides (on debug=tiny) -> what the one-line message must say
     "schedule": (["train.schedule=sequential"], "train.schedule=sequential is not one of interleaved, phased"),
     "reason": (["train.reason=always"], "train.reason=always is not one of auto, both, train_only, none"),
     "engine": (["decoding.engine=vllm"], "decoding.engine=vllm is not one of genretr, hf"),
+    "hf engine, CART": (["decoding.engine=hf", "backbone=cart"], "decoding.engine=hf needs a backbone with HF "
+                        "generate; CartSeq2Seq (backbone.model._target_) is searched by decoding.engine=genretr only"),
+    "hf engine, MLLM": (["decoding.engine=hf", "backbone=qwen25vl"], "Qwen25VLRetriever (backbone.model._target_)"),
     "encoder schedule": (["encoder.model.schedule=linear"], "encoder.model.schedule=linear is not one of constant, cosine"),
     "encoder warm-up": (["encoder.model.warmup=1.5"], "encoder.model.warmup=1.5 is not a fraction in [0, 1)"),
     "unknown task": (["eval.tasks=[x2y]"], "eval.tasks=[x2y]: x2y is not a task"),
@@ -60,6 +63,8 @@ GOOD = {
     "numeric string (an env interpolation)": ["decoding.num_beams='3'"],
     "null limits": ["eval.max_queries=null", "train.limit=null"],
     "fp32, two threads": ["precision=fp32", "threads=2"],
+    "hf engine, T5": ["decoding.engine=hf"],
+    "hf engine, embedding method": ["decoding.engine=hf", "backbone=cart", "method=embedding"],
     "bf16, torch's own thread count": ["precision=bf16", "threads=null"],
     "every shapes task": ["dataset.tasks=[t2i,t2t,i2i]", "eval.tasks=[t2t,i2i]"],
     "universal pool built": ["dataset.universal=true", "eval.pool=universal"],
