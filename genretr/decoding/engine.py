@@ -54,7 +54,7 @@ import torch
 from genretr.decoding import queries as Q
 from genretr.decoding.csr_trie import CSRTrie
 from genretr.decoding.hf import TrieLogitsProcessor, hf_generate  # noqa: F401  (re-export)
-from genretr.decoding.protocol import StepDecoder
+from genretr.decoding.protocol import missing_members
 from genretr.decoding.t5_step import KVCache, T5StepDecoder, reorder_kv_cache  # noqa: F401  (re-export)
 from genretr.identifiers.base import EOS, PAD, IdTable
 
@@ -82,8 +82,8 @@ def as_dtype(dtype) -> torch.dtype:
 def step_decoder_of(model, dtype=torch.float32):
     """The model's `StepDecoder` (`model.step_decoder()`: CART, MLLMs) or the built-in T5 one, its step in `dtype`."""
     sd = model.step_decoder() if hasattr(model, "step_decoder") else T5StepDecoder(model)
-    if not isinstance(sd, StepDecoder):
-        missing = [n for n in ("vocab_size", "device", "prepare", "new_cache", "step", "reorder") if not hasattr(sd, n)]
+    missing = missing_members(sd)
+    if missing:
         raise TypeError(f"{type(sd).__name__} is not a StepDecoder (genretr.decoding.protocol): it lacks "
                         f"{', '.join(missing)}")
     dtype = as_dtype(dtype)
@@ -148,8 +148,8 @@ def beam_search(model, query_vecs, trie: CSRTrie | None, num_beams: int, length_
         starts = track(starts, description="constrained beam search (genretr)", transient=True)
     # one cache for the whole search, sized for the largest batch: its buffers keep their addresses across
     # batches, so CUDA graphs captured on the first batch replay on the next ones
-    widest = max((s for s, _, _ in plan), default=1)
-    cache = sd.new_cache(min(int(batch_size), Q.count(query_vecs)) * widest, T) if Q.count(query_vecs) else None
+    n_queries, widest = Q.count(query_vecs), max((s for s, _, _ in plan), default=1)
+    cache = sd.new_cache(min(int(batch_size), n_queries) * widest, T) if n_queries else None
     if opts is not None and torch.device(sd.device).type == "cuda" and hasattr(cache, "mark_static"):
         cache.mark_static()
     for s in starts:

@@ -1,8 +1,8 @@
 """`StepDecoder`: what `genretr.decoding.engine` asks of a model, written once (issue #15).
 
-A model takes part in the engine's search through ``model.step_decoder()`` (T5 prefix/token decoders:
-`genretr.decoding.t5_step.T5StepDecoder`, CART: `genretr.backbones.cart.CartStepDecoder`, MLLMs:
-`genretr.backbones.mllm_step.MLLMStepDecoder`).  The engine runs, for a batch of N queries,
+A model takes part in the engine's search through ``model.step_decoder()`` (CART:
+`genretr.backbones.cart.CartStepDecoder`, MLLMs: `genretr.backbones.mllm_step.MLLMStepDecoder`); a T5 model
+without one is laid out by `genretr.decoding.t5_step.T5StepDecoder`.  The engine runs, for a batch of N queries,
 
     state = sd.prepare(queries)                       # once per batch: what a query's beams share
     cache = sd.new_cache(rows, T)                     # once per search, rows >= N * max beam slots
@@ -46,3 +46,11 @@ class StepDecoder(Protocol):
     def step(self, tokens: torch.Tensor, t: int, N: int, S: int, state: Any, cache: Any, T: int) -> torch.Tensor: ...
 
     def reorder(self, cache: Any, rows: torch.Tensor, upto: int) -> None: ...
+
+
+MEMBERS = ("vocab_size", "device", "prepare", "new_cache", "step", "reorder")  # StepDecoder's, in its order
+
+
+def missing_members(sd) -> list[str]:
+    """The members of `StepDecoder` that `sd` lacks (empty when it is one)."""
+    return [] if isinstance(sd, StepDecoder) else [name for name in MEMBERS if not hasattr(sd, name)]

@@ -32,3 +32,17 @@ def test_a_model_whose_step_decoder_lacks_the_protocol_is_refused():
 
     with pytest.raises(TypeError, match="Half is not a StepDecoder .* lacks new_cache, step, reorder"):
         step_decoder_of(Model())
+
+
+def test_members_list_matches_the_protocol():
+    """`missing_members` names exactly what `isinstance(…, StepDecoder)` checks."""
+    from genretr.decoding.protocol import MEMBERS
+
+    class Full:
+        vocab_size, device = 3, torch.device("cpu")
+        prepare = new_cache = step = reorder = staticmethod(lambda *a: None)
+
+    assert isinstance(Full(), StepDecoder)
+    for name in MEMBERS:
+        partial = type("Partial", (), {k: v for k, v in vars(Full).items() if k != name})
+        assert not isinstance(partial(), StepDecoder), name
