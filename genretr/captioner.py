@@ -9,7 +9,7 @@ plain CPU/GPU Lightning `Trainer` (no logger, no checkpoints), and decoded greed
 beam search with `genretr.decoding.engine.beam_search` (no trie).
 
 `input: pixels` (conf/captioner/pixels.yaml) reads the image itself instead of its embedding
-(`genretr.encoders.image_prefix.ImagePrefixDecoder`, a small CNN trained with the caption loss): the offline
+(`genretr.backbones.image_prefix.ImagePrefixDecoder`, a small CNN trained with the caption loss): the offline
 vision stand-in for an MLLM that sees the image (SSID Sec. III-E).  Its inputs are (N, H, W, 3) uint8 images.
 """
 from __future__ import annotations
@@ -114,7 +114,7 @@ def _decoder_batch(rows) -> dict:
 
 
 def _image_decoder():
-    from genretr.encoders.image_prefix import ImagePrefixDecoder
+    from genretr.backbones.image_prefix import ImagePrefixDecoder
 
     return ImagePrefixDecoder
 

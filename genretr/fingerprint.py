@@ -10,11 +10,9 @@ by the `_target_`s of the configs the stage instantiates.  Not hashed: third-par
 are provenance, recorded with the results) and `genretr/__init__.py` (process setup only: the offline
 environment and the config resolvers).
 
-`genretr.pipeline` holds the dataset, encode, identify and index stage code and imports every other stage
-lazily (a cycle until the stage code moves out of it), so it is a leaf: its own code is hashed, its imports
-are not followed.  Each stage names instead the modules its code in pipeline.py imports, and every stage
-that runs code of pipeline.py is re-keyed by any change to it (conservative).  A stage's key also holds its
-upstream keys, so a change upstream re-keys everything downstream.
+Imports under `if TYPE_CHECKING:` run no code and are not followed (the stages name `RunContext` that way;
+the train and index stages, which call its code, list `genretr.stages.context` among their roots).  A stage's
+key also holds its upstream keys, so a change upstream re-keys everything downstream.
 
 Data: `source_fingerprint(dataset_cfg)` describes the files a dataset config points at by content (the
 Karpathy JSON, M-BEIR's jsonl/tsv, precomputed features): size, mtime and, for text files, a hash of
@@ -34,23 +32,21 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 PACKAGE = "genretr"
 PACKAGE_DIR = Path(__file__).resolve().parent
-LEAF_MODULES = frozenset({"genretr.pipeline"})  # hashed, imports not followed (see the module docstring)
 # Plumbing that cannot change a stage's output (the cache, its keys, provenance, error classes): neither hashed
 # nor followed, so an edit to a log line of the lock does not invalidate every trained model.
 PLUMBING = frozenset({"genretr.artifacts", "genretr.fingerprint", "genretr.provenance", "genretr.errors"})
 
-_PIPELINE_TRAIN = ("genretr.augment", "genretr.rationale", "genretr.mllm_stage", "genretr.data.vocab",
-                   "genretr.describe", "genretr.data.tokenizer")  # what Pipeline's train helpers import
 STAGE_ROOTS: dict[str, tuple[str, ...]] = {
-    "dataset": ("genretr.pipeline",),
-    "encode": ("genretr.pipeline", "genretr.encode_stage", "genretr.training"),
-    # Pipeline.identify: the scheme's context (encode_stage's caption tasks, the captioner-written descriptions)
-    "identify": ("genretr.pipeline", "genretr.encode_stage", "genretr.identifiers.base", "genretr.augment"),
+    "dataset": ("genretr.stages.dataset",),
+    "encode": ("genretr.stages.encode", "genretr.training"),
+    # the scheme's context (the captioner-written descriptions) and the IdTable it fills
+    "identify": ("genretr.stages.identify", "genretr.identifiers.base"),
     # the scheme's own cache across identify keys (SSID's generator answers): the scheme's code, not the plumbing
-    "identify-cache": ("genretr.identifiers.base", "genretr.augment"),
-    "train": ("genretr.pipeline", "genretr.train_stage", "genretr.training", *_PIPELINE_TRAIN),
-    "index": ("genretr.pipeline", "genretr.decoding.csr_trie", "genretr.mllm_stage"),
-    "captions": ("genretr.augment",),
+    "identify-cache": ("genretr.identifiers.base", "genretr.stages.captions"),
+    # the run context's query vocabulary, rationale and text embedding enter the samples and the model
+    "train": ("genretr.stages.train", "genretr.stages.context", "genretr.training"),
+    "index": ("genretr.stages.index", "genretr.stages.context"),
+    "captions": ("genretr.stages.captions",),
 }
 TEXT_SUFFIXES = frozenset({".json", ".jsonl", ".tsv", ".txt", ".csv"})
 
@@ -75,6 +71,12 @@ def module_of(target: str, package_dir: Path = PACKAGE_DIR) -> str | None:
     return None
 
 
+def _type_checking_block(node) -> bool:
+    test = getattr(node, "test", None) if isinstance(node, ast.If) else None
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
 @lru_cache(maxsize=None)
 def _parsed(name: str, package_dir: Path) -> tuple[str, tuple[str, ...]]:
     """(digest of the module's code, the genretr modules it imports anywhere in its body)."""
@@ -84,7 +86,11 @@ def _parsed(name: str, package_dir: Path) -> tuple[str, tuple[str, ...]]:
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     own_package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     imported: set[str] = set()
+    typing_only = {id(n) for block in ast.walk(tree) if _type_checking_block(block)  # they run no code
+                   for stmt in block.body for n in ast.walk(stmt)}
     for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             imported.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -107,6 +113,12 @@ def _parsed(name: str, package_dir: Path) -> tuple[str, tuple[str, ...]]:
         if resolved is not None:
             deps.add(resolved)
     return hashlib.sha1(ast.dump(tree).encode()).hexdigest(), tuple(sorted(deps))
+
+
+def imports(name: str, package_dir: Path = PACKAGE_DIR) -> list[str]:
+    """The genretr modules that module `name` imports when it runs (anywhere in its body; not under
+    `if TYPE_CHECKING:`)."""
+    return list(_parsed(name, Path(package_dir))[1])
 
 
 def snapshot(package_dir: Path = PACKAGE_DIR) -> int:
@@ -140,8 +152,7 @@ def _closure(roots: tuple[str, ...], package_dir: Path) -> tuple[str, ...]:
             continue
         seen.add(name)
         todo.extend(p for p in _parents(name) if _module_file(p, package_dir) is not None)
-        if name not in LEAF_MODULES:
-            todo.extend(_parsed(name, package_dir)[1])
+        todo.extend(_parsed(name, package_dir)[1])
     return tuple(sorted(seen))
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from genretr.data.datamodules import EpochShuffle, _private_generator
+from genretr.data.datamodules import EpochShuffle, loader_generator
 from genretr.errors import GenretrError
 from genretr.identifiers.base import IdTable
 
@@ -41,7 +41,7 @@ class SampleDataModule(L.LightningDataModule):
 
     def train_dataloader(self):
         return DataLoader(self.data, batch_size=self.batch_size, sampler=EpochShuffle(len(self.data), self.seed),
-                          generator=_private_generator(), collate_fn=self.collate)
+                          generator=loader_generator(), collate_fn=self.collate)
 
 
 def reasons_of(identify_dir: Path) -> dict[str, str]:

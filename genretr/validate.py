@@ -22,7 +22,7 @@ from genretr.data import karpathy, mbeir, precomputed, shapes
 from genretr.data.schema import TASK_TARGET, UNIVERSAL
 from genretr.errors import GenretrError
 from genretr.hardware import PRECISIONS
-from genretr.pipeline import STAGES
+from genretr.stages import STAGES
 from genretr.rationale import MODES as REASON_MODES
 
 ABSENT = object()

@@ -291,7 +291,7 @@ def test_cluster_task_ids_are_ranks_only_of_a_distributed_run(monkeypatch):
     """`srun -n 4` of four independent runs sets SLURM_PROCID 0..3: those must still take the stage locks;
     in a run whose trainer spans several processes, a task id other than 0 is a secondary rank."""
     from genretr.artifacts import CLUSTER_RANK_VARIABLES, RANK_VARIABLES, secondary_rank
-    from genretr.pipeline import processes
+    from genretr.stages.context import processes
 
     for v in RANK_VARIABLES + CLUSTER_RANK_VARIABLES:
         monkeypatch.delenv(v, raising=False)

@@ -1,15 +1,16 @@
-"""The encode stage's instruction-aware, every-task setting (GENIUS Sec. 4.1; genretr.encode_stage)."""
+"""The encode stage's instruction-aware, every-task setting (GENIUS Sec. 4.1; genretr.stages.encode)."""
 import math
 
 import numpy as np
 import torch
 
-from genretr import encode_stage as E
+from genretr.stages import encode as E
 from genretr.data.datamodules import QueryTargetPairs
 from genretr.data.schema import INSTRUCTIONS, Query
 from genretr.encoders.contrastive import ContrastiveEncoder
 from genretr.encoders.towers import SmallCNN
-from genretr.pipeline import Embeddings, Pipeline
+from genretr.data.embeddings import Embeddings
+from genretr.pipeline import Pipeline
 
 
 def test_query_text_prepends_the_instruction_only_when_asked():

@@ -38,7 +38,7 @@ def test_generative_on_other_tasks(make_cfg, tmp_path):
     assert set(metrics) == {"i2t", "t2it"}
 
 
-# text-features: the frozen MiniLM features the encode stage keeps for every seed (genretr.encode_stage)
+# text-features: the frozen MiniLM features the encode stage keeps for every seed (genretr.stages.encode)
 @pytest.mark.parametrize("stop,written", [("dataset", {"dataset"}), ("encode", {"dataset", "text-features", "encode"}),
                                           ("identify", {"dataset", "text-features", "encode", "identify"}),
                                           ("index", {"dataset", "text-features", "encode", "identify", "train",

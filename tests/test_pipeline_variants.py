@@ -128,5 +128,5 @@ def test_only_pool_items_are_returned_even_with_shared_identifiers(make_cfg, tmp
     queries = ds.queries("test", "t2i")
     for constrained in ("true", "false"):
         p.cfg.decoding.constrained = constrained == "true"
-        rankings, _ = p._searcher(ds, emb, "t2i", model, table, tries)(emb.queries([q.id for q in queries]))
+        rankings, _ = p.searcher(ds, emb, "t2i", model, table, tries)(emb.queries([q.id for q in queries]))
         assert all(set(r) <= pool for r in rankings)

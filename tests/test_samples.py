@@ -7,7 +7,7 @@ from genretr.data.datamodules import EpochShuffle, IdentifierDataModule
 from genretr.data.schema import Item, Query, RetrievalDataset, Split
 from genretr.data.vocab import WordVocab
 from genretr.identifiers.base import IdTable
-from genretr.pipeline import Embeddings
+from genretr.data.embeddings import Embeddings
 from genretr.samples import MEMORIZE, RETRIEVE, PseudoQueries, decoder_samples
 
 

@@ -20,7 +20,6 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from genretr.decoding.engine import topk_agreement
-from genretr.evaluate_stage import task_rankings
 from genretr.hardware import auto_threads
 from genretr.pipeline import Pipeline
 
@@ -45,7 +44,7 @@ def main(args: list[str]) -> None:
                                                    "progress=false", "logger=none"])
             torch.set_num_threads(auto_threads(cfg.get("threads", "auto")))
             start = time.perf_counter()
-            _, queries, rankings = task_rankings(Pipeline(cfg, Path("outputs/search_precision")), "t2i")
+            _, queries, rankings = Pipeline(cfg, Path("outputs/search_precision")).task_rankings("t2i")
             found[precision] = (queries, rankings, time.perf_counter() - start)
         (q, a, ta), (_, b, tb) = found["fp32"], found["bf16"]
         pooled["fp32"] += a

@@ -18,7 +18,6 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from genretr.evaluate_stage import task_rankings
 from genretr.pipeline import Pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,7 +32,7 @@ def pipeline(overrides):
 
 def main(overrides):
     p, _ = pipeline(overrides)
-    ds, queries, rankings = task_rankings(p, "t2i")
+    ds, queries, rankings = p.task_rankings("t2i")
     ssid, _ = pipeline([o for o in overrides if not o.startswith("identifier=")] + ["identifier=ssid"])
     sds = ssid.dataset()
     ssid.identify(sds, ssid.encode(sds))

@@ -24,7 +24,6 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from genretr.data.schema import PAIR
-from genretr.evaluate_stage import task_rankings
 from genretr.hardware import auto_threads
 from genretr.pipeline import Pipeline
 from genretr.stats import summary
@@ -36,8 +35,8 @@ CACHE = os.environ.get("GENRETR_CACHE", str(ROOT / ".cache/genretr"))
 class PairCaptionPipeline(Pipeline):
     """The identify stage sees each caption-less image's pair caption as if it were a training caption."""
 
-    def _context(self, ds, emb, items, workdir):
-        ctx = super()._context(ds, emb, items, workdir)
+    def scheme_context(self, ds, emb, items, workdir):
+        ctx = super().scheme_context(ds, emb, items, workdir)
         pair_caption = {it.image: it.text for it in ds.items.values() if it.modality == PAIR and it.text}
         extra = {i: [pair_caption[ds.items[i].image]] for i in items
                  if i not in ctx.item_captions and ds.items[i].image in pair_caption}
@@ -53,7 +52,7 @@ def evaluate(overrides: list[str], oracle: bool, seed: int) -> dict[str, list[fl
                                            "progress=false"])
     torch.set_num_threads(auto_threads(cfg.get("threads", "auto")))
     p = (PairCaptionPipeline if oracle else Pipeline)(cfg, Path("outputs/describer_oracle"))
-    ds, queries, rankings = task_rankings(p, "t2i")
+    ds, queries, rankings = p.task_rankings("t2i")
     pair_caption = {it.image: it.text for it in ds.items.values() if it.modality == PAIR}
     rows = [(next(iter(q.relevant)), list(r), q.text == pair_caption.get(ds.items[next(iter(q.relevant))].image))
             for q, r in zip(queries, rankings)]

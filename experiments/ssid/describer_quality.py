@@ -1,7 +1,7 @@
 """How right is the describer? Word F1 of the caption written for each test image against its true captions.
 
 SSID's keywords generator reads, for a test image, the caption of the run's captioner (`ctx.describe`,
-`genretr.augment.captions_for`; test captions stay unseen).  This scores those captions in the generator's
+`genretr.stages.captions.captions_for`; test captions stay unseen).  This scores those captions in the generator's
 canonical words (synonym classes learned from the train captions) against the union of the image's five
 true captions, beside two references: the caption of the nearest train image (image embeddings) and one of
 the true captions itself (the ceiling a perfect describer reaches).  It also lists the words the describer
@@ -21,7 +21,7 @@ import numpy as np
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from genretr.augment import captions_for
+from genretr.stages.captions import captions_for
 from genretr.pipeline import Pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,7 +48,7 @@ def main(overrides):
     ids = sorted(train)
     nearest = np.argmax(emb.items(test).numpy() @ emb.items(ids).numpy().T, 1)
     written = {
-        f"captioner ({' '.join(overrides)})": captions_for(p, ds, emb, test, every_item=True),
+        f"captioner ({' '.join(overrides)})": captions_for(p.ctx, ds, emb, test, every_item=True),
         "nearest train image's first caption": {i: train[ids[k]][0] for i, k in zip(test, nearest)},
         "a true caption (ceiling)": {i: true[i][0] for i in test},
     }

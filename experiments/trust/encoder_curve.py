@@ -24,7 +24,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from genretr import encode_stage as E
+from genretr.stages import encode as E
 from genretr.data.datamodules import CaptionPairs, ContrastiveDataModule
 from genretr.pipeline import Pipeline
 from genretr.training import EpochSeed
@@ -64,7 +64,7 @@ def main(overrides):
     L.seed_everything(seed, verbose=False)
     torch.manual_seed(seed)
     encoder = instantiate(cfg.encoder.model)
-    items, queries = E.split_members(ds, p.splits())
+    items, queries = E.split_members(ds, p.ctx.splits())
     texts = sorted({x.text for x in items if x.text} | {t for q in queries if (t := E.query_text(q, False))})
     row = {t: i for i, t in enumerate(texts)}
     image_index, caps = E.caption_groups(ds)

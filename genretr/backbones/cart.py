@@ -11,7 +11,7 @@ All parameters are Xavier-uniform initialised (Appendix C; biases zero).
 `step_decoder()` lays the model out for `genretr.decoding.engine`: the encoder, Z and every decoder
 layer's cross-attention / coarse / fine keys and values are computed once per query (`prepare`) and
 shared by its beams, which attend as S query positions against that one query's keys; the
-self-attention keys/values live in a preallocated double-buffered cache (`genretr.decoding.t5_step.KVCache`).
+self-attention keys/values live in a preallocated double-buffered cache (`genretr.backbones.t5_step.KVCache`).
 """
 from __future__ import annotations
 
@@ -212,7 +212,7 @@ class CartStepDecoder:
         return self.model.memories(torch.as_tensor(src, device=self.device))
 
     def new_cache(self, rows: int, T: int):
-        from genretr.decoding.t5_step import KVCache
+        from genretr.backbones.t5_step import KVCache
 
         if T > self.model.hparams.max_tgt_len:
             raise GenretrError(f"identifiers of {T} tokens exceed CART's max_tgt_len={self.model.hparams.max_tgt_len}")

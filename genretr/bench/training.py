@@ -108,10 +108,10 @@ def code_labels(sizes, counter: bool, n: int, g: torch.Generator) -> tuple[torch
 
 
 def decoder_spec(name: str, batch: int | None, pool_batches: int) -> Spec:
-    """A default decoder as `genretr.train_stage` builds it (vocab_size, input_dim, src_vocab_size)."""
+    """A default decoder as `genretr.stages.train` builds it (vocab_size, input_dim, src_vocab_size)."""
     from hydra.utils import instantiate
 
-    from genretr.pipeline import _identified_items
+    from genretr.data.schema import pool_items
 
     cfg = compose(MODELS[name])
     bb, ic = cfg.backbone, cfg.identifier
@@ -122,7 +122,7 @@ def decoder_spec(name: str, batch: int | None, pool_batches: int) -> Spec:
     input_dim = int(cfg.encoder.model.image_tower.out_dim)
     target = ic._target_.rsplit(".", 1)[-1]
     if target == "StringIdentifier":
-        items = _identified_items(ds, list(dict.fromkeys(["train", cfg.eval.split])), [*cfg.eval.tasks, "universal"])
+        items = pool_items(ds, list(dict.fromkeys(["train", cfg.eval.split])), [*cfg.eval.tasks, "universal"])
         table = instantiate(ic).build([ds.items[i] for i in items], None, None)
         labels = torch.from_numpy(table.sequences[torch.randint(len(table), (n,), generator=g).numpy()]).long()
         vocab_size, notes = table.vocab_size, f"{len(items)} string IDs, vocab {table.vocab_size}"
@@ -157,7 +157,7 @@ def decoder_spec(name: str, batch: int | None, pool_batches: int) -> Spec:
 
 
 def encoder_spec(batch: int | None, pool_batches: int) -> Spec:
-    """The default dual encoder as `genretr.encode_stage` builds it, on (image, prepared text) caption pairs."""
+    """The default dual encoder as `genretr.stages.encode` builds it, on (image, prepared text) caption pairs."""
     from hydra.utils import instantiate
 
     cfg = compose(MODELS["encoder"])

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 
-def _private_generator() -> torch.Generator:
+def loader_generator() -> torch.Generator:
     """A DataLoader draws a base seed each time it is iterated; from its own generator, that draw
     leaves the global RNG (dropout) untouched, wherever Lightning happens to call iter()."""
     return torch.Generator().manual_seed(0)
@@ -76,7 +76,7 @@ class QueryTargetPairs(Dataset):
     A side is an image, a text, or both (fused by the encoder); a missing part is a zero row with its
     ``has_*`` flag off.  ``q_id``/``t_id`` let the loss drop in-batch negatives that are really positives
     (one query's other relevant items, one item's other queries).  `sides`: see
-    `genretr.encode_stage.query_target_sides`; `row` maps a text to its row of `text_inputs`."""
+    `genretr.stages.encode.query_target_sides`; `row` maps a text to its row of `text_inputs`."""
 
     groups = None
 
@@ -107,7 +107,7 @@ class ContrastiveDataModule(L.LightningDataModule):
 
     def train_dataloader(self):
         sampler = EpochShuffle(len(self.pairs), self.seed, self.pairs.groups)
-        return DataLoader(self.pairs, batch_size=self.batch_size, sampler=sampler, generator=_private_generator(),
+        return DataLoader(self.pairs, batch_size=self.batch_size, sampler=sampler, generator=loader_generator(),
                           drop_last=len(sampler) > self.batch_size)
 
 
@@ -150,4 +150,4 @@ class IdentifierDataModule(L.LightningDataModule):
 
     def train_dataloader(self):
         sampler = EpochShuffle(len(self.data), self.seed, subset_until=(self.memorize_rows, self.memorize_epochs))
-        return DataLoader(self.data, batch_size=self.batch_size, sampler=sampler, generator=_private_generator())
+        return DataLoader(self.data, batch_size=self.batch_size, sampler=sampler, generator=loader_generator())

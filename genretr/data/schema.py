@@ -37,6 +37,7 @@ TASK_TARGET = {
     "t2a": AUDIO,  # caption → audio (CART: Clotho, AudioCaps)
     "t2v": VIDEO,  # caption → video (CART: MSR-VTT, MSVD)
 }
+CAPTION_TASKS = ("t2i", "t2a", "t2v")  # caption -> item: the (item, caption) pairs encoders and captioners learn from
 
 # M-BEIR-style instructions (GENIUS Section 4.2.2 prepends them to the query).
 INSTRUCTIONS = {
@@ -119,3 +120,14 @@ class RetrievalDataset:
             pools = ", ".join(f"{t}:{len(p)}" for t, p in sorted(s.pools.items()))
             parts.append(f"{name}: {len(s.queries)} queries, pools {pools}")
         return f"{self.name}: {len(self.images)} images, {len(self.items)} items; " + "; ".join(parts)
+
+
+def pool_items(ds: "RetrievalDataset", splits, tasks) -> list[str]:
+    """Every item in the pools of `tasks` in `splits`, in order of first appearance (what the identify stage
+    gives identifiers: GRACE memorizes the test images too)."""
+    seen: dict[str, None] = {}
+    for split in splits:
+        for task in tasks:
+            for i in ds.splits[split].pools.get(task, []):
+                seen.setdefault(i)
+    return list(seen)

@@ -55,7 +55,7 @@ from genretr.decoding import queries as Q
 from genretr.decoding.csr_trie import CSRTrie
 from genretr.decoding.hf import TrieLogitsProcessor, hf_generate  # noqa: F401  (re-export)
 from genretr.decoding.protocol import missing_members
-from genretr.decoding.t5_step import KVCache, T5StepDecoder, reorder_kv_cache  # noqa: F401  (re-export)
+from genretr.backbones.t5_step import KVCache, T5StepDecoder, reorder_kv_cache  # noqa: F401  (re-export)
 from genretr.identifiers.base import EOS, PAD, IdTable
 
 NEG_INF = float("-inf")

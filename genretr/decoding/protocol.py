@@ -2,7 +2,7 @@
 
 A model takes part in the engine's search through ``model.step_decoder()`` (CART:
 `genretr.backbones.cart.CartStepDecoder`, MLLMs: `genretr.backbones.mllm_step.MLLMStepDecoder`); a T5 model
-without one is laid out by `genretr.decoding.t5_step.T5StepDecoder`.  The engine runs, for a batch of N queries,
+without one is laid out by `genretr.backbones.t5_step.T5StepDecoder`.  The engine runs, for a batch of N queries,
 
     state = sd.prepare(queries)                       # once per batch: what a query's beams share
     cache = sd.new_cache(rows, T)                     # once per search, rows >= N * max beam slots

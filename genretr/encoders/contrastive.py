@@ -5,7 +5,7 @@ The temperature is learnable (CLIP, Radford et al. 2021, Sec. 2.5), initialised 
 queries) are embedded by score-level fusion — the sum of the two normalised tower
 outputs, renormalised — as UniIR's CLIP-SF, which GENIUS builds on (Sec. 4.1).
 Batches are (image, caption) pairs, or (query, target) pairs of every task whose sides
-may be images, texts or both (`genretr.encode_stage`, GENIUS Sec. 4.1).
+may be images, texts or both (`genretr.stages.encode`, GENIUS Sec. 4.1).
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ class ContrastiveEncoder(L.LightningModule):
         return F.normalize(out, dim=-1)
 
     def training_step(self, batch, batch_idx):
-        if isinstance(batch, dict):  # (query, target) pairs of every task (genretr.encode_stage, fit.tasks=all)
+        if isinstance(batch, dict):  # (query, target) pairs of every task (genretr.stages.encode, fit.tasks=all)
             q = self.embed_sides(batch["q_image"], batch["q_has_image"], batch["q_text"], batch["q_has_text"])
             t = self.embed_sides(batch["t_image"], batch["t_has_image"], batch["t_text"], batch["t_has_text"])
             # another pair's target that shares this pair's query or target is a positive, not a negative

@@ -24,7 +24,7 @@ from genretr.decoding.engine import (TrieLogitsProcessor, beam_search, constrain
                                      rank_items)
 from genretr.decoding.hf import constrained_search, prefix_allowed_fn
 from genretr.decoding.rerank import rerank
-from genretr.decoding.t5_step import T5StepDecoder
+from genretr.backbones.t5_step import T5StepDecoder
 from genretr.decoding.trie import Trie
 from genretr.identifiers.base import EOS, PAD, IdTable
 

@@ -13,7 +13,7 @@ from genretr.backbones.cart import CartSeq2Seq
 from genretr.backbones.t5_prefix import T5PrefixDecoder
 from genretr.decoding.csr_trie import CSRTrie
 from genretr.decoding.engine import beam_search, constrained_beam_search, rank_items, step_decoder_of, topk_agreement
-from genretr.decoding.t5_step import KVCache
+from genretr.backbones.t5_step import KVCache
 
 
 def code_table(n, codes=(8, 8, 8), seed=0):

@@ -10,29 +10,34 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from genretr.artifacts import config_key
+from genretr.data.schema import CAPTION_TASKS
 from genretr.fingerprint import stage_fingerprint
 from genretr.samples import PseudoQueries
+
+if TYPE_CHECKING:  # stages read the run's context; only genretr.pipeline makes one
+    from genretr.stages.context import RunContext
 
 log = logging.getLogger(__name__)
 
 
-def captions_for(pipeline, ds, emb, item_ids: list[str], every_item: bool = False) -> dict[str, str]:
+def captions_for(ctx: RunContext, ds, emb, item_ids: list[str], every_item: bool = False) -> dict[str, str]:
     """{item id: written caption} for `item_ids` without a training caption (or all of them with every_item)."""
     from genretr.captioner import fit_captioner, item_images, wants_pixels
 
-    cfg = pipeline.cfg
+    cfg = ctx.cfg
     have: dict[str, list[str]] = {}
     for q in ds.splits["train"].queries:
-        if q.task in ("t2i", "t2a", "t2v") and q.text:
+        if q.task in CAPTION_TASKS and q.text:
             for r in q.relevant:
                 have.setdefault(r, []).append(q.text)
     todo = [i for i in item_ids if every_item or i not in have]
-    key = config_key("captions", pipeline.keys["encode"], cfg.captioner, cfg.seed, sorted(todo),
-                     pipeline.numerics(), stage_fingerprint("captions", cfg.captioner))
+    key = config_key("captions", ctx.keys["encode"], cfg.captioner, cfg.seed, sorted(todo),
+                     ctx.numerics(), stage_fingerprint("captions", cfg.captioner))
 
     pixels = wants_pixels(cfg.captioner)
 
@@ -46,14 +51,14 @@ def captions_for(pipeline, ds, emb, item_ids: list[str], every_item: bool = Fals
         texts = cap.describe(inputs(todo)) if todo else []
         (tmp / "captions.json").write_text(json.dumps(dict(zip(todo, texts))))
 
-    path = pipeline.store.produce("captions", key, write)
+    path = ctx.store.produce("captions", key, write)
     return json.loads((path / "captions.json").read_text())
 
 
-def pseudo_queries(pipeline, ds, emb, table, every_item: bool = False) -> PseudoQueries:
-    written = captions_for(pipeline, ds, emb, list(table.item_ids), every_item)
+def pseudo_queries(ctx: RunContext, ds, emb, table, every_item: bool = False) -> PseudoQueries:
+    written = captions_for(ctx, ds, emb, list(table.item_ids), every_item)
     ids = list(written)
     texts = [written[i] for i in ids]
-    vecs = pipeline.embed_texts(ds, texts) if texts else torch.zeros(0, emb.item_vecs.shape[1])
+    vecs = ctx.embed_texts(ds, texts) if texts else torch.zeros(0, emb.item_vecs.shape[1])
     log.info("pseudo-queries: %d written, e.g. %s", len(ids), texts[:2])
     return PseudoQueries(texts, vecs, ids)

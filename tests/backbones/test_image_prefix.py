@@ -1,10 +1,10 @@
-"""genretr.encoders.image_prefix + captioner=pixels: a captioner that reads the image, not its embedding."""
+"""genretr.backbones.image_prefix + captioner=pixels: a captioner that reads the image, not its embedding."""
 import numpy as np
 import pytest
 import torch
 
 from genretr.captioner import Captioner, fit_captioner, join_words, wants_pixels, words
-from genretr.encoders.image_prefix import ImagePrefixDecoder
+from genretr.backbones.image_prefix import ImagePrefixDecoder
 from genretr.errors import GenretrError
 
 # where a bright square sits decides the caption: only the pixels say it (no embedding is given)

@@ -1,4 +1,4 @@
-"""What the encode stage trains on and embeds (genretr.pipeline.Pipeline.encode).
+"""The encode stage (DESIGN.md): the dual encoder trained, then every item and query of the run's splits embedded.
 
 Two training settings, picked by ``encoder.fit.tasks``:
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,12 +25,16 @@ from hydra.utils import instantiate
 
 from genretr.artifacts import config_key
 from genretr.data.datamodules import CaptionPairs, ContrastiveDataModule, QueryTargetPairs
-from genretr.data.schema import Query, RetrievalDataset
-from genretr.fingerprint import code_fingerprint
+from genretr.data.embeddings import Embeddings
+from genretr.data.schema import CAPTION_TASKS, Query, RetrievalDataset
+from genretr.errors import GenretrError
+from genretr.fingerprint import code_fingerprint, stage_fingerprint
+from genretr.training import fit
 
-log = logging.getLogger("genretr.pipeline")
+if TYPE_CHECKING:  # stages read the run's context; only genretr.pipeline makes one
+    from genretr.stages.context import RunContext
 
-CAPTION_TASKS = ("t2i", "t2a", "t2v")  # caption -> item: the (item, caption) pairs encoders and captioners learn from
+log = logging.getLogger(__name__)
 
 
 def query_text(q: Query, instructions: bool) -> str | None:
@@ -131,3 +136,56 @@ def fit_and_embed(cfg, ds: RetrievalDataset, splits, seed: int, instructions: bo
     item_vecs, query_vecs = embed(encoder, ds, items, queries, texts, text_inputs, int(cfg.fit.batch_size),
                                   instructions)
     return encoder, items, queries, item_vecs, query_vecs
+
+
+def run(ctx: RunContext, ds: RetrievalDataset) -> Embeddings:
+    """The run's embeddings (from the cache when made before): trained and embedded, or the dataset's own."""
+    cfg = ctx.cfg.encoder
+    splits = ctx.splits()
+    given = getattr(ds, "item_vectors", None) is not None
+    # given item vectors without query vectors: the zero query vectors exist for token-input backbones only
+    mode = (ctx.input_kind(), ctx.cfg.method.name) if given and ds.query_vectors is None else None
+    key = ctx.keys["encode"] = config_key("encode", ctx.keys["dataset"], cfg, ctx.cfg.seed, splits, mode,
+                                          ctx.numerics(), stage_fingerprint("encode", cfg))
+
+    def write(tmp: Path):
+        if given:  # features given (dataset=precomputed): nothing to encode
+            torch.save(given_vectors(ctx, ds, splits).state(), tmp / "embeddings.pt")
+            return
+        encoder, items, queries, item_vecs, query_vecs = fit_and_embed(
+            cfg, ds, splits, int(ctx.cfg.seed), ctx.instructions(), encoder_tasks(cfg) == "all",
+            lambda enc, dm: fit(enc, dm, ctx.cfg, ctx.store.work("encode", key), int(cfg.fit.max_epochs),
+                                ctx.logger, ctx.extra_callbacks), ctx.store)
+        emb = Embeddings([x.id for x in items], item_vecs, [q.id for q in queries], query_vecs)
+        torch.save(emb.state(), tmp / "embeddings.pt")
+        torch.save(encoder.state_dict(), tmp / "encoder.pt")
+        if getattr(encoder.text_tower, "tokenizer", None) is not None:
+            encoder.text_tower.tokenizer.save(str(tmp / "tokenizer.json"))
+
+    path = ctx.store.produce("encode", key, write)
+    return Embeddings(**{k: v for k, v in torch.load(path / "embeddings.pt").items() if not k.startswith("_")})
+
+
+def encoder_tasks(cfg) -> str:
+    """encoder.fit.tasks: captions | all."""
+    tasks = str(cfg.fit.tasks)
+    if tasks not in ("captions", "all"):
+        raise GenretrError(f"encoder.fit.tasks={tasks} is not one of captions, all")
+    return tasks
+
+
+def given_vectors(ctx: RunContext, ds: RetrievalDataset, splits) -> Embeddings:
+    """Embeddings of a dataset that ships its vectors (CART's ImageBind features): items from
+    `item_vectors`; queries from `query_vectors` (the same model's text side), or -- for backbones
+    that read query tokens and never the query vector -- zeros."""
+    items, queries = split_members(ds, splits)
+    vecs = torch.from_numpy(np.stack([ds.item_vectors[x.id] for x in items])).float()
+    if ds.query_vectors is not None:
+        qvecs = torch.from_numpy(np.stack([ds.query_vectors[q.id] for q in queries])).float()
+    elif ctx.input_kind() == "tokens" and not ctx.embedding_method():
+        qvecs = torch.zeros(len(queries), vecs.shape[1])
+    else:
+        raise GenretrError(f"dataset {ds.name} gives item vectors but no query vectors: set "
+                           "dataset.caption_features (the same model's caption embeddings), or use a "
+                           "token-input backbone (backbone=cart or backbone.input=tokens)")
+    return Embeddings([x.id for x in items], vecs, [q.id for q in queries], qvecs)

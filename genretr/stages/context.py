@@ -1,0 +1,195 @@
+"""What every stage reads besides its inputs: the run's config, the artifact store, the upstream stage keys,
+and the run-level facts derived from them (the tasks and pools, the numeric setting that keys trained
+artifacts, SSID's rationale mode, what the decoder reads for a query).  Stages take a `RunContext`; only
+`genretr.pipeline` sequences them."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from genretr.artifacts import ArtifactStore, plain_dict
+from genretr.data.embeddings import Embeddings
+from genretr.data.schema import INSTRUCTIONS, RetrievalDataset
+from genretr.errors import GenretrError
+from genretr.identifiers.base import IdTable
+
+# trainer options that change what is shown or logged, not what is learned (left out of the stage keys)
+TRAINER_DISPLAY = ("log_every_n_steps", "enable_model_summary", "enable_progress_bar", "num_sanity_val_steps")
+
+
+def devices(trainer) -> object:
+    """The trainer's `devices`, with "all of them" (-1, auto) resolved to how many there are."""
+    value = trainer.get("devices", 1)
+    if str(value) in ("-1", "auto"):
+        return torch.cuda.device_count() if torch.cuda.is_available() else 1
+    return value
+
+
+def processes(trainer) -> int:
+    """How many processes the trainer trains with (devices x nodes; a device list counts its entries)."""
+    n = devices(trainer)
+    if isinstance(n, str):  # "2" or "0,1"
+        n = [d for d in n.split(",") if d.strip()] if "," in n else int(n)
+    n = len(n) if not isinstance(n, int) else n
+    return max(1, n) * max(1, int(trainer.get("num_nodes", 1) or 1))
+
+
+@dataclass
+class RunContext:
+    cfg: DictConfig
+    run_dir: Path
+    logger: object = None
+    extra_callbacks: list = field(default_factory=list)
+    store: ArtifactStore | None = None
+    keys: dict[str, str] = field(default_factory=dict)  # stage -> the key of its artifact in this run
+    _numerics: dict | None = field(default=None, repr=False)
+    _reasons: tuple | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        self.run_dir = Path(self.run_dir)
+        if self.store is None:
+            self.store = ArtifactStore(self.cfg.paths.cache_dir, distributed=processes(self.cfg.trainer) > 1)
+
+    # -- what keys a trained artifact -----------------------------------------------------------------
+    def numerics(self) -> dict:
+        """What sets a trained artifact's numbers besides its config and seed: torch's thread count (CPU
+        kernels sum in another order at another count), the trainer (device, precision, strategy, clipping…;
+        not its logging and display options), the CPU kernels torch dispatches to and the versions of the
+        numeric libraries.  In the keys of the stages that train (encode, identify, train, captions)."""
+        if self._numerics is None:  # once per run (the installed versions are read from package metadata)
+            from genretr.hardware import bf16_kind
+            from genretr.provenance import versions
+
+            trainer = {k: v for k, v in plain_dict(self.cfg.trainer).items() if k not in TRAINER_DISPLAY}
+            trainer["devices"] = devices(trainer)
+            found = versions()
+            # the kernels torch dispatches to (AVX2 / AVX512, AMX or AVX512-BF16 for bf16) sum in their own order
+            kernels = {"cpu": torch.backends.cpu.get_cpu_capability(), "bf16": bf16_kind(trainer.get("accelerator"))}
+            self._numerics = {"trainer": trainer, "kernels": kernels, "versions": {
+                k: found[k] for k in ("torch", "transformers", "lightning", "numpy", "faiss-cpu")}}
+        return {"threads": torch.get_num_threads(), **self._numerics}
+
+    # -- tasks, splits and pools ----------------------------------------------------------------------
+    def tasks(self) -> list[str]:
+        return list(self.cfg.eval.tasks)
+
+    def splits(self) -> list[str]:
+        """The splits this run touches: train (encoder and decoder training) and the evaluation split."""
+        return list(dict.fromkeys(["train", self.cfg.eval.split]))
+
+    def pool_name(self, task: str) -> str:
+        """The pool `task` searches: its own (task-specific) or the split's union pool (GENIUS Table 2)."""
+        return "universal" if str(self.cfg.eval.get("pool", "task")) == "universal" else task
+
+    def pool(self, ds: RetrievalDataset, task: str) -> list[str]:
+        split, name = self.cfg.eval.split, self.pool_name(task)
+        if name not in ds.splits[split].pools:
+            raise GenretrError(f"eval.pool={self.cfg.eval.get('pool')}: split '{split}' of {ds.name} has no "
+                               f"'{name}' pool (shapes: dataset.universal=true)")
+        return ds.splits[split].pools[name]
+
+    # -- the method and the decoder -------------------------------------------------------------------
+    def embedding_method(self) -> bool:
+        return self.cfg.method.name == "embedding"
+
+    def input_kind(self) -> str:
+        """What the decoder reads for a query: prefix (its vector) | tokens (its words)."""
+        return str(self.cfg.backbone.get("input", "prefix"))
+
+    def is_mllm(self) -> bool:
+        return str(self.cfg.backbone.get("kind", "decoder")) == "mllm"
+
+    def classifier_head(self) -> bool:
+        return str(self.cfg.identifier.get("head", "vocab")) == "classifier"
+
+    def instructions(self) -> bool:
+        """encoder.instructions: queries embedded with their task's instruction (genretr.stages.encode)."""
+        return bool(self.cfg.encoder.instructions)
+
+    # -- SSID's rationale (genretr.rationale) ---------------------------------------------------------
+    def reasons(self) -> dict:
+        """SSID's rationales {item id: reason} from the identify stage (empty for other schemes); read once."""
+        from genretr.mllm_stage import reasons_of
+
+        key = self.keys["identify"]
+        if self._reasons is None or self._reasons[0] != key:
+            self._reasons = (key, reasons_of(self.store.artifact("identify", key)))
+        return self._reasons[1]
+
+    def reason(self) -> str:
+        """train.reason resolved: auto -> both with rationales, none without."""
+        from genretr.rationale import resolve
+
+        return resolve(str(self.cfg.train.get("reason", "auto")), self.reasons())
+
+    def reason_vocab(self, ds: RetrievalDataset, table: IdTable):
+        """With a rationale in training, its tokens after the identifier (and describe) vocabulary."""
+        from genretr.describe import caption_words
+        from genretr.rationale import ReasonVocab
+
+        if self.reason() == "none":
+            return None
+        describing = bool(self.cfg.train.get("describe", False))
+        return ReasonVocab(self.reasons(), table.vocab_size + (len(caption_words(ds)) if describing else 0))
+
+    # -- what the decoder reads -----------------------------------------------------------------------
+    def query_vocab(self, ds: RetrievalDataset, table: IdTable | None = None):
+        """The word vocabulary of token-input backbones, from the training queries (and item texts);
+        with train.describe, one word per identifier token too (the describe prompt names an ID)."""
+        from genretr.data.vocab import WordVocab
+
+        texts = [q.text for q in ds.splits["train"].queries if q.text]
+        texts += [x.text for x in ds.items.values() if x.text]
+        vocab = WordVocab.build(texts)
+        if self.cfg.train.get("describe", False) and table is not None:
+            from genretr.describe import id_word
+
+            vocab = WordVocab(vocab.tokens + [id_word(t) for t in table.vocab[2:]])
+        return vocab
+
+    def queries_of(self, ds: RetrievalDataset, emb: Embeddings, queries, table=None,
+                   vecs: torch.Tensor | None = None) -> torch.Tensor | dict | list:
+        """What the decoder reads for `queries`: their vectors (`vecs`, else the encode stage's), their
+        tokens for token-input backbones, sample dicts for MLLMs."""
+        if self.is_mllm() and not self.embedding_method():
+            from genretr.mllm_stage import query_sample
+
+            return [query_sample(ds, q) for q in queries]
+        vecs = emb.queries([q.id for q in queries]) if vecs is None else vecs
+        if self.embedding_method() or self.input_kind() != "tokens":
+            return vecs
+        vocab = self.query_vocab(ds, table)
+        return {"z": vecs, "src": vocab.encode([q.text for q in queries], int(self.cfg.backbone.get("max_src_len", 32)))}
+
+    @torch.no_grad()
+    def embed_texts(self, ds: RetrievalDataset, texts: list[str]) -> torch.Tensor:
+        """Vectors of new texts (captioner-written queries) from the trained encoder of this run, as
+        caption → image queries (with encoder.instructions, after the t2i instruction)."""
+        from hydra.utils import instantiate
+
+        path = self.store.artifact("encode", self.keys["encode"])
+        if not (path / "encoder.pt").exists():
+            raise GenretrError(f"dataset {ds.name} ships its vectors: there is no encoder to embed new texts "
+                               "(train.pseudo_queries needs one)")
+        encoder = instantiate(self.cfg.encoder.model)
+        if (path / "tokenizer.json").exists():
+            from genretr.data.tokenizer import load
+
+            encoder.text_tower.tokenizer = load(path / "tokenizer.json")
+        encoder.load_state_dict(torch.load(path / "encoder.pt"))
+        encoder.eval()
+        if self.instructions():
+            texts = [f"{INSTRUCTIONS['t2i']} {t}" for t in texts]
+        inputs = encoder.prepare_texts(texts)
+        bs = int(self.cfg.encoder.fit.batch_size)
+        return torch.cat([encoder.embed_texts(inputs[s:s + bs]) for s in range(0, len(texts), bs)])
+
+    def train_key(self) -> dict:
+        """cfg.train as it enters the train stage's key: `reason` as whether a rationale is trained (`both`
+        and `train_only` train alike and share a model)."""
+        tr = OmegaConf.to_container(self.cfg.train, resolve=True)
+        tr.pop("reason", None)
+        return {**tr, "rationale": self.reason() != "none"}

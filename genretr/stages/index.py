@@ -1,0 +1,37 @@
+"""The index stage (DESIGN.md): one prefix trie (`genretr.decoding.csr_trie.CSRTrie`) of the identifiers in
+each pool the run searches; its allowed() serves the HF path's prefix_allowed_tokens_fn, its vectorised
+children()/step() the genretr engine."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from genretr.artifacts import config_key
+from genretr.data.schema import RetrievalDataset
+from genretr.decoding.csr_trie import CSRTrie
+from genretr.fingerprint import stage_fingerprint
+from genretr.identifiers.base import IdTable
+
+if TYPE_CHECKING:  # stages read the run's context; only genretr.pipeline makes one
+    from genretr.stages.context import RunContext
+
+
+def run(ctx: RunContext, ds: RetrievalDataset, table: IdTable) -> dict[str, CSRTrie]:
+    """task -> the trie of its pool."""
+    cfg = ctx.cfg
+    split = cfg.eval.split
+    pools = sorted({ctx.pool_name(t) for t in ctx.tasks()})
+    # MLLMs: the trie holds the identifiers as the LLM's tokens, which depend on its tokenizer and its code
+    llm = [cfg.backbone] if ctx.is_mllm() else []
+    key = ctx.keys["index"] = config_key("index", ctx.keys["identify"], split, pools,
+                                         *([cfg.backbone.model._target_, cfg.backbone.model.get("pretrained")]
+                                           if llm else []), stage_fingerprint("index", *llm))
+
+    def write(tmp: Path):
+        for name in pools:
+            (tmp / name).mkdir()
+            CSRTrie.from_table(table.subset(ds.splits[split].pools[name])).save(tmp / name)
+
+    path = ctx.store.produce("index", key, write)
+    tries = {name: CSRTrie.load(path / name) for name in pools}
+    return {task: tries[ctx.pool_name(task)] for task in ctx.tasks()}

@@ -1,0 +1,107 @@
+"""genretr's imports run one way (issue 15): data → models → decoding → stages → the run.  Read from the
+source with `genretr.fingerprint.imports` (every import a module runs, lazy ones included; not those under
+`if TYPE_CHECKING:`)."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from genretr import fingerprint
+
+PACKAGE_DIR = Path(fingerprint.PACKAGE_DIR)
+# lowest first; a module may import its own layer and those below
+LAYERS = [
+    ("genretr.errors", "genretr.artifacts", "genretr.fingerprint", "genretr.provenance", "genretr.resolvers",
+     "genretr.hardware", "genretr.stats", "genretr.training"),
+    ("genretr.data",),
+    ("genretr.encoders", "genretr.quantizers", "genretr.identifiers", "genretr.generators"),
+    ("genretr.backbones",),
+    ("genretr.decoding",),
+    ("genretr.evaluation", "genretr.samples", "genretr.captioner", "genretr.rationale", "genretr.describe",
+     "genretr.mllm_stage"),
+    ("genretr.stages",),
+    ("genretr.pipeline", "genretr.validate"),
+    ("genretr.run", "genretr.report", "genretr.report_stats", "genretr.bench"),
+]
+# Known upward imports, each with its reason; the test fails when one disappears, so the list only shrinks.
+EXCEPTIONS = {
+    # GRACE's semantic identifiers are the captions of a captioner trained inside the scheme (Sec. 3.3)
+    ("genretr.identifiers.semantic", "genretr.captioner"),
+    # the MLLM generator (SSID Sec. III-E) loads its model through the MLLM backbone's loader
+    ("genretr.generators.mllm", "genretr.backbones.mllm"),
+}
+STAGE_MODULES = [f"genretr.stages.{s}" for s in ("dataset", "encode", "identify", "train", "index", "evaluate")]
+
+
+def modules() -> list[str]:
+    out = []
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        parts = ("genretr", *path.relative_to(PACKAGE_DIR).with_suffix("").parts)
+        out.append(".".join(parts[:-1]) if parts[-1] == "__init__" else ".".join(parts))
+    return [m for m in out if m != "genretr"]
+
+
+def layer(module: str) -> int | None:
+    for i, group in enumerate(LAYERS):
+        if any(module == g or module.startswith(g + ".") for g in group):
+            return i
+    return None
+
+
+def graph() -> dict[str, list[str]]:
+    return {m: [d for d in fingerprint.imports(m) if d != "genretr"] for m in modules()}
+
+
+def test_every_module_has_a_layer():
+    assert [m for m in modules() if layer(m) is None] == []
+
+
+def test_no_module_imports_a_higher_layer():
+    upward = {(m, d) for m, deps in graph().items() for d in deps if layer(d) > layer(m)}
+    assert upward - EXCEPTIONS == set()
+    assert EXCEPTIONS - upward == set(), "an exception no longer happens: remove it from EXCEPTIONS"
+
+
+def test_no_import_cycle():
+    g, state, cycles = graph(), {}, []
+
+    def visit(m, path):
+        state[m] = "open"
+        for d in g.get(m, []):
+            if state.get(d) == "open":
+                cycles.append(path[path.index(d):] + [d])
+            elif d not in state:
+                visit(d, path + [d])
+        state[m] = "done"
+
+    for m in g:
+        if m not in state:
+            visit(m, [m])
+    assert cycles == []
+
+
+def test_only_the_pipeline_sequences_the_stages():
+    for m, deps in graph().items():
+        if m != "genretr.pipeline":
+            assert not set(deps) & set(STAGE_MODULES), f"{m} imports a stage module"
+
+
+def test_no_module_imports_a_private_name_of_another():
+    found = []
+    for m in modules():
+        path = PACKAGE_DIR.joinpath(*m.split(".")[1:])
+        path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("genretr"):
+                found += [f"{m}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
+    assert found == []
+
+
+@pytest.mark.parametrize("stage", STAGE_MODULES)
+def test_stages_read_the_context_through_its_public_members(stage):
+    source = PACKAGE_DIR.joinpath(*stage.split(".")[1:]).with_suffix(".py").read_text()
+    private = [n.attr for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Attribute)
+               and isinstance(n.value, ast.Name) and n.value.id == "ctx" and n.attr.startswith("_")]
+    assert private == []
