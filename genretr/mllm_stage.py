@@ -2,23 +2,19 @@
 
 An MLLM reads samples, not vectors (genretr.backbones.mllm): memorize samples are an item's image (or
 text) with GRACE's inst-m, retrieve samples a training query with inst-r (GRACE Sec. 3.4-3.5); the answer
-is the identifier, followed by SSID's rationale when the identifier scheme wrote one (`reasons.json`)
-and `backbone.model.reason` asks for it.  Identifiers are decoded over the LLM's own vocabulary: the trie
+is the identifier, followed by SSID's rationale when the identifier scheme wrote one 
+and `backbone.model.reason` asks for it (`IdTable.reasons`).  Identifiers are decoded over the LLM's own vocabulary: the trie
 holds each identifier's LLM tokens (`model.id_table`).
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
+import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from genretr.data.datamodules import EpochShuffle, loader_generator
 from genretr.errors import GenretrError
 from genretr.identifiers.base import IdTable
-
-import lightning as L
 
 
 class SampleList(Dataset):
@@ -42,11 +38,6 @@ class SampleDataModule(L.LightningDataModule):
     def train_dataloader(self):
         return DataLoader(self.data, batch_size=self.batch_size, sampler=EpochShuffle(len(self.data), self.seed),
                           generator=loader_generator(), collate_fn=self.collate)
-
-
-def reasons_of(identify_dir: Path) -> dict[str, str]:
-    path = Path(identify_dir) / "reasons.json"
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def query_sample(ds, q) -> dict:
@@ -81,4 +72,6 @@ def training_samples(ds, table: IdTable, tasks, reasons: dict, memorize: bool, m
 
 def llm_table(model, table: IdTable) -> IdTable:
     """The identifiers as LLM tokens (each ends with the model's terminator), for the trie and the ranking."""
-    return model.id_table(list(table.item_ids), [table.text(i) for i in table.item_ids])
+    llm = model.id_table(list(table.item_ids), [table.text(i) for i in table.item_ids])
+    llm.reasons = dict(table.reasons)
+    return llm

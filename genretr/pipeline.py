@@ -56,12 +56,8 @@ class Pipeline:
         return evaluate.searcher(self.ctx, ds, emb, task, model, table, tries)
 
     def decoding_table(self, model, table: IdTable) -> IdTable:
-        """The identifiers as the decoder spells them: MLLMs decode over the LLM's vocabulary."""
-        if not self.ctx.is_mllm():
-            return table
-        from genretr.mllm_stage import llm_table
-
-        return llm_table(model, table)
+        """The identifiers as the decoder spells them (an MLLM's: its LLM tokens)."""
+        return self.ctx.decoder().decoding_table(model, table)
 
     def task_rankings(self, task: str = "t2i"):
         """(dataset, queries, rankings) of one generative run's `task` on the eval split, every stage run or
@@ -95,7 +91,7 @@ class Pipeline:
         emb = self._timed("encode", self.encode, ds)
         if done("encode"):
             return None
-        if self.ctx.embedding_method():
+        if self.ctx.decoder() is None:  # the embedding baseline: no identifiers, no decoder
             return self._timed("evaluate", self.evaluate, ds, emb) if stop == "evaluate" else None
         table = self._timed("identify", self.identify, ds, emb)
         if done("identify"):

@@ -4,7 +4,7 @@ With ``train.reason`` in ``both`` / ``train_only`` the decoder's target is
 
     identifier tokens  <reason>  rationale words  </s>
 
-instead of ``identifier tokens </s>``: the rationale (``reasons.json``, written by ``identifier=ssid``)
+instead of ``identifier tokens </s>``: the rationale (`IdTable.reasons`, written by ``identifier=ssid``)
 is an auxiliary next-token target after the identifier.  The output vocabulary is the identifier
 vocabulary plus ``<reason>`` and the rationale words, appended after it (identifier token ids are kept).
 
@@ -67,7 +67,7 @@ class ReasonVocab:
         out = {}
         for item in table.item_ids:
             if not self.reasons.get(item):
-                raise GenretrError(f"train.reason asks for a rationale but item {item} has none in reasons.json")
+                raise GenretrError(f"train.reason asks for a rationale but item {item} has none in the IdTable")
             ident = list(table.tokens(item)[:-1])
             out[item] = ident + [self.sep] + [self.index[w] for w in words(self.reasons[item])] + [EOS]
         return out

@@ -103,6 +103,7 @@ def validate(cfg: DictConfig) -> None:
         _check_dataset(cfg, kind)
     _check_tasks(cfg, kind)
     _check_engine(cfg)
+    _check_scheme_options(cfg)
     _check_wandb(cfg)
 
 
@@ -118,6 +119,28 @@ def _check_engine(cfg) -> None:
     if not hasattr(get_class(str(target)), "generate"):
         raise GenretrError(f"decoding.engine=hf needs a backbone with HF generate; {str(target).rsplit('.', 1)[-1]} "
                            "(backbone.model._target_) is searched by decoding.engine=genretr only")
+
+
+def _check_scheme_options(cfg) -> None:
+    """Every `identifier.*` key is an argument of the scheme's constructor, which checks its value."""
+    import inspect
+
+    target = _get(cfg, "identifier._target_")
+    node = _get(cfg, "identifier")
+    if _get(cfg, "method.name") == "embedding" or target in (ABSENT, None) or node is ABSENT:
+        return
+    from hydra.utils import get_class
+
+    scheme = get_class(str(target))
+    params = inspect.signature(scheme.__init__).parameters
+    options = [k for k in node if not str(k).startswith("_")]
+    unknown = [k for k in options if k not in params]
+    if unknown and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        raise GenretrError(f"identifier.{unknown[0]} is not an option of {scheme.__name__} (identifier._target_); "
+                           "its options: " + ", ".join(k for k in params if k != "self"))
+    if hasattr(scheme, "check_options"):  # the scheme's own checks of its values, before any stage runs
+        scheme.check_options(**{k: _get(cfg, f"identifier.{k}") for k in options
+                                if k in inspect.signature(scheme.check_options).parameters})
 
 
 # -- values -------------------------------------------------------------------------------------

@@ -69,9 +69,10 @@ def test_answer_with_reason_scores_identifiers_ended_by_the_reason_token():
 def test_ssid_on_t5_trains_the_rationale_and_train_only_shares_the_model(make_cfg, tmp_path):
     both = Pipeline(make_cfg("identifier=ssid"), tmp_path / "both")
     m_both = both.run()["t2i"]
-    assert both.ctx.reason() == "both"
     ds = both.dataset()
-    rv = both.ctx.reason_vocab(ds, both.identify(ds, both.encode(ds)))
+    table = both.identify(ds, both.encode(ds))
+    assert both.ctx.reason(table) == "both"
+    rv = both.ctx.reason_vocab(ds, table)
     assert rv is not None and len(rv.words) > 3
     only = Pipeline(make_cfg("identifier=ssid", "train.reason=train_only", run="only"), tmp_path / "only")
     m_only = only.run()["t2i"]

@@ -4,7 +4,7 @@ The identifier is a single token (then EOS), so decoding is one step and the bea
 matter (Appendix B).  Whether that token is predicted by the decoder's tied output embedding
 (`head: vocab`) or by a separate classifier head over the items (`head: classifier`) is the
 backbone's business: the key lives in conf/identifier/atomic.yaml, read as `cfg.identifier.head`,
-and this class only checks it.
+and this class only checks it (`check_options`, which `genretr.validate` calls before any stage runs).
 """
 from __future__ import annotations
 
@@ -16,9 +16,13 @@ HEADS = ("vocab", "classifier")
 
 class AtomicIdentifier:
     def __init__(self, head: str = "vocab"):
+        self.check_options(head=head)
+        self.head = head
+
+    @staticmethod
+    def check_options(head: str = "vocab") -> None:
         if head not in HEADS:
             raise GenretrError(f"identifier.head={head} is not one of {', '.join(HEADS)}")
-        self.head = head
 
     def build(self, items, embeddings, ctx) -> IdTable:
         if not items:

@@ -4,7 +4,8 @@ A scheme maps every item to a token sequence: `build(items, embeddings, ctx) -> 
 Token ids live in the table's own vocabulary (`vocab`, with 0 = `<pad>`, also the
 decoder start token, and 1 = `</s>`); every sequence ends with `</s>`, so fixed- and
 variable-length identifiers decode alike.  Several items may share a sequence unless the
-scheme disambiguates; the inverse map returns all of them.
+scheme disambiguates; the inverse map returns all of them.  What a scheme writes besides the sequences
+travels in the table and is saved with it: the tokens a pretrained tokenizer must add, SSID's rationales.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ class IdTable:
     sequences: np.ndarray  # (n_items, max_len) int32, PAD-padded, each row ends with EOS
     vocab: list[str]  # token id → token string
     new_tokens: list[str] = field(default_factory=list)  # tokens a pretrained tokenizer must add
+    reasons: dict[str, str] = field(default_factory=dict)  # item id -> SSID's rationale (Sec. III-D), if written
     _index: dict[str, int] = field(default_factory=dict, repr=False)
     _inverse: dict[tuple, list[str]] = field(default_factory=dict, repr=False)
 
@@ -42,14 +44,15 @@ class IdTable:
         return tuple(int(t) for t in seq if t != PAD)
 
     @classmethod
-    def from_lists(cls, item_ids: list[str], seqs: list[list[int]], vocab: list[str], new_tokens=()) -> "IdTable":
+    def from_lists(cls, item_ids: list[str], seqs: list[list[int]], vocab: list[str], new_tokens=(),
+                   reasons: dict | None = None) -> "IdTable":
         """Pad variable-length sequences (EOS appended here) into a table."""
         width = max(len(s) for s in seqs) + 1
         arr = np.zeros((len(seqs), width), dtype=np.int32)
         for i, s in enumerate(seqs):
             arr[i, : len(s)] = s
             arr[i, len(s)] = EOS
-        return cls(list(item_ids), arr, list(vocab), list(new_tokens))
+        return cls(list(item_ids), arr, list(vocab), list(new_tokens), dict(reasons or {}))
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -70,7 +73,8 @@ class IdTable:
 
     def subset(self, item_ids: list[str]) -> "IdTable":
         rows = [self._index[i] for i in item_ids]
-        return IdTable(list(item_ids), self.sequences[rows], self.vocab, self.new_tokens)
+        return IdTable(list(item_ids), self.sequences[rows], self.vocab, self.new_tokens,
+                       {i: self.reasons[i] for i in item_ids if i in self.reasons})
 
     def collisions(self) -> int:
         """Number of items that share their sequence with another item."""
@@ -80,20 +84,33 @@ class IdTable:
         path = Path(path)
         np.save(path / "sequences.npy", self.sequences)
         (path / "idtable.json").write_text(json.dumps(
-            {"item_ids": self.item_ids, "vocab": self.vocab, "new_tokens": self.new_tokens}))
+            {"item_ids": self.item_ids, "vocab": self.vocab, "new_tokens": self.new_tokens, "reasons": self.reasons},
+            ensure_ascii=False))
 
     @classmethod
     def load(cls, path: Path) -> "IdTable":
         path = Path(path)
         meta = json.loads((path / "idtable.json").read_text())
-        return cls(meta["item_ids"], np.load(path / "sequences.npy"), meta["vocab"], meta["new_tokens"])
+        return cls(meta["item_ids"], np.load(path / "sequences.npy"), meta["vocab"], meta["new_tokens"],
+                   meta.get("reasons", {}))
 
 
-class IdentifierContext(Protocol):
-    """What a scheme may use besides items and embeddings."""
+@dataclass
+class IdentifierContext:
+    """What a scheme may learn from besides the items and their embeddings (the identify stage fills it)."""
 
-    train_texts: list[str]  # training captions (for tokenizers, captioners)
-    workdir: Path  # where the scheme may save side artifacts (a tokenizer)
+    train_texts: list[str] = field(default_factory=list)  # training captions (tokenizers, captioners)
+    workdir: Path | None = None  # where the scheme may save side artifacts (a tokenizer, a captioner)
+    seed: int = 0
+    progress: bool = False
+    item_captions: dict = field(default_factory=dict)  # item id -> its training captions
+    train_query_vecs: np.ndarray | None = None  # (pairs, dim): every (train query, relevant item) pair ...
+    train_query_items: list = field(default_factory=list)  # ... its item
+    train_query_tasks: list = field(default_factory=list)  # ... its task
+    item_modalities: list = field(default_factory=list)  # of the items being identified, in order
+    cache_dir: Path | None = None  # kept across identify keys (SSID's generator answers)
+    describe: object = None  # item ids -> captions written by the run's captioner (genretr.stages.captions)
+    images: np.ndarray | None = None  # the dataset's images (MLLM generators look at them)
 
 
 class IdentifierScheme(Protocol):

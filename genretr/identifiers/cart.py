@@ -111,8 +111,8 @@ class CartIdentifier:
         x = np.asarray(embeddings, dtype=np.float32)
         if not items or x.ndim != 2 or len(x) != len(items) or not np.isfinite(x).all():
             raise GenretrError(f"CART: need finite embeddings (n_items={len(items)} > 0, d), got shape {x.shape}")
-        seed = int(self.seed if self.seed is not None else getattr(ctx, "seed", 0))
-        workdir = getattr(ctx, "workdir", None)
+        seed = int(self.seed if self.seed is not None else ctx.seed)
+        workdir = ctx.workdir
         stats: dict = {"items": len(items)}
 
         coarse, centroids, residual = None, None, x
@@ -126,7 +126,7 @@ class CartIdentifier:
 
         if self.use_rqvae:
             model, fine = fit_rqvae(residual, seed=seed, max_epochs=self.epochs, batch_size=self.batch_size,
-                                    warmup_epochs=self.warmup_epochs, progress=bool(getattr(ctx, "progress", False)),
+                                    warmup_epochs=self.warmup_epochs, progress=bool(ctx.progress),
                                     **self.rqvae_kwargs)
             m = model.metrics(torch.from_numpy(residual))
             stats.update(rqvae_recon_mse=m["recon_mse"], rqvae_recon_rel_error=m["recon_rel_error"],

@@ -52,9 +52,9 @@ class GeniusIdentifier:
         x = np.asarray(embeddings, dtype=np.float32)
         if not items or x.ndim != 2 or len(x) != len(items) or not np.isfinite(x).all():
             raise GenretrError(f"GENIUS: need finite embeddings (n_items={len(items)} > 0, d), got shape {x.shape}")
-        missing = [a for a in ("train_query_vecs", "train_query_items") if getattr(ctx, a, None) is None]
-        if missing:
-            raise GenretrError(f"GENIUS identifiers are learned from query-target pairs; the context lacks {missing}")
+        if ctx.train_query_vecs is None:
+            raise GenretrError("GENIUS identifiers are learned from query-target pairs; the context has no "
+                               "train_query_vecs")
         qv = np.asarray(ctx.train_query_vecs, dtype=np.float32)
         if qv.ndim != 2 or len(qv) != len(ctx.train_query_items) or (len(qv) and qv.shape[1] != x.shape[1]):
             raise GenretrError(f"GENIUS: train_query_vecs {qv.shape} must be one {x.shape[1]}-d row per entry of "
@@ -65,10 +65,10 @@ class GeniusIdentifier:
             raise GenretrError("GENIUS: no training query has a target among the identified items")
         q_rows, t_rows = map(np.asarray, zip(*pairs))
         modalities = [it.modality for it in items]
-        seed = int(self.seed if self.seed is not None else getattr(ctx, "seed", 0))
+        seed = int(self.seed if self.seed is not None else ctx.seed)
 
         model = fit_modality_decoupled(qv[q_rows], t_rows, x, modalities, seed=seed, max_epochs=self.epochs,
-                                       batch_size=self.batch_size, progress=bool(getattr(ctx, "progress", False)),
+                                       batch_size=self.batch_size, progress=bool(ctx.progress),
                                        **self.quantizer_kwargs)
         self.model = model
         vectors = torch.from_numpy(x)
@@ -82,7 +82,7 @@ class GeniusIdentifier:
                       "items_in_collisions": colliding_items(prefixes), "usage": m["usage"],
                       "modality_accuracy": m["modality_accuracy"], "rel_error": m["rel_error"]}
         log.info("GENIUS identifiers: %s", json.dumps(self.stats))
-        workdir = getattr(ctx, "workdir", None)
+        workdir = ctx.workdir
         if workdir is not None:
             torch.save({"hparams": dict(model.hparams), "state_dict": model.state_dict()},
                        workdir / "genius_quantizer.pt")

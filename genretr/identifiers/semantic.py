@@ -66,9 +66,7 @@ class SemanticIdentifier:
         """Each item's caption as words, and where it came from ("train", "text" or "captioner")."""
         from genretr.captioner import fit_captioner, item_images, wants_pixels, words  # lazily: imports Lightning
 
-        known = getattr(ctx, "item_captions", None)
-        if known is None:
-            raise GenretrError("semantic identifiers need the training captions (ctx.item_captions)")
+        known = ctx.item_captions
         rng = np.random.default_rng(self.seed)
         seqs: list[list[str] | None] = [None] * len(items)
         source = ["captioner"] * len(items)
@@ -87,11 +85,11 @@ class SemanticIdentifier:
                                    "but no item has training captions to train the captioner on")
             if wants_pixels(self.captioner_cfg):  # captioner=pixels reads the images, not the embeddings
                 need = sorted({*captioned, *todo})
-                images = item_images(getattr(ctx, "images", None), [items[i] for i in need], "semantic identifiers")
+                images = item_images(ctx.images, [items[i] for i in need], "semantic identifiers")
                 x = np.zeros((len(items), *images.shape[1:]), np.uint8)
                 x[need] = images
             cap = fit_captioner(x[captioned], [list(known[items[i].id]) for i in captioned], self.captioner_cfg,
-                                self.seed, bool(getattr(ctx, "progress", False)))
+                                self.seed, bool(ctx.progress))
             cap.save(Path(ctx.workdir) / "captioner")
             for i, ws in zip(todo, cap.describe_words(x[todo], batch_size=self.batch_size)):
                 seqs[i] = ws

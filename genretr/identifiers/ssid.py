@@ -21,7 +21,7 @@ run resumes without asking again for finished items, and a torn last line is dro
 
 The identifier is tokenized into words ("-" between concepts is a word), the table's vocabulary is those
 words; items sharing an identifier get "#j" counters (`collisions: disambiguate`) or keep sharing it
-(`share`).  The rationales go to ``reasons.json`` {item_id: reason} in `ctx.workdir` for the trainer
+(`share`).  The rationales travel in the IdTable (`IdTable.reasons`, {item_id: reason}) for the trainer
 (Sec. III-D, III-F).
 """
 from __future__ import annotations
@@ -199,9 +199,9 @@ class SsidIdentifier:
         return PROMPT.format(caption=caption or "", stricter=STRICTER.format(n=self.max_words) if stricter else "")
 
     def requests(self, items, ctx) -> list[Request]:
-        known = {} if self.describe == "all" else getattr(ctx, "item_captions", None) or {}
+        known = {} if self.describe == "all" else ctx.item_captions or {}
         captions = [[it.text] if getattr(it, "text", None) else list(known.get(it.id, [])) for it in items]
-        describe = getattr(ctx, "describe", None)
+        describe = ctx.describe
         missing = [i for i, c in enumerate(captions) if not c]
         if missing and self.generator.needs_text:
             if describe is None:
@@ -209,7 +209,7 @@ class SsidIdentifier:
                                    f"'{items[missing[0]].id}' (no text, no train caption, no ctx.describe captioner)")
             for i, text in zip(missing, describe([items[i].id for i in missing])):
                 captions[i] = [text]
-        images = getattr(ctx, "images", None)
+        images = ctx.images
         out = []
         for it, caps in zip(items, captions):
             image = images[it.image] if images is not None and getattr(it, "image", None) is not None else None
@@ -261,7 +261,7 @@ class SsidIdentifier:
         if self.generator.needs_text and self.captioner is not None:
             key["captioner"] = self.captioner
         digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
-        root = Path(getattr(ctx, "cache_dir", None) or ctx.workdir)
+        root = Path(ctx.cache_dir or ctx.workdir)
         root.mkdir(parents=True, exist_ok=True)
         return root / f"ssid-{digest}.jsonl"
 
@@ -279,7 +279,7 @@ class SsidIdentifier:
         todo = [r for r in requests if r.item_id not in done]
         if done:
             log.info("ssid: %d of %d answers from the cache %s", len(done), len(requests), cache.path)
-        with _progress(bool(getattr(ctx, "progress", False))) as bar:
+        with _progress(bool(ctx.progress)) as bar:
             task = bar.add_task("ssid identifiers", total=len(requests), completed=len(done))
             for s in range(0, len(todo), self.batch_size):
                 recs = self.answer(todo[s:s + self.batch_size])
@@ -291,8 +291,8 @@ class SsidIdentifier:
 
     # -- the table ----------------------------------------------------------------------------------------
     def build(self, items, embeddings, ctx) -> IdTable:
-        train_texts = list(getattr(ctx, "train_texts", []) or [])
-        groups = [list(c) for c in (getattr(ctx, "item_captions", None) or {}).values()]
+        train_texts = list(ctx.train_texts or [])
+        groups = [list(c) for c in (ctx.item_captions or {}).values()]
         self.generator.fit(train_texts, groups)
         self.fallback.fit(train_texts, groups)
         records = self.generate(self.requests(items, ctx), ctx)
@@ -304,10 +304,9 @@ class SsidIdentifier:
             seqs = append_counters(seqs)
         vocab = list(SPECIAL_TOKENS) + sorted({w for s in seqs for w in s})
         index = {w: i for i, w in enumerate(vocab)}
-        table = IdTable.from_lists([it.id for it in items], [[index[w] for w in s] for s in seqs], vocab)
+        table = IdTable.from_lists([it.id for it in items], [[index[w] for w in s] for s in seqs], vocab,
+                                   reasons={it.id: r["reason"] for it, r in zip(items, recs)})
         workdir = Path(ctx.workdir)
-        (workdir / "reasons.json").write_text(json.dumps({it.id: r["reason"] for it, r in zip(items, recs)},
-                                                         ensure_ascii=False))
         outcomes = Counter(r["outcome"] for r in recs)
         summary = {"items": len(items), "outcomes": {k: outcomes.get(k, 0) for k in OUTCOMES},
                    "collided_items": collided, "collision_groups": sum(1 for n in groups.values() if n > 1),

@@ -46,7 +46,7 @@ class RunContext:
     store: ArtifactStore | None = None
     keys: dict[str, str] = field(default_factory=dict)  # stage -> the key of its artifact in this run
     _numerics: dict | None = field(default=None, repr=False)
-    _reasons: tuple | None = field(default=None, repr=False)
+    _decoder: object = field(default=None, repr=False)
 
     def __post_init__(self):
         self.run_dir = Path(self.run_dir)
@@ -92,15 +92,21 @@ class RunContext:
         return ds.splits[split].pools[name]
 
     # -- the method and the decoder -------------------------------------------------------------------
-    def embedding_method(self) -> bool:
-        return self.cfg.method.name == "embedding"
+    def decoder(self):
+        """The backbone's decoder adapter (`backbone.adapter`, `genretr.stages.decoders`); None for the
+        embedding baseline, which has no decoder."""
+        if self.cfg.method.name == "embedding":
+            return None
+        if self._decoder is None:
+            from hydra.utils import instantiate
 
-    def input_kind(self) -> str:
-        """What the decoder reads for a query: prefix (its vector) | tokens (its words)."""
-        return str(self.cfg.backbone.get("input", "prefix"))
+            self._decoder = instantiate(self.cfg.backbone.adapter)
+        return self._decoder
 
-    def is_mllm(self) -> bool:
-        return str(self.cfg.backbone.get("kind", "decoder")) == "mllm"
+    def reads_query_vectors(self) -> bool:
+        """Whether anything of this run reads a query's vector (the two-tower search, a prefix decoder)."""
+        decoder = self.decoder()
+        return decoder is None or decoder.reads_query_vectors
 
     def classifier_head(self) -> bool:
         return str(self.cfg.identifier.get("head", "vocab")) == "classifier"
@@ -109,31 +115,22 @@ class RunContext:
         """encoder.instructions: queries embedded with their task's instruction (genretr.stages.encode)."""
         return bool(self.cfg.encoder.instructions)
 
-    # -- SSID's rationale (genretr.rationale) ---------------------------------------------------------
-    def reasons(self) -> dict:
-        """SSID's rationales {item id: reason} from the identify stage (empty for other schemes); read once."""
-        from genretr.mllm_stage import reasons_of
-
-        key = self.keys["identify"]
-        if self._reasons is None or self._reasons[0] != key:
-            self._reasons = (key, reasons_of(self.store.artifact("identify", key)))
-        return self._reasons[1]
-
-    def reason(self) -> str:
+    # -- SSID's rationale (genretr.rationale; the rationales travel in the IdTable) --------------------
+    def reason(self, table: IdTable) -> str:
         """train.reason resolved: auto -> both with rationales, none without."""
         from genretr.rationale import resolve
 
-        return resolve(str(self.cfg.train.get("reason", "auto")), self.reasons())
+        return resolve(str(self.cfg.train.get("reason", "auto")), table.reasons)
 
     def reason_vocab(self, ds: RetrievalDataset, table: IdTable):
         """With a rationale in training, its tokens after the identifier (and describe) vocabulary."""
         from genretr.describe import caption_words
         from genretr.rationale import ReasonVocab
 
-        if self.reason() == "none":
+        if self.reason(table) == "none":
             return None
         describing = bool(self.cfg.train.get("describe", False))
-        return ReasonVocab(self.reasons(), table.vocab_size + (len(caption_words(ds)) if describing else 0))
+        return ReasonVocab(table.reasons, table.vocab_size + (len(caption_words(ds)) if describing else 0))
 
     # -- what the decoder reads -----------------------------------------------------------------------
     def query_vocab(self, ds: RetrievalDataset, table: IdTable | None = None):
@@ -152,17 +149,12 @@ class RunContext:
 
     def queries_of(self, ds: RetrievalDataset, emb: Embeddings, queries, table=None,
                    vecs: torch.Tensor | None = None) -> torch.Tensor | dict | list:
-        """What the decoder reads for `queries`: their vectors (`vecs`, else the encode stage's), their
-        tokens for token-input backbones, sample dicts for MLLMs."""
-        if self.is_mllm() and not self.embedding_method():
-            from genretr.mllm_stage import query_sample
-
-            return [query_sample(ds, q) for q in queries]
-        vecs = emb.queries([q.id for q in queries]) if vecs is None else vecs
-        if self.embedding_method() or self.input_kind() != "tokens":
-            return vecs
-        vocab = self.query_vocab(ds, table)
-        return {"z": vecs, "src": vocab.encode([q.text for q in queries], int(self.cfg.backbone.get("max_src_len", 32)))}
+        """What the search reads for `queries`: their vectors (`vecs`, else the encode stage's) for the
+        embedding baseline, else what the decoder reads (its adapter's `query_inputs`)."""
+        decoder = self.decoder()
+        if decoder is None:
+            return emb.queries([q.id for q in queries]) if vecs is None else vecs
+        return decoder.query_inputs(self, ds, emb, queries, table, vecs)
 
     @torch.no_grad()
     def embed_texts(self, ds: RetrievalDataset, texts: list[str]) -> torch.Tensor:
@@ -187,9 +179,9 @@ class RunContext:
         bs = int(self.cfg.encoder.fit.batch_size)
         return torch.cat([encoder.embed_texts(inputs[s:s + bs]) for s in range(0, len(texts), bs)])
 
-    def train_key(self) -> dict:
+    def train_key(self, table: IdTable) -> dict:
         """cfg.train as it enters the train stage's key: `reason` as whether a rationale is trained (`both`
         and `train_only` train alike and share a model)."""
         tr = OmegaConf.to_container(self.cfg.train, resolve=True)
         tr.pop("reason", None)
-        return {**tr, "rationale": self.reason() != "none"}
+        return {**tr, "rationale": self.reason(table) != "none"}

@@ -144,7 +144,7 @@ def run(ctx: RunContext, ds: RetrievalDataset) -> Embeddings:
     splits = ctx.splits()
     given = getattr(ds, "item_vectors", None) is not None
     # given item vectors without query vectors: the zero query vectors exist for token-input backbones only
-    mode = (ctx.input_kind(), ctx.cfg.method.name) if given and ds.query_vectors is None else None
+    mode = ctx.reads_query_vectors() if given and ds.query_vectors is None else None
     key = ctx.keys["encode"] = config_key("encode", ctx.keys["dataset"], cfg, ctx.cfg.seed, splits, mode,
                                           ctx.numerics(), stage_fingerprint("encode", cfg))
 
@@ -182,7 +182,7 @@ def given_vectors(ctx: RunContext, ds: RetrievalDataset, splits) -> Embeddings:
     vecs = torch.from_numpy(np.stack([ds.item_vectors[x.id] for x in items])).float()
     if ds.query_vectors is not None:
         qvecs = torch.from_numpy(np.stack([ds.query_vectors[q.id] for q in queries])).float()
-    elif ctx.input_kind() == "tokens" and not ctx.embedding_method():
+    elif not ctx.reads_query_vectors():
         qvecs = torch.zeros(len(queries), vecs.shape[1])
     else:
         raise GenretrError(f"dataset {ds.name} gives item vectors but no query vectors: set "

@@ -39,7 +39,7 @@ def translated_queries(ctx: RunContext, ds: RetrievalDataset, emb: Embeddings, q
         return [], torch.zeros(0)
     if any(q.image is not None for q in queries):
         raise GenretrError(f"eval.query_texts={ctx.cfg.eval.query_texts}: translates text-only queries")
-    need_vecs = ctx.embedding_method() or (not ctx.is_mllm() and ctx.input_kind() != "tokens")
+    need_vecs = ctx.reads_query_vectors()
     vecs = (ctx.embed_texts(ds, [q.text for q in queries]) if need_vecs  # token input / MLLM: z is unread
             else torch.zeros(len(queries), emb.query_vecs.shape[1]))
     return queries, vecs
@@ -100,22 +100,18 @@ def describe_metrics(ctx: RunContext, ds, emb: Embeddings, model, table: IdTable
     return metrics
 
 def searcher(ctx: RunContext, ds, emb: Embeddings, task: str, model, table, tries):
-    """query batch -> (rankings, q/s) for the configured method and decoding (genretr.evaluation.search)."""
+    """query batch -> (rankings, q/s): the two-tower search without a decoder (the embedding baseline), else
+    the decoder's constrained search over the pool's trie (genretr.evaluation.search)."""
     from genretr.evaluation import search
 
-    top_k, pool = int(ctx.cfg.eval.top_k), ctx.pool(ds, task)
-    if ctx.embedding_method():
+    top_k, pool, decoder = int(ctx.cfg.eval.top_k), ctx.pool(ds, task), ctx.decoder()
+    if decoder is None:
         return search.embedding_searcher(pool, emb.items(pool).numpy(), top_k)
     d = ctx.cfg.decoding
     # identifiers map to the pool's items only: an identifier shared with a train item (semantic IDs'
     # collisions) never returns that item, and a freely generated train identifier is a miss
     table = table.subset(pool)
-    if not ctx.is_mllm() and ctx.reason() == "both":  # identifiers end where the model writes <reason>
-        from genretr.rationale import AnswerWithReason
-
-        if d.get("engine", "genretr") != "genretr":
-            raise GenretrError("train.reason=both is decoded by decoding.engine=genretr only")
-        model = AnswerWithReason(model, ctx.reason_vocab(ds, table).sep)
+    model = decoder.search_model(ctx, ds, model, table)
     return search.generative_searcher(model, tries[task], table, d, top_k, bool(ctx.cfg.progress),
                                       rerank_vecs=emb.items if d.get("rerank", False) else None,
                                       classifier_pool=table.subset(pool) if ctx.classifier_head() else None,

@@ -1,9 +1,8 @@
 """The identify stage (DESIGN.md): the configured identifier scheme (`genretr.identifiers`) gives every item
-in the run's pools an identifier, learning from the items' vectors and what `SchemeContext` offers."""
+in the run's pools an identifier, learning from the items' vectors and what `IdentifierContext` offers."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,7 +14,7 @@ from genretr.artifacts import config_key
 from genretr.data.embeddings import Embeddings
 from genretr.data.schema import CAPTION_TASKS, RetrievalDataset, pool_items
 from genretr.fingerprint import stage_fingerprint
-from genretr.identifiers.base import IdTable
+from genretr.identifiers.base import IdentifierContext, IdTable
 from genretr.stages.captions import captions_for
 
 if TYPE_CHECKING:  # stages read the run's context; only genretr.pipeline makes one
@@ -24,27 +23,9 @@ if TYPE_CHECKING:  # stages read the run's context; only genretr.pipeline makes 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class SchemeContext:
-    """`genretr.identifiers.base.IdentifierContext`: what a scheme may learn from besides the items."""
-
-    train_texts: list[str]
-    workdir: Path
-    seed: int = 0
-    progress: bool = False
-    item_captions: dict = field(default_factory=dict)
-    train_query_vecs: np.ndarray | None = None
-    train_query_items: list = field(default_factory=list)
-    train_query_tasks: list = field(default_factory=list)
-    item_modalities: list = field(default_factory=list)
-    cache_dir: Path | None = None
-    describe: object = None  # item ids -> captions written by the run's captioner (genretr.stages.captions)
-    images: np.ndarray | None = None  # the dataset's images (MLLM generators look at them)
-
-
 def run(ctx: RunContext, ds: RetrievalDataset, emb: Embeddings, make_context=None) -> IdTable:
     """The run's IdTable (from the cache when made before).  `make_context(ds, emb, items, workdir)` builds
-    the scheme's `SchemeContext` (default: `scheme_context` over `ctx`; experiments/ swap in their own)."""
+    the scheme's `IdentifierContext` (default: `scheme_context` over `ctx`; experiments/ swap in their own)."""
     key = ctx.keys["identify"] = config_key("identify", ctx.keys["encode"], ctx.cfg.identifier, ctx.tasks(),
                                             ctx.numerics(), stage_fingerprint("identify", ctx.cfg.identifier))
     items = pool_items(ds, ctx.splits(), [*ctx.tasks(), "universal"])
@@ -64,7 +45,7 @@ def run(ctx: RunContext, ds: RetrievalDataset, emb: Embeddings, make_context=Non
 
 
 def scheme_context(ctx: RunContext, ds: RetrievalDataset, emb: Embeddings, items: list[str],
-                   workdir: Path) -> SchemeContext:
+                   workdir: Path) -> IdentifierContext:
     captions: dict[str, list[str]] = {}
     pairs = [(q, r) for q in ds.splits["train"].queries for r in q.relevant]
     for q, r in pairs:
@@ -75,7 +56,7 @@ def scheme_context(ctx: RunContext, ds: RetrievalDataset, emb: Embeddings, items
         written = captions_for(ctx, ds, emb, list(item_ids), every_item=True)
         return [written[i] for i in item_ids]
 
-    return SchemeContext(
+    return IdentifierContext(
         train_texts=[q.text for q in ds.splits["train"].queries if q.task in CAPTION_TASKS], workdir=workdir,
         seed=int(ctx.cfg.seed), progress=bool(ctx.cfg.progress), item_captions=captions,
         train_query_vecs=emb.queries([q.id for q, _ in pairs]).numpy() if pairs else np.zeros((0, 1)),
@@ -87,8 +68,6 @@ def scheme_context(ctx: RunContext, ds: RetrievalDataset, emb: Embeddings, items
 
 
 def scheme_cfg(cfg: DictConfig) -> DictConfig:
-    """The scheme's constructor arguments: keys the stages read themselves (`head`) are not passed."""
-    plain = OmegaConf.to_container(cfg, resolve=True)  # resolves ${captioner}, ${generator} against the root
-    plain.pop("head", None)
-    return OmegaConf.create(plain)
+    """The scheme's constructor arguments, resolved against the root (${captioner}, ${generator})."""
+    return OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
 

@@ -21,11 +21,10 @@ def run(ctx: RunContext, ds: RetrievalDataset, table: IdTable) -> dict[str, CSRT
     cfg = ctx.cfg
     split = cfg.eval.split
     pools = sorted({ctx.pool_name(t) for t in ctx.tasks()})
-    # MLLMs: the trie holds the identifiers as the LLM's tokens, which depend on its tokenizer and its code
-    llm = [cfg.backbone] if ctx.is_mllm() else []
-    key = ctx.keys["index"] = config_key("index", ctx.keys["identify"], split, pools,
-                                         *([cfg.backbone.model._target_, cfg.backbone.model.get("pretrained")]
-                                           if llm else []), stage_fingerprint("index", *llm))
+    # what else decides the tries (an MLLM's tokenizer spells the identifiers) is the decoder adapter's
+    parts, configs = ctx.decoder().index_key(cfg.backbone)
+    key = ctx.keys["index"] = config_key("index", ctx.keys["identify"], split, pools, *parts,
+                                         stage_fingerprint("index", *configs))
 
     def write(tmp: Path):
         for name in pools:

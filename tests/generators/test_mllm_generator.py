@@ -1,7 +1,6 @@
 """SSID generation by a (tiny, random) MLLM end to end: prompts with images in, random text out, which the
 SSID stage must parse, retry, fall back on and count.  Missing weights: one clear error, no network."""
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ from genretr.data.schema import Item
 from genretr.errors import MissingWeightsError
 from genretr.generators import Request
 from genretr.generators.mllm import MLLMGenerator
+from genretr.identifiers.base import IdentifierContext
 from genretr.identifiers.ssid import SsidIdentifier
 
 
@@ -23,13 +23,9 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@dataclass
-class Ctx:
-    workdir: Path
-    images: np.ndarray
-    train_texts: list = field(default_factory=lambda: ["a red circle", "a blue square"])
-    item_captions: dict = field(default_factory=dict)
-    progress: bool = False
+def Ctx(workdir: Path, images: np.ndarray, **kw) -> IdentifierContext:
+    kw.setdefault("train_texts", ["a red circle", "a blue square"])
+    return IdentifierContext(workdir=workdir, images=images, **kw)
 
 
 def two_images():

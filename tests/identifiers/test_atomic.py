@@ -8,10 +8,10 @@ from omegaconf import OmegaConf
 
 from genretr.errors import GenretrError
 from genretr.identifiers.atomic import AtomicIdentifier
-from genretr.identifiers.base import EOS, SPECIAL_TOKENS
+from genretr.identifiers.base import EOS, IdentifierContext, SPECIAL_TOKENS
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
-CTX = SimpleNamespace(train_texts=[], workdir=None)
+CTX = IdentifierContext(train_texts=[], workdir=None)
 
 
 def test_one_new_token_per_item():

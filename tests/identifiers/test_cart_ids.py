@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from genretr.errors import GenretrError
-from genretr.identifiers.base import EOS, SPECIAL_TOKENS
+from genretr.identifiers.base import EOS, IdentifierContext, SPECIAL_TOKENS
 from genretr.identifiers.cart import CartIdentifier, hierarchical_kmeans, unique_counters
 
 N, D = 150, 16
@@ -25,7 +25,7 @@ def data():
 
 
 def ctx(tmp_path):
-    return SimpleNamespace(train_texts=[], workdir=tmp_path, seed=0, progress=False)
+    return IdentifierContext(train_texts=[], workdir=tmp_path, seed=0, progress=False)
 
 
 def words(table, iid):

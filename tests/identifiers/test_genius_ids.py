@@ -10,6 +10,7 @@ import torch
 from genretr.errors import GenretrError
 from genretr.identifiers.genius import GeniusIdentifier
 from genretr.quantizers.modality_decoupled import MODALITIES, ModalityDecoupledQuantizer
+from genretr.identifiers.base import IdentifierContext
 
 N, D = 90, 16
 SMALL = dict(num_levels=3, codebook_size=8, fusion_hidden=32, epochs=2, batch_size=32, seed=0)
@@ -29,7 +30,7 @@ def data():
 
 def ctx(data, workdir, **extra):
     _, _, q, targets = data
-    return SimpleNamespace(train_texts=[], workdir=workdir, seed=0, progress=False, train_query_vecs=q,
+    return IdentifierContext(train_texts=[], workdir=workdir, seed=0, progress=False, train_query_vecs=q,
                            train_query_items=targets, train_query_tasks=["t2i"] * len(targets), **extra)
 
 
@@ -102,12 +103,12 @@ def test_deterministic_given_seed(genius, data, tmp_path):
 def test_bad_context_and_input(data, tmp_path):
     items, x, _, _ = data
     with pytest.raises(GenretrError, match="train_query_vecs"):
-        GeniusIdentifier(**SMALL).build(items, x, SimpleNamespace(train_texts=[], workdir=tmp_path))
+        GeniusIdentifier(**SMALL).build(items, x, IdentifierContext(train_texts=[], workdir=tmp_path))
     with pytest.raises(GenretrError, match="no training query"):
-        GeniusIdentifier(**SMALL).build(items, x, SimpleNamespace(
+        GeniusIdentifier(**SMALL).build(items, x, IdentifierContext(
             workdir=tmp_path, train_query_vecs=np.zeros((2, D), np.float32), train_query_items=["zz", "yy"]))
     with pytest.raises(GenretrError, match="one 16-d row"):
-        GeniusIdentifier(**SMALL).build(items, x, SimpleNamespace(
+        GeniusIdentifier(**SMALL).build(items, x, IdentifierContext(
             workdir=tmp_path, train_query_vecs=np.zeros((3, D), np.float32), train_query_items=["it0", "it1"]))
     odd = [SimpleNamespace(id=it.id, modality="audio") for it in items]
     with pytest.raises(GenretrError, match="modality"):

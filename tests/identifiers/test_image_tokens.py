@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from genretr.errors import GenretrError
-from genretr.identifiers.base import EOS, SPECIAL_TOKENS
+from genretr.identifiers.base import EOS, IdentifierContext, SPECIAL_TOKENS
 from genretr.identifiers.image_tokens import ImageTokenIdentifier, residual_quantize
 
-CTX = SimpleNamespace(train_texts=[], workdir=None)
+CTX = IdentifierContext(train_texts=[], workdir=None)
 
 
 def vectors(n=300, d=16, seed=0, duplicates=5):

@@ -4,12 +4,12 @@ from types import SimpleNamespace
 import pytest
 
 from genretr.errors import GenretrError
-from genretr.identifiers.base import EOS, SPECIAL_TOKENS
+from genretr.identifiers.base import EOS, IdentifierContext, SPECIAL_TOKENS
 from genretr.identifiers.numeric import NumericIdentifier
 from genretr.identifiers.string import StringIdentifier
 
 N = 1234
-CTX = SimpleNamespace(train_texts=[], workdir=None)
+CTX = IdentifierContext(train_texts=[], workdir=None)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from genretr.captioner import Captioner, words
 from genretr.errors import GenretrError
-from genretr.identifiers.base import SPECIAL_TOKENS
+from genretr.identifiers.base import IdentifierContext, SPECIAL_TOKENS
 from genretr.identifiers.semantic import SemanticIdentifier, append_counters
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -44,7 +44,7 @@ def toy(n=48, n_train=36, d=16):
 
 
 def ctx(tmp_path, captions):
-    return SimpleNamespace(train_texts=[c for cs in captions.values() for c in cs], workdir=tmp_path, seed=0,
+    return IdentifierContext(train_texts=[c for cs in captions.values() for c in cs], workdir=tmp_path, seed=0,
                            progress=False, item_captions=captions)
 
 
@@ -108,8 +108,6 @@ def test_append_counters():
 
 def test_errors(tmp_path):
     items, x, _, captions = toy()
-    with pytest.raises(GenretrError, match="item_captions"):
-        SemanticIdentifier(captioner=TINY).build(items, x, SimpleNamespace(workdir=tmp_path))
     with pytest.raises(GenretrError, match="no item has training captions"):
         SemanticIdentifier(captioner=TINY).build(items, x, ctx(tmp_path, {}))
     with pytest.raises(GenretrError, match="collisions=merge"):

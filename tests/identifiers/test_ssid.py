@@ -1,6 +1,5 @@
 """SSID identifier generation: parsing and repairs, retries and fallback, collisions, the resumable cache."""
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -9,21 +8,17 @@ import pytest
 from genretr.data.schema import Item
 from genretr.errors import DataError, GenretrError
 from genretr.generators.keywords import KeywordsGenerator
+from genretr.identifiers.base import IdentifierContext, IdTable
 from genretr.identifiers.ssid import AnswerCache, SsidIdentifier, identifier_words, parse
 
 TRAIN = ["a small red circle above a blue square", "a big green triangle on the left", "a small blue square",
          "a yellow star next to a red circle", "a large green star", "a tiny purple triangle at the bottom"]
 
 
-@dataclass
-class Ctx:
-    workdir: Path
-    cache_dir: Path | None = None
-    train_texts: list = field(default_factory=lambda: list(TRAIN))
-    item_captions: dict = field(default_factory=dict)
-    describe: object = None
-    images: np.ndarray | None = field(default_factory=lambda: np.zeros((8, 4, 4, 3), np.uint8))
-    progress: bool = False
+def Ctx(workdir: Path, cache_dir: Path | None = None, **kw) -> IdentifierContext:
+    kw.setdefault("train_texts", list(TRAIN))
+    kw.setdefault("images", np.zeros((8, 4, 4, 3), np.uint8))
+    return IdentifierContext(workdir=workdir, cache_dir=cache_dir, **kw)
 
 
 class Scripted:
@@ -96,8 +91,9 @@ def test_keywords_build_table_reasons_summary_and_unseen_test_captions(tmp_path)
     assert table.text("i0") == "small red circle - blue square"
     assert table.text("t0") == "purple triangle - bottom"  # a text item uses its own text
     assert table.vocab[:2] == ["<pad>", "</s>"] and "-" in table.vocab
-    reasons = json.loads((ctx.workdir / "reasons.json").read_text())
-    assert set(reasons) == {it.id for it in its} and all(reasons.values())
+    assert set(table.reasons) == {it.id for it in its} and all(table.reasons.values())
+    again = IdTable.load(_saved(table, tmp_path / "saved"))  # the rationales are saved with the table
+    assert again.reasons == table.reasons and again.subset(["i0"]).reasons == {"i0": table.reasons["i0"]}
     summary = json.loads((ctx.workdir / "ssid_summary.json").read_text())
     assert summary["outcomes"] == {"strict": 5, "repaired": 0, "retried": 0, "fallback": 0}
     assert summary["collided_items"] == 0 and Path(summary["cache"]).parent == ctx.cache_dir
@@ -213,3 +209,9 @@ def test_mllm_item_without_caption_sees_its_image(tmp_path):
     assert int(gen.asked[1].image.max()) == 7
     with pytest.raises(GenretrError, match="neither a caption nor an image"):
         SsidIdentifier(Scripted({})).build(items(1), np.zeros((1, 2), np.float32), Ctx(tmp_path, images=None))
+
+
+def _saved(table, path):
+    path.mkdir()
+    table.save(path)
+    return path

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 import pytest
 
 from genretr.data.shapes import build_shapes
-from genretr.identifiers.base import EOS, PAD, SPECIAL_TOKENS
+from genretr.identifiers.base import EOS, IdentifierContext, PAD, SPECIAL_TOKENS
 from genretr.identifiers.string import StringIdentifier
 
 N = 500
@@ -23,7 +23,7 @@ def items():
 
 def build(items, texts, workdir, **kw):
     workdir.mkdir(parents=True, exist_ok=True)
-    return StringIdentifier(**kw).build(items, None, SimpleNamespace(train_texts=texts, workdir=workdir))
+    return StringIdentifier(**kw).build(items, None, IdentifierContext(train_texts=texts, workdir=workdir))
 
 
 def number_of(table, iid) -> str:

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from genretr.errors import GenretrError
-from genretr.identifiers.base import SPECIAL_TOKENS
+from genretr.identifiers.base import IdentifierContext, SPECIAL_TOKENS
 from genretr.identifiers.structured import StructuredIdentifier, kmeans
 
-CTX = SimpleNamespace(train_texts=[], workdir=None)
+CTX = IdentifierContext(train_texts=[], workdir=None)
 
 
 def blobs(n_blobs=4, per=150, d=8, spread=0.05, seed=0):

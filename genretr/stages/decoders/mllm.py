@@ -1,0 +1,49 @@
+"""Multimodal LLM decoders (`backbone=qwen25vl|llava|idefics`, `genretr.backbones.mllm`): they read processor
+samples (the query's image and text), learn GRACE's memorize and retrieve samples with SSID's rationale after
+the identifier (`genretr.mllm_stage`), and decode over the LLM's own vocabulary, so the trie holds each
+identifier's LLM tokens, which depend on the model's tokenizer."""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from hydra.utils import instantiate
+
+from genretr import mllm_stage as M
+from genretr.samples import draw_rows
+
+if TYPE_CHECKING:
+    from genretr.stages.context import RunContext
+
+log = logging.getLogger(__name__)
+
+
+class MLLMDecoder:
+    reads_query_vectors = False
+
+    def query_inputs(self, ctx: RunContext, ds, emb, queries, table=None, vecs=None):
+        return [M.query_sample(ds, q) for q in queries]
+
+    def model_builder(self, ctx: RunContext, ds, emb, table):
+        reason = ctx.reason(table)
+        return lambda: instantiate(ctx.cfg.backbone.model, reason=reason)
+
+    def training(self, ctx: RunContext, ds, emb, table, model):
+        cfg, tr = ctx.cfg.backbone, ctx.cfg.train
+        samples = M.training_samples(ds, table, ctx.tasks(), table.reasons, bool(tr.memorize),
+                                     int(tr.memorize_repeat), bool(tr.retrieve), ctx.reason(table) != "none")
+        if tr.get("limit") is not None:  # SSID Fig. 3: fine-tune on N samples only
+            samples = [samples[i] for i in draw_rows(len(samples), int(tr.limit), int(ctx.cfg.seed))]
+        log.info("MLLM: %d training samples", len(samples))
+        if not samples:
+            return None, {}
+        return M.SampleDataModule(samples, model.collate, int(cfg.fit.batch_size), int(ctx.cfg.seed)), {}
+
+    def decoding_table(self, model, table):
+        return M.llm_table(model, table)
+
+    def index_key(self, backbone_cfg) -> tuple[list, list]:
+        return [backbone_cfg.model._target_, backbone_cfg.model.get("pretrained")], [backbone_cfg]
+
+    def search_model(self, ctx: RunContext, ds, model, table):
+        return model  # the prompt asks for the rationale or not (backbone.model.reason)
