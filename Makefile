@@ -68,40 +68,30 @@ reproduce-smoke: install ## a 2x2 multirun on shapes (encoder x method) and its 
 # (conf/hydra/launcher/parallel.yaml); the report prints mean ± std over seeds and a paired test per ordering.
 # A target first removes its earlier results (multirun/<table>; the models stay in the cache), so runs of
 # other code or other seeds never mix into its table.
+# One pattern rule serves every table: `make reproduce-<table>` runs `python -m genretr.reproduce PRESET`, which
+# reads the preset's `report:` block (conf/experiment/PRESET.yaml: its sweeps, reference YAML, metrics, plot),
+# runs the sweeps with ARGS appended to each, then the report (`make reproduce-<table> ARGS=--dry-run` prints them).
+# PRESET is the target's name with `_` for `-` (reproduce-grace-table1: grace_table1) unless PRESET.<name> says.
+# The `reproduce-<table>: ## ...` lines below only describe the targets for `make help`.  They are not .PHONY:
+# make looks for a pattern rule only for targets that are not (and their phony `install` prerequisite still
+# makes them run every time).
 SEEDS ?= 3
 JOBS ?= 2
 SEED_LIST = $(shell seq -s, 0 $$(( $(SEEDS) - 1 )))
 SWEEP = $(PY) -m genretr.run -m seed=$(SEED_LIST) hydra/launcher=parallel hydra.launcher.n_jobs=$(JOBS)
 REPORT := $(PY) -m genretr.report
-GRACE := experiments/grace
+PRESET.table1 := ssid_table1
+PRESET.table2 := ssid_table2
+PRESET.table3 := ssid_table3
 
-reproduce-grace-table1: install ## GRACE Table 1 on shapes: every identifier type + the embedding baseline
-	rm -rf multirun/grace_table1
-	$(SWEEP) experiment=grace_table1 hydra.sweep.dir=multirun/grace_table1 $(ARGS)
-	$(SWEEP) method=embedding progress=false hydra.sweep.dir=multirun/grace_table1/embedding $(ARGS)
-	$(REPORT) multirun/grace_table1 --reference $(GRACE)/table1_flickr30k.yaml --out multirun/grace_table1/table.md
+reproduce-%: install
+	$(PY) -m genretr.reproduce $(or $(PRESET.$*),$(subst -,_,$*)) --seeds $(SEEDS) --jobs $(JOBS) $(ARGS)
 
-reproduce-grace-table2: install ## GRACE Table 2 on shapes: w/o learning to memorize, w/o constrained generation
-	rm -rf multirun/grace_table2
-	$(SWEEP) experiment=grace_table2 hydra.sweep.dir=multirun/grace_table2 $(ARGS)
-	$(REPORT) multirun/grace_table2 --reference $(GRACE)/table2_flickr30k.yaml --out multirun/grace_table2/table.md
-
-reproduce-grace-beam: install ## GRACE Appendix B on shapes: beam size sweep, table + PNG
-	rm -rf multirun/grace_beam
-	$(SWEEP) experiment=grace_beam hydra.sweep.dir=multirun/grace_beam $(ARGS)
-	$(REPORT) multirun/grace_beam --out multirun/grace_beam/table.md --plot decoding.num_beams \
-		--series identifier --metrics R@1,R@10 --png multirun/grace_beam/beam.png
-
-reproduce-grace-table3: install ## GRACE Table 3 on shapes: image tokenization beside structured and atomic
-	rm -rf multirun/grace_table3
-	$(SWEEP) experiment=grace_table3 hydra.sweep.dir=multirun/grace_table3 $(ARGS)
-	$(REPORT) multirun/grace_table3 --reference $(GRACE)/table3_flickr30k.yaml --out multirun/grace_table3/table.md
-
-reproduce-grace-poolsize: install ## GRACE: identifiers as the test pool grows (200 and 2,000 images), table + PNG
-	rm -rf multirun/grace_poolsize
-	$(SWEEP) experiment=grace_poolsize hydra.sweep.dir=multirun/grace_poolsize $(ARGS)
-	$(REPORT) multirun/grace_poolsize --out multirun/grace_poolsize/table.md --plot dataset.splits.test \
-		--series identifier --metrics R@1,R@10 --png multirun/grace_poolsize/poolsize.png
+reproduce-grace-table1: ## GRACE Table 1 on shapes: every identifier type + the embedding baseline
+reproduce-grace-table2: ## GRACE Table 2 on shapes: w/o learning to memorize, w/o constrained generation
+reproduce-grace-beam: ## GRACE Appendix B on shapes: beam size sweep, table + PNG
+reproduce-grace-table3: ## GRACE Table 3 on shapes: image tokenization beside structured and atomic
+reproduce-grace-poolsize: ## GRACE: identifiers as the test pool grows (200 and 2,000 images), table + PNG
 
 # --- CART paper tables on shapes ---
 # Every preset builds on conf/experiment/cart_base.yaml (shrunk: 450 train / 100 test shapes images, a
@@ -110,63 +100,25 @@ reproduce-grace-poolsize: install ## GRACE: identifiers as the test pool grows (
 # Paper numbers (Flickr30K) print in parentheses; MRR@10 beside the recalls as CART reports it.
 # A model takes ~4 min on an idle 2-core CPU, so a table costs ~4 min per new model (table6: 8, table4: 5;
 # on a busy machine two torch threads were ~10x slower than one: prefer `OMP_NUM_THREADS=1 make ...` there).
-CART := experiments/cart
-CART_METRICS := --metrics R@1,R@5,R@10,MRR@10
+reproduce-cart-table4: ## CART Table 4 on shapes: w/o K-Means, RQ-VAE, fusion, consistency, caption enhancement
+reproduce-cart-table5: ## CART Table 5 on shapes: 1-5 encoder layers, table + PNG
+reproduce-cart-table6: ## CART Table 6 on shapes: K-Means K x codebook size, table + PNG
+reproduce-cart-table7: ## CART Table 7 on shapes: identifier length 4-6 (2-4 RQ-VAE codebooks)
+reproduce-cart-table10: ## CART Table 10 on shapes: 1-5 decoder layers, table + PNG
+reproduce-cart-table11: ## CART Table 11 on shapes: codebook dimension 32, 64, 128
+reproduce-cart-vs-grace: ## CART Table 3 on shapes: cart/structured/string IDs x cart/t5 decoders, + GRACE's recipe
 
-reproduce-cart-table4: install ## CART Table 4 on shapes: w/o K-Means, RQ-VAE, fusion, consistency, caption enhancement
-	rm -rf multirun/cart_table4
-	$(SWEEP) experiment=cart_table4 hydra.sweep.dir=multirun/cart_table4 $(ARGS)
-	$(REPORT) multirun/cart_table4 --reference $(CART)/table4_flickr30k.yaml $(CART_METRICS) \
-		--out multirun/cart_table4/table.md
-
-reproduce-cart-table5: install ## CART Table 5 on shapes: 1-5 encoder layers, table + PNG
-	rm -rf multirun/cart_table5
-	$(SWEEP) experiment=cart_table5 hydra.sweep.dir=multirun/cart_table5 $(ARGS)
-	$(REPORT) multirun/cart_table5 --reference $(CART)/table5_flickr30k.yaml $(CART_METRICS) \
-		--out multirun/cart_table5/table.md --plot backbone.model.encoder_layers --png multirun/cart_table5/layers.png
-
-reproduce-cart-table6: install ## CART Table 6 on shapes: K-Means K x codebook size, table + PNG
-	rm -rf multirun/cart_table6
-	$(SWEEP) experiment=cart_table6 hydra.sweep.dir=multirun/cart_table6 $(ARGS)
-	$(REPORT) multirun/cart_table6 --reference $(CART)/table6_flickr30k.yaml $(CART_METRICS) \
-		--out multirun/cart_table6/table.md --plot identifier.codebook_size --series identifier.k \
-		--png multirun/cart_table6/size.png
-
-reproduce-cart-table7: install ## CART Table 7 on shapes: identifier length 4-6 (2-4 RQ-VAE codebooks)
-	rm -rf multirun/cart_table7
-	$(SWEEP) experiment=cart_table7 hydra.sweep.dir=multirun/cart_table7 $(ARGS)
-	$(REPORT) multirun/cart_table7 --reference $(CART)/table7_flickr30k.yaml $(CART_METRICS) \
-		--out multirun/cart_table7/table.md
-
-reproduce-cart-table10: install ## CART Table 10 on shapes: 1-5 decoder layers, table + PNG
-	rm -rf multirun/cart_table10
-	$(SWEEP) experiment=cart_table10 hydra.sweep.dir=multirun/cart_table10 $(ARGS)
-	$(REPORT) multirun/cart_table10 --reference $(CART)/table10_flickr30k.yaml $(CART_METRICS) \
-		--out multirun/cart_table10/table.md --plot backbone.model.decoder_layers --png multirun/cart_table10/layers.png
-
-reproduce-cart-table11: install ## CART Table 11 on shapes: codebook dimension 32, 64, 128
-	rm -rf multirun/cart_table11
-	$(SWEEP) experiment=cart_table11 hydra.sweep.dir=multirun/cart_table11 $(ARGS)
-	$(REPORT) multirun/cart_table11 --reference $(CART)/table11_flickr30k.yaml $(CART_METRICS) \
-		--out multirun/cart_table11/table.md
-
-reproduce-cart-vs-grace: install ## CART Table 3 on shapes: cart/structured/string IDs x cart/t5 decoders, + GRACE's recipe
-	rm -rf multirun/cart_vs_grace
-	$(SWEEP) experiment=cart_vs_grace hydra.sweep.dir=multirun/cart_vs_grace $(ARGS)
-	$(SWEEP) experiment=cart_vs_grace identifier=structured,string backbone=t5 train.memorize=true \
-		train.pseudo_queries=false train.pseudo_queries_for=missing hydra.sweep.dir=multirun/cart_vs_grace/grace_recipe $(ARGS)
-	$(REPORT) multirun/cart_vs_grace --reference $(CART)/table3_flickr30k.yaml $(CART_METRICS) \
-		--out multirun/cart_vs_grace/table.md
-
+# Not a preset's table: cart_vs_grace at other sizes, reported beside reproduce-grace-table1's runs.
 reproduce-cart-vs-grace-full: reproduce-grace-table1 ## CART vs GRACE's IDs at shapes' full size (2,000 + 500 images; ~1 h)
 	rm -rf multirun/cart_vs_grace_large
 	$(SWEEP) experiment=cart_vs_grace identifier=cart,structured backbone=cart dataset.splits.train=2000 \
 		dataset.splits.val=200 dataset.splits.test=500 hydra.sweep.dir=multirun/cart_vs_grace_large $(ARGS)
-	$(REPORT) multirun/cart_vs_grace_large multirun/grace_table1 --reference $(CART)/table3_flickr30k.yaml $(CART_METRICS) \
-		--out multirun/cart_vs_grace_large/table.md
+	$(REPORT) multirun/cart_vs_grace_large multirun/grace_table1 --reference experiments/cart/table3_flickr30k.yaml \
+		--metrics R@1,R@5,R@10,MRR@10 --out multirun/cart_vs_grace_large/table.md
 
-reproduce-cart: reproduce-cart-table4 reproduce-cart-table5 reproduce-cart-table6 reproduce-cart-table7 \
-	reproduce-cart-table10 reproduce-cart-table11 reproduce-cart-vs-grace ## every CART table above, in turn
+CART_TABLES := reproduce-cart-table4 reproduce-cart-table5 reproduce-cart-table6 reproduce-cart-table7 \
+	reproduce-cart-table10 reproduce-cart-table11 reproduce-cart-vs-grace
+reproduce-cart: $(CART_TABLES) ## every CART table above, in turn
 
 # --- GENIUS paper tables on shapes.
 # Presets: conf/experiment/genius_*.yaml; paper numbers: experiments/genius/*.yaml. Tables 1, 2, 4, 5, 9, 11 share one
@@ -175,88 +127,28 @@ reproduce-cart: reproduce-cart-table4 reproduce-cart-table5 reproduce-cart-table
 # Measured costs on this 2-core CPU while busy (1 thread): table1 ~11 min from a cold cache, then table2 ~3,
 # table4 ~18, table5 ~19, table9 ~2, table11 ~10; table3 ~7 after reproduce-grace-table1; table7 < 1.
 GENIUS := experiments/genius
-GENIUS_COLS := --tasks t2i,i2t,t2t,t2it,it2i --metrics R@5
 
-reproduce-genius-table1: install ## GENIUS Table 1 on shapes: eight tasks, each in its own pool; GENIUS, GENIUS_R, embedding
-	rm -rf multirun/genius_table1
-	$(SWEEP) experiment=genius_table1 hydra.sweep.dir=multirun/genius_table1 $(ARGS)
-	$(SWEEP) experiment=genius_table1 method=embedding hydra.sweeper.params=null \
-		hydra.sweep.dir=multirun/genius_table1/embedding $(ARGS)
-	$(REPORT) multirun/genius_table1 --reference $(GENIUS)/table1_mbeir.yaml --metrics R@5 \
-		--out multirun/genius_table1/table.md
-
-reproduce-genius-table2: install ## GENIUS Table 2 on shapes: universal pool (Table 1's model); GENIUS, GENIUS_R, embedding
-	rm -rf multirun/genius_table2
-	$(SWEEP) experiment=genius_table2 hydra.sweep.dir=multirun/genius_table2 $(ARGS)
-	$(SWEEP) experiment=genius_table2 method=embedding hydra.sweeper.params=null \
-		hydra.sweep.dir=multirun/genius_table2/embedding $(ARGS)
-	$(REPORT) multirun/genius_table2 --reference $(GENIUS)/table2_mbeir.yaml --metrics R@5 \
-		--out multirun/genius_table2/table.md
-
-reproduce-genius-table3: install ## GENIUS Table 3 on shapes: text-to-image, GENIUS(_R) beside GRACE and IRGen-style IDs
-	rm -rf multirun/genius_table3
-	$(SWEEP) experiment=genius_table3 hydra.sweep.dir=multirun/genius_table3/genius $(ARGS)
-	$(SWEEP) experiment=grace_table3 identifier=structured,image_tokens \
-		hydra.sweep.dir=multirun/genius_table3/grace $(ARGS)
-	$(REPORT) multirun/genius_table3 --reference $(GENIUS)/table3_flickr30k.yaml \
-		--out multirun/genius_table3/table_flickr30k.md
-	$(REPORT) multirun/genius_table3 --reference $(GENIUS)/table3_coco.yaml --out multirun/genius_table3/table_coco.md
-
-reproduce-genius-table4: install ## GENIUS Table 4 on shapes: ablations (modality decoupling, query augmentation, L_cl, L_mse)
-	rm -rf multirun/genius_table4
-	$(SWEEP) experiment=genius_table4 hydra.sweep.dir=multirun/genius_table4 $(ARGS)
-	$(REPORT) multirun/genius_table4 --reference $(GENIUS)/table4_mbeir.yaml $(GENIUS_COLS) \
-		--out multirun/genius_table4/table.md
-
-reproduce-genius-table5: install ## GENIUS Table 5 on shapes: codebook size K x code levels M
-	rm -rf multirun/genius_table5
-	$(SWEEP) experiment=genius_table5 hydra.sweep.dir=multirun/genius_table5 $(ARGS)
-	$(REPORT) multirun/genius_table5 --reference $(GENIUS)/table5_mbeir.yaml $(GENIUS_COLS) \
-		--out multirun/genius_table5/table.md
+reproduce-genius-table1: ## GENIUS Table 1 on shapes: eight tasks, each in its own pool; GENIUS, GENIUS_R, embedding
+reproduce-genius-table2: ## GENIUS Table 2 on shapes: universal pool (Table 1's model); GENIUS, GENIUS_R, embedding
+reproduce-genius-table3: ## GENIUS Table 3 on shapes: text-to-image, GENIUS(_R) beside GRACE and IRGen-style IDs
+reproduce-genius-table4: ## GENIUS Table 4 on shapes: ablations (modality decoupling, query augmentation, L_cl, L_mse)
+reproduce-genius-table5: ## GENIUS Table 5 on shapes: codebook size K x code levels M
 
 reproduce-genius-table7: install ## GENIUS Table 7: storage per item (decoding benchmark's bytes section) + the paper's numbers
 	$(PY) -m genretr.bench decoding --skip qps,hf,constraint,faiss --corpus 1000,10000,100000 \
 		--out bench_out/genius_table7 $(ARGS)
 	@echo "Paper (GENIUS Table 7, $(GENIUS)/table7_storage.yaml): CLIP 3,072 bytes/item; GENIUS 98 bits = 12.25 bytes/item"
 
-reproduce-genius-table9: install ## GENIUS Table 9 on shapes: beam size 1-50 (evaluation only), table + PNG
-	rm -rf multirun/genius_table9
-	$(SWEEP) experiment=genius_table9 hydra.sweep.dir=multirun/genius_table9 $(ARGS)
-	$(REPORT) multirun/genius_table9 --reference $(GENIUS)/table9_mbeir.yaml $(GENIUS_COLS) \
-		--out multirun/genius_table9/table.md --plot decoding.num_beams --png multirun/genius_table9/beam.png
-
-reproduce-genius-table11: install ## GENIUS Table 11 on shapes: larger codebooks and codebooks shared across levels
-	rm -rf multirun/genius_table11
-	$(SWEEP) experiment=genius_table11 hydra.sweep.dir=multirun/genius_table11 $(ARGS)
-	$(REPORT) multirun/genius_table11 --reference $(GENIUS)/table11_mbeir.yaml $(GENIUS_COLS) \
-		--out multirun/genius_table11/table.md
+reproduce-genius-table9: ## GENIUS Table 9 on shapes: beam size 1-50 (evaluation only), table + PNG
+reproduce-genius-table11: ## GENIUS Table 11 on shapes: larger codebooks and codebooks shared across levels
 
 # --- SSID tables on shapes (the users' `make reproduce-table1` is SSID's Table I). SSID's identifiers and
 # rationales come from generator=keywords, the offline stand-in for an MLLM. Tables I and II reuse
 # reproduce-grace-table1's models for GRACE's identifiers (run it first, or they are trained here).
-SSID := experiments/ssid
-
-reproduce-table1: install ## SSID Table I on shapes: numeric, string, semantic, structured and SSID identifiers (T5)
-	rm -rf multirun/ssid_table1
-	$(SWEEP) experiment=ssid_table1 hydra.sweep.dir=multirun/ssid_table1 $(ARGS)
-	$(REPORT) multirun/ssid_table1 --reference $(SSID)/table1_flickr30k.yaml --out multirun/ssid_table1/table.md
-
-reproduce-table2: install ## SSID Table II on shapes: SSID vs atomic and image tokenization (T5), SSID on tiny MLLMs
-	rm -rf multirun/ssid_table2
-	$(SWEEP) experiment=ssid_table2 hydra.sweep.dir=multirun/ssid_table2/t5 $(ARGS)
-	$(SWEEP) experiment=ssid_table2_mllm hydra.sweep.dir=multirun/ssid_table2/mllm $(ARGS)
-	$(REPORT) multirun/ssid_table2 --reference $(SSID)/table2_flickr30k.yaml --out multirun/ssid_table2/table.md
-
-reproduce-table3: install ## SSID Table III on shapes: the rationale in training and inference, training only, neither
-	rm -rf multirun/ssid_table3
-	$(SWEEP) experiment=ssid_table3 hydra.sweep.dir=multirun/ssid_table3 $(ARGS)
-	$(REPORT) multirun/ssid_table3 --reference $(SSID)/table3_flickr30k.yaml --out multirun/ssid_table3/table.md
-
-reproduce-ssid-fewshot: install ## SSID Fig. 3 on shapes: fine-tuning on N samples, test identifiers unseen; table + PNG
-	rm -rf multirun/ssid_fewshot
-	$(SWEEP) experiment=ssid_fewshot hydra.sweep.dir=multirun/ssid_fewshot $(ARGS)
-	$(REPORT) multirun/ssid_fewshot --reference $(SSID)/fig3_flickr30k.yaml --out multirun/ssid_fewshot/table.md \
-		--plot train.limit --metrics R@1,R@5,R@10 --png multirun/ssid_fewshot/fewshot.png
+reproduce-table1: ## SSID Table I on shapes: numeric, string, semantic, structured and SSID identifiers (T5)
+reproduce-table2: ## SSID Table II on shapes: SSID vs atomic and image tokenization (T5), SSID on tiny MLLMs
+reproduce-table3: ## SSID Table III on shapes: the rationale in training and inference, training only, neither
+reproduce-ssid-fewshot: ## SSID Fig. 3 on shapes: fine-tuning on N samples, test identifiers unseen; table + PNG
 
 DESCRIBER = $(PY) experiments/ssid/describer_oracle.py --seeds $(SEED_LIST) experiment=ssid_table1
 reproduce-ssid-describer: install ## SSID vs semantic IDs under three describers of the images (README, SSID)
@@ -277,7 +169,6 @@ clean: ## remove outputs (keeps .venv and the artifact cache)
 clean-cache: ## remove the artifact cache (.cache/genretr)
 	rm -rf .cache/genretr
 
+# The preset tables (reproduce-grace-table1 ...) are not here: see the pattern rule reproduce-% above.
 .PHONY: help install lock run test test-slow bench-decoding reproduce-smoke clean clean-cache reproduce-efficiency \
-	reproduce-grace-table1 reproduce-grace-table2 reproduce-grace-beam reproduce-grace-table3 reproduce-grace-poolsize \
-	reproduce-cart-table4 reproduce-cart-table5 reproduce-cart-table6 reproduce-cart-table7 reproduce-cart-table10 reproduce-cart-table11 reproduce-cart-vs-grace reproduce-cart-vs-grace-full reproduce-cart reproduce-genius-table1 reproduce-genius-table2 reproduce-genius-table3 reproduce-genius-table4 reproduce-genius-table5 reproduce-genius-table7 reproduce-genius-table9 reproduce-genius-table11 \
-	reproduce-table1 reproduce-table2 reproduce-table3 reproduce-ssid-fewshot reproduce-ssid-describer
+	reproduce-cart-vs-grace-full reproduce-cart reproduce-genius-table7 reproduce-ssid-describer
