@@ -105,3 +105,22 @@ def test_stages_read_the_context_through_its_public_members(stage):
     private = [n.attr for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Attribute)
                and isinstance(n.value, ast.Name) and n.value.id == "ctx" and n.attr.startswith("_")]
     assert private == []
+
+
+def test_no_scheme_imports_a_sibling_scheme():
+    shared = {"genretr.identifiers", "genretr.identifiers.base", "genretr.identifiers.common"}
+    schemes = [m for m in modules() if m.startswith("genretr.identifiers.") and m not in shared]
+    assert len(schemes) >= 9
+    assert {(m, d) for m in schemes for d in fingerprint.imports(m) if d in schemes} == set()
+
+
+def test_kmeans_lives_in_quantizers():
+    outside = [m for m in modules() if not m.startswith("genretr.quantizers")
+               and any(isinstance(n, ast.FunctionDef) and "kmeans" in n.name.lower()
+                       for n in ast.walk(ast.parse(_source(m))))]
+    assert outside == []
+
+
+def _source(module: str) -> str:
+    path = PACKAGE_DIR.joinpath(*module.split(".")[1:])
+    return (path / "__init__.py" if path.is_dir() else path.with_suffix(".py")).read_text()

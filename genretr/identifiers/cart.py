@@ -20,70 +20,17 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import Counter
 
 import numpy as np
 import torch
 
 from genretr.errors import GenretrError
 from genretr.identifiers.base import SPECIAL_TOKENS, IdTable
+from genretr.identifiers.common import colliding_items, unique_counters
+from genretr.quantizers.clustering import cluster, hierarchical_kmeans
 from genretr.quantizers.rqvae import fit_rqvae
 
 log = logging.getLogger(__name__)
-
-
-def unique_counters(prefixes: list[tuple]) -> list[int]:
-    """Sec. 3.2.3 "search and count": each prefix's n-th occurrence (in order) gets counter n."""
-    seen: Counter = Counter()
-    out = []
-    for p in prefixes:
-        out.append(seen[p])
-        seen[p] += 1
-    return out
-
-
-def colliding_items(prefixes: list[tuple]) -> int:
-    """Items whose semantic part (before the unique token) is shared with another item."""
-    counts = Counter(prefixes)
-    return sum(c for c in counts.values() if c > 1)
-
-
-def cluster(x: np.ndarray, k: int, seed: int, backend: str = "sklearn") -> tuple[np.ndarray, np.ndarray]:
-    """K-means of the rows of x into min(k, n) clusters → (labels (n,), centroids (k', d))."""
-    k = max(1, min(int(k), len(x)))
-    if k == 1:
-        return np.zeros(len(x), dtype=np.int64), x.mean(0, keepdims=True)
-    if k == len(x):
-        return np.arange(len(x), dtype=np.int64), x.copy()
-    if backend == "sklearn":
-        from sklearn.cluster import MiniBatchKMeans
-
-        km = MiniBatchKMeans(n_clusters=k, random_state=seed).fit(x)  # scikit-learn defaults, as App. C
-        return km.labels_.astype(np.int64), km.cluster_centers_.astype(np.float32)
-    if backend == "faiss":
-        import faiss
-
-        km = faiss.Kmeans(x.shape[1], k, niter=20, seed=seed, min_points_per_centroid=1, verbose=False)
-        km.train(np.ascontiguousarray(x, dtype=np.float32))
-        labels = km.index.search(np.ascontiguousarray(x, dtype=np.float32), 1)[1][:, 0]
-        return labels.astype(np.int64), km.centroids.astype(np.float32)
-    raise GenretrError(f"CART: unknown k-means backend {backend!r} (use 'sklearn' or 'faiss')")
-
-
-def hierarchical_kmeans(x: np.ndarray, depth: int, branch: int, seed: int, backend: str = "sklearn") -> np.ndarray:
-    """Codes (n, depth): level-1 k-means on all rows, then k-means within each cluster, recursively."""
-    codes = np.zeros((len(x), depth), dtype=np.int64)
-
-    def split(rows: np.ndarray, level: int) -> None:
-        if level == depth or len(rows) <= 1:
-            return
-        labels, _ = cluster(x[rows], branch, seed + level, backend)
-        codes[rows, level] = labels
-        for c in np.unique(labels):
-            split(rows[labels == c], level + 1)
-
-    split(np.arange(len(x)), 0)
-    return codes
 
 
 class CartIdentifier:

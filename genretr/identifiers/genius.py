@@ -24,7 +24,7 @@ import torch
 
 from genretr.errors import GenretrError
 from genretr.identifiers.base import SPECIAL_TOKENS, IdTable
-from genretr.identifiers.cart import colliding_items, unique_counters
+from genretr.identifiers.common import colliding_items, unique_counters
 from genretr.quantizers.modality_decoupled import fit_modality_decoupled
 
 log = logging.getLogger(__name__)

@@ -15,8 +15,8 @@ import numpy as np
 
 from genretr.errors import GenretrError
 from genretr.identifiers.base import SPECIAL_TOKENS, IdTable
-from genretr.identifiers.semantic import append_counters, counter_tokens
-from genretr.identifiers.structured import BACKENDS, check_embeddings, kmeans
+from genretr.identifiers.common import append_counters, check_embeddings, counter_tokens
+from genretr.quantizers.clustering import BACKENDS, kmeans
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,6 @@ their items (`collisions: share`, the default; the trie maps it to all of them, 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -23,32 +22,11 @@ import numpy as np
 
 from genretr.errors import GenretrError
 from genretr.identifiers.base import SPECIAL_TOKENS, IdTable
-from genretr.identifiers.structured import check_embeddings
+from genretr.identifiers.common import append_counters, check_embeddings, counter_tokens
 
 log = logging.getLogger(__name__)
 TRAIN_CAPTIONS = ("first", "random", "generated")
 COLLISIONS = ("share", "disambiguate")
-
-
-def append_counters(seqs: list[list[str]]) -> list[list[str]]:
-    """Append "#j" to the j-th sequence (j = 0, 1, ...) of every group of identical ones; others are kept."""
-    groups: dict[tuple, list[int]] = {}
-    for i, s in enumerate(seqs):
-        groups.setdefault(tuple(s), []).append(i)
-    out = [list(s) for s in seqs]
-    for rows in groups.values():
-        if len(rows) > 1:
-            for j, r in enumerate(rows):
-                out[r].append(f"#{j}")
-    if len({tuple(s) for s in out}) != len(out):
-        raise GenretrError("disambiguation failed: a sequence already ended with a counter token '#j'")
-    return out
-
-
-def counter_tokens(seqs: list[list[str]]) -> list[str]:
-    """The counter tokens "#j" used in `seqs`, in numeric order."""
-    used = {s[-1] for s in seqs if s and re.fullmatch(r"#\d+", s[-1])}
-    return sorted(used, key=lambda t: int(t[1:]))
 
 
 class SemanticIdentifier:

@@ -42,7 +42,7 @@ from genretr.errors import DataError, GenretrError
 from genretr.generators import Request
 from genretr.generators.keywords import KeywordsGenerator
 from genretr.identifiers.base import SPECIAL_TOKENS, IdTable
-from genretr.identifiers.semantic import append_counters
+from genretr.identifiers.common import append_counters
 
 log = logging.getLogger(__name__)
 OUTCOMES = ("strict", "repaired", "retried", "fallback")

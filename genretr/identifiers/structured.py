@@ -6,60 +6,17 @@ new token "C_{level}_{cluster}" (level 1 first); inside a leaf cluster (≤ c it
 position is the last token, "C_{level}_{position}" one level further down.  Identifiers are unique
 and similar images share a path prefix; lengths vary with the depth of each branch.
 
-`kmeans` (faiss by default, scikit-learn with `backend: sklearn`) is shared with the image-token
-identifier's residual quantizer.
+k-means: `genretr.quantizers.clustering.kmeans` (faiss by default, scikit-learn with `backend: sklearn`).
 """
 from __future__ import annotations
 
-import os
 
 import numpy as np
 
 from genretr.errors import GenretrError
 from genretr.identifiers.base import SPECIAL_TOKENS, IdTable
-
-BACKENDS = ("faiss", "sklearn")
-
-
-def check_embeddings(items, embeddings, scheme: str) -> np.ndarray:
-    """(n, d) float32 C-contiguous vectors, one per item, or a one-line error."""
-    x = np.ascontiguousarray(np.asarray(embeddings, dtype=np.float32)) if embeddings is not None else None
-    if x is None or x.ndim != 2 or len(x) != len(items) or len(items) == 0:
-        shape = None if x is None else x.shape
-        raise GenretrError(f"{scheme} identifiers need one embedding per item: {len(items)} items, embeddings {shape}")
-    if not np.isfinite(x).all():
-        raise GenretrError(f"{scheme} identifiers: the item embeddings contain NaN or inf")
-    return x
-
-
-def kmeans(x: np.ndarray, k: int, niter: int = 20, seed: int = 0, backend: str = "faiss",
-           max_points_per_centroid: int = 256, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """(centroids (k, d), assignment (n,)) of k-means on the rows of x (k ≤ n).
-
-    faiss's result depends on its thread count (summation order): `threads=1` makes it independent
-    of the machine's core count, `threads=0` uses every core."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if not 1 <= k <= len(x):
-        raise GenretrError(f"k-means: k={k} clusters for {len(x)} points")
-    if backend == "faiss":
-        import faiss
-
-        before = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(threads or os.cpu_count() or 1)
-        try:
-            km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, verbose=False,
-                              max_points_per_centroid=max_points_per_centroid, min_points_per_centroid=1)
-            km.train(x)
-            _, assign = km.index.search(x, 1)
-        finally:
-            faiss.omp_set_num_threads(before)
-        return km.centroids.copy(), assign[:, 0].astype(np.int64)
-    if backend == "sklearn":
-        from sklearn.cluster import KMeans
-
-        km = KMeans(n_clusters=k, n_init=1, max_iter=niter, random_state=seed).fit(x)
-        return km.cluster_centers_.astype(np.float32), km.labels_.astype(np.int64)
-    raise GenretrError(f"k-means backend={backend} is not one of {', '.join(BACKENDS)}")
+from genretr.identifiers.common import check_embeddings
+from genretr.quantizers.clustering import BACKENDS, kmeans
 
 
 class StructuredIdentifier:

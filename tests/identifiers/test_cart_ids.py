@@ -8,7 +8,9 @@ import pytest
 
 from genretr.errors import GenretrError
 from genretr.identifiers.base import EOS, IdentifierContext, SPECIAL_TOKENS
-from genretr.identifiers.cart import CartIdentifier, hierarchical_kmeans, unique_counters
+from genretr.identifiers.cart import CartIdentifier
+from genretr.identifiers.common import unique_counters
+from genretr.quantizers.clustering import hierarchical_kmeans
 
 N, D = 150, 16
 SMALL = dict(k=8, num_codebooks=2, codebook_size=8, latent_dim=8, hidden=[32, 16], epochs=3, warmup_epochs=1,

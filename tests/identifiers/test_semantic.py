@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 from genretr.captioner import Captioner, words
 from genretr.errors import GenretrError
 from genretr.identifiers.base import IdentifierContext, SPECIAL_TOKENS
-from genretr.identifiers.semantic import SemanticIdentifier, append_counters
+from genretr.identifiers.common import append_counters
+from genretr.identifiers.semantic import SemanticIdentifier
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 TEMPLATES = ["a red circle on the left", "two blue squares at the top", "a small green triangle, far right",

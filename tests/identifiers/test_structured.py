@@ -7,7 +7,8 @@ import pytest
 
 from genretr.errors import GenretrError
 from genretr.identifiers.base import IdentifierContext, SPECIAL_TOKENS
-from genretr.identifiers.structured import StructuredIdentifier, kmeans
+from genretr.identifiers.structured import StructuredIdentifier
+from genretr.quantizers.clustering import kmeans
 
 CTX = IdentifierContext(train_texts=[], workdir=None)
 

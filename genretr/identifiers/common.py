@@ -1,0 +1,58 @@
+"""Helpers the identifier schemes share: the embeddings check and the counters that make shared identifiers
+unique ("#j" tokens, GRACE/SSID; CART's unique token, Sec. 3.2.3)."""
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import numpy as np
+
+from genretr.errors import GenretrError
+
+
+def check_embeddings(items, embeddings, scheme: str) -> np.ndarray:
+    """(n, d) float32 C-contiguous vectors, one per item, or a one-line error."""
+    x = np.ascontiguousarray(np.asarray(embeddings, dtype=np.float32)) if embeddings is not None else None
+    if x is None or x.ndim != 2 or len(x) != len(items) or len(items) == 0:
+        shape = None if x is None else x.shape
+        raise GenretrError(f"{scheme} identifiers need one embedding per item: {len(items)} items, embeddings {shape}")
+    if not np.isfinite(x).all():
+        raise GenretrError(f"{scheme} identifiers: the item embeddings contain NaN or inf")
+    return x
+
+
+def append_counters(seqs: list[list[str]]) -> list[list[str]]:
+    """Append "#j" to the j-th sequence (j = 0, 1, ...) of every group of identical ones; others are kept."""
+    groups: dict[tuple, list[int]] = {}
+    for i, s in enumerate(seqs):
+        groups.setdefault(tuple(s), []).append(i)
+    out = [list(s) for s in seqs]
+    for rows in groups.values():
+        if len(rows) > 1:
+            for j, r in enumerate(rows):
+                out[r].append(f"#{j}")
+    if len({tuple(s) for s in out}) != len(out):
+        raise GenretrError("disambiguation failed: a sequence already ended with a counter token '#j'")
+    return out
+
+
+def counter_tokens(seqs: list[list[str]]) -> list[str]:
+    """The counter tokens "#j" used in `seqs`, in numeric order."""
+    used = {s[-1] for s in seqs if s and re.fullmatch(r"#\d+", s[-1])}
+    return sorted(used, key=lambda t: int(t[1:]))
+
+
+def unique_counters(prefixes: list[tuple]) -> list[int]:
+    """Sec. 3.2.3 "search and count": each prefix's n-th occurrence (in order) gets counter n."""
+    seen: Counter = Counter()
+    out = []
+    for p in prefixes:
+        out.append(seen[p])
+        seen[p] += 1
+    return out
+
+
+def colliding_items(prefixes: list[tuple]) -> int:
+    """Items whose semantic part (before the unique token) is shared with another item."""
+    counts = Counter(prefixes)
+    return sum(c for c in counts.values() if c > 1)
