@@ -102,6 +102,7 @@ def validate(cfg: DictConfig) -> None:
     if kind is not None:
         _check_dataset(cfg, kind)
     _check_tasks(cfg, kind)
+    _check_adapter(cfg)
     _check_engine(cfg)
     _check_scheme_options(cfg)
     _check_wandb(cfg)
@@ -119,6 +120,14 @@ def _check_engine(cfg) -> None:
     if not hasattr(get_class(str(target)), "generate"):
         raise GenretrError(f"decoding.engine=hf needs a backbone with HF generate; {str(target).rsplit('.', 1)[-1]} "
                            "(backbone.model._target_) is searched by decoding.engine=genretr only")
+
+
+def _check_adapter(cfg) -> None:
+    """A generative run's backbone names its decoder adapter (genretr.stages.decoders)."""
+    if _get(cfg, "method.name") != "embedding" and _get(cfg, "backbone.adapter._target_") in (ABSENT, None):
+        raise GenretrError("backbone.adapter._target_ is missing: the backbone YAML names how the stages drive its "
+                           "decoder, e.g. adapter: {_target_: genretr.stages.decoders.sequence.SequenceDecoder} "
+                           "(see conf/backbone/t5.yaml)")
 
 
 def _check_scheme_options(cfg) -> None:

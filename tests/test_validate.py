@@ -30,6 +30,7 @@ BAD = {  # overrides (on debug=tiny) -> what the one-line message must say
     "compile flag": (["decoding.compile=maybe"], "decoding.compile=maybe is not one of true, false"),
     "search precision": (["decoding.precision=fp16"], "decoding.precision=fp16 is not one of auto, bf16, fp32"),
     "threads": (["threads=0"], "threads=0 is not auto or an integer >= 1"),
+    "no adapter": (["~backbone.adapter"], "backbone.adapter._target_ is missing"),
     "atomic head": (["identifier=atomic", "identifier.head=softmax"], "identifier.head=softmax is not one of vocab, classifier"),
     "head of a scheme without one": (["+identifier.head=classifier"], "identifier.head is not an option of StringIdentifier"),
     "scheme option typo": (["identifier=ssid", "+identifier.retry=3"], "identifier.retry is not an option of SsidIdentifier"),
