@@ -148,8 +148,8 @@ def _check_scheme_options(cfg) -> None:
         raise GenretrError(f"identifier.{unknown[0]} is not an option of {scheme.__name__} (identifier._target_); "
                            "its options: " + ", ".join(k for k in params if k != "self"))
     if hasattr(scheme, "check_options"):  # the scheme's own checks of its values, before any stage runs
-        scheme.check_options(**{k: _get(cfg, f"identifier.{k}") for k in options
-                                if k in inspect.signature(scheme.check_options).parameters})
+        checked = inspect.signature(scheme.check_options).parameters
+        scheme.check_options(**{k: _get(cfg, f"identifier.{k}") for k in options if k in checked})
 
 
 # -- values -------------------------------------------------------------------------------------

@@ -91,9 +91,7 @@ def test_only_the_pipeline_sequences_the_stages():
 def test_no_module_imports_a_private_name_of_another():
     found = []
     for m in modules():
-        path = PACKAGE_DIR.joinpath(*m.split(".")[1:])
-        path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(ast.parse(_source(m))):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("genretr"):
                 found += [f"{m}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
     assert found == []
@@ -101,8 +99,7 @@ def test_no_module_imports_a_private_name_of_another():
 
 @pytest.mark.parametrize("stage", STAGE_MODULES)
 def test_stages_read_the_context_through_its_public_members(stage):
-    source = PACKAGE_DIR.joinpath(*stage.split(".")[1:]).with_suffix(".py").read_text()
-    private = [n.attr for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Attribute)
+    private = [n.attr for n in ast.walk(ast.parse(_source(stage))) if isinstance(n, ast.Attribute)
                and isinstance(n.value, ast.Name) and n.value.id == "ctx" and n.attr.startswith("_")]
     assert private == []
 
