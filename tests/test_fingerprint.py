@@ -130,18 +130,21 @@ def _key_calls(path: Path):
             yield (first.value if isinstance(first, ast.Constant) else None), node
 
 
-@pytest.mark.parametrize("module", ["stages/dataset.py", "stages/encode.py", "stages/identify.py", "stages/train.py",
-                                    "stages/index.py", "stages/captions.py"])
-def test_every_stage_key_holds_its_code_fingerprint(module):
-    calls = list(_key_calls(PACKAGE_DIR / module))
-    assert calls
+def test_every_stage_key_holds_its_code_fingerprint():
+    calls = list(_key_calls(PACKAGE_DIR / "stages" / "keys.py"))
+    assert {stage for stage, _ in calls} == {*STAGE_ROOTS, "text-features"}
     for stage, call in calls:
         if stage == "text-features":  # the frozen tower's features: keyed by the tower's own module
             assert any(getattr(a.func, "id", None) == "code_fingerprint" for a in call.args if isinstance(a, ast.Call))
             continue
         fps = [a for a in call.args if isinstance(a, ast.Call) and getattr(a.func, "id", None) == "stage_fingerprint"]
-        assert stage in STAGE_ROOTS, (module, call.lineno)
-        assert [f.args[0].value for f in fps] == [stage], (module, call.lineno, ast.unparse(call))
+        assert [f.args[0].value for f in fps] == [stage], (call.lineno, ast.unparse(call))
+
+
+def test_keys_are_composed_in_one_module():
+    """No module but genretr.stages.keys calls config_key (issue 15: cache keys declared in one place)."""
+    callers = {str(path.relative_to(PACKAGE_DIR)) for path in PACKAGE_DIR.rglob("*.py") if list(_key_calls(path))}
+    assert callers == {"stages/keys.py"}
 
 
 def test_keys_describe_the_code_read_when_the_run_started(tmp_path, encoder_cfg):

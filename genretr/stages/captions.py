@@ -14,9 +14,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from genretr.artifacts import config_key
 from genretr.data.schema import CAPTION_TASKS
-from genretr.fingerprint import stage_fingerprint
+from genretr.stages import keys
 from genretr.samples import PseudoQueries
 
 if TYPE_CHECKING:  # stages read the run's context; only genretr.pipeline makes one
@@ -36,8 +35,7 @@ def captions_for(ctx: RunContext, ds, emb, item_ids: list[str], every_item: bool
             for r in q.relevant:
                 have.setdefault(r, []).append(q.text)
     todo = [i for i in item_ids if every_item or i not in have]
-    key = config_key("captions", ctx.keys["encode"], cfg.captioner, cfg.seed, sorted(todo),
-                     ctx.numerics(), stage_fingerprint("captions", cfg.captioner))
+    key = keys.captions(ctx, todo)
 
     pixels = wants_pixels(cfg.captioner)
 

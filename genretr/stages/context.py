@@ -16,9 +16,6 @@ from genretr.data.schema import INSTRUCTIONS, RetrievalDataset
 from genretr.errors import GenretrError
 from genretr.identifiers.base import IdTable
 
-# trainer options that change what is shown or logged, not what is learned (left out of the stage keys)
-TRAINER_DISPLAY = ("log_every_n_steps", "enable_model_summary", "enable_progress_bar", "num_sanity_val_steps")
-
 
 def devices(trainer) -> object:
     """The trainer's `devices`, with "all of them" (-1, auto) resolved to how many there are."""
@@ -55,21 +52,12 @@ class RunContext:
 
     # -- what keys a trained artifact -----------------------------------------------------------------
     def numerics(self) -> dict:
-        """What sets a trained artifact's numbers besides its config and seed: torch's thread count (CPU
-        kernels sum in another order at another count), the trainer (device, precision, strategy, clipping…;
-        not its logging and display options), the CPU kernels torch dispatches to and the versions of the
-        numeric libraries.  In the keys of the stages that train (encode, identify, train, captions)."""
+        """`genretr.stages.keys.numerics` with torch's thread count (CPU kernels sum in another order at another
+        count): in the keys of the stages that train (encode, identify, train, captions)."""
         if self._numerics is None:  # once per run (the installed versions are read from package metadata)
-            from genretr.hardware import bf16_kind
-            from genretr.provenance import versions
+            from genretr.stages.keys import numerics
 
-            trainer = {k: v for k, v in plain_dict(self.cfg.trainer).items() if k not in TRAINER_DISPLAY}
-            trainer["devices"] = devices(trainer)
-            found = versions()
-            # the kernels torch dispatches to (AVX2 / AVX512, AMX or AVX512-BF16 for bf16) sum in their own order
-            kernels = {"cpu": torch.backends.cpu.get_cpu_capability(), "bf16": bf16_kind(trainer.get("accelerator"))}
-            self._numerics = {"trainer": trainer, "kernels": kernels, "versions": {
-                k: found[k] for k in ("torch", "transformers", "lightning", "numpy", "faiss-cpu")}}
+            self._numerics = numerics(plain_dict(self.cfg.trainer), devices(self.cfg.trainer))
         return {"threads": torch.get_num_threads(), **self._numerics}
 
     # -- tasks, splits and pools ----------------------------------------------------------------------
@@ -178,10 +166,3 @@ class RunContext:
         inputs = encoder.prepare_texts(texts)
         bs = int(self.cfg.encoder.fit.batch_size)
         return torch.cat([encoder.embed_texts(inputs[s:s + bs]) for s in range(0, len(texts), bs)])
-
-    def train_key(self, table: IdTable) -> dict:
-        """cfg.train as it enters the train stage's key: `reason` as whether a rationale is trained (`both`
-        and `train_only` train alike and share a model)."""
-        tr = OmegaConf.to_container(self.cfg.train, resolve=True)
-        tr.pop("reason", None)
-        return {**tr, "rationale": self.reason(table) != "none"}

@@ -8,9 +8,8 @@ from typing import TYPE_CHECKING
 
 from hydra.utils import instantiate
 
-from genretr.artifacts import config_key
 from genretr.data.schema import RetrievalDataset
-from genretr.fingerprint import source_fingerprint, stage_fingerprint
+from genretr.stages import keys
 
 if TYPE_CHECKING:  # stages read the run's context; only genretr.pipeline makes one
     from genretr.stages.context import RunContext
@@ -20,8 +19,7 @@ log = logging.getLogger(__name__)
 
 def run(ctx: RunContext) -> RetrievalDataset:
     cfg = ctx.cfg.dataset
-    # the source files by content (an edited Karpathy JSON is a new dataset) and the code that reads them
-    key = ctx.keys["dataset"] = config_key("dataset", cfg, source_fingerprint(cfg), stage_fingerprint("dataset", cfg))
+    key = ctx.keys["dataset"] = keys.dataset(ctx)
 
     def write(tmp: Path):
         ds = instantiate(cfg, _convert_="all")

@@ -23,12 +23,11 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 
-from genretr.artifacts import config_key
 from genretr.data.datamodules import CaptionPairs, ContrastiveDataModule, QueryTargetPairs
 from genretr.data.embeddings import Embeddings
 from genretr.data.schema import CAPTION_TASKS, Query, RetrievalDataset
 from genretr.errors import GenretrError
-from genretr.fingerprint import code_fingerprint, stage_fingerprint
+from genretr.stages import keys
 from genretr.training import fit
 
 if TYPE_CHECKING:  # stages read the run's context; only genretr.pipeline makes one
@@ -102,8 +101,7 @@ def prepare_texts(encoder, texts: list[str], fit_texts: list[str], store=None) -
     if store is None or not getattr(tower, "fixed_preparation", False):
         return encoder.prepare_texts(texts, fit_texts)
     digest = hashlib.sha1("\n".join(texts).encode()).hexdigest()
-    key = config_key("text-features", type(tower).__qualname__, tower.preparation_id(), digest,
-                     code_fingerprint(type(tower).__module__))
+    key = keys.text_features(tower, digest)
 
     def write(tmp: Path):
         torch.save(encoder.prepare_texts(texts, fit_texts), tmp / "features.pt")
@@ -145,8 +143,7 @@ def run(ctx: RunContext, ds: RetrievalDataset) -> Embeddings:
     given = getattr(ds, "item_vectors", None) is not None
     # given item vectors without query vectors: the zero query vectors exist for token-input backbones only
     mode = ctx.reads_query_vectors() if given and ds.query_vectors is None else None
-    key = ctx.keys["encode"] = config_key("encode", ctx.keys["dataset"], cfg, ctx.cfg.seed, splits, mode,
-                                          ctx.numerics(), stage_fingerprint("encode", cfg))
+    key = ctx.keys["encode"] = keys.encode(ctx, splits, mode)
 
     def write(tmp: Path):
         if given:  # features given (dataset=precomputed): nothing to encode

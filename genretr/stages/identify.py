@@ -10,11 +10,10 @@ import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from genretr.artifacts import config_key
 from genretr.data.embeddings import Embeddings
 from genretr.data.schema import CAPTION_TASKS, RetrievalDataset, pool_items
-from genretr.fingerprint import stage_fingerprint
 from genretr.identifiers.base import IdentifierContext, IdTable
+from genretr.stages import keys
 from genretr.stages.captions import captions_for
 
 if TYPE_CHECKING:  # stages read the run's context; only genretr.pipeline makes one
@@ -26,8 +25,7 @@ log = logging.getLogger(__name__)
 def run(ctx: RunContext, ds: RetrievalDataset, emb: Embeddings, make_context=None) -> IdTable:
     """The run's IdTable (from the cache when made before).  `make_context(ds, emb, items, workdir)` builds
     the scheme's `IdentifierContext` (default: `scheme_context` over `ctx`; experiments/ swap in their own)."""
-    key = ctx.keys["identify"] = config_key("identify", ctx.keys["encode"], ctx.cfg.identifier, ctx.tasks(),
-                                            ctx.numerics(), stage_fingerprint("identify", ctx.cfg.identifier))
+    key = ctx.keys["identify"] = keys.identify(ctx)
     items = pool_items(ds, ctx.splits(), [*ctx.tasks(), "universal"])
 
     make = make_context or (lambda *args: scheme_context(ctx, *args))
@@ -62,9 +60,7 @@ def scheme_context(ctx: RunContext, ds: RetrievalDataset, emb: Embeddings, items
         train_query_vecs=emb.queries([q.id for q, _ in pairs]).numpy() if pairs else np.zeros((0, 1)),
         train_query_items=[r for _, r in pairs], train_query_tasks=[q.task for q, _ in pairs],
         item_modalities=[ds.items[i].modality for i in items], describe=describe, images=ds.images,
-        cache_dir=ctx.store.work("identify-cache", config_key(
-            "identify-cache", ctx.keys["encode"], ctx.cfg.identifier,
-            stage_fingerprint("identify-cache", ctx.cfg.identifier))))
+        cache_dir=ctx.store.work("identify-cache", keys.identify_cache(ctx)))
 
 
 def scheme_cfg(cfg: DictConfig) -> DictConfig:

@@ -6,11 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from genretr.artifacts import config_key
 from genretr.data.schema import RetrievalDataset
 from genretr.decoding.csr_trie import CSRTrie
-from genretr.fingerprint import stage_fingerprint
 from genretr.identifiers.base import IdTable
+from genretr.stages import keys
 
 if TYPE_CHECKING:  # stages read the run's context; only genretr.pipeline makes one
     from genretr.stages.context import RunContext
@@ -21,10 +20,7 @@ def run(ctx: RunContext, ds: RetrievalDataset, table: IdTable) -> dict[str, CSRT
     cfg = ctx.cfg
     split = cfg.eval.split
     pools = sorted({ctx.pool_name(t) for t in ctx.tasks()})
-    # what else decides the tries (an MLLM's tokenizer spells the identifiers) is the decoder adapter's
-    parts, configs = ctx.decoder().index_key(cfg.backbone)
-    key = ctx.keys["index"] = config_key("index", ctx.keys["identify"], split, pools, *parts,
-                                         stage_fingerprint("index", *configs))
+    key = ctx.keys["index"] = keys.index(ctx, split, pools)
 
     def write(tmp: Path):
         for name in pools:

@@ -11,11 +11,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from genretr.artifacts import config_key
 from genretr.data.embeddings import Embeddings
 from genretr.data.schema import RetrievalDataset
-from genretr.fingerprint import stage_fingerprint
 from genretr.identifiers.base import IdTable
+from genretr.stages import keys
 from genretr.training import fit
 
 if TYPE_CHECKING:  # stages read the run's context; only genretr.pipeline makes one
@@ -26,9 +25,7 @@ def run(ctx: RunContext, ds: RetrievalDataset, emb: Embeddings, table: IdTable):
     """The trained decoder for `table` (from the cache when trained before); what it is and what it learns
     from is its adapter's (`ctx.decoder()`, `genretr.stages.decoders`)."""
     decoder, cfg = ctx.decoder(), ctx.cfg.backbone
-    key = ctx.keys["train"] = config_key("train", ctx.keys["identify"], cfg, ctx.train_key(table), ctx.cfg.seed,
-                                         ctx.cfg.identifier.get("head", "vocab"), ctx.numerics(),
-                                         stage_fingerprint("train", cfg))
+    key = ctx.keys["train"] = keys.train(ctx, table)
     build = decoder.model_builder(ctx, ds, emb, table)
 
     def write(tmp: Path):
