@@ -22,10 +22,13 @@ UV := $(VENV)/bin/uv pip install -q --python $(PY)
 # resolving again: a fresh clone installs what CI tested, whatever PyPI has published since.  torch comes
 # from pip (it finds the CPU wheel on these machines' disk); the rest from uv, which downloads and unpacks in
 # parallel (34 s against pip's 67 s for the whole install on a 2-core machine), with pip as the fallback.
+# uv compiles the packages' bytecode at install (--compile-bytecode; pip does by default): where
+# PYTHONDONTWRITEBYTECODE is set, as on these machines, Python never writes it and every process would
+# compile transformers and lightning again on import.
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) "$(TORCH_SPEC)" "$(UV_SPEC)"
-	$(UV) -r $(LOCK) || $(PIP) -r $(LOCK)
+	$(UV) --compile-bytecode -r $(LOCK) || $(PIP) -r $(LOCK)
 	$(UV) --no-deps -e . || $(PIP) --no-deps -e .
 	$(PY) -m pip check --disable-pip-version-check
 	@touch $@

@@ -103,6 +103,7 @@ def validate(cfg: DictConfig) -> None:
         _check_dataset(cfg, kind)
     _check_tasks(cfg, kind)
     _check_adapter(cfg)
+    _check_add_ons(cfg)
     _check_engine(cfg)
     _check_scheme_options(cfg)
     _check_wandb(cfg)
@@ -128,6 +129,17 @@ def _check_adapter(cfg) -> None:
         raise GenretrError("backbone.adapter._target_ is missing: the backbone YAML names how the stages drive its "
                            "decoder, e.g. adapter: {_target_: genretr.stages.decoders.sequence.SequenceDecoder} "
                            "(see conf/backbone/t5.yaml)")
+
+
+def _check_add_ons(cfg) -> None:
+    """The paper add-ons the run turns on are ones its decoder adapter takes (genretr.stages.addons)."""
+    if _get(cfg, "method.name") == "embedding" or _get(cfg, "backbone.adapter._target_") in (ABSENT, None):
+        return
+    from hydra.utils import instantiate
+
+    from genretr.stages.addons import add_ons
+
+    add_ons(cfg).check(instantiate(cfg.backbone.adapter))
 
 
 def _check_scheme_options(cfg) -> None:

@@ -87,6 +87,7 @@ class BigramAdapter:
     """The stages' view of `BigramDecoder` (genretr.stages.decoders): it reads the query's vector."""
 
     reads_query_vectors = True
+    add_ons = frozenset({"query_texts"})  # of the paper add-ons (genretr.stages.addons), it takes only this
 
     def query_inputs(self, ctx, ds, emb, queries, table=None, vecs=None):
         return emb.queries([q.id for q in queries]) if vecs is None else vecs
@@ -107,8 +108,8 @@ class BigramAdapter:
     def index_key(self, backbone_cfg):
         return [], []
 
-    def search_model(self, ctx, ds, model, table):
-        return model
+    def search_add_ons(self, ctx, ds, table):
+        return []
 
 
 @pytest.fixture
@@ -138,3 +139,14 @@ def test_a_scheme_and_a_decoder_from_this_file_alone(make_cfg, conf_dir, tmp_pat
     rankings, _ = p.searcher(ds, emb, "t2i", model, table, p.index(ds, table))(emb.queries([q.id for q in queries]))
     pool = set(ds.splits["test"].pools["t2i"])
     assert all(len(r) == 10 and set(r) <= pool for r in rankings)  # ten pool items each, through the trie
+
+
+def test_the_toy_decoder_refuses_an_add_on_it_does_not_take(make_cfg, conf_dir):
+    from genretr.errors import GenretrError
+    from genretr.validate import validate
+
+    cfg = make_cfg(f"hydra.searchpath=[file://{conf_dir}]", "identifier=digits", "backbone=bigram",
+                   "train.pseudo_queries=true")
+    with pytest.raises(GenretrError, match=r"train.pseudo_queries=true \(pseudo_queries\) is not taken by BigramAdapter"):
+        validate(cfg)
+    validate(make_cfg(f"hydra.searchpath=[file://{conf_dir}]", "identifier=digits", "backbone=bigram"))

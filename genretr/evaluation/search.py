@@ -6,8 +6,12 @@
   that are not identifiers of the pool map to no item, i.e. a miss);
 * classifier: GRACE's atomic identifiers read from a classifier head -- one decoder step, the pool's
   item tokens ranked by their logit (no beam search: an atomic identifier is one token);
-* ``decoding.rerank=true`` (GENIUS_R, Sec. 4.4): the items behind the beams re-sorted by cosine with the
-  query embedding.
+
+What changes a generative search composes as a list of search add-ons (`SearchAddOn`, its contract written
+once below), built by the evaluate stage in one function (`genretr.stages.evaluate.search_add_ons`):
+free generation (`FreeGeneration`), GENIUS_R's re-ranking (`Rerank`, Sec. 4.4: the items behind the beams
+re-sorted by cosine with the query embedding) and SSID's answer-with-reason (`ReasonAfterIdentifier`,
+Sec. III-F).  The search loop never checks a feature.
 """
 from __future__ import annotations
 
@@ -48,40 +52,104 @@ def classifier_search(model, queries, pool: IdTable, top_k: int, batch_size: int
     return rankings, Q.count(queries) / max(time.perf_counter() - t0, 1e-9)
 
 
-def generative_searcher(model, trie, table: IdTable, decoding, top_k: int, progress: bool, rerank_vecs=None,
+class SearchAddOn:
+    """One change to a generative search.  Each hook's default leaves the search as it is:
+
+    - ``model(model)``: the model the search runs (a wrapper of the trained decoder);
+    - ``keep(k, beams)``: how many results per query the search returns before ``rankings`` (given the count
+      the earlier add-ons asked for);
+    - ``engine_options()``: keyword arguments of the genretr engine (`genretr.decoding.engine`);
+    - ``rankings(rankings, queries, top_k)``: the final rankings from the search's (at most `top_k` each);
+    - ``engines``: the `decoding.engine`s that can run it, ``option`` the setting that turned it on.
+    """
+    engines = ("genretr", "hf")
+    option = ""
+
+    def model(self, model):
+        return model
+
+    def keep(self, k: int, beams: int) -> int:
+        return k
+
+    def engine_options(self) -> dict:
+        return {}
+
+    def rankings(self, rankings: list[list[str]], queries, top_k: int) -> list[list[str]]:
+        return rankings
+
+
+class FreeGeneration(SearchAddOn):
+    """GRACE Table 2's "w/o constrained generation": generated sequences that are no pool identifier are a miss."""
+    engines, option = ("genretr",), "decoding.constrained=false"
+
+    def engine_options(self):
+        return {"constrained": False}
+
+
+class Rerank(SearchAddOn):
+    """GENIUS_R (Sec. 4.4): every beam's items re-sorted by cosine(query vector, item vector), then cut to top_k.
+    `item_vecs(ids) -> vectors`."""
+    option = "decoding.rerank=true"
+
+    def __init__(self, item_vecs):
+        self.item_vecs = item_vecs
+
+    def keep(self, k, beams):
+        return max(k, beams)
+
+    def rankings(self, rankings, queries, top_k):
+        from genretr.decoding.rerank import rerank
+
+        return rerank(rankings, queries["z"] if isinstance(queries, dict) else queries, self.item_vecs, top_k)
+
+
+class ReasonAfterIdentifier(SearchAddOn):
+    """SSID Sec. III-F with train.reason=both: an identifier ends where the decoder writes <reason> (`sep`)."""
+    engines, option = ("genretr",), "train.reason=both"
+
+    def __init__(self, sep: int):
+        self.sep = sep
+
+    def model(self, model):
+        from genretr.rationale import AnswerWithReason
+
+        return AnswerWithReason(model, self.sep)
+
+
+def generative_searcher(model, trie, table: IdTable, decoding, top_k: int, progress: bool, add_ons=(),
                         classifier_pool: IdTable | None = None, step_dtype: str = "float32"):
-    """`decoding` is the config's `decoding` node; `rerank_vecs(ids) -> vectors` enables GENIUS_R; `step_dtype`:
+    """`decoding` is the config's `decoding` node; `add_ons`: the `SearchAddOn`s, applied in order; `step_dtype`:
     the dtype of the genretr engine's model step (its scores stay fp32; the HF engine runs the model as it is)."""
-    engine, constrained = decoding.get("engine", "genretr"), bool(decoding.get("constrained", True))
+    engine = decoding.get("engine", "genretr")
     beams, lp, bs = int(decoding.num_beams), float(decoding.length_penalty), int(decoding.batch_size)
-    # GENIUS_R re-ranks the items behind all beams, so the beams are cut to top_k only afterwards
-    k = max(top_k, beams) if rerank_vecs is not None else top_k
+    if engine not in ("genretr", "hf"):
+        raise GenretrError(f"decoding.engine={engine} is not one of genretr, hf")
+    k, options = top_k, {}
+    for a in add_ons:
+        if engine not in a.engines:
+            raise GenretrError(f"{a.option} is decoded by decoding.engine={' or '.join(a.engines)} only")
+        model, k = a.model(model), a.keep(k, beams)
+        options.update(a.engine_options())
     if classifier_pool is not None:
         search = lambda v: classifier_search(model, v, classifier_pool, k, bs, step_dtype)
     elif engine == "genretr":
         from genretr.decoding.engine import constrained_beam_search
 
-        search = lambda v: constrained_beam_search(model, v, trie, table, beams, k, lp, bs, constrained=constrained,
-                                                   progress=progress, step_dtype=step_dtype,
-                                                   compile=bool(decoding.get("compile", False)))
-    elif engine == "hf":
-        if not constrained:
-            raise GenretrError("decoding.constrained=false is implemented by decoding.engine=genretr only")
+        search = lambda v: constrained_beam_search(model, v, trie, table, beams, k, lp, bs, progress=progress,
+                                                   step_dtype=step_dtype, compile=bool(decoding.get("compile", False)),
+                                                   **options)
+    else:
         from genretr.decoding.hf import constrained_search
 
         search = lambda v: constrained_search(model, v, trie, table, beams, bs, lp, k, progress)
-    else:
-        raise GenretrError(f"decoding.engine={engine} is not one of genretr, hf")
-    if rerank_vecs is None:
+    if not add_ons:
         return search
 
-    def search_and_rerank(v):
-        from genretr.decoding.rerank import rerank
-
+    def search_with_add_ons(v):
         t0 = time.perf_counter()
         rankings, _ = search(v)
-        z = v["z"] if isinstance(v, dict) else v
-        rankings = rerank(rankings, z, rerank_vecs, top_k)
+        for a in add_ons:
+            rankings = a.rankings(rankings, v, top_k)
         return rankings, Q.count(v) / max(time.perf_counter() - t0, 1e-9)
 
-    return search_and_rerank
+    return search_with_add_ons

@@ -44,6 +44,7 @@ class RunContext:
     keys: dict[str, str] = field(default_factory=dict)  # stage -> the key of its artifact in this run
     _numerics: dict | None = field(default=None, repr=False)
     _decoder: object = field(default=None, repr=False)
+    _add_ons: object = field(default=None, repr=False)
 
     def __post_init__(self):
         self.run_dir = Path(self.run_dir)
@@ -81,14 +82,12 @@ class RunContext:
 
     # -- the method and the decoder -------------------------------------------------------------------
     def decoder(self):
-        """The backbone's decoder adapter (`backbone.adapter`, `genretr.stages.decoders`); None for the
-        embedding baseline, which has no decoder."""
-        if self.cfg.method.name == "embedding":
-            return None
-        if self._decoder is None:
+        """The method's decoder adapter (`method.decoder`: the backbone's `backbone.adapter`,
+        `genretr.stages.decoders`); None for the embedding baseline, which has none."""
+        if self._decoder is None and self.cfg.method.get("decoder") is not None:
             from hydra.utils import instantiate
 
-            self._decoder = instantiate(self.cfg.backbone.adapter)
+            self._decoder = instantiate(self.cfg.method.decoder)
         return self._decoder
 
     def reads_query_vectors(self) -> bool:
@@ -103,37 +102,37 @@ class RunContext:
         """encoder.instructions: queries embedded with their task's instruction (genretr.stages.encode)."""
         return bool(self.cfg.encoder.instructions)
 
-    # -- SSID's rationale (genretr.rationale; the rationales travel in the IdTable) --------------------
+    # -- the papers' add-ons (genretr.stages.addons) ------------------------------------------------------
+    def add_ons(self):
+        """The run's add-ons (pseudo-queries, describe, rationale, sample limit, translated queries)."""
+        if self._add_ons is None:
+            from genretr.stages.addons import add_ons
+
+            self._add_ons = add_ons(self.cfg)
+        return self._add_ons
+
     def reason(self, table: IdTable) -> str:
-        """train.reason resolved: auto -> both with rationales, none without."""
+        """train.reason resolved against the IdTable's rationales (SSID Sec. III-D): auto -> both with
+        rationales, none without."""
         from genretr.rationale import resolve
 
         return resolve(str(self.cfg.train.get("reason", "auto")), table.reasons)
 
     def reason_vocab(self, ds: RetrievalDataset, table: IdTable):
-        """With a rationale in training, its tokens after the identifier (and describe) vocabulary."""
-        from genretr.describe import caption_words
-        from genretr.rationale import ReasonVocab
-
-        if self.reason(table) == "none":
-            return None
-        describing = bool(self.cfg.train.get("describe", False))
-        return ReasonVocab(table.reasons, table.vocab_size + (len(caption_words(ds)) if describing else 0))
+        """With a rationale in training, its tokens after the identifiers' and the earlier add-ons' words."""
+        return self.add_ons().reason_vocab(self, ds, table)
 
     # -- what the decoder reads -----------------------------------------------------------------------
     def query_vocab(self, ds: RetrievalDataset, table: IdTable | None = None):
-        """The word vocabulary of token-input backbones, from the training queries (and item texts);
-        with train.describe, one word per identifier token too (the describe prompt names an ID)."""
+        """The word vocabulary of token-input backbones, from the training queries (and item texts), then
+        the add-ons' words (describe: one word per identifier token, since its prompt names an ID)."""
         from genretr.data.vocab import WordVocab
 
         texts = [q.text for q in ds.splits["train"].queries if q.text]
         texts += [x.text for x in ds.items.values() if x.text]
         vocab = WordVocab.build(texts)
-        if self.cfg.train.get("describe", False) and table is not None:
-            from genretr.describe import id_word
-
-            vocab = WordVocab(vocab.tokens + [id_word(t) for t in table.vocab[2:]])
-        return vocab
+        extra = self.add_ons().query_words(self, ds, table) if table is not None else []
+        return WordVocab(vocab.tokens + extra) if extra else vocab
 
     def queries_of(self, ds: RetrievalDataset, emb: Embeddings, queries, table=None,
                    vecs: torch.Tensor | None = None) -> torch.Tensor | dict | list:

@@ -25,6 +25,7 @@ def run(ctx: RunContext, ds: RetrievalDataset, emb: Embeddings, table: IdTable):
     """The trained decoder for `table` (from the cache when trained before); what it is and what it learns
     from is its adapter's (`ctx.decoder()`, `genretr.stages.decoders`)."""
     decoder, cfg = ctx.decoder(), ctx.cfg.backbone
+    ctx.add_ons().check(decoder, ctx, table)
     key = ctx.keys["train"] = keys.train(ctx, table)
     build = decoder.model_builder(ctx, ds, emb, table)
 

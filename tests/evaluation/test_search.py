@@ -4,7 +4,8 @@ from omegaconf import OmegaConf
 
 from genretr.backbones.t5_prefix import T5PrefixDecoder
 from genretr.decoding.csr_trie import CSRTrie
-from genretr.evaluation.search import classifier_search, embedding_searcher, generative_searcher
+from genretr.evaluation.search import (FreeGeneration, Rerank, classifier_search, embedding_searcher,
+                                       generative_searcher)
 from genretr.identifiers.base import IdTable
 
 DEC = OmegaConf.create({"engine": "genretr", "num_beams": 4, "batch_size": 8, "length_penalty": 0.0,
@@ -21,7 +22,7 @@ def setup(seed=0, V=8):
 
 def test_free_generation_never_invents_items():
     m, table, trie, z = setup()
-    free = generative_searcher(m, trie, table, OmegaConf.merge(DEC, {"constrained": False}), 4, False)
+    free = generative_searcher(m, trie, table, DEC, 4, False, add_ons=[FreeGeneration()])
     rankings, _ = free(z)
     assert all(set(r) <= {"a", "b", "c"} for r in rankings)
     constrained, _ = generative_searcher(m, trie, table, DEC, 4, False)(z)
@@ -34,7 +35,7 @@ def test_rerank_orders_beam_items_by_cosine():
     vecs = {"a": torch.tensor([1.0, 0, 0, 0]), "b": torch.tensor([0, 1.0, 0, 0]), "c": torch.tensor([0, 0, 1.0, 0])}
     lookup = lambda ids: torch.stack([vecs[i] for i in ids])
     q = torch.tensor([[0.0, 0.2, 1.0, 0.0]] * 2)
-    rankings, _ = generative_searcher(m, trie, table, DEC, 2, False, rerank_vecs=lookup)(q)
+    rankings, _ = generative_searcher(m, trie, table, DEC, 2, False, add_ons=[Rerank(lookup)])(q)
     assert rankings == [["c", "b"], ["c", "b"]]
 
 
@@ -55,3 +56,29 @@ def test_embedding_searcher_reads_vectors_from_dict_queries():
     r1, _ = search(torch.tensor([[0.0, 1.0, 0.1]]))
     r2, _ = search({"z": torch.tensor([[0.0, 1.0, 0.1]]), "src": torch.zeros(1, 3, dtype=torch.long)})
     assert r1 == r2 == [["y", "z"]]
+
+
+def test_a_search_add_on_its_engine_cannot_run_is_one_line():
+    import pytest
+
+    from genretr.errors import GenretrError
+    from genretr.evaluation.search import ReasonAfterIdentifier
+
+    m, table, trie, z = setup()
+    hf = OmegaConf.merge(DEC, {"engine": "hf"})
+    for add_on, option in [(FreeGeneration(), "decoding.constrained=false"), (ReasonAfterIdentifier(7), "train.reason=both")]:
+        with pytest.raises(GenretrError, match=f"^{option} is decoded by decoding.engine=genretr only$"):
+            generative_searcher(m, trie, table, hf, 4, False, add_ons=[add_on])
+
+
+def test_search_add_ons_are_built_in_order_from_the_run(make_cfg):
+    from genretr.evaluation.search import ReasonAfterIdentifier
+    from genretr.pipeline import Pipeline
+    from genretr.stages.evaluate import search_add_ons
+
+    p = Pipeline(make_cfg("decoding.constrained=false", "decoding.rerank=true"), "unused")
+    table = IdTable.from_lists(["a"], [[2]], ["<pad>", "</s>", "x"], reasons={"a": "round red"})
+    emb = type("Emb", (), {"items": staticmethod(lambda ids: torch.zeros(len(ids), 2))})()
+    added = search_add_ons(p.ctx, None, emb, table)
+    assert [type(a) for a in added] == [ReasonAfterIdentifier, FreeGeneration, Rerank]
+    assert added[0].sep == table.vocab_size  # <reason> is the first word after the identifiers

@@ -5,6 +5,7 @@ decoder is one module here plus its YAML.  `RunContext.decoder()` builds it (Non
 An adapter has, for a run's `ctx` (`genretr.stages.context.RunContext`), dataset `ds`, embeddings `emb`
 and `IdTable` `table`:
 
+- ``add_ons``: the names of the paper add-ons it takes (`genretr.stages.addons`; the others are refused);
 - ``reads_query_vectors``: whether the decoder reads a query's vector (the encode stage's) at all;
 - ``query_inputs(ctx, ds, emb, queries, table, vecs=None)``: what the decoder reads for `queries` (their
   vectors, their tokens, processor samples), `vecs` replacing the encode stage's vectors;
@@ -15,5 +16,6 @@ and `IdTable` `table`:
 - ``decoding_table(model, table)``: the identifiers as the decoder spells them (the trie is built from it);
 - ``index_key(backbone_cfg)``: what, besides the identifiers, decides the tries: ``(key parts, configs
   whose code counts)``;
-- ``search_model(ctx, ds, model, table)``: the model the search runs (e.g. SSID's answer-with-reason).
+- ``search_add_ons(ctx, ds, table)``: its own search add-ons (`genretr.evaluation.search.SearchAddOn`, e.g.
+  SSID's answer-with-reason), applied before the run's others.
 """

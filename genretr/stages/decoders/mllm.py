@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 from hydra.utils import instantiate
 
 from genretr import mllm_stage as M
-from genretr.samples import draw_rows
 
 if TYPE_CHECKING:
     from genretr.stages.context import RunContext
@@ -20,6 +19,8 @@ log = logging.getLogger(__name__)
 
 class MLLMDecoder:
     reads_query_vectors = False
+    # the add-ons it takes (genretr.stages.addons): pseudo-queries and describe need sample tensors and word IDs
+    add_ons = frozenset({"rationale", "limit", "query_texts"})
 
     def query_inputs(self, ctx: RunContext, ds, emb, queries, table=None, vecs=None):
         return [M.query_sample(ds, q) for q in queries]
@@ -32,8 +33,7 @@ class MLLMDecoder:
         cfg, tr = ctx.cfg.backbone, ctx.cfg.train
         samples = M.training_samples(ds, table, ctx.tasks(), table.reasons, bool(tr.memorize),
                                      int(tr.memorize_repeat), bool(tr.retrieve), ctx.reason(table) != "none")
-        if tr.get("limit") is not None:  # SSID Fig. 3: fine-tune on N samples only
-            samples = [samples[i] for i in draw_rows(len(samples), int(tr.limit), int(ctx.cfg.seed))]
+        samples = ctx.add_ons().extend(ctx, ds, emb, table, samples)  # SSID Fig. 3's sample limit
         log.info("MLLM: %d training samples", len(samples))
         if not samples:
             return None, {}
@@ -45,5 +45,5 @@ class MLLMDecoder:
     def index_key(self, backbone_cfg) -> tuple[list, list]:
         return [backbone_cfg.model._target_, backbone_cfg.model.get("pretrained")], [backbone_cfg]
 
-    def search_model(self, ctx: RunContext, ds, model, table):
-        return model  # the prompt asks for the rationale or not (backbone.model.reason)
+    def search_add_ons(self, ctx: RunContext, ds, table) -> list:
+        return []  # the prompt asks for the rationale or not (backbone.model.reason)

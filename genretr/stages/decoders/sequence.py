@@ -10,16 +10,15 @@ from typing import TYPE_CHECKING
 from hydra.utils import instantiate
 
 from genretr.data.datamodules import IdentifierDataModule
-from genretr.describe import caption_words
 from genretr.errors import GenretrError
-from genretr.samples import concat_samples, decoder_samples, draw_samples
-from genretr.stages.captions import pseudo_queries
+from genretr.samples import decoder_samples
 
 if TYPE_CHECKING:
     from genretr.stages.context import RunContext
 
 log = logging.getLogger(__name__)
 INPUTS = ("prefix", "tokens")
+ADD_ONS = frozenset({"pseudo_queries", "rationale", "limit", "query_texts"})  # genretr.stages.addons
 
 
 class SequenceDecoder:
@@ -27,6 +26,8 @@ class SequenceDecoder:
         if input not in INPUTS:
             raise GenretrError(f"backbone.input={input} is not one of {', '.join(INPUTS)}")
         self.input = input
+        # GRACE Sec. 4.5's describe prompt names an identifier in words: a token-input decoder only
+        self.add_ons = ADD_ONS | ({"describe"} if input == "tokens" else set())
 
     @property
     def reads_query_vectors(self) -> bool:
@@ -39,43 +40,26 @@ class SequenceDecoder:
         vocab = ctx.query_vocab(ds, table)
         return {"z": vecs, "src": vocab.encode([q.text for q in queries], int(ctx.cfg.backbone.get("max_src_len", 32)))}
 
-    def _describing(self, ctx: RunContext) -> bool:
-        describing = bool(ctx.cfg.train.get("describe", False))
-        if describing and self.input != "tokens":
-            raise GenretrError("train.describe=true (GRACE Sec. 4.5) needs a token-input backbone: backbone.input=tokens")
-        return describing
-
     def model_builder(self, ctx: RunContext, ds, emb, table):
         extra = {"src_vocab_size": len(ctx.query_vocab(ds, table))} if self.input == "tokens" else {}
-        vocab_size = table.vocab_size + (len(caption_words(ds)) if self._describing(ctx) else 0)
-        reasons = ctx.reason_vocab(ds, table)  # SSID Sec. III-D: identifier <reason> rationale </s>
-        vocab_size += len(reasons) if reasons else 0
+        # the output vocabulary: the identifiers', then the add-ons' words (describe, SSID's rationale)
+        vocab_size = table.vocab_size + ctx.add_ons().output_words(ctx, ds, table)
         if ctx.classifier_head():  # GRACE atomic IDs through a classifier head: its own output layer
-            if reasons:
+            if ctx.reason(table) != "none":
                 raise GenretrError("identifier.head=classifier ranks identifiers in one step: use train.reason=none")
             extra["tie_embeddings"] = False
         return lambda: instantiate(ctx.cfg.backbone.model, vocab_size=vocab_size, input_dim=emb.item_vecs.shape[1],
                                    **extra)
 
     def training(self, ctx: RunContext, ds, emb, table, model):
-        cfg, tr = ctx.cfg.backbone, ctx.cfg.train
-        describing, max_src_len = self._describing(ctx), int(cfg.get("max_src_len", 32))
+        cfg, tr, add_ons = ctx.cfg.backbone, ctx.cfg.train, ctx.add_ons()
         vocab = ctx.query_vocab(ds, table) if self.input == "tokens" else None
-        reasons = ctx.reason_vocab(ds, table)
-        pseudo = (pseudo_queries(ctx, ds, emb, table, every_item=str(tr.pseudo_queries_for) == "all")
-                  if tr.pseudo_queries else None)
         samples = decoder_samples(ds, emb, table, ctx.tasks(), memorize=bool(tr.memorize),
-                                  memorize_repeat=int(tr.memorize_repeat), retrieve=bool(tr.retrieve),
-                                  pseudo=pseudo, vocab=vocab, max_src_len=max_src_len,
+                                  memorize_repeat=int(tr.memorize_repeat), retrieve=bool(tr.retrieve), vocab=vocab,
+                                  max_src_len=int(cfg.get("max_src_len", 32)),
                                   labels_width=1 if ctx.classifier_head() else None,
-                                  answers=reasons.answers(table) if reasons else None)
-        if describing:
-            from genretr import describe
-
-            samples = concat_samples(samples, describe.samples(ds, table, vocab, caption_words(ds), max_src_len,
-                                                               emb.item_vecs.shape[1]))
-        if tr.get("limit") is not None:  # SSID Fig. 3: fine-tune on N samples only
-            samples = draw_samples(samples, int(tr.limit), int(ctx.cfg.seed))
+                                  **add_ons.sample_options(ctx, ds, emb, table))
+        samples = add_ons.extend(ctx, ds, emb, table, samples, vocab)
         log.info("decoder: %d training samples (%d memorize)", len(samples["labels"]),
                  int((samples["phase"] == 0).sum()))
         if not len(samples["labels"]):  # train.limit=0: the untrained decoder (the curve's zero point)
@@ -90,11 +74,9 @@ class SequenceDecoder:
     def index_key(self, backbone_cfg) -> tuple[list, list]:
         return [], []
 
-    def search_model(self, ctx: RunContext, ds, model, table):
+    def search_add_ons(self, ctx: RunContext, ds, table) -> list:
         if ctx.reason(table) != "both":
-            return model
-        from genretr.rationale import AnswerWithReason  # identifiers end where the model writes <reason>
+            return []
+        from genretr.evaluation.search import ReasonAfterIdentifier  # identifiers end where it writes <reason>
 
-        if ctx.cfg.decoding.get("engine", "genretr") != "genretr":
-            raise GenretrError("train.reason=both is decoded by decoding.engine=genretr only")
-        return AnswerWithReason(model, ctx.reason_vocab(ds, table).sep)
+        return [ReasonAfterIdentifier(ctx.reason_vocab(ds, table).sep)]
