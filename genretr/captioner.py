@@ -15,7 +15,6 @@ vision stand-in for an MLLM that sees the image (SSID Sec. III-E).  Its inputs a
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,24 +26,12 @@ from torch.utils.data import DataLoader, TensorDataset, default_collate
 
 from genretr.artifacts import plain_dict
 from genretr.backbones.t5_prefix import T5PrefixDecoder
+from genretr.data.captioning import item_images, join_words, wants_pixels, words  # noqa: F401 (also this module's API)
 from genretr.errors import GenretrError
 from genretr.identifiers.base import EOS, PAD, SPECIAL_TOKENS
 
 UNK = 2
 VOCAB_SPECIALS = [*SPECIAL_TOKENS, "<unk>"]
-_WORD = re.compile(r"\w+(?:[-']\w+)*|[^\w\s]")
-
-
-def words(text: str) -> list[str]:
-    """Lower-cased words and punctuation marks ("top-left" stays one word)."""
-    return _WORD.findall(text.lower())
-
-
-def join_words(tokens: list[str]) -> str:
-    """The inverse of `words` up to case and spacing: no space before punctuation."""
-    return re.sub(r" ([,.;:!?)])", r"\1", " ".join(tokens))
-
-
 class Captioner:
     """A trained caption model and its vocabulary; `describe(vecs)` captions embeddings."""
 
@@ -131,24 +118,6 @@ def _inputs(x, pixels: bool, dim: int | None = None) -> torch.Tensor:
     if z.ndim != 2 or (dim is not None and z.shape[1] != dim):
         raise GenretrError(f"captioner expects (n, {dim or 'd'}) vectors, got {tuple(z.shape)}")
     return z
-
-
-def wants_pixels(cfg: Mapping) -> bool:
-    """Whether a captioner config reads images (`input: pixels`) rather than item embeddings."""
-    kind = plain_dict(cfg).get("input", "embedding")
-    if kind not in ("embedding", "pixels"):
-        raise GenretrError(f"captioner.input={kind} is not one of embedding, pixels")
-    return kind == "pixels"
-
-
-def item_images(images, items, who: str) -> np.ndarray:
-    """The images of `items` (objects with `.id`, `.image`) for a pixel-reading captioner; `who` names the caller
-    in the error an item without an image (or a missing image array) raises."""
-    missing = next((it.id for it in items if images is None or getattr(it, "image", None) is None), None)
-    if missing is not None:
-        raise GenretrError(f"{who}: captioner.input=pixels, but item '{missing}' has no image; use the default "
-                           "captioner")
-    return np.asarray(images)[[it.image for it in items]]
 
 
 def fit_captioner(vecs, captions_per_vec: list[list[str]], cfg: Mapping, seed: int = 0,

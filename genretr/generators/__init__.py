@@ -2,8 +2,8 @@
 
 A generator answers the prompt of Sec. III-E with ``caption:<...>`` / ``identifier:<...>`` / ``reason:<...>``;
 `genretr.identifiers.ssid` parses, repairs, retries and caches.  `keywords.KeywordsGenerator` composes the
-answer offline from the captions (a stand-in for an MLLM); `mllm.MLLMGenerator` asks Qwen2.5-VL, LLaVA-1.6
-or IDEFICS.
+answer offline from the captions (a stand-in for an MLLM); `genretr.backbones.mllm_generator.MLLMGenerator`
+(beside the MLLM backbone whose loader it uses) asks Qwen2.5-VL, LLaVA-1.6 or IDEFICS.
 """
 from __future__ import annotations
 

@@ -111,6 +111,9 @@ class IdentifierContext:
     cache_dir: Path | None = None  # kept across identify keys (SSID's generator answers)
     describe: object = None  # item ids -> captions written by the run's captioner (genretr.stages.captions)
     images: np.ndarray | None = None  # the dataset's images (MLLM generators look at them)
+    # fit_captioner(inputs, captions per input, captioner config, seed, progress) -> a captioner with
+    # describe_words(inputs, batch_size) and save(dir) (genretr.captioner.fit_captioner; GRACE Sec. 3.3)
+    fit_captioner: object = None
 
 
 class IdentifierScheme(Protocol):

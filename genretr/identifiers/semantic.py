@@ -2,7 +2,7 @@
 
 An item captioned in the training split uses one of its own captions (`train_caption: first`, or
 `random`, seeded).  The test images' captions must stay unseen, so — as the paper does to avoid
-the leak — a captioner (`genretr.captioner`) is trained on the training items' (embedding,
+the leak — a captioner (`genretr.captioner`, given as `ctx.fit_captioner`) is trained on the training items' (embedding,
 captions) and writes their captions; `train_caption: generated` captions every image that way.
 Text and image–text items (other tasks' candidates) use their own text.  The captioner is saved
 under `<workdir>/captioner`.
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from genretr.data.captioning import item_images, wants_pixels, words
 from genretr.errors import GenretrError
 from genretr.identifiers.base import SPECIAL_TOKENS, IdTable
 from genretr.identifiers.common import append_counters, check_embeddings, counter_tokens
@@ -42,8 +43,6 @@ class SemanticIdentifier:
 
     def captions(self, items, x: np.ndarray, ctx) -> tuple[list[list[str]], list[str]]:
         """Each item's caption as words, and where it came from ("train", "text" or "captioner")."""
-        from genretr.captioner import fit_captioner, item_images, wants_pixels, words  # lazily: imports Lightning
-
         known = ctx.item_captions
         rng = np.random.default_rng(self.seed)
         seqs: list[list[str] | None] = [None] * len(items)
@@ -66,7 +65,10 @@ class SemanticIdentifier:
                 images = item_images(ctx.images, [items[i] for i in need], "semantic identifiers")
                 x = np.zeros((len(items), *images.shape[1:]), np.uint8)
                 x[need] = images
-            cap = fit_captioner(x[captioned], [list(known[items[i].id]) for i in captioned], self.captioner_cfg,
+            if ctx.fit_captioner is None:
+                raise GenretrError("semantic identifiers: the IdentifierContext has no fit_captioner to write the "
+                                   f"captions of {len(todo)} items (the identify stage gives genretr.captioner's)")
+            cap = ctx.fit_captioner(x[captioned], [list(known[items[i].id]) for i in captioned], self.captioner_cfg,
                                 self.seed, bool(ctx.progress))
             cap.save(Path(ctx.workdir) / "captioner")
             for i, ws in zip(todo, cap.describe_words(x[todo], batch_size=self.batch_size)):

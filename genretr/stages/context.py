@@ -45,6 +45,7 @@ class RunContext:
     _numerics: dict | None = field(default=None, repr=False)
     _decoder: object = field(default=None, repr=False)
     _add_ons: object = field(default=None, repr=False)
+    _query_vocabs: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         self.run_dir = Path(self.run_dir)
@@ -128,11 +129,14 @@ class RunContext:
         the add-ons' words (describe: one word per identifier token, since its prompt names an ID)."""
         from genretr.data.vocab import WordVocab
 
-        texts = [q.text for q in ds.splits["train"].queries if q.text]
-        texts += [x.text for x in ds.items.values() if x.text]
-        vocab = WordVocab.build(texts)
-        extra = self.add_ons().query_words(self, ds, table) if table is not None else []
-        return WordVocab(vocab.tokens + extra) if extra else vocab
+        key = (id(ds), id(table))  # built once per dataset and table (the train and evaluate stages ask again)
+        if key not in self._query_vocabs:
+            texts = [q.text for q in ds.splits["train"].queries if q.text]
+            texts += [x.text for x in ds.items.values() if x.text]
+            vocab = WordVocab.build(texts)
+            extra = self.add_ons().query_words(self, ds, table) if table is not None else []
+            self._query_vocabs[key] = (ds, table, WordVocab(vocab.tokens + extra) if extra else vocab)
+        return self._query_vocabs[key][2]
 
     def queries_of(self, ds: RetrievalDataset, emb: Embeddings, queries, table=None,
                    vecs: torch.Tensor | None = None) -> torch.Tensor | dict | list:

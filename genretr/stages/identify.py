@@ -44,6 +44,8 @@ def run(ctx: RunContext, ds: RetrievalDataset, emb: Embeddings, make_context=Non
 
 def scheme_context(ctx: RunContext, ds: RetrievalDataset, emb: Embeddings, items: list[str],
                    workdir: Path) -> IdentifierContext:
+    from genretr.captioner import fit_captioner  # lazily: imports Lightning
+
     captions: dict[str, list[str]] = {}
     pairs = [(q, r) for q in ds.splits["train"].queries for r in q.relevant]
     for q, r in pairs:
@@ -60,6 +62,7 @@ def scheme_context(ctx: RunContext, ds: RetrievalDataset, emb: Embeddings, items
         train_query_vecs=emb.queries([q.id for q, _ in pairs]).numpy() if pairs else np.zeros((0, 1)),
         train_query_items=[r for _, r in pairs], train_query_tasks=[q.task for q, _ in pairs],
         item_modalities=[ds.items[i].modality for i in items], describe=describe, images=ds.images,
+        fit_captioner=fit_captioner,
         cache_dir=ctx.store.work("identify-cache", keys.identify_cache(ctx)))
 
 

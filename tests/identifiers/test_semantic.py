@@ -8,7 +8,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from genretr.captioner import Captioner, words
+from genretr.captioner import Captioner, fit_captioner, words
 from genretr.errors import GenretrError
 from genretr.identifiers.base import IdentifierContext, SPECIAL_TOKENS
 from genretr.identifiers.common import append_counters
@@ -46,7 +46,7 @@ def toy(n=48, n_train=36, d=16):
 
 def ctx(tmp_path, captions):
     return IdentifierContext(train_texts=[c for cs in captions.values() for c in cs], workdir=tmp_path, seed=0,
-                           progress=False, item_captions=captions)
+                           progress=False, item_captions=captions, fit_captioner=fit_captioner)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import torch
 from genretr.data.schema import Item
 from genretr.errors import MissingWeightsError
 from genretr.generators import Request
-from genretr.generators.mllm import MLLMGenerator
+from genretr.backbones.mllm_generator import MLLMGenerator
 from genretr.identifiers.base import IdentifierContext
 from genretr.identifiers.ssid import SsidIdentifier
 
