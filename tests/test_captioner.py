@@ -1,7 +1,6 @@
 """genretr.captioner: a tiny embedding → caption model (GRACE Sec. 3.3 / Appendix A)."""
 import numpy as np
 import pytest
-import torch
 
 from genretr.captioner import Captioner, build_vocab, fit_captioner, join_words, words
 from genretr.errors import GenretrError
@@ -22,12 +21,7 @@ def toy(n=40, d=16, seed=0):
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), label
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -16,12 +16,7 @@ from genretr.identifiers.base import EOS, PAD, IdTable
 from tests.conftest import compose_cfg
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny(seed=0, V=12, src_V=20, dropout=0.0, **kw):

@@ -19,12 +19,7 @@ REASONS = ["it is red and round", "it is a red box", "a blue box on the left", "
 QUERIES = ["a red round thing", "a red box", "a blue box at the left", "a green star shape"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def images(n, seed=0):

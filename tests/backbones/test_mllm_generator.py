@@ -15,12 +15,7 @@ from genretr.identifiers.base import IdentifierContext
 from genretr.identifiers.ssid import SsidIdentifier
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def Ctx(workdir: Path, images: np.ndarray, **kw) -> IdentifierContext:

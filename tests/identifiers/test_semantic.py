@@ -4,7 +4,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -22,12 +21,7 @@ TINY = {"model": dict(d_model=32, num_layers=1, num_heads=2, d_ff=64, dropout=0.
         "fit": dict(max_epochs=20, batch_size=24), "max_len": 12}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def toy(n=48, n_train=36, d=16):
