@@ -118,3 +118,18 @@ def test_kmeans_lives_in_quantizers():
 def _source(module: str) -> str:
     path = PACKAGE_DIR.joinpath(*module.split(".")[1:])
     return (path / "__init__.py" if path.is_dir() else path.with_suffix(".py")).read_text()
+
+
+def test_stages_never_branch_on_backbone_kind_or_method():
+    """What differs between kinds of decoder is its adapter's (genretr.stages.decoders) and an add-on is a
+    component (genretr.stages.addons): no condition in a stage reads the method, the backbone's kind or input."""
+    flags = ("method.name", "backbone.kind", "backbone.input", "backbone.get", "backbone.model._target_")
+    found = []
+    for path in sorted((PACKAGE_DIR / "stages").rglob("*.py")):
+        if "decoders" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            tests = [node.test] if isinstance(node, (ast.If, ast.IfExp, ast.While)) else []
+            tests += node.ifs if isinstance(node, ast.comprehension) else []
+            found += [f"{path.name}:{t.lineno}: {ast.unparse(t)}" for t in tests if any(f in ast.unparse(t) for f in flags)]
+    assert found == []
