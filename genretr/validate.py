@@ -125,10 +125,15 @@ def _check_engine(cfg) -> None:
 
 def _check_adapter(cfg) -> None:
     """A generative run's backbone names its decoder adapter (genretr.stages.decoders)."""
-    if _get(cfg, "method.name") != "embedding" and _get(cfg, "backbone.adapter._target_") in (ABSENT, None):
+    generative = _get(cfg, "method.name") != "embedding"
+    if generative and _get(cfg, "backbone.adapter._target_") in (ABSENT, None):
         raise GenretrError("backbone.adapter._target_ is missing: the backbone YAML names how the stages drive its "
                            "decoder, e.g. adapter: {_target_: genretr.stages.decoders.sequence.SequenceDecoder} "
                            "(see conf/backbone/t5.yaml)")
+    if generative != (_get(cfg, "method.decoder", None) not in (ABSENT, None)):
+        raise GenretrError(f"method.name={_get(cfg, 'method.name')} with method.decoder="
+                           f"{'set' if not generative else 'null'}: a generative method names its decoder "
+                           "(decoder: ${backbone.adapter}, conf/method/generative.yaml), the embedding one none")
 
 
 def _check_add_ons(cfg) -> None:

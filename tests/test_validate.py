@@ -156,3 +156,9 @@ def test_wandb_mode_is_not_a_second_switch(make_cfg, no_wandb_key, monkeypatch):
 
 def test_wandb_offline_flag_must_be_a_boolean(make_cfg, no_wandb_key):
     assert "logger.offline=maybe is not one of true, false" in refusal(make_cfg("logger=wandb", "logger.offline=maybe"))
+
+
+@pytest.mark.parametrize("overrides", [["method.decoder=null"], ["method=embedding", "method.name=generative"]])
+def test_a_generative_method_names_its_decoder_and_the_embedding_one_none(make_cfg, overrides):
+    with pytest.raises(GenretrError, match=r"a generative method names its decoder"):
+        validate(make_cfg(*overrides))

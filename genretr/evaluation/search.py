@@ -118,7 +118,8 @@ class ReasonAfterIdentifier(SearchAddOn):
 
 def generative_searcher(model, trie, table: IdTable, decoding, top_k: int, progress: bool, add_ons=(),
                         classifier_pool: IdTable | None = None, step_dtype: str = "float32"):
-    """`decoding` is the config's `decoding` node; `add_ons`: the `SearchAddOn`s, applied in order; `step_dtype`:
+    """`decoding` is the config's `decoding` node (its engine, beams, length penalty, batch size and compile flag;
+    free generation and re-ranking come as `add_ons`, the `SearchAddOn`s, applied in order); `step_dtype`:
     the dtype of the genretr engine's model step (its scores stay fp32; the HF engine runs the model as it is)."""
     engine = decoding.get("engine", "genretr")
     beams, lp, bs = int(decoding.num_beams), float(decoding.length_penalty), int(decoding.batch_size)

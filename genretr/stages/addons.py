@@ -18,7 +18,9 @@ The hooks, every one a no-op in `AddOn`; for a run's `ctx` (`RunContext`), datas
 - ``metrics(ctx, ds, emb, model, table)``: results of the evaluate stage beside the tasks'.
 
 An add-on names the config option that turns it on (``option``, for messages); a decoder adapter lists the
-add-ons it can take (``add_ons``), and `AddOns.check` refuses the others in one line before any stage runs.
+add-ons it can take (``add_ons``), and `AddOns.check` refuses the others in one line before any stage runs
+(`genretr.validate`), except `train.reason=auto`, which engages only when the IdTable carries rationales and
+is checked again at the train stage.
 """
 from __future__ import annotations
 
@@ -190,7 +192,7 @@ class AddOns(list):
         """Refuse, in one line, an add-on engaged in this run that the decoder adapter cannot take (its
         ``add_ons``)."""
         for a in self:
-            if decoder is not None and a.name not in decoder.add_ons and a.engaged(ctx, table):
+            if decoder is not None and a.engaged(ctx, table) and a.name not in decoder.add_ons:
                 raise GenretrError(f"{a.option} ({a.name}) is not taken by {type(decoder).__name__} "
                                    f"(backbone.adapter){': it needs ' + a.needs if a.needs else ''}")
 

@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 def captions_for(ctx: RunContext, ds, emb, item_ids: list[str], every_item: bool = False) -> dict[str, str]:
     """{item id: written caption} for `item_ids` without a training caption (or all of them with every_item)."""
-    from genretr.captioner import fit_captioner, item_images, wants_pixels
+    from genretr.captioner import fit_captioner
+    from genretr.data.captioning import item_images, wants_pixels
 
     cfg = ctx.cfg
     have: dict[str, list[str]] = {}

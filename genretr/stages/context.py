@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from genretr.artifacts import ArtifactStore, plain_dict
 from genretr.data.embeddings import Embeddings
@@ -59,7 +59,8 @@ class RunContext:
         if self._numerics is None:  # once per run (the installed versions are read from package metadata)
             from genretr.stages.keys import numerics
 
-            self._numerics = numerics(plain_dict(self.cfg.trainer), devices(self.cfg.trainer))
+            trainer = plain_dict(self.cfg.trainer)
+            self._numerics = numerics(trainer, devices(trainer))
         return {"threads": torch.get_num_threads(), **self._numerics}
 
     # -- tasks, splits and pools ----------------------------------------------------------------------
