@@ -51,7 +51,8 @@ class Captioner:
 
     @torch.no_grad()
     def describe_words(self, vecs, num_beams: int | None = None, batch_size: int = 256) -> list[list[str]]:
-        """The best caption of each vector as a word list (beam search, `num_beams=1`: greedy)."""
+        """The best caption of each vector as a word list (beam search, `num_beams=1`: greedy), up to its `</s>`;
+        `<pad>` is no word and is left out (an under-trained captioner may still give it mass)."""
         from genretr.decoding.engine import beam_search
 
         z = _inputs(vecs, self.pixels, self.model.hparams.input_dim)
@@ -61,7 +62,7 @@ class Captioner:
         res = beam_search(self.model, z, None, num_beams=num_beams or self.num_beams,
                           length_penalty=self.length_penalty, max_len=self.max_len, batch_size=batch_size)
         best = res.tokens[:, 0].tolist()
-        return [[self.vocab[t] for t in seq[: seq.index(EOS) if EOS in seq else len(seq)]] for seq in best]
+        return [[self.vocab[t] for t in seq[: seq.index(EOS) if EOS in seq else len(seq)] if t != PAD] for seq in best]
 
     def describe(self, vecs, num_beams: int | None = None, batch_size: int = 256) -> list[str]:
         """The best caption of each vector as a string."""

@@ -326,7 +326,7 @@ def _check_universal(cfg, kind: str | None) -> None:
         raise GenretrError("eval.pool=universal: dataset shapes builds no universal pool (set dataset.universal=true)")
     if kind == "mbeir" and not (_get(cfg, "dataset.universal", None) or {}).get(split):
         raise GenretrError(f"eval.pool=universal: dataset.universal names no pool file for split {split} "
-                           f"(e.g. dataset.universal.{split}=cand_pool/global/mbeir_union_{split}_cand_pool.jsonl)")
+                           f"(e.g. +dataset.universal.{split}=cand_pool/global/mbeir_union_{split}_cand_pool.jsonl)")
     if kind in ("karpathy", "precomputed"):
         raise GenretrError(f"eval.pool=universal: dataset {_get(cfg, 'dataset.name', kind)} has no universal pool "
                            "(eval.pool=task)")

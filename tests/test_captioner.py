@@ -39,6 +39,18 @@ def test_learns_to_reproduce_the_captions(captioner):
     assert ws == [words(TEMPLATES[label[0]])]
 
 
+def test_pad_is_no_word(captioner, monkeypatch):
+    """An under-trained captioner's best beam may hold <pad>: the caption leaves it out and ends at </s>."""
+    import torch
+
+    from genretr.decoding import engine
+
+    red, circle = captioner.index["red"], captioner.index["circle"]
+    tokens = torch.tensor([[[red, 0, circle, 1, red]]])  # (queries, beams, length): red <pad> circle </s> red
+    monkeypatch.setattr(engine, "beam_search", lambda *a, **k: type("R", (), {"tokens": tokens})())
+    assert captioner.describe_words(toy(n=1)[0]) == [["red", "circle"]]
+
+
 def test_save_and_load_describe_the_same(captioner, tmp_path):
     captioner.save(tmp_path / "cap")
     again = Captioner.load(tmp_path / "cap")

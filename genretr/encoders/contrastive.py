@@ -31,6 +31,12 @@ class ContrastiveEncoder(L.LightningModule):
     def prepare_texts(self, texts: list[str], fit_texts: list[str] | None = None) -> torch.Tensor:
         return self.text_tower.prepare(texts, fit_texts)
 
+    def trains_embeddings(self) -> bool:
+        """Whether training can change an embedding: some tower parameter is trainable.  The temperature alone
+        rescales every score and leaves every ranking as it is."""
+        towers = (self.image_tower, self.text_tower)
+        return any(p.requires_grad for tower in towers for p in tower.parameters())
+
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.image_tower(images), dim=-1)
 

@@ -146,11 +146,11 @@ class KeywordsGenerator:
     def generate(self, requests: list[Request]) -> list[str]:
         out = []
         for r in requests:
-            captions = [c for c in (r.caption, *r.captions) if c]
-            if not captions:
+            if r.caption is None and not r.captions:
                 raise GenretrError(f"the keywords generator needs a caption for item '{r.item_id}'")
-            identifier, reason = self.compose(captions)
-            out.append(f"caption:{captions[0]}\nidentifier:{identifier}\nreason:{reason}")
+            captions = [c for c in (r.caption, *r.captions) if c]  # a written caption may be empty
+            identifier, reason = self.compose(captions) if captions else ("", "")
+            out.append(f"caption:{captions[0] if captions else ''}\nidentifier:{identifier}\nreason:{reason}")
         return out
 
     def signature(self) -> dict:

@@ -1,9 +1,9 @@
 """Captioner-written queries (GRACE Appendix A pseudo-queries; CART Sec. 3.3 caption enhancement).
 
 A captioner (`genretr.captioner`) is trained on the train split's (image embedding, caption) pairs, then
-writes captions for pool items; they are embedded by the run's own encoder like real queries and added
-to the decoder's training samples.  GRACE writes them for the images that have no training query
-(the test pool); CART for every item (`every_item=True`).  The captions are a cached stage artifact.
+writes captions for pool items; they are embedded by the run's own encoder like real queries (when the
+decoder reads query vectors) and added to the decoder's training samples.  GRACE writes them for the images
+that have no training query (the test pool); CART for every item (`every_item=True`).  The captions are a cached stage artifact.
 """
 from __future__ import annotations
 
@@ -56,8 +56,16 @@ def captions_for(ctx: RunContext, ds, emb, item_ids: list[str], every_item: bool
 
 def pseudo_queries(ctx: RunContext, ds, emb, table, every_item: bool = False) -> PseudoQueries:
     written = captions_for(ctx, ds, emb, list(table.item_ids), every_item)
+    empty = [i for i, text in written.items() if not text.strip()]
+    if empty:  # an under-trained captioner may end a caption at once: no query to learn from
+        log.warning("pseudo-queries: %d of %d written captions are empty and left out (e.g. item %s)",
+                    len(empty), len(written), empty[0])
+    written = {i: text for i, text in written.items() if text.strip()}
     ids = list(written)
     texts = [written[i] for i in ids]
-    vecs = ctx.embed_texts(ds, texts) if texts else torch.zeros(0, emb.item_vecs.shape[1])
+    if texts and ctx.reads_query_vectors():
+        vecs = ctx.embed_texts(ds, texts)
+    else:  # nothing reads a written query's vector (a token-input decoder, e.g. CART on given ImageBind features)
+        vecs = torch.zeros(len(texts), emb.item_vecs.shape[1])
     log.info("pseudo-queries: %d written, e.g. %s", len(ids), texts[:2])
     return PseudoQueries(texts, vecs, ids)

@@ -124,7 +124,10 @@ def fit_and_embed(cfg, ds: RetrievalDataset, splits, seed: int, instructions: bo
     row = {t: i for i, t in enumerate(texts)}
     image_index, train_caps = caption_groups(ds)
     text_inputs = prepare_texts(encoder, texts, [c for cs in train_caps for c in cs], store)
-    if int(cfg.fit.max_epochs) > 0:
+    if int(cfg.fit.max_epochs) > 0 and not encoder.trains_embeddings():
+        log.warning("encoder: both towers are frozen, so training would move only the temperature, which changes "
+                    "no ranking: encoder.fit.max_epochs=%s skipped (unfreeze a tower to fine-tune)", cfg.fit.max_epochs)
+    elif int(cfg.fit.max_epochs) > 0:
         if all_tasks:
             pairs = QueryTargetPairs(ds.images, sides, text_inputs, row)
         else:

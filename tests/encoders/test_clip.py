@@ -18,6 +18,11 @@ TEXTS = ["a red circle", "a big blue square on the left", "Green triangle!", "x"
 
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory) -> Path:
+    return write_tiny_clip(tmp_path_factory.mktemp("tiny_clip"))
+
+
+def write_tiny_clip(d: Path) -> Path:
+    """A tiny random CLIPModel, its tokenizer and image processor saved to `d` by save_pretrained."""
     from tokenizers import pre_tokenizers
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
     try:
@@ -25,7 +30,6 @@ def clip_dir(tmp_path_factory) -> Path:
     except ImportError:  # pragma: no cover
         from transformers import CLIPImageProcessor as Processor
 
-    d = tmp_path_factory.mktemp("tiny_clip")
     # A byte-level vocab with no merges: every character is a token (word-final ones with </w>).
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     vocab = {t: i for i, t in enumerate(alphabet + [c + "</w>" for c in alphabet]

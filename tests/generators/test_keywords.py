@@ -54,5 +54,7 @@ def test_needs_a_caption():
     with pytest.raises(GenretrError, match="caption for item 'x'"):
         fitted().generate([Request("x", "prompt")])
     assert fitted().compose(["the of and"]) == ("", "")
+    # a written but empty caption (an under-trained captioner's) names nothing; SSID then falls back
+    assert not parse(fitted().generate([Request("x", "prompt", "")])[0], 10).kind
     with pytest.raises(GenretrError):
         KeywordsGenerator(max_words=0)
