@@ -195,11 +195,15 @@ class MLLMRetriever(L.LightningModule):
         return inst + (f"\nquery: {s['text']}" if s.get("text") else "")
 
     def prompt(self, s: dict, train: bool) -> str:
+        """The checkpoint's chat template rendered for one user turn (the processor's, else its tokenizer's:
+        `IdeficsProcessor` keeps none), or a plain USER/ASSISTANT prompt when the checkpoint has none."""
         has_image, text = s.get("image") is not None, self.user_text(s, train)
-        if getattr(self.processor, "chat_template", None):
+        renderer = next((x for x in (self.processor, self.processor.tokenizer)
+                         if getattr(x, "chat_template", None)), None)
+        if renderer is not None:
             content = ([{"type": "image"}] if has_image else []) + [{"type": "text", "text": text}]
-            return self.processor.apply_chat_template([{"role": "user", "content": content}],
-                                                      add_generation_prompt=True, tokenize=False)
+            return renderer.apply_chat_template([{"role": "user", "content": content}],
+                                                add_generation_prompt=True, tokenize=False)
         return f"USER: {self.image_placeholder if has_image else ''}{text}\nASSISTANT:"
 
     def token_ids(self, text: str) -> list[int]:
