@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from genretr.data import karpathy, mbeir, precomputed, shapes
 from genretr.data.schema import TASK_TARGET, UNIVERSAL
@@ -105,6 +106,7 @@ def validate(cfg: DictConfig) -> None:
     _check_adapter(cfg)
     _check_add_ons(cfg)
     _check_engine(cfg)
+    _check_generator(cfg)
     _check_scheme_options(cfg)
     _check_wandb(cfg)
 
@@ -121,6 +123,21 @@ def _check_engine(cfg) -> None:
     if not hasattr(get_class(str(target)), "generate"):
         raise GenretrError(f"decoding.engine=hf needs a backbone with HF generate; {str(target).rsplit('.', 1)[-1]} "
                            "(backbone.model._target_) is searched by decoding.engine=genretr only")
+
+
+def _check_generator(cfg) -> None:
+    """The generator an identifier asks (SSID's) resolves; generator=backbone needs an MLLM backbone."""
+    scheme = cfg.get("identifier")
+    if not isinstance(scheme, DictConfig) or "generator" not in OmegaConf.to_container(scheme, resolve=False):
+        return
+    try:
+        OmegaConf.to_container(cfg.generator, resolve=True)
+    except OmegaConfBaseException as e:
+        if "backbone.family" in str(e):
+            raise GenretrError(f"generator=backbone asks the run's MLLM backbone, and backbone "
+                               f"{_get(cfg, 'backbone.model._target_', '?')} is none (use backbone=qwen25vl|llava|"
+                               "idefics, or generator=keywords|qwen25vl|llava|idefics)") from None
+        raise GenretrError(f"generator: {str(e).splitlines()[0]}") from None
 
 
 def _check_adapter(cfg) -> None:

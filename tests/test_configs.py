@@ -66,3 +66,33 @@ def test_experiment_presets_define_sweeps(tmp_path):
         shared = any(f"- {name}\n" in (CONF / "experiment" / f"{o}.yaml").read_text()
                      for o in options("experiment") if o != name)
         assert cfg.hydra.sweeper.params or shared, f"experiment={name} sweeps nothing and no preset builds on it"
+
+
+@pytest.mark.parametrize("family", ["qwen25vl", "llava", "idefics"])
+def test_ssid_on_an_mllm_asks_that_mllm(family, tmp_path):
+    """`identifier=ssid backbone=<MLLM>` (the design card's command): the backbone writes its own identifiers,
+    with its own weights, unless generator= says otherwise."""
+    from hydra.utils import instantiate
+
+    from genretr.backbones.mllm_generator import MLLMGenerator
+    from genretr.generators.keywords import KeywordsGenerator
+
+    cfg = compose_cfg(["identifier=ssid", f"backbone={family}", f"backbone.model.pretrained={tmp_path}/w"], tmp_path,
+                      tmp_path / "cache")
+    gen = instantiate(cfg.identifier.generator)
+    assert isinstance(gen, MLLMGenerator) and gen.model == family and gen.pretrained == f"{tmp_path}/w"
+    assert gen.dtype == cfg.backbone.model.dtype
+    other = compose_cfg(["identifier=ssid", f"backbone={family}", "generator=keywords"], tmp_path, tmp_path / "cache")
+    assert isinstance(instantiate(other.identifier.generator), KeywordsGenerator)
+    t5 = compose_cfg(["identifier=ssid"], tmp_path, tmp_path / "cache")
+    assert isinstance(instantiate(t5.identifier.generator), KeywordsGenerator)
+
+
+def test_generator_backbone_needs_an_mllm_backbone(tmp_path):
+    from genretr.errors import GenretrError
+    from genretr.validate import validate
+
+    cfg = compose_cfg(["identifier=ssid", "generator=backbone"], tmp_path, tmp_path / "cache")
+    with pytest.raises(GenretrError, match=r"^generator=backbone asks the run's MLLM backbone.*T5PrefixDecoder is none"):
+        validate(cfg)
+    validate(compose_cfg(["identifier=string", "generator=backbone"], tmp_path, tmp_path / "cache"))  # unused: fine
