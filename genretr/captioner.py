@@ -19,7 +19,6 @@ from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset, default_collate
@@ -29,6 +28,7 @@ from genretr.backbones.t5_prefix import T5PrefixDecoder
 from genretr.data.captioning import item_images, join_words, wants_pixels, words  # noqa: F401 (also this module's API)
 from genretr.errors import GenretrError
 from genretr.identifiers.base import EOS, PAD, SPECIAL_TOKENS
+from genretr.training import small_fit_trainer
 
 UNK = 2
 VOCAB_SPECIALS = [*SPECIAL_TOKENS, "<unk>"]
@@ -122,9 +122,9 @@ def _inputs(x, pixels: bool, dim: int | None = None) -> torch.Tensor:
 
 
 def fit_captioner(vecs, captions_per_vec: list[list[str]], cfg: Mapping, seed: int = 0,
-                  progress: bool = False) -> Captioner:
-    """Train a captioner on every (input, caption) pair; `cfg` is conf/captioner/*.yaml.  The inputs are item
-    vectors, or images with `input: pixels`."""
+                  progress: bool = False, device="cpu") -> Captioner:
+    """Train a captioner on every (input, caption) pair on `device` (where it then describes); `cfg` is
+    conf/captioner/*.yaml.  The inputs are item vectors, or images with `input: pixels`."""
     cfg = plain_dict(cfg)
     pixels = wants_pixels(cfg)
     vecs = _inputs(vecs, pixels)
@@ -149,10 +149,7 @@ def fit_captioner(vecs, captions_per_vec: list[list[str]], cfg: Mapping, seed: i
     fit = cfg["fit"]
     loader = DataLoader(TensorDataset(z, labels), batch_size=int(fit["batch_size"]), shuffle=True,
                         generator=torch.Generator().manual_seed(seed), collate_fn=_decoder_batch)
-    trainer = L.Trainer(max_epochs=int(fit["max_epochs"]), accelerator=fit.get("accelerator", "cpu"), devices=1,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=progress,
-                        enable_model_summary=False, num_sanity_val_steps=0)
     model.train()
-    trainer.fit(model, train_dataloaders=loader)
-    cap.model = model.eval()
+    small_fit_trainer(int(fit["max_epochs"]), progress, device).fit(model, train_dataloaders=loader)
+    cap.model = model.to(device).eval()
     return cap

@@ -8,6 +8,7 @@ run it natively, fp32 elsewhere; one torch thread per job when jobs share the ma
   (``auto`` | ``bf16`` | ``fp32``): ``bf16-mixed`` (autocast; weights, optimiser and loss stay fp32) or ``32-true``.
 * `step_dtype(precision, device)`: the dtype of the search's model step (its scores stay fp32).
 * `auto_threads(threads, n_jobs)`: torch's intra-op threads for a run.
+* `run_device(accelerator, devices)`: the one device a run's stages put their models and tensors on.
 """
 from __future__ import annotations
 
@@ -105,6 +106,28 @@ def auto_threads(threads, n_jobs: int = 1) -> int:
     if threads not in (None, "auto"):
         return int(threads)
     return max(1, cores() // max(1, int(n_jobs)))
+
+
+def run_device(accelerator: str = "cpu", devices=1):
+    """The torch device of this process for the trainer's `accelerator` (cpu | gpu | cuda | auto | mps) and
+    `devices`: the process's own GPU under DDP (LOCAL_RANK), the first listed one for a device list."""
+    import torch
+
+    from genretr.errors import GenretrError
+
+    accelerator = str(accelerator)
+    if accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if accelerator == "mps":
+        return torch.device("mps")
+    if accelerator not in ("gpu", "cuda", "auto"):
+        raise GenretrError(f"trainer.accelerator={accelerator} is not one of cpu, gpu, cuda, auto, mps")
+    if not torch.cuda.is_available():
+        raise GenretrError(f"trainer.accelerator={accelerator}, but torch sees no CUDA device (use trainer=cpu)")
+    listed = [int(d) for d in str(devices).split(",") if d.strip()] if isinstance(devices, str) and "," in devices \
+        else list(devices) if isinstance(devices, (list, tuple)) else None
+    rank = int(os.environ.get("LOCAL_RANK", 0))
+    return torch.device("cuda", int(listed[rank]) if listed else rank)
 
 
 def describe(precision: str, accelerator: str, device: str = "cpu") -> dict:

@@ -69,6 +69,22 @@ class StopAfterEpochs(Callback):
             raise SimulatedKill(f"simulated kill after {self.n} epochs")
 
 
+def small_fit_trainer(max_epochs: int, progress: bool = False, device="cpu") -> L.Trainer:
+    """A one-process Trainer on `device` (the run's, `genretr.hardware.run_device`) without logger or checkpoints,
+    for the small fits inside a stage (quantizers, captioner)."""
+    device = torch.device(device)
+    accelerator = {"cuda": "gpu", "mps": "mps"}.get(device.type, "cpu")
+    callbacks = []
+    if progress:
+        from lightning.pytorch.callbacks import RichProgressBar
+
+        callbacks.append(RichProgressBar(leave=False))
+    return L.Trainer(max_epochs=max_epochs, accelerator=accelerator,
+                     devices=[device.index or 0] if accelerator == "gpu" else 1, logger=False,
+                     enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
+                     num_sanity_val_steps=0, callbacks=callbacks)
+
+
 def fit(module: L.LightningModule, datamodule: L.LightningDataModule, cfg, workdir: Path, max_epochs: int,
         logger=None, extra_callbacks=(), **trainer_kwargs) -> L.LightningModule:
     """Train `module` for `max_epochs`, resuming from `workdir/last.ckpt` when present."""

@@ -114,6 +114,7 @@ class IdentifierContext:
     # fit_captioner(inputs, captions per input, captioner config, seed, progress) -> a captioner with
     # describe_words(inputs, batch_size) and save(dir) (genretr.captioner.fit_captioner; GRACE Sec. 3.3)
     fit_captioner: object = None
+    device: object = "cpu"  # where a scheme trains and runs its models (the run's, genretr.hardware.run_device)
 
 
 class IdentifierScheme(Protocol):

@@ -74,7 +74,7 @@ class CartIdentifier:
         if self.use_rqvae:
             model, fine = fit_rqvae(residual, seed=seed, max_epochs=self.epochs, batch_size=self.batch_size,
                                     warmup_epochs=self.warmup_epochs, progress=bool(ctx.progress),
-                                    **self.rqvae_kwargs)
+                                    device=ctx.device, **self.rqvae_kwargs)
             m = model.metrics(torch.from_numpy(residual))
             stats.update(rqvae_recon_mse=m["recon_mse"], rqvae_recon_rel_error=m["recon_rel_error"],
                          rqvae_latent_rel_error=m["latent_rel_error"], fine_usage=m["usage"])

@@ -69,7 +69,7 @@ class GeniusIdentifier:
 
         model = fit_modality_decoupled(qv[q_rows], t_rows, x, modalities, seed=seed, max_epochs=self.epochs,
                                        batch_size=self.batch_size, progress=bool(ctx.progress),
-                                       **self.quantizer_kwargs)
+                                       device=ctx.device, **self.quantizer_kwargs)
         self.model = model
         vectors = torch.from_numpy(x)
         codes = model.encode_items(vectors, modalities).numpy()

@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from genretr.data.schema import IMAGE, PAIR, TEXT
 from genretr.errors import GenretrError
 from genretr.quantizers.residual import ResidualQuantizer
-from genretr.quantizers.rqvae import cpu_trainer
+from genretr.training import small_fit_trainer
 
 MODALITIES = (IMAGE, TEXT, PAIR)  # first-level codes 0, 1, 2 (GENIUS Fig. 3)
 
@@ -161,10 +161,12 @@ class ModalityDecoupledQuantizer(L.LightningModule):
 
 def fit_modality_decoupled(query_vecs: np.ndarray, target_rows: np.ndarray, item_vecs: np.ndarray,
                            item_modalities: Sequence[str], *, seed: int = 0, max_epochs: int = 20,
-                           batch_size: int = 256, progress: bool = False, **model_kwargs) -> ModalityDecoupledQuantizer:
+                           batch_size: int = 256, progress: bool = False, device="cpu",
+                           **model_kwargs) -> ModalityDecoupledQuantizer:
     """Train on (query, target item) pairs: `target_rows[j]` is the row in `item_vecs` of query j's target.
 
-    CPU Lightning Trainer, no logger or checkpoints; deterministic given `seed`, caller's RNG untouched.
+    Lightning Trainer on `device` (the model comes back on the CPU), no logger or checkpoints; deterministic given
+    `seed` on a CPU, caller's RNG untouched.
     """
     items = torch.as_tensor(np.asarray(item_vecs, dtype=np.float32))
     queries = torch.as_tensor(np.asarray(query_vecs, dtype=np.float32))
@@ -177,5 +179,5 @@ def fit_modality_decoupled(query_vecs: np.ndarray, target_rows: np.ndarray, item
         model = ModalityDecoupledQuantizer(dim=items.shape[1], **model_kwargs)
         data = TensorDataset(queries, items[rows], modality[rows], rows)
         loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
-        cpu_trainer(max_epochs, progress).fit(model, loader)
-    return model.eval()
+        small_fit_trainer(max_epochs, progress, device).fit(model, loader)
+    return model.cpu().eval()

@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from genretr.quantizers.residual import ResidualQuantizer
+from genretr.training import small_fit_trainer
 
 
 def mlp(sizes: Sequence[int]) -> nn.Sequential:
@@ -81,9 +82,10 @@ class RQVAE(L.LightningModule):
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
-        """Codes (n, M) of x, in eval mode."""
+        """Codes (n, M) of x on the CPU, in eval mode, each batch on the model's device."""
         self.eval()
-        return torch.cat([self.quantizer.encode(self.encoder(x[s:s + batch_size]))
+        device = next(self.parameters()).device
+        return torch.cat([self.quantizer.encode(self.encoder(x[s:s + batch_size].to(device))).cpu()
                           for s in range(0, len(x), batch_size)])
 
     @torch.no_grad()
@@ -102,21 +104,11 @@ class RQVAE(L.LightningModule):
                 "usage": self.quantizer.usage(codes)}
 
 
-def cpu_trainer(max_epochs: int, progress: bool) -> L.Trainer:
-    """A one-process CPU Trainer without logger or checkpoints, for the identify stage's small fits."""
-    callbacks = []
-    if progress:
-        from lightning.pytorch.callbacks import RichProgressBar
-
-        callbacks.append(RichProgressBar(leave=False))
-    return L.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                     enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
-                     callbacks=callbacks)
-
-
 def fit_rqvae(vectors: np.ndarray, *, seed: int = 0, max_epochs: int = 100, batch_size: int = 256,
-              warmup_epochs: float = 60, progress: bool = False, **model_kwargs) -> tuple[RQVAE, np.ndarray]:
-    """Train an `RQVAE` on `vectors` (n, d) with a CPU Lightning Trainer; return it and the codes (n, M).
+              warmup_epochs: float = 60, progress: bool = False, device="cpu",
+              **model_kwargs) -> tuple[RQVAE, np.ndarray]:
+    """Train an `RQVAE` on `vectors` (n, d) with a Lightning Trainer on `device`; return it (on the CPU) and the
+    codes (n, M).
 
     Deterministic given `seed` (single-process CPU; the Trainer's `deterministic` flag is left off
     because it switches torch's global deterministic mode on for the rest of the process); the
@@ -130,5 +122,6 @@ def fit_rqvae(vectors: np.ndarray, *, seed: int = 0, max_epochs: int = 100, batc
         model = RQVAE(input_dim=x.shape[1], warmup_steps=int(warmup_epochs * steps_per_epoch), **model_kwargs)
         loader = DataLoader(TensorDataset(x), batch_size=batch_size, shuffle=True,
                             generator=torch.Generator().manual_seed(seed))
-        cpu_trainer(max_epochs, progress).fit(model, loader)
-    return model, model.encode(x).numpy()
+        small_fit_trainer(max_epochs, progress, device).fit(model, loader)
+    codes = model.to(device).encode(x)
+    return model.cpu(), codes.numpy()

@@ -45,7 +45,8 @@ def captions_for(ctx: RunContext, ds, emb, item_ids: list[str], every_item: bool
 
     def write(tmp: Path):
         train = sorted(have)
-        cap = fit_captioner(inputs(train), [have[i] for i in train], cfg.captioner, int(cfg.seed), bool(cfg.progress))
+        cap = fit_captioner(inputs(train), [have[i] for i in train], cfg.captioner, int(cfg.seed), bool(cfg.progress),
+                            device=ctx.device)
         cap.save(tmp / "captioner")
         texts = cap.describe(inputs(todo)) if todo else []
         (tmp / "captions.json").write_text(json.dumps(dict(zip(todo, texts))))

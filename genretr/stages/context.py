@@ -46,11 +46,21 @@ class RunContext:
     _decoder: object = field(default=None, repr=False)
     _add_ons: object = field(default=None, repr=False)
     _query_vocabs: dict = field(default_factory=dict, repr=False)
+    _device: object = field(default=None, repr=False)
 
     def __post_init__(self):
         self.run_dir = Path(self.run_dir)
         if self.store is None:
             self.store = ArtifactStore(self.cfg.paths.cache_dir, distributed=processes(self.cfg.trainer) > 1)
+
+    @property
+    def device(self) -> torch.device:
+        """The device every stage puts its models and tensors on (`genretr.hardware.run_device` of the trainer)."""
+        if self._device is None:
+            from genretr.hardware import run_device
+
+            self._device = run_device(self.cfg.trainer.get("accelerator", "cpu"), devices(self.cfg.trainer))
+        return self._device
 
     # -- what keys a trained artifact -----------------------------------------------------------------
     def numerics(self) -> dict:
@@ -163,10 +173,12 @@ class RunContext:
             from genretr.data.tokenizer import load
 
             encoder.text_tower.tokenizer = load(path / "tokenizer.json")
-        encoder.load_state_dict(torch.load(path / "encoder.pt"))
-        encoder.eval()
+        encoder.load_state_dict(torch.load(path / "encoder.pt", map_location="cpu"))
+        encoder.to(self.device).eval()
         if self.instructions():
             texts = [f"{INSTRUCTIONS['t2i']} {t}" for t in texts]
         inputs = encoder.prepare_texts(texts)
         bs = int(self.cfg.encoder.fit.batch_size)
-        return torch.cat([encoder.embed_texts(inputs[s:s + bs]) for s in range(0, len(texts), bs)])
+        with torch.no_grad():
+            return torch.cat([encoder.embed_texts(inputs[s:s + bs].to(self.device)).cpu()
+                              for s in range(0, len(texts), bs)])

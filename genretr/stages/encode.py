@@ -75,12 +75,17 @@ def query_target_sides(ds: RetrievalDataset, instructions: bool):
 
 @torch.no_grad()
 def embed(encoder, ds: RetrievalDataset, items, queries, texts, text_inputs, batch_size: int,
-          instructions: bool = False):
-    """(item vectors, query vectors); images are embedded once each, texts once each."""
-    encoder.eval()
+          instructions: bool = False, device="cpu"):
+    """(item vectors, query vectors) on the CPU, each batch embedded on `device`; images are embedded once each,
+    texts once each."""
+    encoder.to(device).eval()
     images = torch.from_numpy(ds.images)
-    img = torch.cat([encoder.embed_images(images[s:s + batch_size]) for s in range(0, len(images), batch_size)])
-    txt = torch.cat([encoder.embed_texts(text_inputs[s:s + batch_size]) for s in range(0, len(texts), batch_size)])
+
+    def batches(fn, x, n):
+        return torch.cat([fn(x[s:s + batch_size].to(device)).float().cpu() for s in range(0, n, batch_size)])
+
+    img = batches(encoder.embed_images, images, len(images))
+    txt = batches(encoder.embed_texts, text_inputs, len(texts))
     row = {t: i for i, t in enumerate(texts)}
 
     def vec(image, text):
@@ -110,10 +115,10 @@ def prepare_texts(encoder, texts: list[str], fit_texts: list[str], store=None) -
 
 
 def fit_and_embed(cfg, ds: RetrievalDataset, splits, seed: int, instructions: bool, all_tasks: bool, fit,
-                  store=None):
+                  store=None, device="cpu"):
     """The encode stage's work (`cfg`: the encoder node): the dual encoder trained with ``fit(encoder,
-    datamodule)`` when ``cfg.fit.max_epochs > 0``, then every member of `splits` embedded.  `store` keeps
-    fixed text features across runs (`prepare_texts`).
+    datamodule)`` when ``cfg.fit.max_epochs > 0``, then every member of `splits` embedded on `device`.  `store`
+    keeps fixed text features across runs (`prepare_texts`).
     Returns (encoder, items, queries, item vectors, query vectors)."""
     torch.manual_seed(seed)
     encoder = instantiate(cfg.model)
@@ -135,7 +140,7 @@ def fit_and_embed(cfg, ds: RetrievalDataset, splits, seed: int, instructions: bo
         log.info("encoder: %d training pairs (%s)", len(pairs), "every task" if all_tasks else "captions")
         fit(encoder, ContrastiveDataModule(pairs, int(cfg.fit.batch_size), seed))
     item_vecs, query_vecs = embed(encoder, ds, items, queries, texts, text_inputs, int(cfg.fit.batch_size),
-                                  instructions)
+                                  instructions, device)
     return encoder, items, queries, item_vecs, query_vecs
 
 
@@ -155,10 +160,10 @@ def run(ctx: RunContext, ds: RetrievalDataset) -> Embeddings:
         encoder, items, queries, item_vecs, query_vecs = fit_and_embed(
             cfg, ds, splits, int(ctx.cfg.seed), ctx.instructions(), encoder_tasks(cfg) == "all",
             lambda enc, dm: fit(enc, dm, ctx.cfg, ctx.store.work("encode", key), int(cfg.fit.max_epochs),
-                                ctx.logger, ctx.extra_callbacks), ctx.store)
+                                ctx.logger, ctx.extra_callbacks), ctx.store, ctx.device)
         emb = Embeddings([x.id for x in items], item_vecs, [q.id for q in queries], query_vecs)
         torch.save(emb.state(), tmp / "embeddings.pt")
-        torch.save(encoder.state_dict(), tmp / "encoder.pt")
+        torch.save(encoder.cpu().state_dict(), tmp / "encoder.pt")
         if getattr(encoder.text_tower, "tokenizer", None) is not None:
             encoder.text_tower.tokenizer.save(str(tmp / "tokenizer.json"))
 

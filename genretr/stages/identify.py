@@ -2,6 +2,7 @@
 in the run's pools an identifier, learning from the items' vectors and what `IdentifierContext` offers."""
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -62,7 +63,7 @@ def scheme_context(ctx: RunContext, ds: RetrievalDataset, emb: Embeddings, items
         train_query_vecs=emb.queries([q.id for q, _ in pairs]).numpy() if pairs else np.zeros((0, 1)),
         train_query_items=[r for _, r in pairs], train_query_tasks=[q.task for q, _ in pairs],
         item_modalities=[ds.items[i].modality for i in items], describe=describe, images=ds.images,
-        fit_captioner=fit_captioner,
+        fit_captioner=functools.partial(fit_captioner, device=ctx.device), device=ctx.device,
         cache_dir=ctx.store.work("identify-cache", keys.identify_cache(ctx)))
 
 

@@ -36,9 +36,9 @@ def run(ctx: RunContext, ds: RetrievalDataset, emb: Embeddings, table: IdTable):
         if datamodule is not None:
             fit(model, datamodule, ctx.cfg, ctx.store.work("train", key), int(cfg.fit.max_epochs), ctx.logger,
                 ctx.extra_callbacks, **fit_options)
-        torch.save(model.state_dict(), tmp / "model.pt")
+        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, tmp / "model.pt")
 
     path = ctx.store.produce("train", key, write)
     model = build()
-    model.load_state_dict(torch.load(path / "model.pt"))
-    return model.eval()
+    model.load_state_dict(torch.load(path / "model.pt", map_location="cpu"))
+    return model.to(ctx.device).eval()  # the search and its add-ons run where the model is

@@ -1,0 +1,73 @@
+"""Every stage takes its device from one place (`RunContext.device`, `genretr.hardware.run_device`) and hands it
+to every model it builds (issue 16).  On a CPU the check is that a device object the test controls -- cpu:0,
+which compares unequal to the plain cpu Lightning uses -- is the one the stages use."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from genretr.hardware import run_device
+from genretr.errors import GenretrError
+from genretr.pipeline import Pipeline
+from genretr.stages.context import RunContext
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+SENTINEL = torch.device("cpu", 0)
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Records the models moved to SENTINEL and the devices the small in-stage fits were given."""
+    moved, fits = [], []
+    original_to = torch.nn.Module.to
+
+    def to(self, *args, **kwargs):
+        if SENTINEL in args or kwargs.get("device") == SENTINEL:
+            moved.append(type(self).__name__)
+        return original_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "to", to)
+    monkeypatch.setattr(RunContext, "device", property(lambda self: SENTINEL))
+    import genretr.captioner
+    import genretr.quantizers.modality_decoupled
+    import genretr.quantizers.rqvae
+    for module in (genretr.captioner, genretr.quantizers.rqvae, genretr.quantizers.modality_decoupled):
+        def recording(*args, _real=module.small_fit_trainer, _name=module.__name__, **kwargs):
+            fits.append((_name, kwargs.get("device", args[2] if len(args) > 2 else "cpu")))
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(module, "small_fit_trainer", recording)
+    return moved, fits
+
+
+def test_cart_run_puts_every_model_on_the_run_device(make_cfg, spy):
+    """CART: the encoder embeds, the RQ-VAE trains and encodes, the captioner trains and writes, the decoder
+    searches -- each on the run's device."""
+    moved, fits = spy
+    cfg = make_cfg("experiment=cart_base")
+    Pipeline(cfg, cfg.hydra.runtime.output_dir).run()
+    # the captioner's model is a T5PrefixDecoder; CART's decoder a CartSeq2Seq
+    assert set(moved) >= {"ContrastiveEncoder", "RQVAE", "T5PrefixDecoder", "CartSeq2Seq"}
+    assert {name for name, device in fits if device == SENTINEL} == {"genretr.captioner", "genretr.quantizers.rqvae"}
+
+
+def test_genius_quantizer_trains_on_the_run_device(make_cfg, spy):
+    moved, fits = spy
+    cfg = make_cfg("identifier=genius")
+    Pipeline(cfg, cfg.hydra.runtime.output_dir).run()
+    assert ("genretr.quantizers.modality_decoupled", SENTINEL) in fits
+    assert {"ContrastiveEncoder", "T5PrefixDecoder"} <= set(moved)
+
+
+def test_run_device_reads_the_trainer(monkeypatch):
+    assert run_device("cpu", 1) == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert run_device("auto", 1) == torch.device("cpu")
+    with pytest.raises(GenretrError, match="^trainer.accelerator=gpu, but torch sees no CUDA device"):
+        run_device("gpu", 1)
+    with pytest.raises(GenretrError, match="is not one of cpu, gpu"):
+        run_device("tpu", 1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert run_device("gpu", [2, 5]) == torch.device("cuda", 5) and run_device("gpu", 2) == torch.device("cuda", 1)
+    assert run_device("cuda", "3,4") == torch.device("cuda", 4)
