@@ -6,23 +6,37 @@ M-BEIR as distributed (HF `TIGER-Lab/M-BEIR`), paths relative to `root`:
     query/{train,val,test}/mbeir_<dataset>[_task<N>]_<split>.jsonl   one query per line:
         qid ("9:17", dataset id ":" number), query_txt, query_img_path, query_modality,
         pos_cand_list, neg_cand_list (dids), task_id (0..8, UniIR's MBEIR_TASK)
+    query/union_train/mbeir_union_up_train.jsonl   every train file, upsampled (qids repeat)
+    qrels/{train,val,test}/mbeir_<dataset>[_task<N>]_<split>_qrels.txt   TREC: qid 0 did relevance task_id
     cand_pool/local/mbeir_<dataset>_task<N>[_test]_cand_pool.jsonl   task-specific pools
     cand_pool/global/mbeir_union_<split>_cand_pool.jsonl              the universal pool
         one candidate per line: did, txt, img_path, modality
     instructions/query_instructions.tsv   query_modality, cand_modality, dataset, dataset_id, prompt...
     mbeir_images/...                      `*_img_path` are relative to root
 
-A config lists, per split, sources `{queries: FILE, pool: FILE}`.  Each query's task comes
-from its `task_id`; its task-specific pool is its source's pool restricted to the task's
-target modality (M-BEIR's local pools hold one modality, so this is the pool as-is); sources
+A config lists, per split, sources `{queries: FILE, pool: FILE}`, each with an optional `qrels`.  Each
+query's task comes from its `task_id`; its task-specific pool is its source's pool restricted to the
+task's target modality (M-BEIR's local pools hold one modality, so this is the pool as-is); sources
 of one split that share a task share one pool (their union).  `universal: {split: FILE}`
 adds `pools["universal"]`, the global pool that universal retrieval searches (GENIUS Table 2).
 A config without a train split (test queries only) gets an empty one: an untrained encoder's
 embeddings need none, and runs that train on it are refused first (genretr.validate).
 
-Relevance follows UniIR's evaluation: a query's relevant items are its positives from its
-own dataset (the did prefix matches the qid prefix; OVEN/InfoSeek list some positives of the
-other dataset).  Each must be in the query's pool, and in the universal pool when there is one.
+Qrels (`mbeir_qrels.py`): a source without a `qrels` key reads M-BEIR's file of its query file,
+`qrels/<dir>/<name>_qrels.txt` for `query/<dir>/<name>.jsonl`, when it exists; `qrels: FILE` names
+one (it must exist), `qrels: null` reads none.  The qrels must agree with every query's
+`pos_cand_list` (and task_id); when the whole query file is read, every qrels qid must be a query.
+
+Training follows UniIR's MBEIRMainDataset in train mode: a train query's relevant items are all
+its positives.  UniIR's union training file (`query/union_train/mbeir_union_up_train.jsonl`)
+repeats queries to upsample small datasets: in the train split, identical repeats of a (task, qid)
+collapse into its first entry (the number dropped is logged; no sample weight is kept), while a
+repeat that differs (text, image, modality or positives) is an error, as is any repeat elsewhere.
+
+Evaluation follows UniIR's eval mode: in every other split a query's relevant items are its
+positives from its own dataset (the did prefix matches the qid prefix; OVEN/InfoSeek list some
+positives of the other dataset).  Every relevant item must be in the query's pool, and in the
+universal pool when there is one.
 Instructions are the TSV's prompts for (dataset id, query modality, target modality); a query
 takes one by a hash of its qid (deterministic; UniIR samples one at random per epoch).
 
@@ -33,6 +47,7 @@ file and the entry (jsonl line, TSV line) before anything is returned.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import zlib
 from dataclasses import dataclass, replace
@@ -42,12 +57,18 @@ from PIL import Image
 from rich.progress import track
 
 from genretr.data.karpathy import load_image
+from genretr.data.mbeir_qrels import Qrels, standard_path
 from genretr.data.schema import IMAGE, INSTRUCTIONS, PAIR, TASK_TARGET, TEXT, UNIVERSAL, Item, Query, \
     RetrievalDataset, Split
 from genretr.errors import DataError, GenretrError
 
+log = logging.getLogger(__name__)
+
 # UniIR's MBEIR_TASK ids (5, "image -> text,image", is unused).
 TASK_IDS = {0: "t2i", 1: "t2t", 2: "t2it", 3: "i2t", 4: "i2i", 6: "it2t", 7: "it2i", 8: "it2it"}
+TASK_NUMBER = {task: tid for tid, task in TASK_IDS.items()}
+TRAIN = "train"  # the split training reads (schema.RetrievalDataset.training_pairs); every other one is evaluated
+SOURCE_KEYS = ({"queries", "pool"}, {"queries", "pool", "qrels"})  # required, allowed
 MODALITIES = {"image": IMAGE, "text": TEXT, "image,text": PAIR, "text,image": PAIR}
 QUERY_SIDE = {"t": TEXT, "i": IMAGE, "it": PAIR}  # task name prefix → query modality
 
@@ -208,12 +229,16 @@ class _Pools:
         return [d for n, d in enumerate(dids) if n < self.max_pool_size or d in keep]
 
 
-def _relevant(q: RawQuery, pool: set[str], pool_path: str, cands: dict[str, Candidate]) -> tuple[str, ...]:
-    """UniIR's evaluation rule: the positives from the query's own dataset, each in its pool."""
-    prefix = q.qid.split(":")[0]
-    own = tuple(p for p in q.positives if p.split(":")[0] == prefix)
-    if not own:
-        raise DataError(*q.where, f"no positive candidate from the query's dataset {prefix!r}")
+def _relevant(q: RawQuery, pool: set[str], pool_path: str, cands: dict[str, Candidate],
+              same_dataset: bool) -> tuple[str, ...]:
+    """The query's positives, each in its pool; with `same_dataset` (UniIR's evaluation rule, not its
+    training's) only those from the query's own dataset."""
+    own = tuple(dict.fromkeys(q.positives))
+    if same_dataset:
+        prefix = q.qid.split(":")[0]
+        own = tuple(p for p in own if p.split(":")[0] == prefix)
+        if not own:
+            raise DataError(*q.where, f"no positive candidate from the query's dataset {prefix!r}")
     for did in own:
         if did not in pool:
             raise DataError(*q.where, f"positive candidate {did!r} is not in the pool {pool_path}")
@@ -236,10 +261,15 @@ def _instruction(q: RawQuery, prompts: dict | None, tsv: str | None) -> str:
 def _check_config(splits, universal, max_queries_per_file, max_pool_size):
     if not isinstance(splits, dict) or not splits:
         raise GenretrError("dataset.splits must map split names to lists of {queries: FILE, pool: FILE}")
+    required, allowed = SOURCE_KEYS
     for split, sources in splits.items():
         if not isinstance(sources, list) or not sources or not all(
-                isinstance(s, dict) and set(s) == {"queries", "pool"} for s in sources):
-            raise GenretrError(f"dataset.splits.{split} must be a non-empty list of {{queries: FILE, pool: FILE}}")
+                isinstance(s, dict) and required <= set(s) <= allowed for s in sources):
+            raise GenretrError(f"dataset.splits.{split} must be a non-empty list of "
+                               f"{{queries: FILE, pool: FILE}}, each with an optional qrels: FILE (or null)")
+        for s in sources:
+            if s.get("qrels") is not None and not isinstance(s["qrels"], str):
+                raise GenretrError(f"dataset.splits.{split}: qrels={s['qrels']!r} is not a file name or null")
     unknown = set(universal or {}) - set(splits)
     if unknown:
         raise GenretrError(f"dataset.universal names splits not in dataset.splits: {sorted(unknown)}")
@@ -248,21 +278,59 @@ def _check_config(splits, universal, max_queries_per_file, max_pool_size):
             raise GenretrError(f"dataset.{key} must be >= 1 or null, got {v}")
 
 
-def read_queries(sources: list[dict], at, pools: _Pools, limit: int | None, prompts: dict | None,
+def _qrels(src: dict, at) -> Qrels | None:
+    """The source's qrels: `qrels: FILE`, none for `qrels: null`, else M-BEIR's file of its query file if there."""
+    if "qrels" in src:
+        return Qrels(at(src["qrels"])) if src["qrels"] else None
+    rel = standard_path(src["queries"])
+    return Qrels(at(rel)) if rel and os.path.isfile(at(rel)) else None
+
+
+def _differs(a: RawQuery, b: RawQuery) -> str | None:
+    """The first field in which two entries of one (task, qid) differ (None: a repeat)."""
+    for key, x, y in (("query_modality", a.modality, b.modality), ("query_txt", a.text, b.text),
+                      ("query_img_path", a.img_path, b.img_path),
+                      ("pos_cand_list", set(a.positives), set(b.positives))):
+        if x != y:
+            return key
+    return None
+
+
+def read_queries(split: str, sources: list[dict], at, pools: _Pools, limit: int | None, prompts: dict | None,
                  tsv: str | None) -> list[tuple[RawQuery, str]]:
-    """One split's queries, each with its relevant items and instruction, and its pool file."""
-    out, seen = [], {}
+    """One split's queries, each with its relevant items and instruction, and its pool file.
+
+    In the train split, identical repeats of a query (UniIR's upsampled union file) collapse into its
+    first entry; a repeat that differs, or any repeat in another split, is a DataError."""
+    out, seen, repeats = [], {}, 0
     for src in sources:
         qpath, ppath = at(src["queries"]), at(src["pool"])
-        pool = set(pools.read(ppath))
+        pool, qrels, asked = set(pools.read(ppath)), _qrels(src, at), set()
         for line, raw in read_jsonl(qpath, limit):
             q = parse_query(qpath, line, raw)
+            if qrels is not None:
+                qrels.check(q.qid, TASK_NUMBER[q.task], q.positives, q.where)
+                asked.add(q.qid)
             if (q.task, q.qid) in seen:
-                first = seen[q.task, q.qid]
-                raise DataError(*q.where, f"duplicate qid {q.qid!r} for {q.task} (also {first[0]} [{first[1]}])")
-            seen[q.task, q.qid] = q.where
-            out.append((replace(q, relevant=_relevant(q, pool, ppath, pools.cands),
+                first = out[seen[q.task, q.qid]][0]
+                also = f"{first.where[0]} [{first.where[1]}]"
+                if split != TRAIN:
+                    raise DataError(*q.where, f"duplicate qid {q.qid!r} for {q.task} (also {also}; only the "
+                                              f"{TRAIN} split collapses repeated queries)")
+                field = _differs(first, q)
+                if field:
+                    raise DataError(*q.where, f"duplicate qid {q.qid!r} for {q.task} conflicts with {also}: "
+                                              f"its {field} differs")
+                repeats += 1
+                continue
+            seen[q.task, q.qid] = len(out)
+            out.append((replace(q, relevant=_relevant(q, pool, ppath, pools.cands, same_dataset=split != TRAIN),
                                 instruction=_instruction(q, prompts, tsv)), ppath))
+        if qrels is not None and limit is None:
+            qrels.check_all_asked(asked, qpath)
+    if repeats:
+        log.info("mbeir %s: %d repeated entries (UniIR's upsampling) collapsed into their first; %d queries",
+                 split, repeats, len(out))
     return out
 
 
@@ -315,7 +383,8 @@ def build_mbeir(root: str, splits: dict, universal: dict | None = None, instruct
     prompts = load_instructions(tsv) if tsv else None
     pools = _Pools(None if max_pool_size is None else int(max_pool_size))
     limit = None if max_queries_per_file is None else int(max_queries_per_file)
-    queries = {split: read_queries(sources, at, pools, limit, prompts, tsv) for split, sources in splits.items()}
+    queries = {split: read_queries(split, sources, at, pools, limit, prompts, tsv)
+               for split, sources in splits.items()}
     pool_ids = {split: split_pools(qs, pools, at(universal[split]) if universal.get(split) else None)
                 for split, qs in queries.items()}
 
@@ -335,5 +404,5 @@ def build_mbeir(root: str, splits: dict, universal: dict | None = None, instruct
     built = {split: Split([Query(f"{split}/{q.task}/{q.qid}", q.task, q.relevant, q.instruction,
                                  image=image_index.get(q.img_path), text=q.text) for q, _ in qs], pool_ids[split])
              for split, qs in queries.items()}
-    built.setdefault("train", Split())
+    built.setdefault(TRAIN, Split())
     return RetrievalDataset(name, images, items, built)

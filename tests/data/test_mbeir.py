@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import zlib
 from pathlib import Path
 
@@ -24,6 +25,7 @@ WEBQA = ("query/test/mbeir_webqa_task2_test.jsonl", "cand_pool/local/mbeir_webqa
 OVEN = ("query/test/mbeir_oven_task6_test.jsonl", "cand_pool/local/mbeir_oven_task6_cand_pool.jsonl")
 TRAIN = ("query/train/mbeir_mscoco_train.jsonl", "cand_pool/local/mbeir_mscoco_train_cand_pool.jsonl")
 UNION = "cand_pool/global/mbeir_union_test_cand_pool.jsonl"
+UNION_TRAIN = ("query/union_train/mbeir_union_up_train.jsonl", "cand_pool/global/mbeir_union_train_cand_pool.jsonl")
 TSV = "instructions/query_instructions.tsv"
 
 
@@ -78,11 +80,22 @@ INSTRUCTION_ROWS = [
 ]
 
 
+def qrels_file(queries: str) -> str:
+    """M-BEIR's qrels file of a query file: query/test/mbeir_x_test.jsonl → qrels/test/mbeir_x_test_qrels.txt."""
+    return "qrels/" + queries[len("query/"):-len(".jsonl")] + "_qrels.txt"
+
+
+def qrels_lines(entries: list[dict]) -> list[str]:
+    """UniIR's qrels of query entries (mbeir_data_generator.py --generate_qrels): `qid 0 did 1 task_id` per positive."""
+    return [f"{q['qid']} 0 {did} 1 {q['task_id']}" for q in entries for did in q["pos_cand_list"]]
+
+
 class Tree:
-    """An M-BEIR root under tmp_path; `entries` and `tsv` can be edited, then `write()`."""
+    """An M-BEIR root under tmp_path; `entries`, `qrels` (path → lines) and `tsv` can be edited, then `write()`."""
 
     def __init__(self, root: Path):
         self.root, self.entries, self.tsv = root, files(), [list(r) for r in INSTRUCTION_ROWS]
+        self.qrels: dict[str, list[str]] = {}
         for rel, colour in IMAGES.items():
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             Image.new("RGB", (24, 18), colour).save(root / rel)
@@ -92,12 +105,17 @@ class Tree:
         for rel, rows in self.entries.items():
             (self.root / rel).parent.mkdir(parents=True, exist_ok=True)
             (self.root / rel).write_text("".join(json.dumps(r) + "\n" for r in rows))
+        for rel, lines in self.qrels.items():
+            (self.root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (self.root / rel).write_text("".join(line + "\n" for line in lines))
         (self.root / TSV).parent.mkdir(parents=True, exist_ok=True)
         (self.root / TSV).write_text("".join("\t".join(r) + "\n" for r in self.tsv))
 
-    def build(self, test=(COCO_T2I, COCO_I2T, WEBQA, OVEN), universal=True, **kw):
-        splits = {"train": [{"queries": TRAIN[0], "pool": TRAIN[1]}],
-                  "test": [{"queries": q, "pool": p} for q, p in test]}
+    def build(self, test=(COCO_T2I, COCO_I2T, WEBQA, OVEN), universal=True, train=(TRAIN,), **kw):
+        """Sources are (queries, pool) or (queries, pool, qrels) tuples."""
+        def sources(files):
+            return [{"queries": f[0], "pool": f[1], **({"qrels": f[2]} if len(f) > 2 else {})} for f in files]
+        splits = {"train": sources(train), "test": sources(test)}
         kw.setdefault("instructions", TSV)
         return build_mbeir(self.root, splits, universal={"test": UNION} if universal else None, image_size=8, **kw)
 
@@ -321,8 +339,168 @@ def test_missing_files(tree):
     ({"splits": {"test": [{"queries": COCO_T2I[0]}]}}, "non-empty list"),
     ({"universal": {"val": UNION}}, "not in dataset.splits"),
     ({"max_pool_size": 0}, "max_pool_size"),
+    ({"splits": {"test": [{"queries": COCO_T2I[0], "pool": COCO_T2I[1], "qrel": "x.txt"}]}}, "non-empty list"),
+    ({"splits": {"test": [{"queries": COCO_T2I[0], "pool": COCO_T2I[1], "qrels": 5}]}}, "qrels=5 is not a file"),
 ])
 def test_bad_config(tree, kw, problem):
     args = {"root": tree.root, "splits": {"test": [{"queries": COCO_T2I[0], "pool": COCO_T2I[1]}]}, **kw}
     with pytest.raises(GenretrError, match=problem):
         build_mbeir(**args)
+
+
+# ------------------------------------------------------------------ qrels: UniIR's relevance judgements, checked
+
+
+def write_qrels(tree, *sources):
+    """M-BEIR's qrels next to each source's query file, as UniIR generates them from the query entries."""
+    for queries, _ in sources:
+        tree.qrels[qrels_file(queries)] = qrels_lines(tree.entries[queries])
+    tree.write()
+
+
+def test_qrels_next_to_the_query_files_are_read_and_agree(tree):
+    plain = tree.build()
+    write_qrels(tree, COCO_T2I, COCO_I2T, OVEN, TRAIN)
+    assert (tree.root / "qrels/test/mbeir_oven_task6_test_qrels.txt").read_text() == "5:1 0 5:7 1 6\n5:1 0 6:9 1 6\n"
+    # UniIR's load_qrel: relevance 0 is no judgement of relevance; the 4-field TREC form reads too
+    tree.qrels[qrels_file(WEBQA[0])] = ["2:5 0 2:1 0 2", "2:5   0  2:2 1"]
+    tree.write()
+    ds = tree.build()
+    assert ds.splits == plain.splits
+    assert ds.queries("test", "it2t")[0].relevant == ("5:7",)  # the qrels judge 6:9 too, as pos_cand_list lists it
+
+
+def _qrels_edit(queries, edit):
+    """Write the qrels of `queries`, edited in place by `edit(lines)`."""
+    def apply(tree):
+        lines = qrels_lines(tree.entries[queries])
+        edit(lines)
+        tree.qrels[qrels_file(queries)] = lines
+        tree.write()
+    return apply
+
+
+QRELS_BAD = {
+    "relevant not a positive": (_qrels_edit(COCO_T2I[0], lambda ls: ls.append("9:2 0 9:3 1 0")), "qrels",
+                                "line 2 (qid=9:2)", "disagrees with pos_cand_list of"),
+    "positive not relevant": (_qrels_edit(OVEN[0], lambda ls: ls.pop()), "qrels", "line 1 (qid=5:1)",
+                              "it lists 6:9, not relevant in the qrels"),
+    "relevance 0": (_qrels_edit(COCO_I2T[0], lambda ls: ls.__setitem__(1, "9:4 0 9:13 0 3")), "qrels",
+                    "line 2 (qid=9:4)", "it lists 9:13, not relevant"),
+    "task_id": (_qrels_edit(COCO_T2I[0], lambda ls: ls.__setitem__(0, "9:1 0 9:1 1 3")), "qrels", "line 1 (qid=9:1)",
+                "task_id 3 differs from task_id 0 of"),
+    "task_id within the qrels": (_qrels_edit(COCO_T2I[0], lambda ls: ls.append("9:1 0 9:3 0 3")), "qrels",
+                                 "line 3 (qid=9:1)", "task_id 3 differs from task_id 0 on line 1"),
+    "qid without a query": (_qrels_edit(COCO_T2I[0], lambda ls: ls.append("9:99 0 9:3 1 0")), "qrels",
+                            "line 3 (qid=9:99)", "no query with this qid in"),
+    "query without a qid": (_qrels_edit(COCO_T2I[0], lambda ls: ls.pop()), COCO_T2I[0], "line 2 (qid=9:2)",
+                            "qid '9:2' has no line in the qrels"),
+    "malformed line": (_qrels_edit(COCO_T2I[0], lambda ls: ls.insert(1, "9:2 0 9:2")), "qrels", "line 2",
+                       "expected 'qid 0 did relevance [task_id]'"),
+    "relevance not a number": (_qrels_edit(COCO_T2I[0], lambda ls: ls.__setitem__(0, "9:1 0 9:1 yes 0")), "qrels",
+                               "line 1 (qid=9:1)", "must be integers"),
+}
+
+
+@pytest.mark.parametrize("case", list(QRELS_BAD))
+def test_qrels_disagreement_names_file_and_qid(tree, case):
+    edit, path, entry, problem = QRELS_BAD[case]
+    edit(tree)
+    with pytest.raises(DataError) as err:
+        tree.build()
+    msg = str(err.value)
+    if path == "qrels":  # the qrels file of the edited query file
+        path = next(iter(tree.qrels))
+    assert "\n" not in msg and err.value.path == str(tree.root / path), msg
+    assert f"[{entry}]: " in msg and problem in msg, msg
+
+
+def test_qrels_named_or_turned_off_per_source(tree):
+    tree.qrels["elsewhere/coco_t2i.txt"] = qrels_lines(tree.entries[COCO_T2I[0]])
+    tree.qrels[qrels_file(COCO_T2I[0])] = qrels_lines(tree.entries[COCO_T2I[0]])[:1]  # the standard file lacks 9:2
+    tree.write()
+    with pytest.raises(DataError, match="qid '9:2' has no line in the qrels"):
+        tree.build(test=(COCO_T2I,), universal=False)
+    named = tree.build(test=((*COCO_T2I, "elsewhere/coco_t2i.txt"),), universal=False)
+    assert [q.relevant for q in named.queries("test", "t2i")] == [("9:1",), ("9:2",)]
+    tree.build(test=((*COCO_T2I, None),), universal=False)  # null: no qrels read
+    with pytest.raises(DataError, match=r"nope_qrels.txt: file not found"):
+        tree.build(test=((*COCO_T2I, "nope_qrels.txt"),), universal=False)
+
+
+def test_qrels_of_a_query_file_read_in_part(tree):
+    """max_queries_per_file reads the first queries: the qrels of the others are not missing queries."""
+    _qrels_edit(COCO_T2I[0], lambda ls: ls.append("9:99 0 9:3 1 0"))(tree)
+    ds = tree.build(test=(COCO_T2I,), universal=False, max_queries_per_file=1)
+    assert [q.id for q in ds.queries("test", "t2i")] == ["test/t2i/9:1"]
+
+
+# ------------------------------------------------------------------ UniIR's union train file; train keeps all positives
+
+
+def union_train(tree, order=(0, 1, 2, 0, 0, 2, 1)):
+    """UniIR's mbeir_union_up_train.jsonl: the train queries (and an OVEN one with an InfoSeek positive), upsampled by
+    repeating identical entries, shuffled; and mbeir_union_train_cand_pool.jsonl."""
+    oven = query("5:301", "image,text", 6, ["5:17", "6:19"], "what animal is this?", Q)
+    base = [*tree.entries[TRAIN[0]], oven]
+    tree.entries[UNION_TRAIN[0]] = [dict(base[k]) for k in order]
+    tree.entries[UNION_TRAIN[1]] = [*tree.entries[TRAIN[1]], cand("5:17", "text", "Gray cat (animal)."),
+                                    cand("6:19", "text", "The cat is a small domesticated carnivore.")]
+    tree.write()
+
+
+def test_union_train_file_collapses_upsampled_repeats(tree, caplog):
+    union_train(tree)
+    with caplog.at_level(logging.INFO, logger="genretr.data.mbeir"):
+        ds = tree.build(train=(UNION_TRAIN,))
+    train = ds.splits["train"]
+    assert [q.id for q in train.queries] == ["train/t2i/9:201", "train/i2t/9:202", "train/it2t/5:301"]
+    assert "mbeir train: 4 repeated entries (UniIR's upsampling) collapsed into their first; 3 queries" in caplog.text
+    assert train.pools["t2i"] == ["9:101"] and train.pools["it2t"] == ["9:102", "5:17", "6:19"]
+    idx, texts = ds.training_pairs()
+    assert texts == ["a green picture"] and idx.tolist() == [ds.items["9:101"].image]
+
+
+@pytest.mark.parametrize("line, qid, field, value", [
+    (4, "9:201", "query_txt", "a blue picture"),  # line 4 repeats 9:201 of line 1
+    (4, "9:201", "pos_cand_list", ["9:101", "9:7"]),
+    (7, "9:202", "query_img_path", B),  # line 7 repeats 9:202 (i2t) of line 2
+])
+def test_conflicting_repeat_in_the_union_train_file(tree, line, qid, field, value):
+    union_train(tree)
+    tree.entries[UNION_TRAIN[0]][line - 1][field] = value
+    tree.write()
+    with pytest.raises(DataError) as err:
+        tree.build(train=(UNION_TRAIN,))
+    msg, first = str(err.value), {"9:201": "line 1", "9:202": "line 2"}[qid]
+    task = {"9:201": "t2i", "9:202": "i2t"}[qid]
+    assert "\n" not in msg and err.value.path == str(tree.root / UNION_TRAIN[0]), msg
+    assert msg.endswith(f"[line {line} (qid={qid})]: duplicate qid '{qid}' for {task} conflicts with "
+                        f"{tree.root / UNION_TRAIN[0]} [{first} (qid={qid})]: its {field} differs"), msg
+
+
+def test_identical_repeat_outside_the_train_split_is_an_error(tree):
+    tree.entries[COCO_T2I[0]].append(dict(tree.entries[COCO_T2I[0]][0]))
+    tree.write()
+    with pytest.raises(DataError, match=r"task0_test.jsonl \[line 3 \(qid=9:1\)\]: duplicate qid '9:1' for t2i "
+                                        r"\(also .*\[line 1 \(qid=9:1\)\]; only the train split collapses"):
+        tree.build()
+
+
+def test_same_dataset_filter_applies_to_evaluation_not_training(tree):
+    union_train(tree)
+    ds = tree.build(train=(UNION_TRAIN,))
+    # UniIR's MBEIRMainDataset trains on every positive of a query (its same-dataset filter is eval mode only) ...
+    assert ds.queries("train", "it2t")[0].relevant == ("5:17", "6:19")
+    # ... and evaluates on those of the query's own dataset: the test query lists ["5:7", "6:9"]
+    assert ds.queries("test", "it2t")[0].relevant == ("5:7",)
+    for entry in tree.entries[UNION_TRAIN[0]]:
+        if entry["qid"] == "5:301":
+            entry["pos_cand_list"] = ["6:19"]  # only another dataset's positive: trained on, never evaluated
+    tree.write()
+    assert tree.build(train=(UNION_TRAIN,)).queries("train", "it2t")[0].relevant == ("6:19",)
+    tree.entries[OVEN[0]][0]["pos_cand_list"] = ["6:9"]
+    tree.write()
+    with pytest.raises(DataError, match=r"oven_task6_test.jsonl \[line 1 \(qid=5:1\)\]: no positive candidate from "
+                                        r"the query's dataset '5'"):
+        tree.build(train=(UNION_TRAIN,))
