@@ -11,8 +11,11 @@ Samples are dicts ``{"image": uint8 HxWx3 | None, "text": str | None, "answer": 
   identifier alone (the train/inference mismatch of Table III's middle row); ``none`` the answer is
   ``identifier <eos>``.  The loss is the cross-entropy of the answer tokens only.
 
-The identifier is tokenized by the model's own tokenizer, never extended (SSID "vocabulary
-compatibility"); the token that follows it in every answer (`<sep>`, the tokenizer's encoding of
+The identifier is tokenized by the model's own tokenizer (SSID "vocabulary compatibility"), except the
+tokens of schemes with a vocabulary of their own (`IdTable.new_tokens`: structured, atomic, image-token,
+CART and GENIUS IDs), added as one new token each with trainable rows, and the pieces of GRACE's string /
+numeric IDs, read as the plain digit string (`genretr.backbones.mllm_vocab`, which also holds the atomic
+classifier head); the token that follows it in every answer (`<sep>`, the tokenizer's encoding of
 `separator`, or `<eos>` with ``reason=none``) terminates it.  Decoding space (what the trie and the
 engine see): token ``i + 2`` is LLM token ``i``, 0 is PAD (the engine's start token, never scored), 1 is
 the terminator (EOS of the trie); `identifier_token_ids` / `id_table` build the trie over it.
@@ -41,6 +44,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from genretr.backbones.lora import apply_lora
 from genretr.backbones.mllm_step import MLLMStepDecoder
+from genretr.backbones.mllm_vocab import IdentifierVocabulary, head_width
 from genretr.errors import GenretrError, MissingWeightsError
 from genretr.identifiers.base import IdTable
 
@@ -84,10 +88,13 @@ class MLLMRetriever(L.LightningModule):
     def __init__(self, pretrained: str | None = None, config: dict | None = None, processor=None,
                  reason: str = "both", lora: dict | None = None, freeze_vision: bool = True, lr: float = 1e-4,
                  weight_decay: float = 0.0, warmup_steps: int = 100, separator: str = "\n",
-                 dtype: str = "float32", gradient_checkpointing: bool = False):
+                 dtype: str = "float32", gradient_checkpointing: bool = False,
+                 identifier_tokens: list[str] | None = None, number_ids: bool = False, identifier_head: str = "vocab"):
+        """`identifier_tokens`, `number_ids`, `identifier_head`: how identifiers are spelled and ranked
+        (`genretr.backbones.mllm_vocab.identifier_options` of the IdTable; the tokens are not logged)."""
         super().__init__()
-        config, lora = plain(config), plain(lora)
-        self.save_hyperparameters(ignore=["processor"])
+        config, lora, identifier_tokens = plain(config), plain(lora), plain(identifier_tokens)
+        self.save_hyperparameters(ignore=["processor", "identifier_tokens"])
         if reason not in REASON_MODES:
             raise GenretrError(f"backbone.reason={reason} is not one of {', '.join(REASON_MODES)}")
         if dtype not in DTYPES:
@@ -115,6 +122,7 @@ class MLLMRetriever(L.LightningModule):
         self.sep_id = sep[-1]
         self.terminator = self.eos_id if reason == "none" else self.sep_id
         self._set_trainable(lora, freeze_vision)
+        self.identifiers = IdentifierVocabulary(self, identifier_tokens, number_ids, identifier_head)
         if gradient_checkpointing:
             self.hf.gradient_checkpointing_enable()
             self.hf.enable_input_require_grads()
@@ -210,8 +218,11 @@ class MLLMRetriever(L.LightningModule):
         return self.processor.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def answer_ids(self, s: dict) -> list[int]:
-        """identifier <terminator> [reason: ... <eos>] as LLM token ids (the training target)."""
-        ids = self.token_ids(s["answer"])
+        """identifier <terminator> [reason: ... <eos>] as LLM token ids (the training target); the item's token
+        alone with the classifier head."""
+        ids = self.identifiers.encode(s["answer"])
+        if self.identifiers.head == "classifier":
+            return ids
         if self.reason == "none":
             return ids + [self.eos_id]
         if not s.get("reason"):
@@ -264,6 +275,8 @@ class MLLMRetriever(L.LightningModule):
 
     def loss(self, batch: dict) -> torch.Tensor:
         """Mean cross-entropy of the answer tokens (they end every left-padded row: only those logits are made)."""
+        if self.identifiers.head == "classifier":
+            return self.identifiers.classifier_loss(batch)
         labels = batch["labels"]
         keep = min(int((labels != IGNORE).sum(1).max()) + 1, labels.shape[1])
         logits = self(batch, logits_to_keep=keep)
@@ -286,14 +299,13 @@ class MLLMRetriever(L.LightningModule):
     # -- identifiers in the decoding space -----------------------------------------------------------------
     @property
     def lm_vocab_size(self) -> int:
-        head = self.hf.get_output_embeddings()
-        return int(head.out_features + getattr(head, "out_additional_features", 0))
+        return head_width(self.hf.get_output_embeddings())
 
     def identifier_token_ids(self, texts: list[str]) -> list[list[int]]:
         """Each identifier's tokens in the decoding space (LLM id + 2), without the terminator."""
         out = []
         for text in texts:
-            ids = self.token_ids(text)
+            ids = self.identifiers.encode(text)
             if not ids:
                 raise GenretrError(f"identifier {text!r} encodes to no token")
             if self.terminator in ids:

@@ -108,4 +108,5 @@ class CartIdentifier:
         for row, (f, u) in enumerate(zip(fine.tolist(), counters)):
             words = ([f"c{coarse[row]}"] if coarse is not None else []) + [f"a{m + 1}_{v}" for m, v in enumerate(f)]
             seqs.append([index[w] for w in words + [f"u{u}"]])
-        return IdTable.from_lists([it.id for it in items], seqs, vocab)
+        return IdTable.from_lists([it.id for it in items], seqs, vocab,
+                                  new_tokens=vocab[len(SPECIAL_TOKENS):])  # one token each in an MLLM

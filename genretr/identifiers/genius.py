@@ -101,4 +101,5 @@ class GeniusIdentifier:
         for row, c in enumerate(codes.tolist()):
             seq = [index[level_tokens[m][v]] for m, v in enumerate(c)]
             seqs.append(seq + ([index[f"u{counters[row]}"]] if counters is not None else []))
-        return IdTable.from_lists([it.id for it in items], seqs, vocab)
+        return IdTable.from_lists([it.id for it in items], seqs, vocab,
+                                  new_tokens=vocab[len(SPECIAL_TOKENS):])  # one token each in an MLLM

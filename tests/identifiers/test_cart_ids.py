@@ -53,6 +53,7 @@ def test_identifiers_are_unique_with_coarse_fine_unique_tokens(cart, data):
         assert len(w) == 4 and all(re.fullmatch(p, t) for p, t in zip(pattern, w)), w
         assert table.tokens(it.id)[-1] == EOS
     assert table.vocab[:2] == SPECIAL_TOKENS and len(set(table.vocab)) == table.vocab_size
+    assert table.new_tokens == table.vocab[2:]  # an MLLM adds each as one token
     # the unique token counts items sharing the same (k, v1, v2), in order
     prefixes = [tuple(words(table, it.id)[:3]) for it in items]
     assert [int(words(table, it.id)[3][1:]) for it in items] == unique_counters(prefixes)

@@ -51,6 +51,7 @@ def test_first_token_is_the_modality_for_every_item(genius, data):
         assert len(w) == 3 and re.fullmatch(r"q1_\d+", w[1]) and re.fullmatch(r"q2_\d+", w[2])
     assert table.sequences.shape == (N, 4)
     assert table.vocab[2:5] == ["m0", "m1", "m2"] and table.vocab_size == 2 + 3 + 2 * 8
+    assert table.new_tokens == table.vocab[2:]  # an MLLM adds each as one token
 
 
 def test_collisions_are_kept_and_reported(genius, data):

@@ -1,7 +1,8 @@
 """Multimodal LLM decoders (`backbone=qwen25vl|llava|idefics`, `genretr.backbones.mllm`): they read processor
 samples (the query's image and text), learn GRACE's memorize and retrieve samples with SSID's rationale after
-the identifier (`genretr.mllm_stage`), and decode over the LLM's own vocabulary, so the trie holds each
-identifier's LLM tokens, which depend on the model's tokenizer."""
+the identifier (`genretr.mllm_stage`), and decode over the LLM's vocabulary, so the trie holds each
+identifier's LLM tokens, which depend on the model's tokenizer; a scheme's own tokens (`IdTable.new_tokens`)
+are added to it, one new token each."""
 from __future__ import annotations
 
 import logging
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING
 from hydra.utils import instantiate
 
 from genretr import mllm_stage as M
+from genretr.backbones.mllm_vocab import identifier_options
 
 if TYPE_CHECKING:
     from genretr.stages.context import RunContext
@@ -26,8 +28,10 @@ class MLLMDecoder:
         return [M.query_sample(ds, q) for q in queries]
 
     def model_builder(self, ctx: RunContext, ds, emb, table):
-        reason = ctx.reason(table)
-        return lambda: instantiate(ctx.cfg.backbone.model, reason=reason)
+        """The model with the identifiers' own tokens added to its vocabulary, their digits kept as the LLM's,
+        the atomic classifier head (`genretr.backbones.mllm_vocab`): built alike to train and to load."""
+        options = {"reason": ctx.reason(table), **identifier_options(table, ctx.classifier_head())}
+        return lambda: instantiate(ctx.cfg.backbone.model, _partial_=True)(**options)
 
     def training(self, ctx: RunContext, ds, emb, table, model):
         cfg, tr = ctx.cfg.backbone, ctx.cfg.train
