@@ -172,6 +172,7 @@ class CLIPImageTower(_CLIPTower):
         super().__init__(pretrained, freeze, out_dim)
         self.vision_model, self.visual_projection = self.clip.vision_model, self.clip.visual_projection
         self.image_size = int(self.clip.config.vision_config.image_size)
+        self._warned_upsampling = False
         mean, std = _image_stats(Path(self.model_dir))
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).reshape(-1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).reshape(-1, 1, 1), persistent=False)
@@ -186,6 +187,10 @@ class CLIPImageTower(_CLIPTower):
         s = self.image_size
         h, w = x.shape[-2:]
         if (h, w) != (s, s):
+            if min(h, w) < s and not self._warned_upsampling:
+                self._warned_upsampling = True
+                log.warning("CLIP upsamples %dx%d images to its %d px input: decode them at %d "
+                            "(dataset.image_size=%d; the default follows encoder.image_size)", h, w, s, s, s)
             scale = s / min(h, w)
             nh, nw = max(s, round(h * scale)), max(s, round(w * scale))
             x = F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)

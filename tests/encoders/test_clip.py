@@ -170,3 +170,26 @@ def test_config_composes_and_instantiates(clip_dir):
     assert enc.hparams.lr == pytest.approx(1e-5) and enc.image_tower.frozen and enc.text_tower.frozen
     emb = enc.embed_texts(enc.prepare_texts(TEXTS[:2]))
     assert emb.shape == (2, 16)
+
+
+def test_images_smaller_than_the_input_are_upsampled_with_one_warning(clip_dir, caplog):
+    """The tiny CLIP reads 32 px: 16 px images are upsampled (and said so once), 64 px ones cropped silently."""
+    import logging
+
+    tower = CLIPImageTower(str(clip_dir))
+    with caplog.at_level(logging.WARNING):
+        assert tower.pixel_values(images(h=64, w=64)).shape[-2:] == (32, 32)
+        assert not caplog.records
+        for _ in range(2):
+            assert tower.pixel_values(images(h=16, w=20)).shape[-2:] == (32, 32)
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "upsamples 16x20 images to its 32 px input" in said[0]
+
+
+def test_datasets_decode_at_the_encoders_input_size(tmp_path):
+    from tests.conftest import compose_cfg
+
+    for encoder, size in (("minilm_cnn", 64), ("scratch", 64), ("clip", 224)):
+        for dataset in ("shapes", "flickr30k", "coco", "mbeir"):
+            cfg = compose_cfg([f"encoder={encoder}", f"dataset={dataset}"], tmp_path, tmp_path / "cache")
+            assert cfg.dataset.image_size == size, (encoder, dataset)
