@@ -58,6 +58,19 @@ test-slow: install ## the slow tests too
 bench-decoding: install ## the decoding benchmark (add ARGS=--quick for a 3-minute subset); CSV + PNG in bench_out/
 	$(PY) -m genretr.bench decoding $(ARGS)
 
+# The tiny end-to-end configs of every model family and the decoding benchmark on the GPU (issue 16): run it on a
+# GPU machine whenever one is available and report it.  Needs a CUDA build of torch (the lock's is the CPU one).
+GPU_CHECK_RUNS := "method=embedding" "identifier=string" "identifier=genius decoding.rerank=true" \
+	"experiment=cart_base" "identifier=structured backbone=qwen25vl" "identifier=ssid backbone=llava"
+gpu-check: install ## on a GPU machine: tiny end-to-end runs of every family + the decoding benchmark, --device cuda
+	@$(PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'gpu-check: torch sees no CUDA device (no GPU, or the CPU build of torch: $(PY) -m pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128)')"
+	set -e; for run in $(GPU_CHECK_RUNS); do \
+	  echo "== gpu-check: $$run"; \
+	  $(PY) -m genretr.run debug=tiny trainer=gpu $$run hydra.run.dir=gpu_check/$$(echo $$run | tr ' =' '_-') $(ARGS); \
+	  grep -q '"cuda' gpu_check/$$(echo $$run | tr ' =' '_-')/results.json; \
+	done
+	$(PY) -m genretr.bench decoding --quick --device cuda
+
 bench-training: install ## training throughput of the default models, fp32 vs bf16, 1 vs 2 threads (ARGS=--quick: smoke); bench_out/training/
 	$(PY) -m genretr.bench training $(ARGS)
 
@@ -173,5 +186,5 @@ clean-cache: ## remove the artifact cache (.cache/genretr)
 	rm -rf .cache/genretr
 
 # The preset tables (reproduce-grace-table1 ...) are not here: see the pattern rule reproduce-% above.
-.PHONY: help install lock run test test-slow bench-decoding reproduce-smoke clean clean-cache reproduce-efficiency \
+.PHONY: help install lock run test test-slow bench-decoding gpu-check reproduce-smoke clean clean-cache reproduce-efficiency \
 	reproduce-cart-vs-grace-full reproduce-cart reproduce-genius-table7 reproduce-ssid-describer
