@@ -1,11 +1,15 @@
-"""The dataset stage (DESIGN.md): the configured dataset built once and kept as an artifact."""
+"""The dataset stage (DESIGN.md): the configured dataset built once and kept as an artifact: its metadata
+pickled (`dataset.pkl`, no pixels) and its images in one uint8 `.npy` file, memory-mapped when read, so a run
+holds in memory only the pages it touches (issue 16)."""
 from __future__ import annotations
 
 import logging
 import pickle
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 from hydra.utils import instantiate
 
 from genretr.data.schema import RetrievalDataset
@@ -23,12 +27,25 @@ def run(ctx: RunContext) -> RetrievalDataset:
 
     def write(tmp: Path):
         ds = instantiate(cfg, _convert_="all")
-        with open(tmp / "dataset.pkl", "wb") as f:
-            pickle.dump(ds, f, protocol=pickle.HIGHEST_PROTOCOL)
         (tmp / "summary.txt").write_text(ds.summary() + "\n")
+        save(ds, tmp)
 
-    path = ctx.store.produce("dataset", key, write)
+    ds = load(ctx.store.produce("dataset", key, write))
+    log.info("%s", ds.summary())
+    return ds
+
+
+def save(ds: RetrievalDataset, path: Path) -> None:
+    """`images.npy` (the pixels) and `dataset.pkl` (everything else) under `path`."""
+    np.save(path / "images.npy", np.ascontiguousarray(ds.images, dtype=np.uint8))
+    with open(path / "dataset.pkl", "wb") as f:
+        pickle.dump(replace(ds, images=np.zeros((0, *ds.images.shape[1:]), np.uint8)), f,
+                    protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def load(path: Path) -> RetrievalDataset:
+    """The saved dataset, its images memory-mapped copy-on-write (writable views, never written back)."""
     with open(path / "dataset.pkl", "rb") as f:
         ds = pickle.load(f)
-    log.info("%s", ds.summary())
+    ds.images = np.load(path / "images.npy", mmap_mode="c")
     return ds
