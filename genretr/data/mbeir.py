@@ -57,7 +57,7 @@ from PIL import Image
 from rich.progress import track
 
 from genretr.data.karpathy import load_image
-from genretr.data.mbeir_qrels import Qrels, standard_path
+from genretr.data.mbeir_qrels import Qrels, open_text, standard_path
 from genretr.data.schema import IMAGE, INSTRUCTIONS, PAIR, TASK_TARGET, TEXT, UNIVERSAL, Item, Query, \
     RetrievalDataset, Split
 from genretr.errors import DataError, GenretrError
@@ -101,14 +101,8 @@ def _one_line(text: object) -> str:
 
 def read_jsonl(path: str, limit: int | None = None):
     """(line label, object) per non-blank line; malformed JSON is a DataError naming the line."""
-    try:
-        f = open(path, encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(path, None, "file not found (see conf/dataset/mbeir.yaml; nothing is downloaded)") from None
-    except OSError as e:
-        raise DataError(path, None, f"cannot read: {_one_line(e)}") from None
     kept = 0
-    with f:
+    with open_text(path, "see conf/dataset/mbeir.yaml; nothing is downloaded") as f:
         for n, line in enumerate(f, start=1):
             if not line.strip():
                 continue

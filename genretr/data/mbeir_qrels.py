@@ -33,18 +33,23 @@ def _show(dids) -> str:
     return ", ".join(dids[:3]) + more
 
 
+def open_text(path: str, missing: str):
+    """`path` opened for reading as UTF-8 text; a missing or unreadable file is a one-line DataError
+    (`missing`: what the file is and what to do about it)."""
+    try:
+        return open(path, encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(path, None, f"file not found ({missing})") from None
+    except OSError as e:
+        raise DataError(path, None, f"cannot read: {' '.join(str(e).split())}") from None
+
+
 class Qrels:
     """One qrels file, by qid: [its first line, relevant dids, task_id or None, the line that gave the task_id]."""
 
     def __init__(self, path: str):
         self.path, self.by_qid = path, {}
-        try:
-            f = open(path, encoding="utf-8")
-        except FileNotFoundError:
-            raise DataError(path, None, "file not found (the source's qrels; `qrels: null` reads none)") from None
-        except OSError as e:
-            raise DataError(path, None, f"cannot read: {' '.join(str(e).split())}") from None
-        with f:
+        with open_text(path, "the source's qrels; `qrels: null` reads none") as f:
             for n, line in enumerate(f, start=1):
                 parts = line.split()
                 if not parts:
