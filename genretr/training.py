@@ -2,6 +2,14 @@
 
 Checkpoints go to the stage's work dir in the artifact store (not Hydra's per-run dir),
 so the same command after a kill finds `last.ckpt` and resumes from it.
+
+The trainable-state contract.  A module may define ``trainable_state_dict()``: the entries of its
+``state_dict()`` that training changes (an MLLM under LoRA: the adapters and the identifier-token rows);
+every other entry is frozen and comes back identical when the module is built again (from its pretrained
+checkpoint, or a random init under the same seed).  Such a module is saved as that state alone
+(`trained_state`, the train stage's ``model.pt``) and loaded over a fresh build (`load_trained_state`: every
+saved key must be the module's and every trainable key must be there); `TrainableStateCheckpoints` keeps
+its Lightning checkpoints to that state too.  A module without it is saved and loaded whole, as before.
 """
 from __future__ import annotations
 
@@ -16,7 +24,54 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
+from genretr.errors import GenretrError
+
 log = logging.getLogger(__name__)
+
+
+def trained_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What to save of a trained module, on the CPU: `trainable_state_dict()` when it has one, else everything."""
+    state = module.trainable_state_dict() if hasattr(module, "trainable_state_dict") else module.state_dict()
+    return {k: v.cpu() for k, v in state.items()}
+
+
+def check_trainable_state(module: torch.nn.Module, state: dict) -> None:
+    """Refuse `state` unless its keys are all `module`'s and hold every key of its `trainable_state_dict()`."""
+    unexpected = sorted(set(state) - set(module.state_dict()))
+    missing = sorted(set(module.trainable_state_dict()) - set(state))
+    if unexpected or missing:
+        raise GenretrError(f"{type(module).__name__}: the saved state does not fit the model: "
+                           f"{len(missing)} trainable entries missing {missing[:3]}, "
+                           f"{len(unexpected)} unknown {unexpected[:3]}")
+
+
+def load_trained_state(module: torch.nn.Module, state: dict) -> None:
+    """Load what `trained_state` saved into a freshly built `module` (its frozen entries stay as built)."""
+    if not hasattr(module, "trainable_state_dict"):
+        module.load_state_dict(state)
+        return
+    check_trainable_state(module, state)
+    module.load_state_dict(state, strict=False)
+
+
+class TrainableStateCheckpoints:
+    """LightningModule mixin (listed before `L.LightningModule`): `trainable_state_dict()` is the parameters that
+    require grad, and Lightning checkpoints hold only those; resuming loads them over the rebuilt frozen ones."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.strict_loading = False  # the frozen entries are not in the checkpoint; on_load_checkpoint checks
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        names = {n for n, p in self.named_parameters(remove_duplicate=False) if p.requires_grad}
+        return {k: v for k, v in self.state_dict().items() if k in names}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        keep = set(self.trainable_state_dict())
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        check_trainable_state(self, checkpoint["state_dict"])
 
 
 class EpochSeed(Callback):

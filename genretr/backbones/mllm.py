@@ -30,6 +30,9 @@ Weights load from a local checkpoint or the HF cache only (`MissingWeightsError`
 null`` with a `config` dict builds a randomly initialised model with a character-level tokenizer
 (`char_tokenizer`), for tests.  A sample's "prompt" replaces the instruction verbatim (SSID generation).
 A subclass per family (qwen25vl.py, llava.py, idefics.py) says how to build, load and feed its model.
+
+Saved and checkpointed is what trains (`genretr.training.TrainableStateCheckpoints`): under LoRA the adapters
+and the identifier-token rows, without it all but the frozen vision tower; the rest is rebuilt.
 """
 from __future__ import annotations
 
@@ -47,6 +50,7 @@ from genretr.backbones.mllm_step import MLLMStepDecoder
 from genretr.backbones.mllm_vocab import IdentifierVocabulary, head_width
 from genretr.errors import GenretrError, MissingWeightsError
 from genretr.identifiers.base import IdTable
+from genretr.training import TrainableStateCheckpoints
 
 REASON_MODES = ("both", "train_only", "none")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -78,7 +82,7 @@ def char_tokenizer(special_tokens: list[str]):
                                    eos_token="</s>", extra_special_tokens=list(special_tokens))
 
 
-class MLLMRetriever(L.LightningModule):
+class MLLMRetriever(TrainableStateCheckpoints, L.LightningModule):
     family = ""  # registry name (conf/backbone/<family>.yaml)
     hub_id = ""  # the checkpoint SSID Sec. IV-A used, named in the missing-weights message
     image_placeholder = ""  # image marker of the plain prompt template

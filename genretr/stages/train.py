@@ -3,6 +3,8 @@ and query -> identifier (learning to retrieve), plus pseudo-queries (GRACE App. 
 descriptions (GRACE Sec. 4.5) and rationales (SSID Sec. III-D) as configured; the samples and the model are
 the decoder adapter's (`genretr.stages.decoders`).  Trained weights are one artifact keyed by the identify key
 and the train config; Lightning's last checkpoint under the stage's work directory resumes a killed fit.
+A model with a `trainable_state_dict()` is saved as that state alone (`genretr.training.trained_state`) and
+loaded over a fresh build, seeded as the trained one was, so that its frozen random weights match.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from genretr.data.embeddings import Embeddings
 from genretr.data.schema import RetrievalDataset
 from genretr.identifiers.base import IdTable
 from genretr.stages import keys
-from genretr.training import fit
+from genretr.training import fit, load_trained_state, trained_state
 
 if TYPE_CHECKING:  # stages read the run's context; only genretr.pipeline makes one
     from genretr.stages.context import RunContext
@@ -27,18 +29,21 @@ def run(ctx: RunContext, ds: RetrievalDataset, emb: Embeddings, table: IdTable):
     decoder, cfg = ctx.decoder(), ctx.cfg.backbone
     ctx.add_ons().check(decoder, ctx, table)
     key = ctx.keys["train"] = keys.train(ctx, table)
-    build = decoder.model_builder(ctx, ds, emb, table)
+    unseeded_build = decoder.model_builder(ctx, ds, emb, table)
+
+    def build():  # the same weights to train and to load into: random ones come from the seed
+        torch.manual_seed(int(ctx.cfg.seed))
+        return unseeded_build()
 
     def write(tmp: Path):
-        torch.manual_seed(int(ctx.cfg.seed))
         model = build()
         datamodule, fit_options = decoder.training(ctx, ds, emb, table, model)
         if datamodule is not None:
             fit(model, datamodule, ctx.cfg, ctx.store.work("train", key), int(cfg.fit.max_epochs), ctx.logger,
                 ctx.extra_callbacks, **fit_options)
-        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, tmp / "model.pt")
+        torch.save(trained_state(model), tmp / "model.pt")
 
     path = ctx.store.produce("train", key, write)
     model = build()
-    model.load_state_dict(torch.load(path / "model.pt", map_location="cpu"))
+    load_trained_state(model, torch.load(path / "model.pt", map_location="cpu"))
     return model.to(ctx.device).eval()  # the search and its add-ons run where the model is
