@@ -8,6 +8,7 @@ SUBCOMMANDS = {
     "decoding": ("genretr.bench.decoding", "constrained decoding: HF vs the genretr engine, trie, faiss crossover"),
     "stability": ("genretr.bench.stability", "the default training over seeds x thread counts: spread and budgets"),
     "training": ("genretr.bench.training", "training throughput of the default models: fp32 vs bf16, per thread count"),
+    "scale": ("genretr.bench.scale", "shapes at growing sizes through every stage: wall time and peak RSS per stage"),
 }
 
 

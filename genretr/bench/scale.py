@@ -1,0 +1,162 @@
+"""Scale benchmark (issue 16): `python -m genretr.bench scale [--sizes 10000,100000] [--quick]`.
+
+Shapes at growing sizes through dataset -> encode -> identify (GENIUS and CART codes) -> index -> evaluate
+(the two-tower search of t2i and of i2t, whose pool holds every test caption: 5 per image), each size in its
+own process.  Per stage it prints the wall time and the peak resident memory (Linux: VmHWM, reset before each
+stage through /proc/self/clear_refs; elsewhere the process's running maximum), then how each stage's time
+grows against the size.  Budgets: peak RSS <= 6 GB at the largest size, no stage growing faster than
+linearly, the 100k-image run within 30 min.  The models train one epoch each: this measures the pipeline's
+scaling, not accuracy.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+STAGES = ("dataset", "encode", "identify_genius", "identify_cart", "index", "evaluate")
+BUDGET_RSS_GB, BUDGET_100K_MIN = 6.0, 30.0
+
+
+def add_arguments(p):
+    p.add_argument("--sizes", default="10000,100000", help="shapes training images per run, comma-separated")
+    p.add_argument("--quick", action="store_true", help="sizes 200,800: a smoke run in about a minute")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: every core)")
+    p.add_argument("--out", default="bench_out/scale")
+    p.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # the child process of one size
+
+
+def _reset_peak() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _peak_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def overrides(n: int, cache: Path, threads: int) -> list[str]:
+    test = max(10, n // 10)
+    return ["logger=none", "progress=false", f"threads={threads or 'auto'}",
+            f"dataset.splits={{train:{n},val:{max(5, n // 200)},test:{test}}}", "dataset.tasks=[t2i,i2t]",
+            "eval.tasks=[t2i,i2t]", "encoder.fit.max_epochs=1", f"paths.cache_dir={cache}"]
+
+
+def one_size(n: int, out: Path, threads: int) -> dict:
+    """Every stage at `n` training images in this process: {stage: {seconds, peak_mb}} plus the counts."""
+    import torch
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from genretr.bench.training import CONF
+    from genretr.hardware import auto_threads
+    from genretr.pipeline import Pipeline
+
+    torch.set_num_threads(auto_threads(threads or None))
+    run_dir, rows = out / f"run_{n}", {}
+    shutil.rmtree(out / f"cache_{n}", ignore_errors=True)  # every stage runs: nothing from an earlier bench
+
+    def pipeline(*extra):
+        """A Pipeline of conf/config.yaml with the Hydra runtime values a real run has."""
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose("config", overrides=[*overrides(n, out / f"cache_{n}", threads), *extra],
+                          return_hydra_config=True)
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir, cfg.hydra.runtime.cwd, cfg.hydra.job.num = str(run_dir), os.getcwd(), 0
+        HydraConfig.instance().set_config(cfg)
+        return Pipeline(cfg, run_dir)
+
+    def timed(stage, work, *args):
+        _reset_peak()
+        start = time.perf_counter()
+        result = work(*args)
+        rows[stage] = {"seconds": round(time.perf_counter() - start, 2), "peak_mb": round(_peak_mb(), 1)}
+        print(f"  {n:>9} images  {stage:<16} {rows[stage]['seconds']:>9.1f} s  {rows[stage]['peak_mb']:>9.0f} MB",
+              file=sys.stderr, flush=True)
+        return result
+
+    base = pipeline("method=embedding")
+    ds = timed("dataset", base.dataset)
+    emb = timed("encode", base.encode, ds)
+    def upstream(pipe):  # another identifier's run: the dataset and embeddings again, from the cache
+        reused = pipe.dataset()
+        return reused, pipe.encode(reused)
+
+    genius = pipeline("method=generative", "identifier=genius", "identifier.epochs=1")
+    timed("identify_genius", genius.identify, *upstream(genius))
+    cart = pipeline("method=generative", "identifier=cart", "identifier.epochs=1", "identifier.warmup_epochs=0.5")
+    ds, emb = upstream(cart)
+    table = timed("identify_cart", cart.identify, ds, emb)
+    timed("index", cart.index, ds, table)
+    metrics = timed("evaluate", base.evaluate, ds, emb)
+    pools = {t: len(ds.splits["test"].pools[t]) for t in ("t2i", "i2t")}
+    return {"images": n, "items": len(ds.items), "test_pools": pools, "stages": rows,
+            "R@10": {t: round(m["R@10"], 4) for t, m in metrics.items()}}
+
+
+def growth(results: list[dict]) -> list[dict]:
+    """Per stage and consecutive sizes: time ratio / size ratio (<= 1: no faster than linear)."""
+    out = []
+    for a, b in zip(results, results[1:]):
+        size = b["images"] / a["images"]
+        for stage in STAGES:
+            ta, tb = a["stages"][stage]["seconds"], b["stages"][stage]["seconds"]
+            out.append({"stage": stage, "from": a["images"], "to": b["images"], "size_x": round(size, 2),
+                        "time_x": round(tb / max(ta, 1e-3), 2), "vs_linear": round(tb / max(ta, 1e-3) / size, 2)})
+    return out
+
+
+def run(args) -> int:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.one is not None:  # the child: one size, its figures as one JSON line on stdout
+        print(json.dumps(one_size(args.one, out, args.threads)))
+        return 0
+    sizes = [200, 800] if args.quick else [int(s) for s in str(args.sizes).split(",")]
+    results = []
+    for n in sizes:
+        cmd = [sys.executable, "-m", "genretr.bench", "scale", "--one", str(n), "--out", str(out),
+               "--threads", str(args.threads)]
+        start = time.perf_counter()
+        done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+        if done.returncode != 0:
+            print(f"genretr bench scale: the {n}-image run failed (exit {done.returncode})", file=sys.stderr)
+            return done.returncode
+        results.append({**json.loads(done.stdout.strip().splitlines()[-1]),
+                        "wall_minutes": round((time.perf_counter() - start) / 60, 2)})
+    report = {"results": results, "growth": growth(results)}
+    (out / "scale.json").write_text(json.dumps(report, indent=1))
+    print("| images | items | test pools t2i / i2t | stage | seconds | peak MB |\n|---:|---:|---|---|---:|---:|")
+    for r in results:
+        for stage in STAGES:
+            s = r["stages"][stage]
+            print(f"| {r['images']} | {r['items']} | {r['test_pools']['t2i']} / {r['test_pools']['i2t']} | {stage} "
+                  f"| {s['seconds']} | {s['peak_mb']:.0f} |")
+    print("\n| stage | sizes | size x | time x | time x / size x |\n|---|---|---:|---:|---:|")
+    for g in report["growth"]:
+        print(f"| {g['stage']} | {g['from']} -> {g['to']} | {g['size_x']} | {g['time_x']} | {g['vs_linear']} |")
+    largest = results[-1]
+    peak = max(s["peak_mb"] for s in largest["stages"].values()) / 1024
+    worst = max((g["vs_linear"] for g in report["growth"]), default=None)
+    print(f"\npeak RSS at {largest['images']} images: {peak:.2f} GB "
+          f"({'PASS' if peak <= BUDGET_RSS_GB else 'MISS'} <= {BUDGET_RSS_GB} GB); "
+          f"worst growth vs linear: {worst} ({'PASS' if worst is not None and worst <= 1.2 else 'MISS'} <= 1.2, "
+          f"noise allowed); wall per size (min): {[r['wall_minutes'] for r in results]}")
+    return 0
