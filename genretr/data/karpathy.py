@@ -8,9 +8,9 @@ The JSON (Karpathy & Fei-Fei, "Deep Visual-Semantic Alignments", CVPR 2015) has 
 images (COCO's 30k extra val2014 images) go to the split named by `restval_to`, or are
 dropped when it is None.
 
-Nothing is downloaded.  Every entry is validated first (cheap), then the selected images are
-decoded; any bad input raises `DataError` naming the file and the entry before anything is
-returned.
+Nothing is downloaded.  Every entry is validated first (cheap); the selected images stay files
+(`genretr.data.images.ImageFiles`) until the dataset stage decodes them into its artifact, where an
+undecodable one raises `DataError` naming the file and the entry, and nothing is written.
 """
 from __future__ import annotations
 
@@ -18,10 +18,7 @@ import json
 import os
 from dataclasses import dataclass
 
-import numpy as np
-from PIL import Image
-from rich.progress import track
-
+from genretr.data.images import ImageFiles, load_image  # noqa: F401 (load_image: this module's API)
 from genretr.data.schema import INSTRUCTIONS, IMAGE, PAIR, TEXT, Item, Query, RetrievalDataset, Split
 from genretr.errors import DataError, GenretrError
 
@@ -134,20 +131,6 @@ def select(json_path: str, image_root: str, restval_to: str | None,
     return by_split
 
 
-def load_image(path: str, size: int) -> np.ndarray:
-    """Decode to RGB, resize the shorter side to `size`, centre-crop to size×size (CLIP-style)."""
-    with Image.open(path) as im:
-        im.draft("RGB", (size, size))  # JPEG: decode at a reduced scale still >= size (fast)
-        im = im.convert("RGB")
-        w, h = im.size
-        scale = size / min(w, h)
-        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-        im = im.resize((nw, nh), Image.Resampling.BICUBIC)
-        left, top = (nw - size) // 2, (nh - size) // 2
-        im = im.crop((left, top, left + size, top + size))
-        return np.asarray(im, dtype=np.uint8)
-
-
 def build_karpathy(name: str, json_path: str, image_root: str, image_size: int = 64, restval_to: str | None = "train",
                    max_images_per_split: int | None = None) -> RetrievalDataset:
     """Flickr30K / MS-COCO (Karpathy splits): items are images, captions and image–caption pairs;
@@ -155,12 +138,8 @@ def build_karpathy(name: str, json_path: str, image_root: str, image_size: int =
     json_path, image_root, size = str(json_path), str(image_root), int(image_size)
     by_split = select(json_path, image_root, restval_to, max_images_per_split)
     entries = [e for s in SPLITS for e in by_split[s]]
-    images = np.empty((len(entries), size, size, 3), dtype=np.uint8)
-    for n, e in enumerate(track(entries, description=f"decoding {name} images", total=len(entries))):
-        try:
-            images[n] = load_image(e.path, size)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-            raise _error(json_path, e.label, f"cannot decode image {e.path}: {err}") from None
+    # decoded when the dataset stage writes its artifact (genretr.data.images), never all in memory
+    images = ImageFiles([e.path for e in entries], size, [(json_path, e.label) for e in entries], name)
 
     items: dict[str, Item] = {}
     splits: dict[str, Split] = {}

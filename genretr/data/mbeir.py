@@ -52,11 +52,8 @@ import os
 import zlib
 from dataclasses import dataclass, replace
 
-import numpy as np
-from PIL import Image
-from rich.progress import track
 
-from genretr.data.karpathy import load_image
+from genretr.data.images import ImageFiles
 from genretr.data.mbeir_qrels import Qrels, open_text, standard_path
 from genretr.data.schema import IMAGE, INSTRUCTIONS, PAIR, TASK_TARGET, TEXT, UNIVERSAL, Item, Query, \
     RetrievalDataset, Split
@@ -348,18 +345,13 @@ def split_pools(qs: list[tuple[RawQuery, str]], pools: _Pools, universal: str | 
     return out
 
 
-def decode_images(refs: dict[str, tuple[str, str]], at, size: int, name: str) -> np.ndarray:
-    """Every referenced image (relative path → the entry naming it), decoded in order."""
+def image_files(refs: dict[str, tuple[str, str]], at, size: int, name: str) -> ImageFiles:
+    """Every referenced image (relative path → the entry naming it), in order, checked to exist now and
+    decoded when the dataset artifact is written (genretr.data.images)."""
     for rel, where in refs.items():  # cheap existence check before the slow decode
         if not os.path.isfile(at(rel)):
             raise DataError(*where, f"image file not found: {at(rel)}")
-    images = np.empty((len(refs), size, size, 3), dtype=np.uint8)
-    for n, (rel, where) in enumerate(track(refs.items(), description=f"decoding {name} images", total=len(refs))):
-        try:
-            images[n] = load_image(at(rel), size)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-            raise DataError(*where, f"cannot decode image {at(rel)}: {_one_line(err)}") from None
-    return images
+    return ImageFiles([at(rel) for rel in refs], size, list(refs.values()), name)
 
 
 def build_mbeir(root: str, splits: dict, universal: dict | None = None, instructions: str | None = None,
@@ -390,7 +382,7 @@ def build_mbeir(root: str, splits: dict, universal: dict | None = None, instruct
     for q, _ in (x for qs in queries.values() for x in qs):
         if q.img_path:
             refs.setdefault(q.img_path, q.where)
-    images = decode_images(refs, at, int(image_size), name)
+    images = image_files(refs, at, int(image_size), name)
     image_index = {rel: n for n, rel in enumerate(refs)}
 
     items = {d: Item(d, pools.cands[d].modality, image=image_index.get(pools.cands[d].img_path),

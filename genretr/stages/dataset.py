@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from hydra.utils import instantiate
 
+from genretr.data.images import write_images
 from genretr.data.schema import RetrievalDataset
 from genretr.stages import keys
 
@@ -36,8 +37,9 @@ def run(ctx: RunContext) -> RetrievalDataset:
 
 
 def save(ds: RetrievalDataset, path: Path) -> None:
-    """`images.npy` (the pixels) and `dataset.pkl` (everything else) under `path`."""
-    np.save(path / "images.npy", np.ascontiguousarray(ds.images, dtype=np.uint8))
+    """`images.npy` (the pixels, decoded a file at a time from `ImageFiles`) and `dataset.pkl` (everything
+    else) under `path`."""
+    write_images(ds.images, path / "images.npy", ds.name)
     with open(path / "dataset.pkl", "wb") as f:
         pickle.dump(replace(ds, images=np.zeros((0, *ds.images.shape[1:]), np.uint8)), f,
                     protocol=pickle.HIGHEST_PROTOCOL)

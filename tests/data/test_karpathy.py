@@ -13,6 +13,7 @@ from PIL import Image
 
 from genretr.data.karpathy import build_karpathy
 from genretr.data.schema import IMAGE, PAIR, TEXT
+from genretr.data.images import ImageFiles, write_images
 from genretr.errors import DataError
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "dataset"
@@ -231,7 +232,9 @@ def test_bad_input_raises_one_line_data_error(flickr, case):
     if not case.endswith(("json", "key", "image")):
         flickr.write()
     with pytest.raises(DataError) as info:
-        flickr.build()
+        ds = flickr.build()
+        write_images(ds.images, flickr.json_path.parent / "images.npy")  # decoding: the dataset stage's
+    assert not (flickr.json_path.parent / "images.npy").exists() or not case.endswith("image")
     msg = str(info.value)
     assert msg.startswith(str(flickr.json_path)) and "dataset_flickr30k.json" in msg
     assert expected in msg and "\n" not in msg
@@ -243,3 +246,14 @@ def test_json_is_validated_before_any_image_is_decoded(flickr):
     flickr.write()
     with pytest.raises(DataError, match=r"images\[5\] \(filename=s1.jpg\) sentences\[4\]"):
         flickr.build()
+
+
+def test_images_stay_files_until_the_dataset_stage_writes_them(flickr, tmp_path):
+    """The builder lists the images (no pixels in memory); `write_images` decodes them a file at a time into one
+    .npy, the same pixels as decoding them all at once."""
+    ds = flickr.build()
+    assert isinstance(ds.images, ImageFiles) and ds.images.shape == (len(ds.images), 8, 8, 3)
+    write_images(ds.images, tmp_path / "images.npy")
+    written = np.load(tmp_path / "images.npy", mmap_mode="r")
+    assert written.dtype == np.uint8 and np.array_equal(written, np.asarray(ds.images))
+    assert np.array_equal(ds.images[[2, 0]], written[[2, 0]]) and np.array_equal(ds.images[-1], written[-1])

@@ -303,8 +303,9 @@ def test_positive_missing_from_the_universal_pool(tree):
 
 def test_undecodable_image(tree):
     (tree.root / B).write_bytes(b"not a jpeg at all")
+    ds = tree.build()  # listed, not decoded: the dataset stage decodes into its artifact
     with pytest.raises(DataError, match=r"task0_test_cand_pool.jsonl \[line 2 \(did=9:2\)\]: cannot decode image"):
-        tree.build()
+        np.asarray(ds.images)
 
 
 @pytest.mark.parametrize("row, problem", [
