@@ -60,6 +60,7 @@ bench-decoding: install ## the decoding benchmark (add ARGS=--quick for a 3-minu
 
 # The tiny end-to-end configs of every model family and the decoding benchmark on the GPU (issue 16): run it on a
 # GPU machine whenever one is available and report it.  Needs a CUDA build of torch (the lock's is the CPU one).
+# Each run's results.json must say its stages ran on cuda (stage_device) and allocated GPU memory (cuda_peak_mb).
 GPU_CHECK_RUNS := "method=embedding" "identifier=string" "identifier=genius decoding.rerank=true" \
 	"experiment=cart_base" "identifier=structured backbone=qwen25vl" "identifier=ssid backbone=llava"
 gpu-check: install ## on a GPU machine: tiny end-to-end runs of every family + the decoding benchmark, --device cuda
@@ -67,7 +68,9 @@ gpu-check: install ## on a GPU machine: tiny end-to-end runs of every family + t
 	set -e; for run in $(GPU_CHECK_RUNS); do \
 	  echo "== gpu-check: $$run"; \
 	  $(PY) -m genretr.run debug=tiny trainer=gpu $$run hydra.run.dir=gpu_check/$$(echo $$run | tr ' =' '_-') $(ARGS); \
-	  grep -q '"cuda' gpu_check/$$(echo $$run | tr ' =' '_-')/results.json; \
+	  $(PY) -c "import json, sys; p = json.load(open(sys.argv[1]))['provenance']; \
+	    assert str(p['stage_device']).startswith('cuda') and (p['cuda_peak_mb'] or 0) > 0, p" \
+	    gpu_check/$$(echo $$run | tr ' =' '_-')/results.json; \
 	done
 	$(PY) -m genretr.bench decoding --quick --device cuda
 

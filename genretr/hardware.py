@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -124,8 +125,10 @@ def run_device(accelerator: str = "cpu", devices=1):
         raise GenretrError(f"trainer.accelerator={accelerator} is not one of cpu, gpu, cuda, auto, mps")
     if not torch.cuda.is_available():
         raise GenretrError(f"trainer.accelerator={accelerator}, but torch sees no CUDA device (use trainer=cpu)")
-    listed = [int(d) for d in str(devices).split(",") if d.strip()] if isinstance(devices, str) and "," in devices \
-        else list(devices) if isinstance(devices, (list, tuple)) else None
+    if isinstance(devices, str):
+        listed = [int(d) for d in devices.split(",") if d.strip()] if "," in devices else None
+    else:  # a list, tuple or OmegaConf ListConfig of device indices, or a count
+        listed = [int(d) for d in devices] if isinstance(devices, Sequence) else None
     rank = int(os.environ.get("LOCAL_RANK", 0))
     return torch.device("cuda", int(listed[rank]) if listed else rank)
 

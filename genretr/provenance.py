@@ -71,9 +71,9 @@ def search_step(cfg, device: str) -> str | None:
     return search_dtype(cfg, device)
 
 
-def provenance(cfg, stage_seconds: dict, git: dict) -> dict:
+def provenance(cfg, stage_seconds: dict, git: dict, stage_device: str | None = None) -> dict:
     """The `provenance` block of results.json for a run of `cfg` started at `git` (`git_state()` then) whose
-    stages took `stage_seconds`."""
+    stages took `stage_seconds` and put their models on `stage_device` (`RunContext.device`)."""
     import torch
 
     from genretr.hardware import bf16_kind
@@ -85,4 +85,5 @@ def provenance(cfg, stage_seconds: dict, git: dict) -> dict:
                  "search_step": search_step(cfg, device)}
     return {"git": git, "seed": int(cfg.seed), "torch_threads": torch.get_num_threads(), "device": device,
             "precision": precision, "versions": versions(),
-            "stage_seconds": {k: round(v, 2) for k, v in stage_seconds.items()}}
+            "stage_seconds": {k: round(v, 2) for k, v in stage_seconds.items()}, "stage_device": stage_device,
+            "cuda_peak_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None}

@@ -88,7 +88,7 @@ def execute(cfg: DictConfig, run_dir: Path, extra_callbacks=()) -> dict | None:
                     "overrides": list(hc.overrides.task) if hc else [],
                     "metrics": metrics,
                     "elapsed_s": round(time.perf_counter() - start, 2),
-                    "provenance": provenance(cfg, pipe.stage_seconds, git),
+                    "provenance": provenance(cfg, pipe.stage_seconds, git, str(pipe.ctx.device)),
                 }
                 atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
                 if logger is not None:

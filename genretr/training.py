@@ -29,10 +29,24 @@ from genretr.errors import GenretrError
 log = logging.getLogger(__name__)
 
 
+FROZEN_FINGERPRINT = "genretr.frozen_fingerprint"  # the key under which trained_state records the frozen weights
+
+
+def frozen_fingerprint(module: torch.nn.Module) -> torch.Tensor:
+    """One float64 sum per frozen entry (sorted by name): what the saved trainable state was trained on top of."""
+    trainable = set(module.trainable_state_dict())
+    state = module.state_dict()
+    return torch.stack([state[k].detach().double().sum().cpu() for k in sorted(state) if k not in trainable]
+                       or [torch.zeros((), dtype=torch.float64)])
+
+
 def trained_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """What to save of a trained module, on the CPU: `trainable_state_dict()` when it has one, else everything."""
-    state = module.trainable_state_dict() if hasattr(module, "trainable_state_dict") else module.state_dict()
-    return {k: v.cpu() for k, v in state.items()}
+    """What to save of a trained module, on the CPU: `trainable_state_dict()` (with the frozen weights'
+    fingerprint) when it has one, else everything."""
+    if not hasattr(module, "trainable_state_dict"):
+        return {k: v.cpu() for k, v in module.state_dict().items()}
+    return {**{k: v.cpu() for k, v in module.trainable_state_dict().items()},
+            FROZEN_FINGERPRINT: frozen_fingerprint(module)}
 
 
 def check_trainable_state(module: torch.nn.Module, state: dict) -> None:
@@ -50,7 +64,14 @@ def load_trained_state(module: torch.nn.Module, state: dict) -> None:
     if not hasattr(module, "trainable_state_dict"):
         module.load_state_dict(state)
         return
+    state = dict(state)
+    saved = state.pop(FROZEN_FINGERPRINT, None)
     check_trainable_state(module, state)
+    now = frozen_fingerprint(module)
+    if saved is not None and (saved.shape != now.shape or not torch.allclose(saved, now, rtol=1e-6, atol=1e-6)):
+        raise GenretrError(f"{type(module).__name__}: the frozen weights differ from those the saved adapters were "
+                           "trained on (did backbone.model.pretrained change on disk?): retrain, or remove that "
+                           "train artifact")
     module.load_state_dict(state, strict=False)
 
 

@@ -71,3 +71,6 @@ def test_run_device_reads_the_trainer(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert run_device("gpu", [2, 5]) == torch.device("cuda", 5) and run_device("gpu", 2) == torch.device("cuda", 1)
     assert run_device("cuda", "3,4") == torch.device("cuda", 4)
+    from omegaconf import OmegaConf  # as a composed trainer.devices=[2,5] hands it over
+
+    assert run_device("gpu", OmegaConf.create({"d": [2, 5]}).d) == torch.device("cuda", 5)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from genretr.run import execute
-from genretr.training import SimulatedKill, StopAfterEpochs
+from genretr.training import FROZEN_FINGERPRINT, SimulatedKill, StopAfterEpochs
 
 
 def test_generative_end_to_end(make_cfg, tmp_path):
@@ -95,7 +95,7 @@ def test_killed_training_resumes_to_same_result(backbone, make_cfg, tmp_path):
     a, b = torch.load(ref_model), torch.load(new_model)
     assert set(a) == set(b) and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     if backbone:
-        assert set(a) == kept  # model.pt holds what the checkpoint does
+        assert set(a) == kept | {FROZEN_FINGERPRINT}  # model.pt holds what the checkpoint does, and the fingerprint
     for task in reference:
         for k in ("R@1", "R@5", "R@10", "MRR@10"):
             assert resumed[task][k] == reference[task][k]

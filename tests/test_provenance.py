@@ -25,6 +25,7 @@ def test_results_carry_provenance(make_cfg, tmp_path):
     assert re.fullmatch(r"[0-9a-f]{40}", prov["git"]["commit"])  # the tests run in a git checkout
     assert isinstance(prov["git"]["dirty"], bool)
     assert prov["seed"] == 3 and prov["torch_threads"] == 1 and prov["device"] == "cpu"
+    assert prov["stage_device"] == "cpu" and prov["cuda_peak_mb"] is None  # where the stages put their models
     for name in ("torch", "transformers", "lightning", "hydra-core", "faiss-cpu", "numpy", "python"):
         assert prov["versions"][name], name
     assert set(prov["stage_seconds"]) == {"dataset", "encode", "evaluate"}

@@ -27,6 +27,7 @@ class MLLMGenerator:
         self.model, self.pretrained, self.config = model, pretrained, plain(config)
         self.batch_size, self.max_new_tokens = int(batch_size), int(max_new_tokens)
         self.processor, self.dtype, self.seed = processor, dtype, seed
+        self.requested_device = device
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self._backbone: MLLMRetriever | None = None
 
@@ -36,6 +37,11 @@ class MLLMGenerator:
             self._backbone = self.cls(pretrained=self.pretrained, config=self.config, processor=self.processor,
                                       reason="none", dtype=self.dtype).to(self.device).eval()
         return self._backbone
+
+    def place(self, device) -> None:
+        """Run on the run's device (`IdentifierContext.device`) unless the config named one."""
+        if self.requested_device is None and self._backbone is None:
+            self.device = str(device)
 
     def fit(self, train_texts: list[str], groups: list[list[str]] = ()) -> None:
         """An MLLM needs no fitting."""

@@ -99,16 +99,24 @@ def add_tokens(tokenizer, tokens: list[str]) -> list[int]:
     return ids
 
 
+def spelled(token: str) -> str:
+    """An identifier token as the MLLM tokenizer holds it: `<id:c7>`, never a word of a caption or a prompt, and
+    never a token a pretrained vocabulary has."""
+    return f"<id:{token}>"
+
+
 def head_width(head: nn.Module) -> int:
     return int(head.out_features + getattr(head, "out_additional_features", 0))
 
 
 def extend_vocabulary(model, tokens: list[str], untie_head: bool) -> torch.Tensor:
-    """Add `tokens` to `model`'s tokenizer and give each an embedding row and a head row (mean-initialised,
+    """Add `tokens` (`spelled`) to `model`'s tokenizer and give each an embedding row and a head row (mean-initialised,
     trainable; shared when the model ties its head to its embedding, unless `untie_head`); their LLM ids."""
     hf, tok = model.hf, model.processor.tokenizer
     known = len(tok)
-    ids = torch.tensor(add_tokens(tok, tokens), dtype=torch.long)
+    ids = torch.tensor(add_tokens(tok, [spelled(t) for t in tokens]), dtype=torch.long)
+    if int(ids.min()) < known:
+        raise GenretrError(f"backbone {model.family}: identifier tokens {tokens[:3]} are already in the tokenizer")
     embed, head = hf.get_input_embeddings(), hf.get_output_embeddings()
     base_width = head_width(head)
     width = max(base_width, int(ids.max()) + 1)

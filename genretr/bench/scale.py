@@ -155,6 +155,10 @@ def run(args) -> int:
     largest = results[-1]
     peak = max(s["peak_mb"] for s in largest["stages"].values()) / 1024
     worst = max((g["vs_linear"] for g in report["growth"]), default=None)
+    timed = {r["images"]: r["wall_minutes"] for r in results}
+    if 100_000 in timed:
+        print(f"100k-image run: {timed[100_000]} min ({'PASS' if timed[100_000] <= BUDGET_100K_MIN else 'MISS'} "
+              f"<= {BUDGET_100K_MIN:.0f} min)")
     print(f"\npeak RSS at {largest['images']} images: {peak:.2f} GB "
           f"({'PASS' if peak <= BUDGET_RSS_GB else 'MISS'} <= {BUDGET_RSS_GB} GB); "
           f"worst growth vs linear: {worst} ({'PASS' if worst is not None and worst <= 1.2 else 'MISS'} <= 1.2, "

@@ -1,5 +1,5 @@
 """Images that stay on disk until they are needed (issue 16): a dataset builder lists the files, and the
-dataset stage decodes them once, in order and a chunk at a time, into the artifact's memory-mapped
+dataset stage decodes them once, in order and a file at a time, into the artifact's memory-mapped
 `images.npy` (`write_images`), so no run holds every pixel in memory.  `ImageFiles` reads like the
 (N, S, S, 3) uint8 array it stands for: an index decodes those images only."""
 from __future__ import annotations

@@ -52,7 +52,6 @@ import os
 import zlib
 from dataclasses import dataclass, replace
 
-
 from genretr.data.images import ImageFiles
 from genretr.data.mbeir_qrels import Qrels, open_text, standard_path
 from genretr.data.schema import IMAGE, INSTRUCTIONS, PAIR, TASK_TARGET, TEXT, UNIVERSAL, Item, Query, \

@@ -45,6 +45,7 @@ from genretr.identifiers.base import SPECIAL_TOKENS, IdTable
 from genretr.identifiers.common import append_counters
 
 log = logging.getLogger(__name__)
+FIELD_NAMES = re.compile(r"(?im)^\s*(caption|identifier|reason)\s*:")
 OUTCOMES = ("strict", "repaired", "retried", "fallback")
 COLLISIONS = ("disambiguate", "share")
 
@@ -240,7 +241,9 @@ class SsidIdentifier:
             pending = pending_next
         for req in pending:
             last = records[req.item_id]
-            texts = [t for t in (*req.captions, last["caption"]) if t] or [last["raw"] or ""]
+            # the raw answer without the format's field names: an empty "caption:/identifier:/reason:" names nothing
+            raw = FIELD_NAMES.sub(" ", last["raw"] or "")
+            texts = [t for t in (*req.captions, last["caption"]) if t] or [raw]
             identifier, reason = self.fallback.compose(texts)
             if not identifier:
                 identifier, reason = f"item {req.item_id}", "The answer named nothing; the item's id stands in."
@@ -293,6 +296,8 @@ class SsidIdentifier:
     def build(self, items, embeddings, ctx) -> IdTable:
         train_texts = list(ctx.train_texts or [])
         groups = [list(c) for c in (ctx.item_captions or {}).values()]
+        if hasattr(self.generator, "place"):  # a model-backed generator runs where the run's models do
+            self.generator.place(ctx.device)
         self.generator.fit(train_texts, groups)
         self.fallback.fit(train_texts, groups)
         records = self.generate(self.requests(items, ctx), ctx)

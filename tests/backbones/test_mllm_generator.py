@@ -65,3 +65,15 @@ def test_missing_weights_raise_one_clear_error_at_first_use(tmp_path):
         gen.generate([Request("a", "p")])
     with pytest.raises(MissingWeightsError, match="not in the HF cache"):
         MLLMGenerator(model="idefics", pretrained="genretr-tests/absent").load()
+
+
+def test_the_generator_runs_on_the_runs_device_unless_its_config_names_one(tmp_path):
+    """generator=backbone leaves `device` null: SSID places the generator where the run's models go."""
+    here = torch.device("cpu", 0)  # a device object this test controls (the run's)
+    free = MLLMGenerator(model="qwen25vl", pretrained=None, config={}, max_new_tokens=2, dtype="float32")
+    pinned = MLLMGenerator(model="qwen25vl", pretrained=None, config={}, max_new_tokens=2, dtype="float32",
+                           device="cpu")
+    for gen in (free, pinned):
+        SsidIdentifier(gen, retries=0).build([Item("x0", "image", image=0)], np.zeros((1, 4), np.float32),
+                                             Ctx(tmp_path / str(id(gen)), two_images(), device=here))
+    assert free.device == "cpu:0" and pinned.device == "cpu"

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from genretr.backbones.mllm import OFFSET, retriever_class
-from genretr.backbones.mllm_vocab import identifier_options
+from genretr.backbones.mllm_vocab import identifier_options, spelled
 from genretr.decoding.csr_trie import CSRTrie
 from genretr.decoding.engine import constrained_beam_search
 from genretr.errors import GenretrError
@@ -76,14 +76,16 @@ def test_each_identifier_token_is_one_new_token(scheme):
     assert n > 0 and len(tok) == len(plain.processor.tokenizer) + n
     assert m.lm_vocab_size == plain.lm_vocab_size + n  # the LM head's width (and the embedding's) grows by n
     assert m.hf.get_input_embeddings().num_embeddings == plain.hf.get_input_embeddings().num_embeddings + n
-    ids = tok.convert_tokens_to_ids(table.new_tokens)
+    ids = tok.convert_tokens_to_ids([spelled(t) for t in table.new_tokens])
     assert sorted(ids) == list(range(len(plain.processor.tokenizer), len(tok)))
     for t, i in zip(table.new_tokens, ids):
-        assert tok(t, add_special_tokens=False)["input_ids"] == [i]
+        assert tok(spelled(t), add_special_tokens=False)["input_ids"] == [i]
     for item, seq in llm_ids(m, table).items():  # the identifier is its tokens, one LLM id each
-        assert seq == tok.convert_tokens_to_ids([table.vocab[t] for t in table.tokens(item)[:-1]])
+        assert seq == tok.convert_tokens_to_ids([spelled(table.vocab[t]) for t in table.tokens(item)[:-1]])
     longest = max(table.new_tokens, key=len)
     assert len(plain.token_ids(longest)) > 1  # the plain tokenizer would spell it in pieces
+    text = f"a caption naming {' and '.join(table.new_tokens[:3])} as words"  # ordinary text is tokenized as before
+    assert m.token_ids(text) == plain.token_ids(text)
     assert m.hf(input_ids=torch.tensor([ids]), use_cache=False).logits.shape == (1, n, m.lm_vocab_size)
 
 
@@ -98,7 +100,7 @@ def test_padded_checkpoint_and_text_identifiers(mllm_checkpoint):
     atomic = AtomicIdentifier().build(items(100), None, CTX)
     m = load(atomic)
     assert known < rows < known + 100 and m.lm_vocab_size == known + 100
-    ids = torch.tensor([m.processor.tokenizer.convert_tokens_to_ids(atomic.new_tokens)])
+    ids = torch.tensor([m.processor.tokenizer.convert_tokens_to_ids([spelled(t) for t in atomic.new_tokens])])
     embed = m.hf.get_input_embeddings()
     torch.testing.assert_close(embed(ids)[0], embed.rows)  # padding rows and new rows alike: the added rows
     assert m.hf(input_ids=ids, use_cache=False).logits.shape[-1] == known + 100
@@ -120,7 +122,7 @@ def test_padded_checkpoint_and_text_identifiers(mllm_checkpoint):
     m = load(semantic)
     seqs = llm_ids(m, semantic)
     assert not m.identifiers.number_ids
-    assert seqs["a"] == m.token_ids(words[0]) + [m.processor.tokenizer.convert_tokens_to_ids("#0")]
+    assert seqs["a"] == m.token_ids(words[0]) + [m.processor.tokenizer.convert_tokens_to_ids(spelled("#0"))]
     assert seqs["c"] == m.token_ids(words[2])
 
 
@@ -133,7 +135,7 @@ def test_every_family_checkpoint_takes_item_tokens(family, mllm_checkpoint):
     m = retriever_class(family)(pretrained=str(mllm_checkpoint(family)), reason="none", lora=LORA,
                                 gradient_checkpointing=True, **identifier_options(table, False))
     tok = m.processor.tokenizer
-    assert all(len(tok(t, add_special_tokens=False)["input_ids"]) == 1 for t in table.new_tokens)
+    assert all(len(tok(spelled(t), add_special_tokens=False)["input_ids"]) == 1 for t in table.new_tokens)
     image = np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)
     m.train()
     m.loss(m.collate([{"image": image, "answer": table.text("i0")}, {"text": QUERIES[1], "answer": table.text("i1")}
@@ -209,7 +211,7 @@ def test_save_and_reload_keeps_the_vocabulary(trained, tmp_path):
 def test_atomic_classifier_head_ranks_the_items():
     table = TABLES["atomic"](5)
     m = qwen(table, classifier=True, lr=1e-2, warmup_steps=1)
-    ids = m.processor.tokenizer.convert_tokens_to_ids(table.new_tokens)
+    ids = m.processor.tokenizer.convert_tokens_to_ids([spelled(t) for t in table.new_tokens])
     samples = [{"text": q, "answer": table.text(i)} for q, i in zip(QUERIES, table.item_ids)]
     assert [m.answer_ids(s) for s in samples] == [[i] for i in ids]  # the item's token alone, no terminator
     batch, opt = m.collate(samples), m.configure_optimizers()["optimizer"]
@@ -250,6 +252,6 @@ def test_identifier_tokens_end_to_end_on_a_tiny_qwen(identifier, make_cfg, tmp_p
     tok = model.processor.tokenizer
     assert len(table.new_tokens) > 10
     for t in table.new_tokens:
-        assert len(tok(t, add_special_tokens=False)["input_ids"]) == 1
+        assert len(tok(spelled(t), add_special_tokens=False)["input_ids"]) == 1
     llm = p.decoding_table(model, table)
     assert all(len(llm.tokens(i)) == len(table.tokens(i)) for i in table.item_ids)  # one LLM token per ID token

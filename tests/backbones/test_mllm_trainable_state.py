@@ -13,7 +13,7 @@ from genretr.backbones.lora import LoRALinear
 from genretr.backbones.mllm import retriever_class
 from genretr.backbones.t5_prefix import T5PrefixDecoder
 from genretr.errors import GenretrError
-from genretr.training import check_trainable_state, load_trained_state, trained_state
+from genretr.training import FROZEN_FINGERPRINT, check_trainable_state, load_trained_state, trained_state
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 LORA = {"rank": 4, "alpha": 8}
@@ -54,8 +54,10 @@ def test_saved_state_is_the_adapters_and_the_new_rows(trained):
     m, _ = trained
     state = trained_state(m)
     lora = {f"{n}.{p}" for n, mod in m.named_modules() if isinstance(mod, LoRALinear) for p in ("lora_A", "lora_B")}
+    fingerprint = state.pop(FROZEN_FINGERPRINT)  # one sum per frozen entry: what the adapters sit on
     assert lora and set(state) == lora | {"hf.model.language_model.embed_tokens.rows", "hf.lm_head.rows"}
     full = m.state_dict()
+    assert len(fingerprint) == len(full) - len(state)
     assert nbytes(state) < 0.1 * nbytes(full)  # 16.9 of 394 kB here; 7B at rank 8: ~81 MB of 15 GB
     assert all(torch.equal(state[k], full[k]) for k in state)
 
@@ -68,9 +70,9 @@ def test_reload_over_a_seeded_rebuild_gives_the_same_logits(trained, tmp_path):
     load_trained_state(again, saved)
     want = m.step_decoder().prepare(QUERY).logits
     assert torch.equal(again.eval().step_decoder().prepare(QUERY).logits, want)
-    other = qwen(seed=1)  # other frozen random weights: the seed is what makes the rebuild the trained model
-    load_trained_state(other, saved)
-    assert not torch.allclose(other.eval().step_decoder().prepare(QUERY).logits, want)
+    other = qwen(seed=1)  # other frozen weights (a changed checkpoint, another seed): refused, not loaded
+    with pytest.raises(GenretrError, match="the frozen weights differ from those the saved adapters were trained on"):
+        load_trained_state(other, saved)
 
 
 def test_lightning_checkpoint_holds_the_trainable_state_only(trained):

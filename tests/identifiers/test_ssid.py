@@ -154,6 +154,15 @@ def test_retry_with_stricter_prompt_then_fallback_counts_outcomes(tmp_path):
     assert gen.asked[3].prompt.endswith("caption:a small yellow star in the corner\nidentifier:\nreason:")
 
 
+def test_an_empty_written_caption_falls_back_to_the_item_id(tmp_path):
+    """A captioner that wrote nothing: the keywords generator answers the empty template, whose field names are
+    no words of an identifier, so the fallback names the item."""
+    ctx = Ctx(tmp_path, describe=lambda ids: ["" for _ in ids])
+    table = SsidIdentifier(KeywordsGenerator(), retries=1).build(items(2), np.zeros((2, 2), np.float32), ctx)
+    assert [table.text(f"i{k}") for k in range(2)] == ["item i0", "item i1"]
+    assert "caption" not in table.reasons["i0"]
+
+
 @pytest.mark.parametrize("mode", ["disambiguate", "share"])
 def test_collisions_counted_and_disambiguated(tmp_path, mode):
     same = "caption:c\nidentifier:red circle\nreason:r"
