@@ -32,6 +32,7 @@ CHOICES = {  # key -> allowed values (checked when the key is set)
     "stage": STAGES,
     "method.name": ("embedding", "generative"),
     "eval.pool": ("task", UNIVERSAL),
+    "eval.index": ("flat", "ivf", "hnsw"),
     "encoder.fit.tasks": ("captions", "all"),
     "train.schedule": ("interleaved", "phased"),
     "train.reason": REASON_MODES,
@@ -106,6 +107,7 @@ def validate(cfg: DictConfig) -> None:
     _check_adapter(cfg)
     _check_add_ons(cfg)
     _check_engine(cfg)
+    _check_index_options(cfg)
     _check_generator(cfg)
     _check_scheme_options(cfg)
     _check_wandb(cfg)
@@ -123,6 +125,14 @@ def _check_engine(cfg) -> None:
     if not hasattr(get_class(str(target)), "generate"):
         raise GenretrError(f"decoding.engine=hf needs a backbone with HF generate; {str(target).rsplit('.', 1)[-1]} "
                            "(backbone.model._target_) is searched by decoding.engine=genretr only")
+
+
+def _check_index_options(cfg) -> None:
+    """eval.index_options: the faiss index's knobs (genretr.evaluation.embedding.build_index)."""
+    options = _get(cfg, "eval.index_options", None)
+    unknown = sorted(set(options or {}) - {"nlist", "nprobe", "hnsw_m", "ef_search"})
+    if unknown:
+        raise GenretrError(f"eval.index_options: {', '.join(unknown)} is not one of nlist, nprobe, hnsw_m, ef_search")
 
 
 def _check_generator(cfg) -> None:

@@ -25,10 +25,13 @@ from genretr.errors import GenretrError
 from genretr.identifiers.base import PAD, IdTable
 
 
-def embedding_searcher(pool_ids: list[str], pool_vecs: np.ndarray, top_k: int):
-    from genretr.evaluation.embedding import embedding_search
+def embedding_searcher(pool_ids: list[str], pool_vecs: np.ndarray, top_k: int, index: str = "flat", **options):
+    """query vectors -> (rankings, q/s) over one faiss index of the pool (`genretr.evaluation.embedding`), built
+    once (`index`: flat | ivf | hnsw; `options`: nlist, nprobe, hnsw_m, ef_search)."""
+    from genretr.evaluation.embedding import build_index, search_index
 
-    return lambda v: embedding_search(v["z"] if isinstance(v, dict) else v, pool_vecs, pool_ids, top_k)
+    built = build_index(pool_vecs, index, **options)
+    return lambda v: search_index(built, v["z"] if isinstance(v, dict) else v, pool_ids, top_k)
 
 
 @torch.no_grad()

@@ -70,7 +70,8 @@ def searcher(ctx: RunContext, ds, emb: Embeddings, task: str, model, table, trie
 
     top_k, pool, decoder = int(ctx.cfg.eval.top_k), ctx.pool(ds, task), ctx.decoder()
     if decoder is None:
-        return search.embedding_searcher(pool, emb.items(pool).numpy(), top_k)
+        return search.embedding_searcher(pool, emb.items(pool).numpy(), top_k, str(ctx.cfg.eval.get("index", "flat")),
+                                         **dict(ctx.cfg.eval.get("index_options") or {}))
     # identifiers map to the pool's items only: an identifier shared with a train item (semantic IDs'
     # collisions) never returns that item, and a freely generated train identifier is a miss
     table = table.subset(pool)
