@@ -75,7 +75,7 @@ def test_instruction_aware_encoder_on_every_task_separates_same_text_queries(mak
     m = p.run()
     assert set(m) == {"t2i", "t2it", "t2t", "i2t"}
     ds = p.dataset()
-    emb = Embeddings(**torch.load(p.store.artifact("encode", p.keys["encode"]) / "embeddings.pt"))
+    emb = Embeddings.load(p.store.artifact("encode", p.keys["encode"]))
     t2i = [q for q in ds.queries("test", "t2i")]
     t2it = {q.text: q for q in ds.queries("test", "t2it")}
     same = [(a, t2it[a.text]) for a in t2i if a.text in t2it][:5]
@@ -86,6 +86,6 @@ def test_instruction_aware_encoder_on_every_task_separates_same_text_queries(mak
     plain = Pipeline(make_cfg("method=embedding", f"dataset.tasks={tasks}", f"eval.tasks={tasks}",
                               "dataset.universal=true", run="plain"), tmp_path / "plain")
     plain.run()
-    emb2 = Embeddings(**torch.load(plain.store.artifact("encode", plain.keys["encode"]) / "embeddings.pt"))
+    emb2 = Embeddings.load(plain.store.artifact("encode", plain.keys["encode"]))
     assert plain.keys["encode"] != p.keys["encode"]
     assert torch.allclose(emb2.queries([x.id for x, _ in same]), emb2.queries([y.id for _, y in same]))

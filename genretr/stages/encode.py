@@ -155,20 +155,20 @@ def run(ctx: RunContext, ds: RetrievalDataset) -> Embeddings:
 
     def write(tmp: Path):
         if given:  # features given (dataset=precomputed): nothing to encode
-            torch.save(given_vectors(ctx, ds, splits).state(), tmp / "embeddings.pt")
+            given_vectors(ctx, ds, splits).save(tmp)
             return
         encoder, items, queries, item_vecs, query_vecs = fit_and_embed(
             cfg, ds, splits, int(ctx.cfg.seed), ctx.instructions(), encoder_tasks(cfg) == "all",
             lambda enc, dm: fit(enc, dm, ctx.cfg, ctx.store.work("encode", key), int(cfg.fit.max_epochs),
                                 ctx.logger, ctx.extra_callbacks), ctx.store, ctx.device)
         emb = Embeddings([x.id for x in items], item_vecs, [q.id for q in queries], query_vecs)
-        torch.save(emb.state(), tmp / "embeddings.pt")
+        emb.save(tmp)
         torch.save(encoder.cpu().state_dict(), tmp / "encoder.pt")
         if getattr(encoder.text_tower, "tokenizer", None) is not None:
             encoder.text_tower.tokenizer.save(str(tmp / "tokenizer.json"))
 
     path = ctx.store.produce("encode", key, write)
-    return Embeddings(**{k: v for k, v in torch.load(path / "embeddings.pt").items() if not k.startswith("_")})
+    return Embeddings.load(path)
 
 
 def encoder_tasks(cfg) -> str:

@@ -1,0 +1,20 @@
+"""The encode stage's artifact (genretr.data.embeddings): vectors saved as .npy and memory-mapped when loaded."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from genretr.data.embeddings import Embeddings
+
+
+def test_saved_vectors_load_memory_mapped_and_equal(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    emb = Embeddings(["a", "b", "c"], torch.randn(3, 4, generator=g), ["q1", "q2"], torch.randn(2, 4, generator=g))
+    emb.save(tmp_path)
+    again = Embeddings.load(tmp_path)
+    assert isinstance(np.load(tmp_path / "item_vecs.npy", mmap_mode="r"), np.memmap)
+    assert again.item_ids == emb.item_ids and again.query_ids == emb.query_ids
+    assert torch.equal(again.items(["c", "a"]), emb.items(["c", "a"])) and torch.equal(again.queries(["q2"]),
+                                                                                       emb.queries(["q2"]))
+    again.item_vecs[0, 0] = 99.0  # copy-on-write: a run may write, the artifact stays
+    assert torch.equal(Embeddings.load(tmp_path).item_vecs, emb.item_vecs)
