@@ -56,7 +56,7 @@ def test_genius_quantizer_trains_on_the_run_device(make_cfg, spy):
     cfg = make_cfg("identifier=genius")
     Pipeline(cfg, cfg.hydra.runtime.output_dir).run()
     assert ("genretr.quantizers.modality_decoupled", SENTINEL) in fits
-    assert {"ContrastiveEncoder", "T5PrefixDecoder"} <= set(moved)
+    assert {"ContrastiveEncoder", "T5PrefixDecoder", "ModalityDecoupledQuantizer"} <= set(moved)  # it encodes there
 
 
 def test_run_device_reads_the_trainer(monkeypatch):

@@ -72,7 +72,8 @@ class GeniusIdentifier:
                                        device=ctx.device, **self.quantizer_kwargs)
         self.model = model
         vectors = torch.from_numpy(x)
-        codes = model.encode_items(vectors, modalities).numpy()
+        codes = model.to(ctx.device).encode_items(vectors, modalities).numpy()  # on the run's device
+        model.cpu()
         m = model.metrics(vectors, modalities)
         prefixes = [tuple(row) for row in codes.tolist()]
         counters = unique_counters(prefixes)

@@ -142,10 +142,12 @@ class ModalityDecoupledQuantizer(L.LightningModule):
 
     @torch.no_grad()
     def encode_items(self, vectors: torch.Tensor, modalities: Sequence[str], batch_size: int = 4096) -> torch.Tensor:
-        """Codes (n, M) of items given their vectors and modality names."""
+        """Codes (n, M) of items on the CPU given their vectors and modality names, each batch on the model's
+        device."""
         self.eval()
-        mod = modality_index(modalities)
-        return torch.cat([self.quantize(self.embed(vectors[s:s + batch_size]), mod[s:s + batch_size])[1]
+        mod, device = modality_index(modalities), next(self.parameters()).device
+        return torch.cat([self.quantize(self.embed(vectors[s:s + batch_size].to(device)),
+                                        mod[s:s + batch_size].to(device))[1].cpu()
                           for s in range(0, len(vectors), batch_size)])
 
     @torch.no_grad()
