@@ -133,6 +133,17 @@ def run_device(accelerator: str = "cpu", devices=1):
     return torch.device("cuda", int(listed[rank]) if listed else rank)
 
 
+def status_mb(field: str) -> float | None:
+    """A memory field of /proc/self/status (VmRSS, VmHWM, ...) in MB; None where there is none (not Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def describe(precision: str, accelerator: str, device: str = "cpu") -> dict:
     """The precision block of results.json's provenance."""
     return {"option": str(precision), "bf16_hardware": bf16_kind(accelerator),

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from genretr.hardware import status_mb
+
 SHAPES = {
     "genius": dict(d_model=512, num_layers=6, num_heads=8, d_ff=2048, prefix_len=30, prefix_hidden=1024,
                    input_dim=512, codes=(3,) + (4096,) * 8),
@@ -89,13 +91,8 @@ def measure(fn, device, min_seconds: float = 1.0, max_runs: int = 5):
 
 
 def rss_mb() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
+    mb = status_mb("VmRSS")
+    return float("nan") if mb is None else mb
 
 
 def dict_trie(seqs: np.ndarray):

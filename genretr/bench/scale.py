@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from genretr.hardware import status_mb
+
 STAGES = ("dataset", "encode", "identify_genius", "identify_cart", "index", "evaluate")
 BUDGET_RSS_GB, BUDGET_100K_MIN = 6.0, 30.0
 
@@ -40,13 +42,8 @@ def _reset_peak() -> None:
 
 
 def _peak_mb() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    mb = status_mb("VmHWM")
+    return mb if mb is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def overrides(n: int, cache: Path, threads: int) -> list[str]:
