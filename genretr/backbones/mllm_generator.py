@@ -46,6 +46,17 @@ class MLLMGenerator:
     def fit(self, train_texts: list[str], groups: list[list[str]] = ()) -> None:
         """An MLLM needs no fitting."""
 
+    @property
+    def loaded(self) -> bool:
+        return self._backbone is not None
+
+    def release(self) -> None:
+        """Free the weights (and their GPU memory) once the identifiers are written, before the train stage
+        loads its own model; a later `generate` loads them again."""
+        self._backbone = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
     def generate(self, requests: list[Request]) -> list[str]:
         backbone, out = self.load(), []
         for s in range(0, len(requests), self.batch_size):

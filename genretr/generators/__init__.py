@@ -33,3 +33,6 @@ class Generator(Protocol):
 
     def signature(self) -> dict:
         """What determines the answers (keys the SSID cache)."""
+
+    # A model-backed generator also has `place(device)` (run where the run's models do, unless configured) and
+    # `release()` (free its weights once the identifiers are written); SSID calls both when present.

@@ -300,7 +300,11 @@ class SsidIdentifier:
             self.generator.place(ctx.device)
         self.generator.fit(train_texts, groups)
         self.fallback.fit(train_texts, groups)
-        records = self.generate(self.requests(items, ctx), ctx)
+        try:
+            records = self.generate(self.requests(items, ctx), ctx)
+        finally:  # the generator's model is not needed after this: free it before the train stage loads one
+            if hasattr(self.generator, "release"):
+                self.generator.release()
         recs = [records[it.id] for it in items]
         seqs = [identifier_words(r["identifier"]) for r in recs]
         groups = Counter(tuple(s) for s in seqs)

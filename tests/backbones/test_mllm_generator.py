@@ -77,3 +77,19 @@ def test_the_generator_runs_on_the_runs_device_unless_its_config_names_one(tmp_p
         SsidIdentifier(gen, retries=0).build([Item("x0", "image", image=0)], np.zeros((1, 4), np.float32),
                                              Ctx(tmp_path / str(id(gen)), two_images(), device=here))
     assert free.device == "cpu:0" and pinned.device == "cpu"
+
+
+def test_the_generator_frees_its_model_once_the_identifiers_are_written(tmp_path):
+    """SSID releases the MLLM after generating (also when generation fails), before the train stage loads a model."""
+    gen = MLLMGenerator(model="qwen25vl", pretrained=None, config={}, max_new_tokens=2, dtype="float32", device="cpu")
+    seen = []
+    generate = gen.generate
+    gen.generate = lambda reqs: (out := generate(reqs), seen.append(gen.loaded))[0]
+    SsidIdentifier(gen, retries=0).build([Item("x0", "image", image=0)], np.zeros((1, 4), np.float32),
+                                         Ctx(tmp_path, two_images()))
+    assert seen == [True] and not gen.loaded
+    gen.generate = lambda reqs: (gen.load(), 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        SsidIdentifier(gen, retries=0, cache=False).build([Item("x1", "image", image=1)],
+                                                          np.zeros((1, 4), np.float32), Ctx(tmp_path / "b", two_images()))
+    assert not gen.loaded
