@@ -75,6 +75,12 @@ def resolve_pretrained(pretrained: str) -> Path:
         if not any((path / f).is_file() for f in _WEIGHT_FILES):
             raise _missing(pretrained, f"directory {str(path)!r} has no model.safetensors / pytorch_model.bin")
         return path.resolve()
+    if path.is_file():
+        raise MissingWeightsError(
+            f"CLIP weights not found: {pretrained!r} is a file, not a model directory; if it is a training "
+            f"checkpoint (UniIR's clip_sf_large.pth, say), convert it with `python -m genretr.encoders.clip_convert "
+            f"{pretrained} --base openai/clip-vit-large-patch14 --out DIR` (--base: the HF CLIP of its architecture) "
+            f"and set GENRETR_CLIP=DIR")
     if path.exists() or not _looks_like_hub_name(pretrained):
         raise _missing(pretrained, f"{pretrained!r} is not a model directory")
     from huggingface_hub import constants, snapshot_download
