@@ -1,7 +1,8 @@
 """Every experiment preset runs (lightning-hydra-template's test_sweeps): each value of each swept
 parameter appears in at least one tiny run, with one artifact cache shared by the whole module (so a
 model trained for one preset serves the others).  Dataset sizes stay tiny: `dataset.splits.*` sweeps
-are not expanded.  CI runs each preset's first job; the other values are `slow` (make test-slow)."""
+are not expanded.  CI runs each preset's first job (but for `SLOW_PRESETS`, covered elsewhere); the other values are `slow`
+(make test-slow)."""
 from __future__ import annotations
 
 import itertools
@@ -27,12 +28,18 @@ def covering_jobs(params: dict[str, str]) -> list[list[str]]:
     return [[f"{k}={vs[i % len(vs)]}" for k, vs in values.items()] for i in range(n)]
 
 
+# Presets whose first job is `slow` too: the family's end-to-end run in CI is elsewhere (named here).
+SLOW_PRESETS = {
+    "ssid_table2_mllm": "tests/test_golden_results.py[mllm_qwen_ssid] runs SSID on a tiny Qwen2.5-VL",
+    "genius_ablation": "genius_base's job here and tests/test_golden_results.py[t5_prefix_genius_rerank] run GENIUS",
+}
+
 JOBS = []
 for name in presets():
     sweep = OmegaConf.load(CONF / "experiment" / f"{name}.yaml").get("hydra", {}).get("sweeper", {}).get("params", {})
     for k, job in enumerate(covering_jobs(dict(sweep))):
         JOBS.append(pytest.param(name, job, id=f"{name}:{','.join(job) or 'default'}",
-                                 marks=[pytest.mark.slow] if k else []))
+                                 marks=[pytest.mark.slow] if k or name in SLOW_PRESETS else []))
 
 
 @pytest.fixture(scope="module")
