@@ -262,17 +262,21 @@ def build_shapes(seed: int = 0, splits: dict | None = None, image_size: int = 64
     order = sorted(cfg.splits, key=lambda s: (["test", "val"].index(s) if s in ("test", "val") else 2, s))
     seen: set = set()
     generated = {s: generate_split(int(cfg.splits[s]), int(cfg.seed), s, cfg, seen) for s in order}
-    images, items, splits, captions = [], {}, {}, {}
+    per_scene = 2 if "i2i" in want else 1  # the scene, and its retextured i2i query image
+    size = int(cfg.image_size)  # images filled in order: one copy of the pixels, never a list of them and a stack
+    images = np.empty((sum(len(generated[s][0]) for s in cfg.splits) * per_scene, size, size, 3), np.uint8)
+    n_images, items, splits, captions = 0, {}, {}, {}
     for split in cfg.splits:
         scenes, edits = generated[split]
         rng = random.Random(f"{cfg.seed}/{split}/captions")
         t2t_rng = random.Random(f"{cfg.seed}/{split}/t2t")
         nprng = np.random.default_rng([int(cfg.seed), zlib.crc32(split.encode())])
         s = Split(pools={t: [] for t in tasks})
-        offset = len(images)
+        offset = n_images
         for k, scene in enumerate(scenes):
             img_index = offset + k
-            images.append(render(scene, int(cfg.image_size), nprng))
+            images[img_index] = render(scene, int(cfg.image_size), nprng)
+            n_images += 1
             iid = f"{split}/img{k}"
             items[iid] = Item(iid, IMAGE, image=img_index)
             caps = [caption(rng, scene) for _ in range(int(cfg.captions_per_image))]
@@ -300,9 +304,10 @@ def build_shapes(seed: int = 0, splits: dict | None = None, image_size: int = 64
             i2i_rng = random.Random(f"{cfg.seed}/{split}/i2i")
             i2i_nprng = np.random.default_rng([int(cfg.seed), zlib.crc32(split.encode()), 1])
             for k, scene in enumerate(scenes):
-                images.append(render(retextured(i2i_rng, scene), int(cfg.image_size), i2i_nprng))
+                images[n_images] = render(retextured(i2i_rng, scene), int(cfg.image_size), i2i_nprng)
                 s.queries.append(Query(f"i2i/{split}/img{k}/retextured", "i2i", (f"{split}/img{k}",),
-                                       INSTRUCTIONS["i2i"], image=len(images) - 1))
+                                       INSTRUCTIONS["i2i"], image=n_images))
+                n_images += 1
         for ref, tgt, text in edits:
             tag, target = f"{split}/img{ref}->img{tgt}", f"{split}/img{tgt}"
             for task, relevant in (("it2i", (target,)), ("it2t", tuple(captions[offset + tgt])),
@@ -313,4 +318,5 @@ def build_shapes(seed: int = 0, splits: dict | None = None, image_size: int = 64
         if universal:
             s.pools[UNIVERSAL] = list(dict.fromkeys(i for t in tasks for i in s.pools[t]))
         splits[split] = s
-    return RetrievalDataset("shapes", np.stack(images), items, splits, captions)
+    assert n_images == len(images)
+    return RetrievalDataset("shapes", images, items, splits, captions)

@@ -65,7 +65,8 @@ class CartIdentifier:
         coarse, centroids, residual = None, None, x
         if self.use_kmeans:
             coarse, centroids = cluster(x, self.k, seed, self.backend)
-            residual = x - centroids[coarse]
+            residual = centroids[coarse]  # (n, d), then x minus it in place: one copy of the vectors, not two
+            np.subtract(x, residual, out=residual)
             stats["coarse_clusters"] = int(len(centroids))
             stats["coarse_usage"] = len(np.unique(coarse)) / len(centroids)
             if workdir is not None:

@@ -67,14 +67,17 @@ class GeniusIdentifier:
         modalities = [it.modality for it in items]
         seed = int(self.seed if self.seed is not None else ctx.seed)
 
-        model = fit_modality_decoupled(qv[q_rows], t_rows, x, modalities, seed=seed, max_epochs=self.epochs,
+        every_pair = len(q_rows) == len(qv)  # then q_rows is 0..n-1 in order: no copy of the query vectors
+        model = fit_modality_decoupled(qv if every_pair else qv[q_rows], t_rows, x, modalities, seed=seed,
+                                       max_epochs=self.epochs,
                                        batch_size=self.batch_size, progress=bool(ctx.progress),
                                        device=ctx.device, **self.quantizer_kwargs)
         self.model = model
         vectors = torch.from_numpy(x)
-        codes = model.to(ctx.device).encode_items(vectors, modalities).numpy()  # on the run's device
+        codes = model.to(ctx.device).encode_items(vectors, modalities)  # on the run's device
+        m = model.metrics(vectors, modalities, codes)
         model.cpu()
-        m = model.metrics(vectors, modalities)
+        codes = codes.numpy()
         prefixes = [tuple(row) for row in codes.tolist()]
         counters = unique_counters(prefixes)
         table = self._table(items, codes, counters if self.unique_suffix else None)

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
 from genretr.data.schema import IMAGE, PAIR, TEXT
 from genretr.errors import GenretrError
@@ -151,13 +151,18 @@ class ModalityDecoupledQuantizer(L.LightningModule):
                           for s in range(0, len(vectors), batch_size)])
 
     @torch.no_grad()
-    def metrics(self, vectors: torch.Tensor, modalities: Sequence[str]) -> dict:
-        """Relative quantization error ||z - ẑ||² / ||z||² of items, usage per level, modality accuracy."""
+    def metrics(self, vectors: torch.Tensor, modalities: Sequence[str], codes: torch.Tensor | None = None,
+                batch_size: int = 4096) -> dict:
+        """Relative quantization error ||z - ẑ||² / ||z||² of items, usage per level, modality accuracy;
+        `codes`: the items' `encode_items` codes when already computed.  Summed a block at a time."""
         self.eval()
-        z = self.embed(vectors)
-        codes = self.encode_items(vectors, modalities)
-        err = (z - self.quantizer.decode(codes)).pow(2).sum() / z.pow(2).sum().clamp_min(1e-12)
-        return {"rel_error": float(err), "usage": self.quantizer.usage(codes),
+        codes = self.encode_items(vectors, modalities, batch_size) if codes is None else codes
+        device, err, norm = next(self.parameters()).device, 0.0, 0.0
+        for s in range(0, len(vectors), batch_size):
+            z = self.embed(vectors[s:s + batch_size].to(device))
+            err += float((z - self.quantizer.decode(codes[s:s + batch_size].to(device))).double().pow(2).sum())
+            norm += float(z.double().pow(2).sum())
+        return {"rel_error": err / max(norm, 1e-12), "usage": self.quantizer.usage(codes),
                 "modality_accuracy": modality_accuracy(codes, modalities)}
 
 
@@ -179,7 +184,25 @@ def fit_modality_decoupled(query_vecs: np.ndarray, target_rows: np.ndarray, item
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = ModalityDecoupledQuantizer(dim=items.shape[1], **model_kwargs)
-        data = TensorDataset(queries, items[rows], modality[rows], rows)
-        loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
+        # Batches gathered from the item rows (no per-pair copy of the targets); the same order as
+        # DataLoader(shuffle=True, generator=...) over a TensorDataset of the pairs.
+        shuffle = torch.Generator().manual_seed(seed)  # the loader's and the sampler's, as DataLoader shares it
+        batches = BatchSampler(RandomSampler(range(len(rows)), generator=shuffle), batch_size, drop_last=False)
+        loader = DataLoader(PairBatches(queries, items, modality, rows), sampler=batches, batch_size=None,
+                            generator=shuffle)
         small_fit_trainer(max_epochs, progress, device).fit(model, loader)
     return model.cpu().eval()
+
+
+class PairBatches(Dataset):
+    """(query vectors, target item vectors, target modalities, target rows) of a list of pair indices."""
+
+    def __init__(self, queries: torch.Tensor, items: torch.Tensor, modality: torch.Tensor, rows: torch.Tensor):
+        self.queries, self.items, self.modality, self.rows = queries, items, modality, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, pairs: list[int]):
+        rows = self.rows[pairs]
+        return self.queries[pairs], self.items[rows], self.modality[rows], rows

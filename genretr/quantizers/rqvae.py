@@ -89,19 +89,28 @@ class RQVAE(L.LightningModule):
                           for s in range(0, len(x), batch_size)])
 
     @torch.no_grad()
-    def metrics(self, x: torch.Tensor) -> dict:
+    def metrics(self, x: torch.Tensor, batch_size: int = 4096) -> dict:
         """Reconstruction MSE and relative error ||x - x̂||² / ||x - mean(x)||² (None for constant x),
-        relative latent quantization error ||z - Q(z)||² / ||z||², and codebook usage per level."""
+        relative latent quantization error ||z - Q(z)||² / ||z||², and codebook usage per level; summed a block
+        at a time on the model's device."""
         self.eval()
-        z = self.encoder(x)
-        codes = self.quantizer.encode(z)
-        zq = self.quantizer.decode(codes)
-        recon = self.decoder(zq)
-        spread = float((x - x.mean(0)).pow(2).sum())  # zero when every input is the same (e.g. K = #items)
-        return {"recon_mse": float(F.mse_loss(recon, x)),
-                "recon_rel_error": float((x - recon).pow(2).sum()) / spread if spread > 0 else None,
-                "latent_rel_error": float((z - zq).pow(2).sum() / z.pow(2).sum().clamp_min(1e-12)),
-                "usage": self.quantizer.usage(codes)}
+        device, mean = next(self.parameters()).device, x.double().mean(0)
+        sums = dict(recon=0.0, spread=0.0, latent=0.0, norm=0.0)
+        codes = []
+        for s in range(0, len(x), batch_size):
+            xb = x[s:s + batch_size].to(device)
+            z = self.encoder(xb)
+            c = self.quantizer.encode(z)
+            zq = self.quantizer.decode(c)
+            sums["recon"] += float((xb - self.decoder(zq)).double().pow(2).sum())
+            sums["spread"] += float((xb.double() - mean.to(device)).pow(2).sum())  # zero when every x is the same
+            sums["latent"] += float((z - zq).double().pow(2).sum())
+            sums["norm"] += float(z.double().pow(2).sum())
+            codes.append(c.cpu())
+        return {"recon_mse": sums["recon"] / max(x.numel(), 1),
+                "recon_rel_error": sums["recon"] / sums["spread"] if sums["spread"] > 1e-12 else None,
+                "latent_rel_error": sums["latent"] / max(sums["norm"], 1e-12),
+                "usage": self.quantizer.usage(torch.cat(codes))}
 
 
 def fit_rqvae(vectors: np.ndarray, *, seed: int = 0, max_epochs: int = 100, batch_size: int = 256,

@@ -77,24 +77,41 @@ def query_target_sides(ds: RetrievalDataset, instructions: bool):
 def embed(encoder, ds: RetrievalDataset, items, queries, texts, text_inputs, batch_size: int,
           instructions: bool = False, device="cpu"):
     """(item vectors, query vectors) on the CPU, each batch embedded on `device`; images are embedded once each,
-    texts once each."""
+    texts once each, and every row written into one preallocated tensor (no per-row copies at scale)."""
     encoder.to(device).eval()
     images = torch.from_numpy(ds.images)
 
     def batches(fn, x, n):
-        return torch.cat([fn(x[s:s + batch_size].to(device)).float().cpu() for s in range(0, n, batch_size)])
+        out = None
+        for s in range(0, n, batch_size):
+            v = fn(x[s:s + batch_size].to(device)).float().cpu()
+            out = v.new_empty(n, v.shape[1]) if out is None else out
+            out[s:s + len(v)] = v
+        return out
 
     img = batches(encoder.embed_images, images, len(images))
     txt = batches(encoder.embed_texts, text_inputs, len(texts))
     row = {t: i for i, t in enumerate(texts)}
 
-    def vec(image, text):
-        if image is not None and text:
-            return encoder.fuse(img[image], txt[row[text]])
-        return img[image] if image is not None else txt[row[text]]
+    def vectors(sides) -> torch.Tensor:
+        """One row per (image index or None, text or None): the image's, the text's, or both fused."""
+        image_rows = torch.tensor([-1 if i is None else i for i, _ in sides], dtype=torch.long)
+        text_rows = torch.tensor([row[t] if t else -1 for _, t in sides], dtype=torch.long)
+        dim = (img if img is not None else txt).shape[1]
+        out = torch.empty(len(sides), dim)
+        has_image, has_text = image_rows >= 0, text_rows >= 0
+        for mask, fill in ((has_image & ~has_text, lambda m: img[image_rows[m]]),
+                           (has_text & ~has_image, lambda m: txt[text_rows[m]])):
+            if mask.any():
+                out[mask] = fill(mask)
+        both = (has_image & has_text).nonzero().squeeze(1)
+        for s in range(0, len(both), 65536):  # fused a block at a time
+            b = both[s:s + 65536]
+            out[b] = encoder.fuse(img[image_rows[b]], txt[text_rows[b]])
+        return out
 
-    return (torch.stack([vec(x.image, x.text) for x in items]),
-            torch.stack([vec(q.image, query_text(q, instructions)) for q in queries]))
+    return (vectors([(x.image, x.text) for x in items]),
+            vectors([(q.image, query_text(q, instructions)) for q in queries]))
 
 
 def prepare_texts(encoder, texts: list[str], fit_texts: list[str], store=None) -> torch.Tensor:

@@ -129,3 +129,30 @@ def test_fit_is_deterministic_given_seed():
     assert metrics["modality_accuracy"] == 1.0 and 0 <= metrics["rel_error"] < 1
     with pytest.raises(GenretrError, match="pairs"):
         fit_modality_decoupled(q[:0], rows[:0], items, mods, seed=1, **kw)
+
+
+def test_pair_batches_are_the_shuffled_pairs_without_copying_the_targets():
+    """The loader gathers target rows per batch, in exactly the order DataLoader(shuffle=True) over the pairs gives."""
+    from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
+
+    from genretr.quantizers.modality_decoupled import PairBatches
+
+    q, rows, items, names = toy()
+    q, rows, items, mods = torch.as_tensor(q), torch.as_tensor(rows), torch.as_tensor(items), modality_index(names)
+    old = DataLoader(TensorDataset(q, items[rows], mods[rows], rows), batch_size=32, shuffle=True,
+                     generator=torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    new = DataLoader(PairBatches(q, items, mods, rows), batch_size=None, generator=g,
+                     sampler=BatchSampler(RandomSampler(range(len(rows)), generator=g), 32, drop_last=False))
+    for _ in range(2):  # two epochs: the shared generator advances alike
+        got, want = list(new), list(old)
+        assert len(got) == len(want) and all(torch.equal(a, b) for x, y in zip(got, want) for a, b in zip(x, y))
+
+
+def test_metrics_summed_in_blocks_equal_one_block():
+    q, rows, items, mods = toy()
+    model = fit_modality_decoupled(q, rows, items, mods, seed=0, max_epochs=1, batch_size=32, **SMALL)
+    x = torch.from_numpy(items)
+    one, blocks = model.metrics(x, mods, batch_size=len(x)), model.metrics(x, mods, batch_size=7)
+    assert blocks["usage"] == one["usage"] and blocks["modality_accuracy"] == one["modality_accuracy"]
+    assert blocks["rel_error"] == pytest.approx(one["rel_error"], rel=1e-6) and one["rel_error"] > 0

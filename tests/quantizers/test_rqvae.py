@@ -82,3 +82,14 @@ def test_fit_rqvae_returns_codes_and_is_deterministic():
     metrics = model.metrics(torch.from_numpy(x))
     assert set(metrics) == {"recon_mse", "recon_rel_error", "latent_rel_error", "usage"}
     assert len(metrics["usage"]) == 2 and all(0 < u <= 1 for u in metrics["usage"])
+
+
+def test_metrics_summed_in_blocks_equal_one_block():
+    x = torch.from_numpy(toy())
+    model, _ = fit_rqvae(x.numpy(), seed=0, max_epochs=1, batch_size=32, warmup_epochs=1, **SMALL)
+    one, blocks = model.metrics(x, batch_size=len(x)), model.metrics(x, batch_size=7)
+    assert blocks["usage"] == one["usage"]
+    for k in ("recon_mse", "recon_rel_error", "latent_rel_error"):
+        assert blocks[k] == pytest.approx(one[k], rel=1e-6) and one[k] > 0
+    constant = torch.ones(20, x.shape[1])
+    assert model.metrics(constant, batch_size=7)["recon_rel_error"] is None  # no spread to compare with
