@@ -2,7 +2,8 @@
 
 Shapes at growing sizes through dataset -> encode -> identify (GENIUS and CART codes) -> index -> evaluate
 (the two-tower search of t2i and of i2t, whose pool holds every test caption: 5 per image), each size in its
-own process.  Per stage it prints the wall time and the peak resident memory (Linux: VmHWM, reset before each
+own process.  `--text-pool N` adds one run whose i2t test pool holds N captions (N/5 test images, 2,000
+training images, the first 2,000 test images as queries): the 1M-candidate text pool of issue 16.  Per stage it prints the wall time and the peak resident memory (Linux: VmHWM, reset before each
 stage through /proc/self/clear_refs; elsewhere the process's running maximum), then how each stage's time
 grows against the size.  Budgets: peak RSS <= 6 GB at the largest size, no stage growing faster than
 linearly, the 100k-image run within 30 min.  The models train one epoch each: this measures the pipeline's
@@ -24,14 +25,17 @@ from genretr.hardware import status_mb
 
 STAGES = ("dataset", "encode", "identify_genius", "identify_cart", "index", "evaluate")
 BUDGET_RSS_GB, BUDGET_100K_MIN = 6.0, 30.0
+TEXT_POOL_TRAIN, TEXT_POOL_QUERIES = 2000, 2000
 
 
 def add_arguments(p):
     p.add_argument("--sizes", default="10000,100000", help="shapes training images per run, comma-separated")
     p.add_argument("--quick", action="store_true", help="sizes 200,800: a smoke run in about a minute")
+    p.add_argument("--text-pool", type=int, default=0, help="also a run with an i2t pool of this many captions")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: every core)")
     p.add_argument("--out", default="bench_out/scale")
     p.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # the child process of one size
+    p.add_argument("--pool", type=int, default=0, help=argparse.SUPPRESS)  # ... of the text-pool run
 
 
 def _reset_peak() -> None:
@@ -46,15 +50,21 @@ def _peak_mb() -> float:
     return mb if mb is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def overrides(n: int, cache: Path, threads: int) -> list[str]:
+def overrides(n: int, cache: Path, threads: int, text_pool: int = 0) -> list[str]:
+    """`n` training images (t2i and i2t); with `text_pool`, i2t only over a pool of that many test captions."""
+    common = ["logger=none", "progress=false", f"threads={threads or 'auto'}", "encoder.fit.max_epochs=1",
+              f"paths.cache_dir={cache}"]
+    if text_pool:
+        return [*common, f"dataset.splits={{train:{n},val:5,test:{max(1, text_pool // 5)}}}", "dataset.tasks=[i2t]",
+                "eval.tasks=[i2t]", f"eval.max_queries={TEXT_POOL_QUERIES}"]
     test = max(10, n // 10)
-    return ["logger=none", "progress=false", f"threads={threads or 'auto'}",
-            f"dataset.splits={{train:{n},val:{max(5, n // 200)},test:{test}}}", "dataset.tasks=[t2i,i2t]",
-            "eval.tasks=[t2i,i2t]", "encoder.fit.max_epochs=1", f"paths.cache_dir={cache}"]
+    return [*common, f"dataset.splits={{train:{n},val:{max(5, n // 200)},test:{test}}}", "dataset.tasks=[t2i,i2t]",
+            "eval.tasks=[t2i,i2t]"]
 
 
-def one_size(n: int, out: Path, threads: int) -> dict:
-    """Every stage at `n` training images in this process: {stage: {seconds, peak_mb}} plus the counts."""
+def one_size(n: int, out: Path, threads: int, text_pool: int = 0) -> dict:
+    """Every stage at `n` training images (and a `text_pool`, see `overrides`) in this process:
+    {stage: {seconds, peak_mb}} plus the counts."""
     import torch
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -66,14 +76,16 @@ def one_size(n: int, out: Path, threads: int) -> dict:
     from genretr.pipeline import Pipeline
 
     torch.set_num_threads(auto_threads(threads or None))
-    run_dir, rows = out / f"run_{n}", {}
-    shutil.rmtree(out / f"cache_{n}", ignore_errors=True)  # every stage runs: nothing from an earlier bench
+    name = f"{n}_pool{text_pool}" if text_pool else str(n)
+    run_dir, rows, cache = out / f"run_{name}", {}, out / f"cache_{name}"
+    tasks = ("i2t",) if text_pool else ("t2i", "i2t")
+    shutil.rmtree(cache, ignore_errors=True)  # every stage runs: nothing from an earlier bench
 
     def pipeline(*extra):
         """A Pipeline of conf/config.yaml with the Hydra runtime values a real run has."""
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg = compose("config", overrides=[*overrides(n, out / f"cache_{n}", threads), *extra],
+            cfg = compose("config", overrides=[*overrides(n, cache, threads, text_pool), *extra],
                           return_hydra_config=True)
         with open_dict(cfg):
             cfg.hydra.runtime.output_dir, cfg.hydra.runtime.cwd, cfg.hydra.job.num = str(run_dir), os.getcwd(), 0
@@ -85,7 +97,7 @@ def one_size(n: int, out: Path, threads: int) -> dict:
         start = time.perf_counter()
         result = work(*args)
         rows[stage] = {"seconds": round(time.perf_counter() - start, 2), "peak_mb": round(_peak_mb(), 1)}
-        print(f"  {n:>9} images  {stage:<16} {rows[stage]['seconds']:>9.1f} s  {rows[stage]['peak_mb']:>9.0f} MB",
+        print(f"  {name:>9} images  {stage:<16} {rows[stage]['seconds']:>9.1f} s  {rows[stage]['peak_mb']:>9.0f} MB",
               file=sys.stderr, flush=True)
         return result
 
@@ -103,8 +115,8 @@ def one_size(n: int, out: Path, threads: int) -> dict:
     table = timed("identify_cart", cart.identify, ds, emb)
     timed("index", cart.index, ds, table)
     metrics = timed("evaluate", base.evaluate, ds, emb)
-    pools = {t: len(ds.splits["test"].pools[t]) for t in ("t2i", "i2t")}
-    return {"images": n, "items": len(ds.items), "test_pools": pools, "stages": rows,
+    pools = {t: len(ds.splits["test"].pools[t]) for t in tasks}
+    return {"images": n, "text_pool": text_pool, "items": len(ds.items), "test_pools": pools, "stages": rows,
             "R@10": {t: round(m["R@10"], 4) for t, m in metrics.items()}}
 
 
@@ -120,32 +132,44 @@ def growth(results: list[dict]) -> list[dict]:
     return out
 
 
+def child(n: int, out: Path, threads: int, text_pool: int = 0) -> dict | None:
+    """One size (or the text-pool run) in its own process, so that peak memory is its own."""
+    cmd = [sys.executable, "-m", "genretr.bench", "scale", "--one", str(n), "--pool", str(text_pool), "--out",
+           str(out), "--threads", str(threads)]
+    start = time.perf_counter()
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        what = f"the {text_pool}-caption pool run" if text_pool else f"the {n}-image run"
+        print(f"genretr bench scale: {what} failed (exit {done.returncode})", file=sys.stderr)
+        return None
+    return {**json.loads(done.stdout.strip().splitlines()[-1]),
+            "wall_minutes": round((time.perf_counter() - start) / 60, 2)}
+
+
 def run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.one is not None:  # the child: one size, its figures as one JSON line on stdout
-        print(json.dumps(one_size(args.one, out, args.threads)))
+        print(json.dumps(one_size(args.one, out, args.threads, args.pool)))
         return 0
     sizes = [200, 800] if args.quick else [int(s) for s in str(args.sizes).split(",")]
     results = []
     for n in sizes:
-        cmd = [sys.executable, "-m", "genretr.bench", "scale", "--one", str(n), "--out", str(out),
-               "--threads", str(args.threads)]
-        start = time.perf_counter()
-        done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
-        if done.returncode != 0:
-            print(f"genretr bench scale: the {n}-image run failed (exit {done.returncode})", file=sys.stderr)
-            return done.returncode
-        results.append({**json.loads(done.stdout.strip().splitlines()[-1]),
-                        "wall_minutes": round((time.perf_counter() - start) / 60, 2)})
-    report = {"results": results, "growth": growth(results)}
+        results.append(child(n, out, args.threads))
+        if results[-1] is None:
+            return 1
+    pool = child(TEXT_POOL_TRAIN, out, args.threads, args.text_pool) if args.text_pool else None
+    if args.text_pool and pool is None:
+        return 1
+    report = {"results": results, "growth": growth(results), "text_pool": pool}
     (out / "scale.json").write_text(json.dumps(report, indent=1))
-    print("| images | items | test pools t2i / i2t | stage | seconds | peak MB |\n|---:|---:|---|---|---:|---:|")
-    for r in results:
+    print("| images | items | test pools (t2i / i2t) | stage | seconds | peak MB |\n|---:|---:|---|---|---:|---:|")
+    for r in results + ([pool] if pool else []):
+        label = f"{r['images']} + i2t pool {r['text_pool']}" if r.get("text_pool") else r["images"]
+        pools = " / ".join(str(v) for v in r["test_pools"].values())
         for stage in STAGES:
             s = r["stages"][stage]
-            print(f"| {r['images']} | {r['items']} | {r['test_pools']['t2i']} / {r['test_pools']['i2t']} | {stage} "
-                  f"| {s['seconds']} | {s['peak_mb']:.0f} |")
+            print(f"| {label} | {r['items']} | {pools} | {stage} | {s['seconds']} | {s['peak_mb']:.0f} |")
     print("\n| stage | sizes | size x | time x | time x / size x |\n|---|---|---:|---:|---:|")
     for g in report["growth"]:
         print(f"| {g['stage']} | {g['from']} -> {g['to']} | {g['size_x']} | {g['time_x']} | {g['vs_linear']} |")
@@ -160,4 +184,9 @@ def run(args) -> int:
           f"({'PASS' if peak <= BUDGET_RSS_GB else 'MISS'} <= {BUDGET_RSS_GB} GB); "
           f"worst growth vs linear: {worst} ({'PASS' if worst is not None and worst <= 1.2 else 'MISS'} <= 1.2, "
           f"noise allowed); wall per size (min): {[r['wall_minutes'] for r in results]}")
+    if pool:
+        pool_peak = max(s["peak_mb"] for s in pool["stages"].values()) / 1024
+        print(f"i2t pool of {pool['test_pools']['i2t']} captions: peak RSS {pool_peak:.2f} GB "
+              f"({'PASS' if pool_peak <= BUDGET_RSS_GB else 'MISS'} <= {BUDGET_RSS_GB} GB), "
+              f"{pool['wall_minutes']} min")
     return 0

@@ -25,10 +25,13 @@ def test_growth_is_time_ratio_over_size_ratio():
 def test_quick_scale_run_prints_every_stage(tmp_path, capsys):
     from genretr.bench.__main__ import main
 
-    assert main(["scale", "--quick", "--threads", "1", "--out", str(tmp_path)]) == 0
+    assert main(["scale", "--quick", "--text-pool", "1000", "--threads", "1", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "scale.json").read_text())
     assert [r["images"] for r in report["results"]] == [200, 800]
     for r in report["results"]:
         assert set(r["stages"]) == set(STAGES) and all(s["seconds"] > 0 for s in r["stages"].values())
         assert r["test_pools"]["i2t"] == 5 * r["test_pools"]["t2i"]  # five captions an image
-    assert "peak RSS at 800 images" in capsys.readouterr().out
+    pool = report["text_pool"]
+    assert pool["test_pools"] == {"i2t": 1000} and set(pool["stages"]) == set(STAGES)  # 200 test images' captions
+    out = capsys.readouterr().out
+    assert "peak RSS at 800 images" in out and "i2t pool of 1000 captions" in out
