@@ -28,16 +28,22 @@ class IdTable:
     new_tokens: list[str] = field(default_factory=list)  # tokens a pretrained tokenizer must add
     reasons: dict[str, str] = field(default_factory=dict)  # item id -> SSID's rationale (Sec. III-D), if written
     _index: dict[str, int] = field(default_factory=dict, repr=False)
-    _inverse: dict[tuple, list[str]] = field(default_factory=dict, repr=False)
+    _inverse_map: dict[tuple, list[str]] | None = field(default=None, repr=False)
 
     def __post_init__(self):
         self.sequences = np.asarray(self.sequences, dtype=np.int32)
         if len(self.item_ids) != len(self.sequences):
             raise ValueError(f"{len(self.item_ids)} items but {len(self.sequences)} sequences")
         self._index = {iid: i for i, iid in enumerate(self.item_ids)}
-        self._inverse = {}
-        for iid, seq in zip(self.item_ids, self.sequences):
-            self._inverse.setdefault(self._strip(seq), []).append(iid)
+        self._inverse_map = None  # sequence -> items, built at first use (a pool's subset never needs it)
+
+    @property
+    def _inverse(self) -> dict[tuple, list[str]]:
+        if self._inverse_map is None:
+            self._inverse_map = {}
+            for iid, seq in zip(self.item_ids, self.sequences.tolist()):
+                self._inverse_map.setdefault(tuple(filter(None, seq)), []).append(iid)  # _strip: PAD is 0
+        return self._inverse_map
 
     @staticmethod
     def _strip(seq) -> tuple:
