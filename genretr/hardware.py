@@ -133,6 +133,20 @@ def run_device(accelerator: str = "cpu", devices=1):
     return torch.device("cuda", int(listed[rank]) if listed else rank)
 
 
+def release_freed_memory() -> None:
+    """Hand what a finished stage freed back to the OS (a full gc, then glibc's `malloc_trim` where there is
+    one), so the next stage's peak does not sit on the last one's garbage (issue 16's peak RSS)."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing more to do
+        pass
+
+
 def status_mb(field: str) -> float | None:
     """A memory field of /proc/self/status (VmRSS, VmHWM, ...) in MB; None where there is none (not Linux)."""
     try:

@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from genretr.data.embeddings import Embeddings
 from genretr.data.schema import RetrievalDataset
 from genretr.errors import GenretrError
+from genretr.hardware import release_freed_memory
 from genretr.identifiers.base import IdTable
 from genretr.stages import STAGES, dataset, encode, evaluate, identify, index, train
 from genretr.stages.context import RunContext
@@ -79,6 +80,7 @@ class Pipeline:
             return work(*args)
         finally:
             self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + time.perf_counter() - start
+            release_freed_memory()
 
     def run(self) -> dict | None:
         stop = self.cfg.stage

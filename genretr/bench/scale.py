@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from genretr.hardware import status_mb
+from genretr.hardware import release_freed_memory, status_mb
 
 STAGES = ("dataset", "encode", "identify_genius", "identify_cart", "index", "evaluate")
 BUDGET_RSS_GB, BUDGET_100K_MIN = 6.0, 30.0
@@ -93,6 +93,7 @@ def one_size(n: int, out: Path, threads: int, text_pool: int = 0) -> dict:
         return Pipeline(cfg, run_dir)
 
     def timed(stage, work, *args):
+        release_freed_memory()  # as Pipeline.run does between stages
         _reset_peak()
         start = time.perf_counter()
         result = work(*args)
@@ -103,7 +104,9 @@ def one_size(n: int, out: Path, threads: int, text_pool: int = 0) -> dict:
 
     base = pipeline("method=embedding")
     ds = timed("dataset", base.dataset)
-    emb = timed("encode", base.encode, ds)
+    timed("encode", base.encode, ds)
+    del ds  # each run below loads the dataset and embeddings again from the cache: one copy alive, as in a run
+
     def upstream(pipe):  # another identifier's run: the dataset and embeddings again, from the cache
         reused = pipe.dataset()
         return reused, pipe.encode(reused)
