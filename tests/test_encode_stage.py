@@ -89,3 +89,17 @@ def test_instruction_aware_encoder_on_every_task_separates_same_text_queries(mak
     emb2 = Embeddings.load(plain.store.artifact("encode", plain.keys["encode"]))
     assert plain.keys["encode"] != p.keys["encode"]
     assert torch.allclose(emb2.queries([x.id for x, _ in same]), emb2.queries([y.id for _, y in same]))
+
+
+def test_loader_workers_read_the_images_and_change_no_vector(make_cfg, tmp_path):
+    """loader_workers=2: worker processes read the training pairs from the memory-mapped images; the encode key
+    and every vector are the same as with none."""
+    runs = {}
+    for workers in (0, 2):
+        p = Pipeline(make_cfg("method=embedding", "stage=encode", f"loader_workers={workers}", run=f"w{workers}",
+                              cache=tmp_path / f"cache{workers}"), tmp_path / f"w{workers}")
+        p.run()
+        runs[workers] = (p.keys["encode"], Embeddings.load(p.store.artifact("encode", p.keys["encode"])))
+    (key0, a), (key2, b) = runs[0], runs[2]
+    assert key0 == key2
+    assert torch.equal(a.item_vecs, b.item_vecs) and torch.equal(a.query_vecs, b.query_vecs)

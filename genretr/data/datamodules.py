@@ -101,14 +101,18 @@ class QueryTargetPairs(Dataset):
 
 
 class ContrastiveDataModule(L.LightningDataModule):
-    def __init__(self, pairs: CaptionPairs | QueryTargetPairs, batch_size: int = 128, seed: int = 0):
+    """`workers` processes read the pairs (images from the memory-mapped artifact); the batches are the same."""
+
+    def __init__(self, pairs: CaptionPairs | QueryTargetPairs, batch_size: int = 128, seed: int = 0,
+                 workers: int = 0):
         super().__init__()
-        self.pairs, self.batch_size, self.seed = pairs, batch_size, seed
+        self.pairs, self.batch_size, self.seed, self.workers = pairs, batch_size, seed, int(workers)
 
     def train_dataloader(self):
         sampler = EpochShuffle(len(self.pairs), self.seed, self.pairs.groups)
         return DataLoader(self.pairs, batch_size=self.batch_size, sampler=sampler, generator=loader_generator(),
-                          drop_last=len(sampler) > self.batch_size)
+                          drop_last=len(sampler) > self.batch_size, num_workers=self.workers,
+                          persistent_workers=self.workers > 0)
 
 
 class TensorDict(Dataset):

@@ -132,10 +132,10 @@ def prepare_texts(encoder, texts: list[str], fit_texts: list[str], store=None) -
 
 
 def fit_and_embed(cfg, ds: RetrievalDataset, splits, seed: int, instructions: bool, all_tasks: bool, fit,
-                  store=None, device="cpu"):
+                  store=None, device="cpu", workers: int = 0):
     """The encode stage's work (`cfg`: the encoder node): the dual encoder trained with ``fit(encoder,
-    datamodule)`` when ``cfg.fit.max_epochs > 0``, then every member of `splits` embedded on `device`.  `store`
-    keeps fixed text features across runs (`prepare_texts`).
+    datamodule)`` when ``cfg.fit.max_epochs > 0`` (`workers` loader processes reading the pairs), then every
+    member of `splits` embedded on `device`.  `store` keeps fixed text features across runs (`prepare_texts`).
     Returns (encoder, items, queries, item vectors, query vectors)."""
     torch.manual_seed(seed)
     encoder = instantiate(cfg.model)
@@ -155,7 +155,7 @@ def fit_and_embed(cfg, ds: RetrievalDataset, splits, seed: int, instructions: bo
         else:
             pairs = CaptionPairs(ds.images, image_index, [[row[c] for c in cs] for cs in train_caps], text_inputs)
         log.info("encoder: %d training pairs (%s)", len(pairs), "every task" if all_tasks else "captions")
-        fit(encoder, ContrastiveDataModule(pairs, int(cfg.fit.batch_size), seed))
+        fit(encoder, ContrastiveDataModule(pairs, int(cfg.fit.batch_size), seed, workers))
     item_vecs, query_vecs = embed(encoder, ds, items, queries, texts, text_inputs, int(cfg.fit.batch_size),
                                   instructions, device)
     return encoder, items, queries, item_vecs, query_vecs
@@ -177,7 +177,8 @@ def run(ctx: RunContext, ds: RetrievalDataset) -> Embeddings:
         encoder, items, queries, item_vecs, query_vecs = fit_and_embed(
             cfg, ds, splits, int(ctx.cfg.seed), ctx.instructions(), encoder_tasks(cfg) == "all",
             lambda enc, dm: fit(enc, dm, ctx.cfg, ctx.store.work("encode", key), int(cfg.fit.max_epochs),
-                                ctx.logger, ctx.extra_callbacks), ctx.store, ctx.device)
+                                ctx.logger, ctx.extra_callbacks), ctx.store, ctx.device,
+            int(ctx.cfg.get("loader_workers", 0)))
         emb = Embeddings([x.id for x in items], item_vecs, [q.id for q in queries], query_vecs)
         emb.save(tmp)
         torch.save(encoder.cpu().state_dict(), tmp / "encoder.pt")
