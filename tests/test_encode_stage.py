@@ -103,3 +103,43 @@ def test_loader_workers_read_the_images_and_change_no_vector(make_cfg, tmp_path)
     (key0, a), (key2, b) = runs[0], runs[2]
     assert key0 == key2
     assert torch.equal(a.item_vecs, b.item_vecs) and torch.equal(a.query_vecs, b.query_vecs)
+
+
+class _Arithmetic(torch.nn.Module):
+    """Image vector: the mean pixel per channel; text vector: its feature row; fused: image + 2 text."""
+
+    def embed_images(self, x):
+        return x.float().mean(dim=(1, 2))
+
+    def embed_texts(self, x):
+        return x.float()
+
+    def fuse(self, a, b):
+        return a + 2 * b
+
+
+def test_embed_assembles_image_text_and_fused_rows_blockwise_as_row_by_row(monkeypatch):
+    from genretr.data.schema import Item
+    from genretr.errors import GenretrError
+    import pytest
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, size=(5, 4, 4, 3), dtype=np.uint8)
+    texts = ["a", "b", "c"]
+    features = torch.from_numpy(rng.normal(size=(3, 3)).astype(np.float32))
+    items = [Item("i0", "image", image=0), Item("t0", "text", text="b"), Item("p0", "image,text", image=3, text="c"),
+             Item("i1", "image", image=4), Item("p1", "image,text", image=1, text="a")]
+    queries = [Query("q0", "t2i", ("i0",), text="a"), Query("q1", "i2t", ("t0",), image=2)]
+    ds = type("DS", (), {"images": images})()
+    monkeypatch.setattr(E, "BLOCK_ROWS", 2)  # several blocks per kind of row
+    item_vecs, query_vecs = E.embed(_Arithmetic(), ds, items, queries, texts, features, batch_size=2)
+
+    def row(image, text):  # the per-row semantics the blockwise assembly must keep
+        img = torch.from_numpy(images[image]).float().mean(dim=(0, 1)) if image is not None else None
+        txt = features[texts.index(text)] if text else None
+        return img + 2 * txt if img is not None and txt is not None else (img if img is not None else txt)
+
+    torch.testing.assert_close(item_vecs, torch.stack([row(x.image, x.text) for x in items]))
+    torch.testing.assert_close(query_vecs, torch.stack([row(q.image, q.text) for q in queries]))
+    with pytest.raises(GenretrError, match="item 'e0' has neither"):
+        E.embed(_Arithmetic(), ds, [*items, Item("e0", "text")], queries, texts, features, batch_size=2)

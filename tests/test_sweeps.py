@@ -42,6 +42,10 @@ for name in presets():
                                  marks=[pytest.mark.slow] if k or name in SLOW_PRESETS else []))
 
 
+def test_every_slow_preset_exists():
+    assert set(SLOW_PRESETS) <= set(presets())  # a renamed preset would otherwise silently run its job in CI
+
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("sweep-cache")

@@ -17,6 +17,7 @@ BAD = {  # overrides (on debug=tiny) -> what the one-line message must say
     "negative epochs": (["backbone.fit.max_epochs=-1"], "backbone.fit.max_epochs=-1 is not an integer >= 0"),
     "top_k": (["eval.top_k=0"], "eval.top_k=0 is not an integer >= 1"),
     "max_queries": (["eval.max_queries=0"], "eval.max_queries=0 is not an integer >= 1 or null"),
+    "loader_workers": (["loader_workers=-1"], "loader_workers=-1 is not an integer >= 0"),
     "seed negative": (["seed=-1"], "seed=-1 is not an integer in 0..4294967295"),
     "seed too big": (["seed=4294967296"], "seed=4294967296 is not an integer in 0..4294967295"),
     "seed text": (["seed=abc"], "seed=abc is not an integer"),

@@ -8,6 +8,8 @@ never loads them.  ``pretrained: null`` with a `config` dict builds a randomly i
 """
 from __future__ import annotations
 
+import gc
+
 import torch
 
 from genretr.backbones.mllm import MLLMRetriever, plain, retriever_class
@@ -52,8 +54,10 @@ class MLLMGenerator:
 
     def release(self) -> None:
         """Free the weights (and their GPU memory) once the identifiers are written, before the train stage
-        loads its own model; a later `generate` loads them again."""
+        loads its own model; a later `generate` loads them again.  The collection comes first: a model's
+        reference cycles (modules that point back at their parent) would otherwise keep the weights alive."""
         self._backbone = None
+        gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 

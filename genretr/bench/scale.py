@@ -1,8 +1,9 @@
 """Scale benchmark (issue 16): `python -m genretr.bench scale [--sizes 10000,100000] [--quick]`.
 
 Shapes at growing sizes through dataset -> encode -> identify (GENIUS and CART codes) -> index -> evaluate
-(the two-tower search of t2i and of i2t, whose pool holds every test caption: 5 per image), each size in its
-own process.  `--text-pool N` adds one run whose i2t test pool holds N captions (N/5 test images, 2,000
+(the two-tower search of t2i and of i2t, whose pool holds every test caption: 5 per image; 1,000 queries per
+task at every size, so that its growth is the pool's: all queries against all items grows as Q x N by nature),
+each size in its own process.  `--text-pool N` adds one run whose i2t test pool holds N captions (N/5 test images, 2,000
 training images, the first 2,000 test images as queries): the 1M-candidate text pool of issue 16.
 Per stage it prints the wall time and the peak resident memory (Linux: VmHWM, reset before each stage
 through /proc/self/clear_refs; elsewhere the process's running maximum) and, sampled, the peak of its
@@ -28,6 +29,7 @@ from genretr.hardware import release_freed_memory, status_mb
 STAGES = ("dataset", "encode", "identify_genius", "identify_cart", "index", "evaluate")
 BUDGET_RSS_GB, BUDGET_100K_MIN = 6.0, 30.0
 TEXT_POOL_TRAIN, TEXT_POOL_QUERIES = 2000, 2000
+EVAL_QUERIES = 1000  # per task at every size: evaluate's growth is the pool's (all queries x all items is Q x N)
 
 
 def add_arguments(p):
@@ -47,16 +49,21 @@ class AnonPeak:
     def __init__(self):
         import threading
 
-        self.peak = 0.0
+        self.peak, self.generation, self.lock = 0.0, 0, threading.Lock()
         threading.Thread(target=self._sample, daemon=True).start()
 
     def _sample(self):
         while True:
-            self.peak = max(self.peak, status_mb("RssAnon") or 0.0)
+            generation, mb = self.generation, status_mb("RssAnon") or 0.0
+            with self.lock:  # a sample taken before a reset never raises the new stage's peak
+                if generation == self.generation:
+                    self.peak = max(self.peak, mb)
             time.sleep(0.02)
 
     def reset(self) -> None:
-        self.peak = status_mb("RssAnon") or 0.0
+        with self.lock:
+            self.generation += 1
+            self.peak = status_mb("RssAnon") or 0.0
 
 
 def _reset_peak() -> None:
@@ -80,7 +87,7 @@ def overrides(n: int, cache: Path, threads: int, text_pool: int = 0) -> list[str
                 "eval.tasks=[i2t]", f"eval.max_queries={TEXT_POOL_QUERIES}"]
     test = max(10, n // 10)
     return [*common, f"dataset.splits={{train:{n},val:{max(5, n // 200)},test:{test}}}", "dataset.tasks=[t2i,i2t]",
-            "eval.tasks=[t2i,i2t]"]
+            "eval.tasks=[t2i,i2t]", f"eval.max_queries={EVAL_QUERIES}"]
 
 
 def one_size(n: int, out: Path, threads: int, text_pool: int = 0) -> dict:

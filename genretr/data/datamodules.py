@@ -100,8 +100,17 @@ class QueryTargetPairs(Dataset):
         return {**self._side(qi, qt, "q"), **self._side(ti, tt, "t"), "q_id": q, "t_id": t}
 
 
+def worker_context():
+    """'fork' where the platform offers it (the workers share the memory-mapped images), else the default."""
+    import multiprocessing
+
+    return "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+
+
 class ContrastiveDataModule(L.LightningDataModule):
-    """`workers` processes read the pairs (images from the memory-mapped artifact); the batches are the same."""
+    """`workers` processes read the pairs (images from the memory-mapped artifact); the batches are the same.
+    Workers are forked where the platform can (Linux, macOS): they share the parent's pages, where spawned
+    ones would pickle the pairs, and the images with them, into every worker."""
 
     def __init__(self, pairs: CaptionPairs | QueryTargetPairs, batch_size: int = 128, seed: int = 0,
                  workers: int = 0):
@@ -112,7 +121,8 @@ class ContrastiveDataModule(L.LightningDataModule):
         sampler = EpochShuffle(len(self.pairs), self.seed, self.pairs.groups)
         return DataLoader(self.pairs, batch_size=self.batch_size, sampler=sampler, generator=loader_generator(),
                           drop_last=len(sampler) > self.batch_size, num_workers=self.workers,
-                          persistent_workers=self.workers > 0)
+                          persistent_workers=self.workers > 0,
+                          multiprocessing_context=worker_context() if self.workers > 0 else None)
 
 
 class TensorDict(Dataset):

@@ -82,18 +82,20 @@ def _load(checkpoint: Path, trust_pickle: bool) -> dict:
         raise GenretrError(f"{checkpoint}: not a readable torch checkpoint ({what[:200]})") from None
 
 
-def _state_dict(checkpoint: Path, obj) -> tuple[dict, str]:
-    """The OpenAI CLIP weights in `obj` (UniIR's {"model": sd} or a bare state dict) and their key prefix."""
+def _state_dict(checkpoint: Path, obj) -> tuple[dict, str, dict]:
+    """The OpenAI CLIP weights in `obj` (UniIR's {"model": sd} or a bare state dict), their key prefix and each
+    weight's key in the checkpoint."""
     for key in ("model", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
     if not isinstance(obj, dict) or not obj or not all(torch.is_tensor(v) for v in obj.values()):
         raise GenretrError(f"{checkpoint}: no state dict of tensors in it (expected UniIR's {{'model': ...}})")
     prefix = ""
-    for part in ("module.", "clip_model."):
-        if all(k.startswith(prefix + part) for k in obj):
+    for part in ("module.", "clip_model."):  # the wrappers' prefixes, stripped where most keys carry them
+        if sum(k.startswith(prefix + part) for k in obj) > len(obj) / 2:
             prefix += part
-    return {k[len(prefix):]: v for k, v in obj.items()}, prefix
+    original = {(k[len(prefix):] if k.startswith(prefix) else k): k for k in obj}
+    return {name: obj[k] for name, k in original.items()}, prefix, original
 
 
 @torch.no_grad()
@@ -105,7 +107,7 @@ def convert_uniir_clip_sf(checkpoint: Path, base: str | Path, out: Path, trust_p
     base_dir = resolve_pretrained(str(base))
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise GenretrError(f"{out} already exists: remove it or pick another --out")
-    weights, prefix = _state_dict(checkpoint, _load(checkpoint, trust_pickle))
+    weights, prefix, original = _state_dict(checkpoint, _load(checkpoint, trust_pickle))
     try:
         model = CLIPModel(CLIPConfig.from_pretrained(base_dir, local_files_only=True)).float()
     except (OSError, ValueError, TypeError) as e:
@@ -126,13 +128,13 @@ def convert_uniir_clip_sf(checkpoint: Path, base: str | Path, out: Path, trust_p
         if name in _METADATA:
             continue
         if name not in targets:
-            raise GenretrError(f"{checkpoint}: key {prefix + name!r} has no counterpart in {where}{hint}")
+            raise GenretrError(f"{checkpoint}: key {original[name]!r} has no counterpart in {where}{hint}")
         parts = sorted(targets.pop(name), key=lambda t: t[0] or 0)
         want = tuple(parts[0][1].shape) if len(parts) == 1 else (sum(p.shape[0] for _, p in parts),
                                                                    *parts[0][1].shape[1:])
         want = tuple(reversed(want)) if name in _TRANSPOSED else want
         if tuple(value.shape) != want:
-            raise GenretrError(f"{checkpoint}: key {prefix + name!r} has shape {tuple(value.shape)} where {where} "
+            raise GenretrError(f"{checkpoint}: key {original[name]!r} has shape {tuple(value.shape)} where {where} "
                                f"has {want}{hint}")
         value = value.t() if name in _TRANSPOSED else value
         for (_, param), piece in zip(parts, value.chunk(3) if len(parts) == 3 else [value]):

@@ -27,8 +27,8 @@ class IdTable:
     vocab: list[str]  # token id → token string
     new_tokens: list[str] = field(default_factory=list)  # tokens a pretrained tokenizer must add
     reasons: dict[str, str] = field(default_factory=dict)  # item id -> SSID's rationale (Sec. III-D), if written
-    _index: dict[str, int] = field(default_factory=dict, repr=False)
-    _inverse_map: dict[tuple, list[str]] | None = field(default=None, repr=False)
+    _index: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
+    _inverse_map: dict[tuple, list[str]] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         self.sequences = np.asarray(self.sequences, dtype=np.int32)
@@ -40,9 +40,10 @@ class IdTable:
     @property
     def _inverse(self) -> dict[tuple, list[str]]:
         if self._inverse_map is None:
-            self._inverse_map = {}
+            inverse = {}  # built whole, then published: an interrupted build leaves no partial map behind
             for iid, seq in zip(self.item_ids, self.sequences.tolist()):
-                self._inverse_map.setdefault(tuple(filter(None, seq)), []).append(iid)  # _strip: PAD is 0
+                inverse.setdefault(tuple(filter(None, seq)), []).append(iid)  # _strip: PAD is 0
+            self._inverse_map = inverse
         return self._inverse_map
 
     @staticmethod

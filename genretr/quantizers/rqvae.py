@@ -94,7 +94,7 @@ class RQVAE(L.LightningModule):
         relative latent quantization error ||z - Q(z)||² / ||z||², and codebook usage per level; summed a block
         at a time on the model's device."""
         self.eval()
-        device, mean = next(self.parameters()).device, x.double().mean(0)
+        device, mean = next(self.parameters()).device, x.mean(0, dtype=torch.float64)  # no float64 copy of x
         sums = dict(recon=0.0, spread=0.0, latent=0.0, norm=0.0)
         codes = []
         for s in range(0, len(x), batch_size):
@@ -108,7 +108,7 @@ class RQVAE(L.LightningModule):
             sums["norm"] += float(z.double().pow(2).sum())
             codes.append(c.cpu())
         return {"recon_mse": sums["recon"] / max(x.numel(), 1),
-                "recon_rel_error": sums["recon"] / sums["spread"] if sums["spread"] > 1e-12 else None,
+                "recon_rel_error": sums["recon"] / sums["spread"] if sums["spread"] > 0 else None,
                 "latent_rel_error": sums["latent"] / max(sums["norm"], 1e-12),
                 "usage": self.quantizer.usage(torch.cat(codes))}
 

@@ -73,6 +73,9 @@ def query_target_sides(ds: RetrievalDataset, instructions: bool):
     return out
 
 
+BLOCK_ROWS = 65536  # rows gathered (and fused) at a time when the vectors are assembled
+
+
 @torch.no_grad()
 def embed(encoder, ds: RetrievalDataset, items, queries, texts, text_inputs, batch_size: int,
           instructions: bool = False, device="cpu"):
@@ -93,25 +96,31 @@ def embed(encoder, ds: RetrievalDataset, items, queries, texts, text_inputs, bat
     txt = batches(encoder.embed_texts, text_inputs, len(texts))
     row = {t: i for i, t in enumerate(texts)}
 
-    def vectors(sides) -> torch.Tensor:
-        """One row per (image index or None, text or None): the image's, the text's, or both fused."""
+    def vectors(sides, owners, what: str) -> torch.Tensor:
+        """One row per (image index or None, text or None): the image's, the text's, or both fused; written a
+        block of rows at a time (no full-size temporaries)."""
         image_rows = torch.tensor([-1 if i is None else i for i, _ in sides], dtype=torch.long)
         text_rows = torch.tensor([row[t] if t else -1 for _, t in sides], dtype=torch.long)
-        dim = (img if img is not None else txt).shape[1]
-        out = torch.empty(len(sides), dim)
         has_image, has_text = image_rows >= 0, text_rows >= 0
-        for mask, fill in ((has_image & ~has_text, lambda m: img[image_rows[m]]),
-                           (has_text & ~has_image, lambda m: txt[text_rows[m]])):
-            if mask.any():
-                out[mask] = fill(mask)
-        both = (has_image & has_text).nonzero().squeeze(1)
-        for s in range(0, len(both), 65536):  # fused a block at a time
-            b = both[s:s + 65536]
-            out[b] = encoder.fuse(img[image_rows[b]], txt[text_rows[b]])
+        empty = (~has_image & ~has_text).nonzero()
+        if len(empty):
+            raise GenretrError(f"encode: {what} {owners[int(empty[0])].id!r} has neither an image nor a text to embed")
+        out = (img if img is not None else txt).new_empty(len(sides), (img if img is not None else txt).shape[1])
+        for kind, mask in (("image", has_image & ~has_text), ("text", has_text & ~has_image),
+                           ("both", has_image & has_text)):
+            rows = mask.nonzero().squeeze(1)
+            for s in range(0, len(rows), BLOCK_ROWS):
+                b = rows[s:s + BLOCK_ROWS]
+                if kind == "image":
+                    out[b] = img[image_rows[b]]
+                elif kind == "text":
+                    out[b] = txt[text_rows[b]]
+                else:
+                    out[b] = encoder.fuse(img[image_rows[b]], txt[text_rows[b]])
         return out
 
-    return (vectors([(x.image, x.text) for x in items]),
-            vectors([(q.image, query_text(q, instructions)) for q in queries]))
+    return (vectors([(x.image, x.text) for x in items], items, "item"),
+            vectors([(q.image, query_text(q, instructions)) for q in queries], queries, "query"))
 
 
 def prepare_texts(encoder, texts: list[str], fit_texts: list[str], store=None) -> torch.Tensor:

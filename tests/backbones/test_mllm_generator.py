@@ -1,6 +1,7 @@
 """SSID generation by a (tiny, random) MLLM end to end: prompts with images in, random text out, which the
 SSID stage must parse, retry, fall back on and count.  Missing weights: one clear error, no network."""
 import json
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +89,10 @@ def test_the_generator_frees_its_model_once_the_identifiers_are_written(tmp_path
     SsidIdentifier(gen, retries=0).build([Item("x0", "image", image=0)], np.zeros((1, 4), np.float32),
                                          Ctx(tmp_path, two_images()))
     assert seen == [True] and not gen.loaded
+    gen.load()
+    model = weakref.ref(gen.load())
+    gen.release()
+    assert model() is None  # the weights are gone, not merely unreferenced by the generator
     gen.generate = lambda reqs: (gen.load(), 1 / 0)
     with pytest.raises(ZeroDivisionError):
         SsidIdentifier(gen, retries=0, cache=False).build([Item("x1", "image", image=1)],

@@ -208,6 +208,7 @@ def test_converted_model_embeds_as_the_openai_reference(base, vocab_size, tmp_pa
     ("more_layers", "clip_model.visual.transformer.resblocks.2.attn.in_proj_weight"),
     ("missing", "clip_model.visual.ln_post.bias"),
     ("extra", "clip_model.extra_head.weight"),
+    ("stray", "loss_head.weight"),                                         # outside the wrapper: named as it is
 ])
 def test_a_checkpoint_that_does_not_fit_the_base_is_one_line_naming_file_and_key(base, vocab_size, tmp_path,
                                                                                    problem, key):
@@ -216,7 +217,7 @@ def test_a_checkpoint_that_does_not_fit_the_base_is_one_line_naming_file_and_key
     sd = CLIPScoreFusion(clip).state_dict()
     if problem == "missing":
         del sd[key]
-    elif problem == "extra":
+    elif problem in ("extra", "stray"):
         sd[key] = torch.zeros(2, 2)
     ckpt = tmp_path / "clip_sf_large.pth"
     torch.save({"model": sd}, ckpt)
