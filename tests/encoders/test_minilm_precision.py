@@ -26,5 +26,5 @@ def test_bf16_features_match_fp32():
     a, b = MiniLMText(precision="fp32").prepare(TEXTS), MiniLMText(precision="bf16").prepare(TEXTS)
     assert a.dtype == b.dtype == torch.float32
     cos = (a * b).sum(1)
-    assert cos.min() > 0.999, cos  # shapes' 14,006 captions: min 0.99996
+    assert cos.min() > 0.999, cos  # shapes' 14,006 captions: min 0.99991, mean 0.99996 (bf16 weights)
     assert not torch.equal(a, b)  # bf16 really ran
