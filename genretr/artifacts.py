@@ -29,6 +29,8 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
+from genretr.errors import GenretrError
+
 log = logging.getLogger(__name__)
 TMP_PREFIX = ".artifact."
 RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK")  # set by distributed launchers only (torchrun, Lightning)
@@ -89,11 +91,21 @@ def _writer_alive(tmp_name: str) -> bool:
     return True
 
 
+class MissingArtifact(GenretrError):
+    """A read-only store (`ArtifactStore.read_only`: genretr.search reading a finished run) lacks an artifact."""
+
+    def __init__(self, stage: str, path: Path):
+        super().__init__(f"the {stage} artifact {path} is not in the cache")
+        self.stage, self.path = stage, path
+
+
 class ArtifactStore:
     def __init__(self, root: str | Path, distributed: bool = False):
-        """`distributed`: this run's trainer spans several processes (see `secondary_rank`)."""
+        """`distributed`: this run's trainer spans several processes (see `secondary_rank`).  `read_only`
+        (set it after): `produce` returns existing artifacts and raises `MissingArtifact` for the others."""
         self.root = Path(root).expanduser().resolve()
         self.distributed = bool(distributed)
+        self.read_only = False
 
     def dir(self, stage: str, key: str) -> Path:
         return self.root / stage / key
@@ -153,6 +165,8 @@ class ArtifactStore:
         if final.is_dir():
             log.info("stage %s: reusing %s", stage, final)
             return final
+        if self.read_only:
+            raise MissingArtifact(stage, final)
         if secondary_rank(self.distributed):
             return self._write(stage, key, writer, meta)
         with self.lock(stage, key):

@@ -45,6 +45,7 @@ CHOICES = {  # key -> allowed values (checked when the key is set)
 INTS = {  # key -> (minimum, null allowed)
     "eval.top_k": (1, False),
     "eval.max_queries": (1, True),
+    "eval.page_queries": (0, True),
     "loader_workers": (0, False),
     "decoding.num_beams": (1, False),
     "decoding.batch_size": (1, False),

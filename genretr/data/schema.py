@@ -131,3 +131,10 @@ def pool_items(ds: "RetrievalDataset", splits, tasks) -> list[str]:
             for i in ds.splits[split].pools.get(task, []):
                 seen.setdefault(i)
     return list(seen)
+
+
+def query_text(q: Query, instructions: bool) -> str | None:
+    """The text a query is embedded from: its own, or with ``instructions`` its instruction then its text."""
+    if not instructions or not q.instruction:
+        return q.text or None
+    return f"{q.instruction} {q.text}" if q.text else q.instruction

@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 
 class CartIdentifier:
+    code_tree = True  # items sharing a code prefix are alike (coarse-to-fine codes): results.html draws the tree
+
     def __init__(self, k: int = 128, use_kmeans: bool = True, use_rqvae: bool = True, num_codebooks: int = 2,
                  codebook_size: int = 128, latent_dim: int = 64, hidden: list[int] = (512, 256, 128),
                  epochs: int = 50, warmup_epochs: float = 30, batch_size: int = 256, lr: float = 1e-3,

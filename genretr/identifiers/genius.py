@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 
 class GeniusIdentifier:
+    code_tree = True  # items sharing a code prefix are alike (residual codes): results.html draws the tree
+
     def __init__(self, num_levels: int = 4, codebook_size: int = 64, first_level_size: int = 3,
                  shared: bool = False, modality_decoupled: bool = True, fusion_hidden: int = 256,
                  tau: float = 0.01, beta: float = 100.0, gamma: float = 100.0, use_cl: bool = True,

@@ -31,6 +31,8 @@ COLLISIONS = ("share", "disambiguate")
 
 
 class SemanticIdentifier:
+    code_tree = True  # items sharing a code prefix are alike (caption words): results.html draws the tree
+
     def __init__(self, captioner: Mapping, train_caption: str = "first", collisions: str = "share", seed: int = 0,
                  batch_size: int = 256):
         """`captioner`: the captioner config (conf/captioner/*.yaml, `${captioner}` in the YAML)."""

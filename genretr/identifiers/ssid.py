@@ -173,6 +173,8 @@ class AnswerCache:
 
 
 class SsidIdentifier:
+    code_tree = True  # items sharing a code prefix are alike (MLLM-written words): results.html draws the tree
+
     def __init__(self, generator, retries: int = 2, cache: bool = True, batch_size: int = 16,
                  max_identifier_words: int = 10, collisions: str = "disambiguate", captioner: Mapping | None = None,
                  describe: str = "missing"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
 
@@ -158,27 +159,49 @@ class RunContext:
             return emb.queries([q.id for q in queries]) if vecs is None else vecs
         return decoder.query_inputs(self, ds, emb, queries, table, vecs)
 
-    @torch.no_grad()
-    def embed_texts(self, ds: RetrievalDataset, texts: list[str]) -> torch.Tensor:
-        """Vectors of new texts (captioner-written queries) from the trained encoder of this run, as
-        caption → image queries (with encoder.instructions, after the t2i instruction)."""
+    def trained_encoder(self, ds: RetrievalDataset):
+        """This run's trained dual encoder (the encode stage's artifact), on the run's device, in eval mode."""
         from hydra.utils import instantiate
 
         path = self.store.artifact("encode", self.keys["encode"])
         if not (path / "encoder.pt").exists():
-            raise GenretrError(f"dataset {ds.name} ships its vectors: there is no encoder to embed new texts "
-                               "(train.pseudo_queries needs one)")
+            raise GenretrError(f"dataset {ds.name} ships its vectors: there is no encoder to embed new queries "
+                               "(train.pseudo_queries and genretr.search need one)")
         encoder = instantiate(self.cfg.encoder.model)
         if (path / "tokenizer.json").exists():
             from genretr.data.tokenizer import load
 
             encoder.text_tower.tokenizer = load(path / "tokenizer.json")
         encoder.load_state_dict(torch.load(path / "encoder.pt", map_location="cpu"))
-        encoder.to(self.device).eval()
-        if self.instructions():
-            texts = [f"{INSTRUCTIONS['t2i']} {t}" for t in texts]
-        inputs = encoder.prepare_texts(texts)
-        bs = int(self.cfg.encoder.fit.batch_size)
-        with torch.no_grad():
-            return torch.cat([encoder.embed_texts(inputs[s:s + bs].to(self.device)).cpu()
-                              for s in range(0, len(texts), bs)])
+        return encoder.to(self.device).eval()
+
+    def embed_texts(self, ds: RetrievalDataset, texts: list[str]) -> torch.Tensor:
+        """Vectors of new texts (captioner-written queries) from the trained encoder of this run, as
+        caption → image queries (with encoder.instructions, after the t2i instruction)."""
+        from genretr.data.schema import Query
+
+        return self.embed_queries(ds, [Query(f"new/{k}", "t2i", (), INSTRUCTIONS["t2i"], text=t)
+                                       for k, t in enumerate(texts)])
+
+    @torch.no_grad()
+    def embed_queries(self, ds: RetrievalDataset, queries) -> torch.Tensor:
+        """Vectors of new queries (their text, with encoder.instructions after their instruction; their image,
+        an index into ``ds.images``; both fused) from the trained encoder of this run, as the encode stage
+        embeds its queries."""
+        from genretr.data.schema import query_text
+
+        texts = [query_text(q, self.instructions()) for q in queries]
+        kinds = {(q.image is not None, t is not None) for q, t in zip(queries, texts)}
+        if len(kinds) > 1:  # mixed sides: one kind at a time
+            return torch.cat([self.embed_queries(ds, [q]) for q in queries])
+        if kinds == {(False, False)}:
+            raise GenretrError(f"query {queries[0].id!r} has neither an image nor a text to embed")
+        encoder, bs, out = self.trained_encoder(ds), int(self.cfg.encoder.fit.batch_size), []
+        for s in range(0, len(queries), bs):
+            chunk, text = queries[s:s + bs], texts[s:s + bs]
+            txt = encoder.embed_texts(encoder.prepare_texts(text).to(self.device)) if text[0] is not None else None
+            img = (encoder.embed_images(torch.from_numpy(np.asarray(ds.images[[q.image for q in chunk]]))
+                                        .to(self.device)) if chunk[0].image is not None else None)
+            out.append((encoder.fuse(img, txt) if img is not None and txt is not None else
+                        (img if img is not None else txt)).float().cpu())
+        return torch.cat(out)

@@ -25,7 +25,7 @@ from hydra.utils import instantiate
 
 from genretr.data.datamodules import CaptionPairs, ContrastiveDataModule, QueryTargetPairs
 from genretr.data.embeddings import Embeddings
-from genretr.data.schema import CAPTION_TASKS, Query, RetrievalDataset
+from genretr.data.schema import CAPTION_TASKS, Query, RetrievalDataset, query_text
 from genretr.errors import GenretrError
 from genretr.stages import keys
 from genretr.training import fit
@@ -34,13 +34,6 @@ if TYPE_CHECKING:  # stages read the run's context; only genretr.pipeline makes 
     from genretr.stages.context import RunContext
 
 log = logging.getLogger(__name__)
-
-
-def query_text(q: Query, instructions: bool) -> str | None:
-    """The text a query is embedded from: its own, or with ``instructions`` its instruction then its text."""
-    if not instructions or not q.instruction:
-        return q.text or None
-    return f"{q.instruction} {q.text}" if q.text else q.instruction
 
 
 def split_members(ds: RetrievalDataset, splits):

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from genretr.artifacts import atomic_write_text
+from genretr.decoding import queries as Q
 from genretr.data.schema import RetrievalDataset
 from genretr.errors import GenretrError
 from genretr.hardware import search_dtype
@@ -42,7 +43,8 @@ def run(ctx: RunContext, ds: RetrievalDataset, emb: Embeddings, model=None, tabl
     from genretr.evaluation.distributed import sharded
     from genretr.evaluation.metrics import first_hit_ranks, metrics_from_ranks
 
-    split, out, per_query = ctx.cfg.eval.split, {}, {}
+    split, out, per_query, samples = ctx.cfg.eval.split, {}, {}, {}
+    shown = int(ctx.cfg.eval.get("page_queries", 0) or 0)
     for task in ctx.tasks():
         queries = ds.queries(split, task)
         if ctx.cfg.eval.get("max_queries"):
@@ -55,13 +57,50 @@ def run(ctx: RunContext, ds: RetrievalDataset, emb: Embeddings, model=None, tabl
         rankings, qps = sharded(search, qvecs)
         ranks = first_hit_ranks(rankings, [q.relevant for q in queries])
         per_query[task] = {"query_ids": [q.id for q in queries], "rank": ranks.tolist()}
+        if shown:
+            samples[task] = list(zip(queries[:shown], hits(ctx, emb, queries[:shown], Q.take(qvecs, 0, shown),
+                                                           rankings[:shown], model, table)))
         out[task] = {**metrics_from_ranks(ranks), "queries": len(queries), "q_per_s": qps}
         log.info("%s %s: %s", ctx.cfg.method.name, task,
                  ", ".join(f"{k}={v:.4f}" for k, v in out[task].items() if k.startswith(("R@", "MRR"))))
     write_per_query(ctx.run_dir, per_query)
     if model is not None:
         out.update(ctx.add_ons().metrics(ctx, ds, emb, model, table))  # e.g. GRACE Sec. 4.5's descriptions
+    if shown:
+        write_page(ctx, ds, out, samples, table)
     return out
+
+
+def hits(ctx: RunContext, emb: Embeddings, queries, query_inputs, rankings, model=None, table=None):
+    """`rankings` of `queries` as scored `Hit`s (genretr.evaluation.hits): identifiers' log-probabilities under
+    the decoder, or the embedding baseline's cosines."""
+    from genretr.evaluation.hits import scored_hits
+
+    relevant = [q.relevant for q in queries]
+    if model is None:
+        return scored_hits(rankings, relevant, query_inputs, item_vecs=emb.items)
+    return scored_hits(rankings, relevant, query_inputs, model=model, table=table,
+                       length_penalty=float(ctx.cfg.decoding.length_penalty),
+                       step_dtype=search_dtype(ctx.cfg, model_device(model)))
+
+
+def write_page(ctx: RunContext, ds: RetrievalDataset, metrics: dict, samples: dict, table=None) -> Path | None:
+    """`results.html` in the run dir (genretr.evaluation.page); the code tree for schemes that declare one."""
+    from hydra.utils import get_class
+
+    from genretr.evaluation import page
+    from genretr.evaluation.distributed import rank_zero
+
+    if not rank_zero():
+        return None
+    scheme = ctx.cfg.get("identifier", {}).get("_target_") if table is not None else None
+    tree = bool(scheme) and bool(getattr(get_class(scheme), "code_tree", False))
+    name = ctx.cfg.method.name + (f" / {scheme.rsplit('.', 1)[-1]}" if scheme else "")
+    html = page.render(ds, f"genretr: {name} on {ds.name} ({ctx.run_dir.name})", metrics, samples,
+                       "log p" if table is not None else "cosine", table, tree)
+    path = Path(ctx.run_dir) / "results.html"
+    page.write(path, html)
+    return path
 
 def searcher(ctx: RunContext, ds, emb: Embeddings, task: str, model, table, tries):
     """query batch -> (rankings, q/s): the two-tower search without a decoder (the embedding baseline), else

@@ -1,0 +1,44 @@
+"""What a search returned for one query, item by item, as `results.html` and `genretr.search` show it: the item,
+its identifier as the decoder spells it, its score (`genretr.evaluation.scoring`) and whether it is relevant."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from genretr.decoding import queries as Q
+from genretr.evaluation.scoring import cosine_scores, identifier_scores
+from genretr.identifiers.base import IdTable
+
+
+@dataclass(frozen=True)
+class Hit:
+    rank: int  # 1-based
+    item_id: str
+    identifier: str | None  # its tokens as the decoder spells them (IdTable.text); None without identifiers
+    score: float  # log p(identifier | query) (generative) or cosine (embedding)
+    relevant: bool
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def scored_hits(rankings: list[list[str]], relevant: list[tuple[str, ...]], query_inputs, *, model=None,
+                table: IdTable | None = None, item_vecs=None, length_penalty: float = 0.0,
+                step_dtype="float32") -> list[list[Hit]]:
+    """Each query's ranking as `Hit`s.  Generative runs (`model` and `table`) score identifiers teacher-forced;
+    the embedding baseline (`item_vecs(ids) -> (n, d)`) by cosine with the query vector.  `query_inputs`: what
+    the searcher read for these queries, in its order."""
+    out = []
+    for q, ranked in enumerate(rankings):
+        one = Q.take(query_inputs, q, q + 1)
+        if not ranked:
+            scores = []
+        elif model is not None:
+            scores = identifier_scores(model, one, table.subset(ranked).sequences, length_penalty, step_dtype)
+        else:
+            vec = one["z"] if isinstance(one, dict) else one
+            scores = cosine_scores(torch.as_tensor(vec)[0], torch.as_tensor(item_vecs(ranked)))
+        out.append([Hit(r + 1, iid, table.text(iid) if table is not None else None, float(s), iid in relevant[q])
+                    for r, (iid, s) in enumerate(zip(ranked, scores))])
+    return out

@@ -1,0 +1,49 @@
+"""Scores of given items for one query, as the searches rank them (what `results.html` and `genretr.search`
+show beside each retrieved item):
+
+* generative runs: log p(identifier | query) under the trained decoder, teacher-forced through its
+  `StepDecoder` -- the full-vocabulary log-softmax summed over the identifier's tokens (EOS included) and
+  divided by n ** length_penalty, which is the score the constrained beam search gives a finished beam
+  (`genretr.decoding.engine`);
+* the embedding baseline: the cosine of the query and item vectors (what its faiss index ranks by).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from genretr.decoding import queries as Q
+from genretr.identifiers.base import PAD
+
+
+@torch.no_grad()
+def identifier_scores(model, query, sequences: np.ndarray, length_penalty: float = 0.0,
+                      step_dtype="float32") -> list[float]:
+    """Beam-search scores of `sequences` (S, L), PAD-padded rows that end in EOS, for one query (`query`: a
+    batch of one in the decoder's query format)."""
+    from genretr.decoding.engine import step_decoder_of
+
+    if Q.count(query) != 1:
+        raise ValueError(f"identifier_scores takes one query, not {Q.count(query)}")
+    if len(sequences) == 0:
+        return []
+    model.eval()
+    sd = step_decoder_of(model, step_dtype)
+    seqs = torch.as_tensor(np.asarray(sequences), dtype=torch.long, device=sd.device)  # (S, L)
+    S, T = seqs.shape
+    lengths = (seqs != PAD).sum(1)  # EOS included; identifiers never contain PAD
+    state, cache = sd.prepare(Q.to_device(query, sd.device)), sd.new_cache(S, T)
+    total = torch.zeros(S, device=sd.device)
+    fed = torch.full((S,), PAD, dtype=torch.long, device=sd.device)  # the start token at t = 0
+    for t in range(T):
+        logp = torch.log_softmax(sd.step(fed, t, 1, S, state, cache, T).float(), dim=-1)  # (S, vocab)
+        live = t < lengths
+        total += torch.where(live, logp.gather(1, seqs[:, t:t + 1]).squeeze(1), torch.zeros_like(total))
+        fed = seqs[:, t]
+    return (total / lengths.float().pow(length_penalty)).tolist()
+
+
+def cosine_scores(query_vec: torch.Tensor, item_vecs: torch.Tensor) -> list[float]:
+    """Cosine of one query vector (d,) with each item vector (S, d)."""
+    q = torch.nn.functional.normalize(query_vec.float().reshape(1, -1), dim=-1)
+    return (torch.nn.functional.normalize(item_vecs.float(), dim=-1) @ q.T).squeeze(1).tolist()

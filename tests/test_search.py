@@ -1,0 +1,199 @@
+"""A finished run looked at and asked (issue 19): results.html's content against the run's own artifacts, and
+`python -m genretr.search` ranking as the evaluate stage ranked, with one-line errors for runs it cannot read."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from genretr.identifiers.base import IdTable
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = {  # name -> overrides of a tiny run (one thread, its own cache)
+    "genius": ["method=generative", "identifier=genius"],
+    "embedding": ["method=embedding", "dataset.tasks=[t2i,i2t]", "eval.tasks=[t2i,i2t]"],
+}
+
+
+def genretr(module: str, *args, timeout=300):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("runs")
+    for name, overrides in RUNS.items():
+        out = genretr("genretr.run", "debug=tiny", "logger=none", "threads=1", "precision=fp32", "eval.page_queries=4",
+                      *overrides,
+                      f"paths.cache_dir={base}/cache", f"hydra.run.dir={base}/{name}")
+        assert out.returncode == 0, out.stderr[-3000:]
+    return base
+
+
+class Page(HTMLParser):
+    """The page's query blocks: query id -> [(item id, relevant, identifier, score)], its sections and images."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.sections, self.images, self.queries, self.hit, self.code = [], [], {}, None, False
+        self.query = None
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "section":
+            self.sections.append(a.get("id"))
+            self.query = self.hit = None
+        elif tag == "img":
+            self.images.append(a["src"])
+        elif "data-query" in a:
+            self.query = self.queries.setdefault(a["data-query"], [])
+        elif "data-item" in a:
+            self.hit = {"item": a["data-item"], "relevant": "relevant" in a["class"].split(), "text": ""}
+            self.query.append(self.hit)
+        elif tag == "code" and self.hit is not None:
+            self.code = True
+
+    def handle_endtag(self, tag):
+        if tag == "code":
+            self.code = False
+
+    def handle_data(self, data):
+        if self.hit is not None:
+            self.hit["text"] += data
+            if self.code:
+                self.hit["identifier"] = data
+
+
+def search(capsys, *args):
+    """`genretr.search.main(args)` in this process: (exit code, stdout, stderr)."""
+    from genretr.search import main
+
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def artifact(run: Path, stage: str) -> Path:
+    return Path(json.loads((run / "artifacts.json").read_text())[stage])
+
+
+def test_the_page_shows_relevance_identifiers_and_images_as_the_run_has_them(runs):
+    run = runs / "genius"
+    page = Page((run / "results.html").read_text())
+    assert {"metrics", "task-t2i", "code-tree"} <= set(page.sections)
+    table = IdTable.load(artifact(run, "identify"))
+    per_query = json.loads((run / "per_query.json").read_text())["t2i"]
+    ranks = dict(zip(per_query["query_ids"], per_query["rank"]))
+    assert len(page.queries) == 4
+    for qid, hits in page.queries.items():
+        assert len(hits) == 10
+        first = next((i + 1 for i, h in enumerate(hits) if h["relevant"]), 0)
+        assert first == ranks[qid]  # the marked item is where per_query.json says the first relevant one is
+        for h in hits:
+            assert h["identifier"] == table.text(h["item"])
+            assert ("✓" in h["text"]) == h["relevant"]
+    assert page.images
+    size = int(np.load(artifact(run, "dataset") / "images.npy", mmap_mode="r").shape[1])
+    for src in set(page.images):  # every image embedded and decodable: the page opens offline
+        assert src.startswith("data:image/png;base64,")
+        assert Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).size == (size, size)
+
+
+def test_the_embedding_page_scores_by_cosine_and_draws_no_tree(runs):
+    text = (runs / "embedding" / "results.html").read_text()
+    page = Page(text)
+    assert {"metrics", "task-t2i", "task-i2t"} <= set(page.sections) and "code-tree" not in page.sections
+    assert "cosine" in text and "log p" not in text
+
+
+def test_search_ranks_the_runs_own_queries_as_evaluate_did(runs):
+    from genretr.search import LoadedRun
+
+    run = runs / "genius"
+    loaded = LoadedRun(run)
+    queries = loaded.ds.queries("test", "t2i")[:12]
+    found = loaded.search(queries, 10)
+    per_query = json.loads((run / "per_query.json").read_text())["t2i"]
+    ranks = dict(zip(per_query["query_ids"], per_query["rank"]))
+    for q, hits in zip(queries, found):
+        assert next((h.rank for h in hits if h.relevant), 0) == ranks[q.id]
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    # a query typed anew is embedded as the encode stage embedded it
+    fresh = loaded.embed(queries)
+    torch.testing.assert_close(fresh, loaded.emb.queries([q.id for q in queries]), atol=1e-4, rtol=1e-4)
+    again = loaded.search(queries, 10, fresh)
+    assert [[h.item_id for h in hs] for hs in again] == [[h.item_id for h in hs] for hs in found]
+
+
+def test_search_cli_prints_ranked_items_and_takes_an_image(runs, tmp_path, capsys):
+    from genretr.search import LoadedRun
+
+    run = runs / "embedding"
+    out = genretr("genretr.search", str(run), "a small red circle", "a big blue square", "--k", "3", "--json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [len(x["hits"]) for x in lines] == [3, 3] and lines[0]["query"]["task"] == "t2i"
+    assert "ms per query" in out.stderr
+    # an image query: the image of a test i2t query, saved as a file, ranks as that query did
+    loaded = LoadedRun(run)
+    q = loaded.ds.queries("test", "i2t")[0]
+    Image.fromarray(np.asarray(loaded.ds.images[q.image])).save(tmp_path / "q.png")
+    code, out, err = search(capsys, run, "--image", tmp_path / "q.png", "--k", "5", "--json")
+    assert code == 0, err[-2000:]
+    got = [h["item_id"] for h in json.loads(out)["hits"]]
+    assert got == [h.item_id for h in loaded.search([q], 5)[0]]
+
+
+@pytest.mark.parametrize("case", ["not_a_run", "other_config", "incomplete", "no_task", "empty"])
+def test_search_errors_are_one_line(runs, tmp_path, case, capsys):
+    run = runs / "genius"
+    args = [str(run), "a red circle"]
+    if case == "not_a_run":
+        args[0] = str(tmp_path)
+        want = "not a finished genretr run"
+    elif case == "other_config":  # the decoder trained for another number of epochs: another train key
+        copy = tmp_path / "copy"
+        shutil.copytree(run, copy, symlinks=True)
+        config = copy / ".hydra" / "config.yaml"
+        config.write_text(config.read_text().replace("max_epochs: 2", "max_epochs: 3"))
+        args[0] = str(copy)
+        want = "made by other genretr code or config"
+    elif case == "incomplete":
+        copy = tmp_path / "copy"
+        shutil.copytree(run, copy, symlinks=True)
+        recorded = json.loads((copy / "artifacts.json").read_text())
+        cache = tmp_path / "cache"
+        for stage, path in recorded.items():  # a cache holding every artifact but the trained decoder
+            if stage != "train":
+                (cache / stage / Path(path).parent.name).mkdir(parents=True)
+                shutil.copytree(path, cache / stage / Path(path).parent.name / "artifact")
+        config = copy / ".hydra" / "config.yaml"
+        config.write_text(config.read_text().replace(str(Path(recorded["dataset"]).parents[2]), str(cache)))
+        (copy / "artifacts.json").write_text(json.dumps(
+            {s: str(cache / s / Path(p).parent.name / "artifact") for s, p in recorded.items()}))
+        args[0] = str(copy)
+        want = "is incomplete: the train artifact"
+    elif case == "no_task":
+        args = [str(run), "--image", str(ROOT / "README.md")]
+        want = "not a readable image"
+    else:
+        args = [str(run)]
+        want = "give a query text"
+    code, _, err = search(capsys, *args)
+    assert code == 2, err[-2000:]
+    err = err.strip().splitlines()
+    assert err[-1].startswith("genretr: error:") and want in err[-1], err
