@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf, open_dict
 
+from genretr.additions import Additions
 from genretr.artifacts import MissingArtifact
 from genretr.data.schema import INSTRUCTIONS, Query
 from genretr.errors import GenretrError
@@ -76,15 +77,77 @@ class LoadedRun:
         try:
             self.ds = self.pipe.dataset()
             self.emb = self.pipe.encode(self.ds)
-            self.model = self.table = self.tries = None
+            self.model = self.table = self.tries = self.identified = None
             if self.ctx.decoder() is not None:
-                table = self.pipe.identify(self.ds, self.emb)
-                self.model = self.pipe.train(self.ds, self.emb, table)
-                self.table = self.pipe.decoding_table(self.model, table)
+                self.identified = self.pipe.identify(self.ds, self.emb)
+                self.model = self.pipe.train(self.ds, self.emb, self.identified)
+                self.table = self.pipe.decoding_table(self.model, self.identified)
                 self.tries = self.pipe.index(self.ds, self.table)
         except MissingArtifact as e:
             raise GenretrError(self._why_missing(e)) from None
         self.searchers = {}
+        self.added = Additions.load(self.run_dir)
+        if len(self.added):
+            self.lay_over(self.added)
+
+    def identify_artifact(self) -> Path:
+        """The identify stage's artifact dir (the scheme's trained quantizer, centroids, ...)."""
+        return self.pipe.store.artifact("identify", self.ctx.keys["identify"])
+
+    def pool_names(self) -> list[str]:
+        return sorted({self.ctx.pool_name(t) for t in self.tasks()})
+
+    def pools_holding(self, modality: str) -> list[str]:
+        """The run's evaluation pools that hold items of `modality`."""
+        split = self.cfg.eval.split
+        return [n for n in self.pool_names()
+                if any(self.ds.items[i].modality == modality for i in self.ds.splits[split].pools[n])]
+
+    def same_as_added(self, item_id: str, text: str | None, image: np.ndarray | None) -> bool:
+        """Whether `item_id` was added before (`genretr.add`) with this text and image."""
+        for x in self.added.items:
+            if x.id == item_id:
+                same_image = (x.image is None and image is None) or (
+                    x.image is not None and image is not None and np.array_equal(self.added.images[x.image], image))
+                return x.text == text and same_image
+        return False
+
+    def embed_new_items(self, items, images: np.ndarray | None) -> np.ndarray:
+        """Vectors of new items (their `image`: a row of `images`) from the run's trained encoder."""
+        base = len(self.ds.images) if self.ds.images is not None else 0
+        ds = self.ds if images is None else dataclasses.replace(self.ds,
+                                                                images=np.concatenate([self.ds.images, images]))
+        placed = [dataclasses.replace(x, image=None if x.image is None else base + x.image) for x in items]
+        return self.ctx.embed_items(ds, placed).numpy()
+
+    def lay_over(self, added: Additions) -> None:
+        """The run as if `added` had been in its corpus: items, images, pools, vectors, identifiers and tries
+        (genretr.additions)."""
+        import torch
+
+        from genretr.data.embeddings import Embeddings
+        from genretr.decoding.csr_trie import CSRTrie
+        from genretr.identifiers.base import IdTable
+
+        base = len(self.ds.images) if self.ds.images is not None else 0
+        items = dict(self.ds.items)
+        for x in added.items:
+            items[x.id] = dataclasses.replace(x, image=None if x.image is None else base + x.image)
+        images = self.ds.images if added.images is None else np.concatenate([self.ds.images, added.images])
+        split = self.cfg.eval.split
+        pools = {name: list(ids) + list(added.pools.get(name, []))
+                 for name, ids in self.ds.splits[split].pools.items()}
+        splits = {**self.ds.splits, split: dataclasses.replace(self.ds.splits[split], pools=pools)}
+        self.ds = dataclasses.replace(self.ds, images=images, items=items, splits=splits)
+        self.emb = Embeddings(self.emb.item_ids + [x.id for x in added.items],
+                              torch.cat([self.emb.item_vecs, torch.from_numpy(added.vectors)]), self.emb.query_ids,
+                              self.emb.query_vecs)
+        if self.model is not None:
+            self.table = self.pipe.decoding_table(self.model, IdTable.joined([self.identified, added.table]))
+            tries = {name: CSRTrie.from_table(self.table.subset(self.ds.splits[split].pools[name]))
+                     for name in self.pool_names()}
+            self.tries = {t: tries[self.ctx.pool_name(t)] for t in self.tasks()}
+        self.searchers.clear()
 
     def _why_missing(self, e: MissingArtifact) -> str:
         recorded = self.recorded.get(e.stage)

@@ -197,3 +197,95 @@ def test_search_errors_are_one_line(runs, tmp_path, case, capsys):
     assert code == 2, err[-2000:]
     err = err.strip().splitlines()
     assert err[-1].startswith("genretr: error:") and want in err[-1], err
+
+
+# ---------------------------------------------------------------- genretr.add
+def copy_of(run: Path, tmp_path: Path) -> Path:
+    shutil.copytree(run, tmp_path / "run", symlinks=True)
+    return tmp_path / "run"
+
+
+def cache_state(run: Path) -> dict:
+    root = artifact(run, "dataset").parents[2]
+    return {str(p): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file() and ".lock" not in p.name}
+
+
+def test_added_copies_of_pool_images_get_their_originals_identifiers_and_are_found(runs, tmp_path, capsys):
+    from omegaconf import open_dict
+
+    from genretr.search import LoadedRun
+
+    run = copy_of(runs / "genius", tmp_path)
+    before = LoadedRun(run)
+    q = before.ds.queries("test", "t2i")[0]
+    original = q.relevant[0]
+    table = before.identified
+    lines = []
+    for k, iid in enumerate([original, before.ds.splits["test"].pools["t2i"][1]]):
+        Image.fromarray(np.asarray(before.ds.images[before.ds.items[iid].image])).save(tmp_path / f"{k}.png")
+        lines.append(json.dumps({"id": f"copy{k}", "image": f"{k}.png"}))
+    (tmp_path / "items.jsonl").write_text("\n".join(lines) + "\n")
+    cache, results = cache_state(run), (run / "results.json").read_text()
+
+    code, out, err = search_add(capsys, run, tmp_path / "items.jsonl")
+    assert code == 0, err[-2000:]
+    assert f"added copy0 (image) to t2i  id {table.text(original)}" in out  # the trained quantizer's code, again
+    after = LoadedRun(run)
+    assert "copy0" in after.ds.splits["test"].pools["t2i"] and after.table.text("copy0") == table.text(original)
+    with open_dict(after.cfg):
+        after.cfg.eval.top_k = 1000  # every item of the beams' identifiers (the copy comes after its original)
+    hits = {h.item_id: h for h in after.search([q])[0]}
+    assert "copy0" in hits and hits["copy0"].score == pytest.approx(hits[original].score)  # same identifier
+    assert cache_state(run) == cache and (run / "results.json").read_text() == results  # the run is untouched
+
+    saved = {p.name: p.read_bytes() for p in (run / "added").iterdir()}
+    code, out, _ = search_add(capsys, run, tmp_path / "items.jsonl")  # again: nothing changes
+    assert code == 0 and "nothing to add" in out
+    assert {p.name: p.read_bytes() for p in (run / "added").iterdir()} == saved
+
+
+@pytest.mark.parametrize("case", ["corpus_id", "twice", "no_side", "bad_json", "other_content"])
+def test_bad_additions_are_one_line_and_write_nothing(runs, tmp_path, capsys, case):
+    run = copy_of(runs / "genius", tmp_path)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "x.png")
+    lines = {"corpus_id": ['{"id": "test/img0", "image": "x.png"}'],
+             "twice": ['{"id": "a", "image": "x.png"}', '{"id": "a", "image": "x.png"}'],
+             "no_side": ['{"id": "a"}'], "bad_json": ['{"id": "a", '],
+             "other_content": ['{"id": "a", "image": "x.png"}']}[case]
+    want = {"corpus_id": "items.jsonl:1: item id 'test/img0' is already in the run's corpus",
+            "twice": "items.jsonl:2: item id 'a' appears twice", "no_side": "has neither \"image\" nor \"text\"",
+            "bad_json": "items.jsonl:1: not a JSON object", "other_content": "item id 'a' is already in"}[case]
+    if case == "other_content":  # first added as a black image, then offered as a white one
+        (tmp_path / "items.jsonl").write_text(lines[0] + "\n")
+        assert search_add(capsys, run, tmp_path / "items.jsonl")[0] == 0
+        Image.fromarray(np.full((8, 8, 3), 255, np.uint8)).save(tmp_path / "x.png")
+    before = sorted(p.name for p in run.rglob("*"))
+    (tmp_path / "items.jsonl").write_text("\n".join(lines) + "\n")
+    code, _, err = search_add(capsys, run, tmp_path / "items.jsonl")
+    assert code == 2 and err.strip().splitlines()[-1].startswith("genretr: error:") and want in err, err
+    assert sorted(p.name for p in run.rglob("*")) == before
+
+
+def test_schemes_that_need_training_refuse_with_their_reason(runs):
+    from omegaconf import open_dict
+
+    from genretr.add import add
+    from genretr.errors import GenretrError
+    from genretr.search import LoadedRun
+
+    loaded = LoadedRun(runs / "genius")
+    for target, reason in [("string.StringIdentifier", "a string ID is arbitrary"),
+                           ("atomic.AtomicIdentifier", "an atomic ID is a new token"),
+                           ("structured.StructuredIdentifier", "the run keeps no model of its codes")]:
+        with open_dict(loaded.cfg):
+            loaded.cfg.identifier._target_ = f"genretr.identifiers.{target}"
+        with pytest.raises(GenretrError, match=f"cannot add items without retraining: {reason}"):
+            add(loaded, [("new", "a red circle", None, "x")])
+
+
+def search_add(capsys, *args):
+    from genretr.add import main
+
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err

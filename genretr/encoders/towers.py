@@ -58,7 +58,7 @@ class MiniLMText(nn.Module):
 
     def feature_dtype(self) -> torch.dtype:
         """bf16 where `precision` means bf16 on the CPU (weights cast to bf16 and the pass under bf16 autocast:
-        3.7x faster than fp32 on AVX512-BF16/AMX, 1.26x faster than autocast over fp32 weights; see
+        about 3.4x faster than fp32 on AVX512-BF16/AMX, 1.26x faster than autocast over fp32 weights; see
         `prepare`), else fp32."""
         from genretr.hardware import use_bf16
 

@@ -15,6 +15,9 @@ HEADS = ("vocab", "classifier")
 
 
 class AtomicIdentifier:
+    # why genretr.add refuses new items (issue 19)
+    cannot_add = "an atomic ID is a new token whose embedding only training on the item learns (GRACE Sec. 3.2)"
+
     def __init__(self, head: str = "vocab"):
         self.check_options(head=head)
         self.head = head

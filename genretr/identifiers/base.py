@@ -83,6 +83,16 @@ class IdTable:
         return IdTable(list(item_ids), self.sequences[rows], self.vocab, self.new_tokens,
                        {i: self.reasons[i] for i in item_ids if i in self.reasons})
 
+    @classmethod
+    def joined(cls, tables: list["IdTable"]) -> "IdTable":
+        """One table of the items of `tables` (in order), which share one vocabulary."""
+        if any(t.vocab != tables[0].vocab for t in tables[1:]):
+            raise ValueError("tables with different vocabularies cannot be joined")
+        width = max(t.sequences.shape[1] for t in tables)
+        seqs = np.concatenate([np.pad(t.sequences, ((0, 0), (0, width - t.sequences.shape[1]))) for t in tables])
+        return cls([i for t in tables for i in t.item_ids], seqs, tables[0].vocab, tables[0].new_tokens,
+                   {k: v for t in tables for k, v in t.reasons.items()})
+
     def collisions(self) -> int:
         """Number of items that share their sequence with another item."""
         return sum(len(v) for v in self._inverse.values() if len(v) > 1)

@@ -20,15 +20,16 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from genretr.errors import GenretrError
 from genretr.identifiers.base import SPECIAL_TOKENS, IdTable
-from genretr.identifiers.common import colliding_items, unique_counters
+from genretr.identifiers.common import colliding_items, continued_counters, in_vocabulary, unique_counters
 from genretr.quantizers.clustering import cluster, hierarchical_kmeans
-from genretr.quantizers.rqvae import fit_rqvae
+from genretr.quantizers.rqvae import RQVAE, fit_rqvae
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,28 @@ class CartIdentifier:
         if workdir is not None:
             (workdir / "cart_stats.json").write_text(json.dumps(stats, indent=1) + "\n")
         return self._table(items, coarse, 0 if coarse is None else len(centroids), fine, counters)
+
+    def assign(self, items, embeddings: np.ndarray, artifact: Path, table: IdTable) -> IdTable:
+        """Identifiers of new items from the trained K-Means centroids and RQ-VAE in the identify `artifact`,
+        their unique token continuing the table's counters, in `table`'s vocabulary: items added without
+        retraining (issue 19).  The "w/o RQ-VAE" variant keeps no model of its fine codes: refused."""
+        if not self.use_rqvae:
+            raise GenretrError("identifier=cart with use_rqvae=false keeps no model of its fine codes: retrain to add "
+                               "items")
+        x = np.asarray(embeddings, dtype=np.float32)
+        words = [[] for _ in items]
+        if self.use_kmeans:
+            centroids = np.load(Path(artifact) / "cart_centroids.npy")
+            coarse = ((centroids ** 2).sum(1)[None] - 2 * x @ centroids.T).argmin(1)  # nearest centroid (L2)
+            x = x - centroids[coarse]
+            words = [[f"c{c}"] for c in coarse.tolist()]
+        saved = torch.load(Path(artifact) / "rqvae.pt", map_location="cpu")
+        model = RQVAE(**saved["hparams"])
+        model.load_state_dict(saved["state_dict"])
+        fine = model.encode(torch.from_numpy(x)).numpy()
+        words = [w + [f"a{m + 1}_{v}" for m, v in enumerate(f)] for w, f in zip(words, fine.tolist())]
+        counters = continued_counters(table, [tuple(w) for w in words])
+        return in_vocabulary(table, [it.id for it in items], [w + [f"u{c}"] for w, c in zip(words, counters)], "CART")
 
     def _table(self, items, coarse, n_coarse: int, fine, counters) -> IdTable:
         vocab = list(SPECIAL_TOKENS) + [f"c{j}" for j in range(n_coarse)]

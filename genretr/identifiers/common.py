@@ -56,3 +56,31 @@ def colliding_items(prefixes: list[tuple]) -> int:
     """Items whose semantic part (before the unique token) is shared with another item."""
     counts = Counter(prefixes)
     return sum(c for c in counts.values() if c > 1)
+
+
+def continued_counters(table, prefixes: list[tuple]) -> list[int]:
+    """Counters for new items' semantic `prefixes` (token strings) that continue `table`'s: a prefix already
+    held by n items of the table (its identifiers end in a counter token) starts at n ("search and count" over
+    the old items and then the new ones, CART Sec. 3.2.3)."""
+    held = Counter(tuple(table.vocab[t] for t in table.tokens(i)[:-2]) for i in table.item_ids)
+    out = []
+    for p in prefixes:
+        out.append(held[p])
+        held[p] += 1
+    return out
+
+
+def in_vocabulary(table, item_ids: list[str], words: list[list[str]], scheme: str):
+    """An IdTable of new items whose identifiers (`words`, token strings) use `table`'s vocabulary, which its
+    decoder was trained on; a token outside it is one line naming the item (the decoder never learned it)."""
+    from genretr.identifiers.base import IdTable
+
+    index = {t: i for i, t in enumerate(table.vocab)}
+    seqs = []
+    for iid, ws in zip(item_ids, words):
+        missing = [w for w in ws if w not in index]
+        if missing:
+            raise GenretrError(f"{scheme}: new item {iid!r} needs the token {missing[0]!r}, which the trained decoder "
+                               "has never seen: retrain to add it")
+        seqs.append([index[w] for w in ws])
+    return IdTable.from_lists(list(item_ids), seqs, table.vocab, new_tokens=table.new_tokens)

@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from genretr.errors import GenretrError
 from genretr.identifiers.base import SPECIAL_TOKENS, IdTable
-from genretr.identifiers.common import colliding_items, unique_counters
-from genretr.quantizers.modality_decoupled import fit_modality_decoupled
+from genretr.identifiers.common import colliding_items, continued_counters, in_vocabulary, unique_counters
+from genretr.quantizers.modality_decoupled import ModalityDecoupledQuantizer, fit_modality_decoupled
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,21 @@ class GeniusIdentifier:
                        workdir / "genius_quantizer.pt")
             (workdir / "genius_stats.json").write_text(json.dumps(self.stats, indent=1) + "\n")
         return table
+
+    def assign(self, items, embeddings: np.ndarray, artifact: Path, table: IdTable) -> IdTable:
+        """Identifiers of new items from the trained quantizer in the identify `artifact` (its
+        `genius_quantizer.pt`), in `table`'s vocabulary: items added without retraining (issue 19)."""
+        saved = torch.load(Path(artifact) / "genius_quantizer.pt", map_location="cpu")
+        model = ModalityDecoupledQuantizer(**saved["hparams"])
+        model.load_state_dict(saved["state_dict"])
+        codes = model.encode_items(torch.from_numpy(np.asarray(embeddings, dtype=np.float32)),
+                                   [it.modality for it in items]).numpy()
+        words = [[own.vocab[t] for t in own.tokens(it.id)[:-1]] for own in [self._table(items, codes, None)]
+                 for it in items]
+        if self.unique_suffix:
+            counters = continued_counters(table, [tuple(w) for w in words])
+            words = [w + [f"u{c}"] for w, c in zip(words, counters)]
+        return in_vocabulary(table, [it.id for it in items], words, "GENIUS")
 
     def _table(self, items, codes: np.ndarray, counters: list[int] | None) -> IdTable:
         first = (lambda c: f"m{c}") if self.modality_decoupled else (lambda c: f"q0_{c}")

@@ -38,6 +38,9 @@ def residual_quantize(x: np.ndarray, levels: int, codebook_size: int, niter: int
 class ImageTokenIdentifier:
     code_tree = True  # items sharing a code prefix are alike (residual codes): results.html draws the tree
 
+    # why genretr.add refuses new items (issue 19)
+    cannot_add = "the run keeps no model of its codes (the residual codebooks are not saved)"
+
     def __init__(self, levels: int = 4, codebook_size: int = 256, niter: int = 20, seed: int = 0,
                  disambiguate: bool = False, backend: str = "faiss", max_points_per_centroid: int = 256,
                  threads: int = 1):

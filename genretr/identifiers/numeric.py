@@ -23,6 +23,9 @@ def shuffled_numbers(n: int, seed: int) -> np.ndarray:
 
 
 class NumericIdentifier:
+    # why genretr.add refuses new items (issue 19)
+    cannot_add = "a numeric ID is arbitrary: the decoder learns it only by memorising the item (GRACE Sec. 3.2)"
+
     def __init__(self, seed: int = 0, zero_pad: bool = False):
         """`zero_pad`: left-pad every number to the width of N (fixed length); the paper does not."""
         self.seed, self.zero_pad = seed, zero_pad

@@ -33,6 +33,9 @@ COLLISIONS = ("share", "disambiguate")
 class SemanticIdentifier:
     code_tree = True  # items sharing a code prefix are alike (caption words): results.html draws the tree
 
+    # why genretr.add refuses new items (issue 19)
+    cannot_add = "new captions would need the run's captioner, which genretr.add does not run yet"
+
     def __init__(self, captioner: Mapping, train_caption: str = "first", collisions: str = "share", seed: int = 0,
                  batch_size: int = 256):
         """`captioner`: the captioner config (conf/captioner/*.yaml, `${captioner}` in the YAML)."""

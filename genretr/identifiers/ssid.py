@@ -175,6 +175,9 @@ class AnswerCache:
 class SsidIdentifier:
     code_tree = True  # items sharing a code prefix are alike (MLLM-written words): results.html draws the tree
 
+    # why genretr.add refuses new items (issue 19)
+    cannot_add = "new identifiers would need the run's MLLM generator, which genretr.add does not run yet"
+
     def __init__(self, generator, retries: int = 2, cache: bool = True, batch_size: int = 16,
                  max_identifier_words: int = 10, collisions: str = "disambiguate", captioner: Mapping | None = None,
                  describe: str = "missing"):

@@ -19,6 +19,9 @@ def chunk_number(s: str, chunk_digits: int) -> list[str]:
 
 
 class StringIdentifier:
+    # why genretr.add refuses new items (issue 19)
+    cannot_add = "a string ID is arbitrary: the decoder learns it only by memorising the item (GRACE Sec. 3.2)"
+
     def __init__(self, seed: int = 0, chunk_digits: int = 3, tokenizer: str | None = None):
         self.seed, self.chunk_digits, self.tokenizer_path = seed, chunk_digits, tokenizer
 

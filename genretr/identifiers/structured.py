@@ -22,6 +22,9 @@ from genretr.quantizers.clustering import BACKENDS, kmeans
 class StructuredIdentifier:
     code_tree = True  # items sharing a code prefix are alike (hierarchical k-means): results.html draws the tree
 
+    # why genretr.add refuses new items (issue 19)
+    cannot_add = "the run keeps no model of its codes (the hierarchical k-means tree is not saved)"
+
     def __init__(self, k: int = 30, c: int = 30, niter: int = 20, seed: int = 0, backend: str = "faiss",
                  max_points_per_centroid: int = 256, threads: int = 1):
         if k < 2 or c < 1:

@@ -183,25 +183,34 @@ class RunContext:
         return self.embed_queries(ds, [Query(f"new/{k}", "t2i", (), INSTRUCTIONS["t2i"], text=t)
                                        for k, t in enumerate(texts)])
 
-    @torch.no_grad()
     def embed_queries(self, ds: RetrievalDataset, queries) -> torch.Tensor:
         """Vectors of new queries (their text, with encoder.instructions after their instruction; their image,
         an index into ``ds.images``; both fused) from the trained encoder of this run, as the encode stage
         embeds its queries."""
         from genretr.data.schema import query_text
 
-        texts = [query_text(q, self.instructions()) for q in queries]
-        kinds = {(q.image is not None, t is not None) for q, t in zip(queries, texts)}
+        return self.embed_sides(ds, [(q.image, query_text(q, self.instructions())) for q in queries],
+                                [f"query {q.id!r}" for q in queries])
+
+    def embed_items(self, ds: RetrievalDataset, items) -> torch.Tensor:
+        """Vectors of new items (image index into ``ds.images`` and/or text), as the encode stage embeds items."""
+        return self.embed_sides(ds, [(x.image, x.text or None) for x in items], [f"item {x.id!r}" for x in items])
+
+    @torch.no_grad()
+    def embed_sides(self, ds: RetrievalDataset, sides: list[tuple], names: list[str]) -> torch.Tensor:
+        """One vector per (image index or None, text or None): the image's, the text's, or both fused."""
+        kinds = {(image is not None, text is not None) for image, text in sides}
         if len(kinds) > 1:  # mixed sides: one kind at a time
-            return torch.cat([self.embed_queries(ds, [q]) for q in queries])
+            return torch.cat([self.embed_sides(ds, [side], [name]) for side, name in zip(sides, names)])
         if kinds == {(False, False)}:
-            raise GenretrError(f"query {queries[0].id!r} has neither an image nor a text to embed")
+            raise GenretrError(f"{names[0]} has neither an image nor a text to embed")
         encoder, bs, out = self.trained_encoder(ds), int(self.cfg.encoder.fit.batch_size), []
-        for s in range(0, len(queries), bs):
-            chunk, text = queries[s:s + bs], texts[s:s + bs]
-            txt = encoder.embed_texts(encoder.prepare_texts(text).to(self.device)) if text[0] is not None else None
-            img = (encoder.embed_images(torch.from_numpy(np.asarray(ds.images[[q.image for q in chunk]]))
-                                        .to(self.device)) if chunk[0].image is not None else None)
+        for s in range(0, len(sides), bs):
+            images, texts = zip(*sides[s:s + bs])
+            txt = encoder.embed_texts(encoder.prepare_texts(list(texts)).to(self.device)) if texts[0] is not None \
+                else None
+            img = (encoder.embed_images(torch.from_numpy(np.asarray(ds.images[list(images)])).to(self.device))
+                   if images[0] is not None else None)
             out.append((encoder.fuse(img, txt) if img is not None and txt is not None else
                         (img if img is not None else txt)).float().cpu())
         return torch.cat(out)

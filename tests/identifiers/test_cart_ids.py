@@ -127,3 +127,32 @@ def test_deterministic_given_seed(cart, data, tmp_path):
     items, x = data
     again = CartIdentifier(**SMALL).build(items, x, ctx(tmp_path))
     assert again.vocab == table.vocab and np.array_equal(again.sequences, table.sequences)
+
+
+def test_new_items_take_their_originals_codes_and_the_next_counters(cart, data):
+    """genretr.add (issue 19): copies of built items get the same coarse and fine codes from the saved centroids
+    and RQ-VAE, and the unique token that continues their prefix's count (CART Sec. 3.2.3); a count past the
+    unique tokens the decoder was trained with is one line."""
+    from collections import Counter
+
+    from genretr.data.schema import Item
+
+    scheme, table, wd = cart
+    items, x = data
+    held = Counter(tuple(words(table, it.id)[:-1]) for it in items)
+    top = max(int(t[1:]) for t in table.vocab if re.fullmatch(r"u\d+", t))
+    fits = [r for r, it in enumerate(items) if held[tuple(words(table, it.id)[:-1])] <= top]
+    chosen = [r for k, r in enumerate(fits) if tuple(words(table, items[r].id)[:-1]) not in
+              {tuple(words(table, items[f].id)[:-1]) for f in fits[:k]}][:6]  # distinct prefixes with room
+    assert len(chosen) >= 2
+    new = [Item(f"new{r}", "image") for r in chosen]
+    added = scheme.assign(new, x[chosen], wd, table)
+    assert added.vocab == table.vocab
+    for r, n in zip(chosen, new):
+        prefix = tuple(words(table, items[r].id)[:-1])
+        assert tuple(words(added, n.id)[:-1]) == prefix and words(added, n.id)[-1] == f"u{held[prefix]}"
+    full = next(r for r, it in enumerate(items) if held[tuple(words(table, it.id)[:-1])] == top + 1)
+    with pytest.raises(GenretrError, match=f"needs the token 'u{top + 1}', which the trained decoder has never"):
+        scheme.assign([Item("full", "image")], x[[full]], wd, table)
+    with pytest.raises(GenretrError, match="use_rqvae=false keeps no model"):
+        CartIdentifier(**{**SMALL, "use_rqvae": False}).assign(new, x[chosen], wd, table)
