@@ -24,7 +24,7 @@ import numpy as np
 
 from genretr.additions import Additions
 from genretr.data.schema import IMAGE, PAIR, TEXT, Item
-from genretr.errors import GenretrError
+from genretr.errors import DataError, GenretrError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -53,16 +53,16 @@ def read_items(path: Path, size: int) -> list[tuple[str, str | None, np.ndarray 
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
-        where = f"{path}:{n}"
+        where = f"{path} [line {n}]"
         try:
             entry = json.loads(line)
         except json.JSONDecodeError as e:
-            raise GenretrError(f"{where}: not a JSON object ({e.msg})") from None
+            raise DataError(path, f"line {n}", f"malformed JSON: {e.msg} (column {e.colno})") from None
         if not isinstance(entry, dict) or not isinstance(entry.get("id"), str) or not entry["id"]:
-            raise GenretrError(f"{where}: an item needs a non-empty string \"id\"")
+            raise DataError(path, f"line {n}", "an item needs a non-empty string \"id\"")
         text, file = entry.get("text"), entry.get("image")
         if not text and not file:
-            raise GenretrError(f"{where}: item {entry['id']!r} has neither \"image\" nor \"text\"")
+            raise DataError(path, f"line {n}", f"item {entry['id']!r} has neither \"image\" nor \"text\"")
         out.append((entry["id"], text or None, image(path.parent / file, where) if file else None, where))
     if not out:
         raise GenretrError(f"{path}: no items in it")

@@ -252,9 +252,9 @@ def test_bad_additions_are_one_line_and_write_nothing(runs, tmp_path, capsys, ca
              "twice": ['{"id": "a", "image": "x.png"}', '{"id": "a", "image": "x.png"}'],
              "no_side": ['{"id": "a"}'], "bad_json": ['{"id": "a", '],
              "other_content": ['{"id": "a", "image": "x.png"}']}[case]
-    want = {"corpus_id": "items.jsonl:1: item id 'test/img0' is already in the run's corpus",
-            "twice": "items.jsonl:2: item id 'a' appears twice", "no_side": "has neither \"image\" nor \"text\"",
-            "bad_json": "items.jsonl:1: not a JSON object", "other_content": "item id 'a' is already in"}[case]
+    want = {"corpus_id": "items.jsonl [line 1]: item id 'test/img0' is already in the run's corpus",
+            "twice": "items.jsonl [line 2]: item id 'a' appears twice", "no_side": "has neither \"image\" nor \"text\"",
+            "bad_json": "items.jsonl [line 1]: malformed JSON", "other_content": "item id 'a' is already in"}[case]
     if case == "other_content":  # first added as a black image, then offered as a white one
         (tmp_path / "items.jsonl").write_text(lines[0] + "\n")
         assert search_add(capsys, run, tmp_path / "items.jsonl")[0] == 0
