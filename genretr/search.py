@@ -69,8 +69,10 @@ class LoadedRun:
             cfg.logger, cfg.progress = None, False
         results = json.loads(files["results.json"].read_text())
         self.recorded = json.loads(files["artifacts.json"].read_text())
-        # trained artifacts are keyed by torch's thread count (genretr.stages.keys.numerics): the run's own
-        torch.set_num_threads(int(results.get("provenance", {}).get("torch_threads") or torch.get_num_threads()))
+        # trained artifacts are keyed by torch's thread count (genretr.stages.keys.numerics): the run's own while
+        # the stages are loaded, this process's own after
+        threads = torch.get_num_threads()
+        torch.set_num_threads(int(results.get("provenance", {}).get("torch_threads") or threads))
         self.pipe = Pipeline(cfg, self.run_dir)
         self.pipe.store.read_only = True
         self.cfg, self.ctx = cfg, self.pipe.ctx
@@ -85,6 +87,8 @@ class LoadedRun:
                 self.tries = self.pipe.index(self.ds, self.table)
         except MissingArtifact as e:
             raise GenretrError(self._why_missing(e)) from None
+        finally:
+            torch.set_num_threads(threads)
         self.searchers = {}
         self.added = Additions.load(self.run_dir)
         if len(self.added):

@@ -33,13 +33,15 @@ def identifier_scores(model, query, sequences: np.ndarray, length_penalty: float
     S, T = seqs.shape
     lengths = (seqs != PAD).sum(1)  # EOS included; identifiers never contain PAD
     state, cache = sd.prepare(Q.to_device(query, sd.device)), sd.new_cache(S, T)
-    total = torch.zeros(S, device=sd.device)
-    fed = torch.full((S,), PAD, dtype=torch.long, device=sd.device)  # the start token at t = 0
-    for t in range(T):
-        logp = torch.log_softmax(sd.step(fed, t, 1, S, state, cache, T).float(), dim=-1)  # (S, vocab)
+    # t = 0 as the engine runs it: one slot (the start token), its cache row then copied to every sequence's slot
+    first = torch.log_softmax(sd.step(torch.full((1,), PAD, dtype=torch.long, device=sd.device), 0, 1, 1, state,
+                                      cache, T).float(), dim=-1)  # (1, vocab)
+    sd.reorder(cache, torch.zeros(S, dtype=torch.long, device=sd.device), 1)
+    total = first[0, seqs[:, 0]]
+    for t in range(1, T):
+        logp = torch.log_softmax(sd.step(seqs[:, t - 1], t, 1, S, state, cache, T).float(), dim=-1)  # (S, vocab)
         live = t < lengths
         total += torch.where(live, logp.gather(1, seqs[:, t:t + 1]).squeeze(1), torch.zeros_like(total))
-        fed = seqs[:, t]
     return (total / lengths.float().pow(length_penalty)).tolist()
 
 

@@ -112,6 +112,21 @@ class IdTable:
                    meta.get("reasons", {}))
 
 
+class LazyRows:
+    """An array computed when a scheme reads it (`np.asarray(rows)`), not before: context that most schemes
+    never read (the train query vectors: 1 GB at 100k shapes images, read by GENIUS only)."""
+
+    def __init__(self, compute, n: int):
+        self.compute, self.n = compute, int(n)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __array__(self, dtype=None, copy=None):
+        x = np.asarray(self.compute())
+        return x if dtype is None else x.astype(dtype, copy=False)
+
+
 @dataclass
 class IdentifierContext:
     """What a scheme may learn from besides the items and their embeddings (the identify stage fills it)."""
@@ -121,7 +136,7 @@ class IdentifierContext:
     seed: int = 0
     progress: bool = False
     item_captions: dict = field(default_factory=dict)  # item id -> its training captions
-    train_query_vecs: np.ndarray | None = None  # (pairs, dim): every (train query, relevant item) pair ...
+    train_query_vecs: np.ndarray | LazyRows | None = None  # (pairs, dim): every (train query, relevant item) ...
     train_query_items: list = field(default_factory=list)  # ... its item
     train_query_tasks: list = field(default_factory=list)  # ... its task
     item_modalities: list = field(default_factory=list)  # of the items being identified, in order

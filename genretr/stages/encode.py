@@ -27,6 +27,7 @@ from genretr.data.datamodules import CaptionPairs, ContrastiveDataModule, QueryT
 from genretr.data.embeddings import Embeddings
 from genretr.data.schema import CAPTION_TASKS, Query, RetrievalDataset, query_text
 from genretr.errors import GenretrError
+from genretr.hardware import release_freed_memory
 from genretr.stages import keys
 from genretr.training import fit
 
@@ -73,7 +74,9 @@ BLOCK_ROWS = 65536  # rows gathered (and fused) at a time when the vectors are a
 def embed(encoder, ds: RetrievalDataset, items, queries, texts, text_inputs, batch_size: int,
           instructions: bool = False, device="cpu"):
     """(item vectors, query vectors) on the CPU, each batch embedded on `device`; images are embedded once each,
-    texts once each, and every row written into one preallocated tensor (no per-row copies at scale)."""
+    texts once each, and every row written into one preallocated tensor (no per-row copies at scale).
+    `text_inputs` (the text tower's inputs of `texts`) handed over in a one-element list is emptied, so that
+    the inputs are freed once the texts are embedded."""
     encoder.to(device).eval()
     images = torch.from_numpy(ds.images)
 
@@ -86,7 +89,11 @@ def embed(encoder, ds: RetrievalDataset, items, queries, texts, text_inputs, bat
         return out
 
     img = batches(encoder.embed_images, images, len(images))
+    if isinstance(text_inputs, list):  # handed over in a one-element list: freed once embedded
+        text_inputs = text_inputs.pop()
     txt = batches(encoder.embed_texts, text_inputs, len(texts))
+    del text_inputs
+    release_freed_memory()
     row = {t: i for i, t in enumerate(texts)}
 
     def vectors(sides, owners, what: str) -> torch.Tensor:
@@ -152,13 +159,18 @@ def fit_and_embed(cfg, ds: RetrievalDataset, splits, seed: int, instructions: bo
         log.warning("encoder: both towers are frozen, so training would move only the temperature, which changes "
                     "no ranking: encoder.fit.max_epochs=%s skipped (unfreeze a tower to fine-tune)", cfg.fit.max_epochs)
     elif int(cfg.fit.max_epochs) > 0:
+        pairs = None
         if all_tasks:
             pairs = QueryTargetPairs(ds.images, sides, text_inputs, row)
         else:
             pairs = CaptionPairs(ds.images, image_index, [[row[c] for c in cs] for cs in train_caps], text_inputs)
         log.info("encoder: %d training pairs (%s)", len(pairs), "every task" if all_tasks else "captions")
         fit(encoder, ContrastiveDataModule(pairs, int(cfg.fit.batch_size), seed, workers))
-    item_vecs, query_vecs = embed(encoder, ds, items, queries, texts, text_inputs, int(cfg.fit.batch_size),
+        del pairs
+        release_freed_memory()  # the trainer's reference cycles (they hold the pairs) and its freed activations
+    inputs = [text_inputs]  # embed() frees the text features once the texts are embedded (1M captions: 1.5 GB)
+    del text_inputs
+    item_vecs, query_vecs = embed(encoder, ds, items, queries, texts, inputs, int(cfg.fit.batch_size),
                                   instructions, device)
     return encoder, items, queries, item_vecs, query_vecs
 

@@ -1,5 +1,6 @@
 """The evaluate stage (DESIGN.md): every task's queries searched in its pool, R@K and MRR@10 (and each
-query's first-hit rank in the run dir's per_query.json, for genretr.report's paired tests).
+query's first-hit rank in the run dir's per_query.json, for genretr.report's paired tests; the first
+`eval.page_queries` of each task, their hits scored, in results.html: genretr.evaluation.page).
 
 `searcher` picks the method: the two-tower embedding search, or generative retrieval -- the trained
 decoder under the pool's trie (`genretr.evaluation.search`), with GENIUS_R re-ranking, the atomic
@@ -101,6 +102,7 @@ def write_page(ctx: RunContext, ds: RetrievalDataset, metrics: dict, samples: di
     path = Path(ctx.run_dir) / "results.html"
     page.write(path, html)
     return path
+
 
 def searcher(ctx: RunContext, ds, emb: Embeddings, task: str, model, table, tries):
     """query batch -> (rankings, q/s): the two-tower search without a decoder (the embedding baseline), else

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from genretr.data.embeddings import Embeddings
 from genretr.data.schema import CAPTION_TASKS, RetrievalDataset, pool_items
-from genretr.identifiers.base import IdentifierContext, IdTable
+from genretr.identifiers.base import IdentifierContext, IdTable, LazyRows
 from genretr.stages import keys
 from genretr.stages.captions import captions_for
 
@@ -60,7 +60,8 @@ def scheme_context(ctx: RunContext, ds: RetrievalDataset, emb: Embeddings, items
     return IdentifierContext(
         train_texts=[q.text for q in ds.splits["train"].queries if q.task in CAPTION_TASKS], workdir=workdir,
         seed=int(ctx.cfg.seed), progress=bool(ctx.cfg.progress), item_captions=captions,
-        train_query_vecs=emb.queries([q.id for q, _ in pairs]).numpy() if pairs else np.zeros((0, 1)),
+        train_query_vecs=(LazyRows(lambda: emb.queries([q.id for q, _ in pairs]).numpy(), len(pairs)) if pairs
+                          else np.zeros((0, 1))),
         train_query_items=[r for _, r in pairs], train_query_tasks=[q.task for q, _ in pairs],
         item_modalities=[ds.items[i].modality for i in items], describe=describe, images=ds.images,
         fit_captioner=functools.partial(fit_captioner, device=ctx.device), device=ctx.device,

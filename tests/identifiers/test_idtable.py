@@ -81,3 +81,13 @@ def test_save_load_round_trip(tmp_path, table):
 def test_mismatched_lengths_raise():
     with pytest.raises(ValueError):
         IdTable(["a", "b"], np.array([[2, EOS]]), VOCAB)
+
+
+def test_lazy_rows_are_computed_only_when_a_scheme_reads_them():
+    from genretr.identifiers.base import LazyRows
+
+    calls = []
+    rows = LazyRows(lambda: calls.append(1) or np.arange(6, dtype=np.float64).reshape(3, 2), 3)
+    assert len(rows) == 3 and calls == []  # built, sized, not computed
+    x = np.asarray(rows, dtype=np.float32)
+    assert x.dtype == np.float32 and x.shape == (3, 2) and calls == [1]

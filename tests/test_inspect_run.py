@@ -1,4 +1,4 @@
-"""A finished run looked at and asked (issue 19): results.html's content against the run's own artifacts, and
+"""A finished run looked at, asked and added to (issue 19): results.html against the run's own artifacts,
 `python -m genretr.search` ranking as the evaluate stage ranked, with one-line errors for runs it cannot read."""
 from __future__ import annotations
 
@@ -131,7 +131,7 @@ def test_search_ranks_the_runs_own_queries_as_evaluate_did(runs):
     ranks = dict(zip(per_query["query_ids"], per_query["rank"]))
     for q, hits in zip(queries, found):
         assert next((h.rank for h in hits if h.relevant), 0) == ranks[q.id]
-        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+        assert all(a.score >= b.score - 1e-5 for a, b in zip(hits, hits[1:]))  # ranked by score (float noise)
     # a query typed anew is embedded as the encode stage embedded it
     fresh = loaded.embed(queries)
     torch.testing.assert_close(fresh, loaded.emb.queries([q.id for q in queries]), atol=1e-4, rtol=1e-4)
