@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-TEST, HOLDOUT = 500, 0.2
+HOLDOUT = 0.2
 
 
 def genretr_run(out: Path, name: str, overrides: list[str]) -> Path:
@@ -65,7 +65,7 @@ def add_held_out(full, held, held_dir: Path, out_dir: Path) -> int:
         lines.append(json.dumps({"id": iid, "image": name}))
     (out_dir / "items.jsonl").write_text("\n".join(lines) + "\n")
     run = LoadedRun(held_dir)
-    entries = read_items(out_dir / "items.jsonl", int(run.ds.images.shape[1]))
+    entries = read_items(out_dir / "items.jsonl", run.image_size())
     try:
         run.added.extended(add(run, entries)).save(held_dir)
         return 0
@@ -81,11 +81,11 @@ def add_held_out(full, held, held_dir: Path, out_dir: Path) -> int:
     return refused
 
 
-def one(scheme: str, seed: int, out: Path, pool: ThreadPoolExecutor) -> dict:
+def one(scheme: str, seed: int, out: Path, pool: ThreadPoolExecutor, test: int, extra: list[str]) -> dict:
     from genretr.search import LoadedRun
 
-    common = ["method=generative", f"identifier={scheme}", f"seed={seed}"]
-    kept = int(TEST * (1 - HOLDOUT))
+    common = ["method=generative", f"identifier={scheme}", f"seed={seed}", *extra]
+    kept = int(test * (1 - HOLDOUT))
     full_job = pool.submit(genretr_run, out, f"{scheme}_s{seed}_full", common)
     held_job = pool.submit(genretr_run, out, f"{scheme}_s{seed}_held", [*common, f"dataset.splits.test={kept}"])
     full_dir, held_dir = full_job.result(), held_job.result()
@@ -121,14 +121,16 @@ def main(argv=None) -> int:
     p.add_argument("--schemes", default="genius,cart")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--out", default="bench_out/added")
+    p.add_argument("--tiny", action="store_true", help="debug=tiny runs (20 test images): a smoke run")
     args = p.parse_args(argv)
+    test, extra = (20, ["debug=tiny"]) if args.tiny else (500, [])
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     with ThreadPoolExecutor(2) as pool:
         for scheme in args.schemes.split(","):
             for seed in [int(s) for s in args.seeds.split(",")]:
-                rows.append(one(scheme, seed, out, pool))
+                rows.append(one(scheme, seed, out, pool, test, extra))
                 r = rows[-1]
                 print(f"{scheme} seed {seed}: {r['queries']} queries of {r['held_out']} held-out images "
                       f"({r['refused']} refused); R@1/5/10 memorised "

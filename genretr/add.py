@@ -9,8 +9,9 @@ given an identifier by the run's trained scheme (`assign`: GENIUS's quantizer, C
 schemes whose identifiers mean nothing without training (numeric, string, atomic) or whose model the run does
 not keep refuse, with the reason.  The items join the run's evaluation pools that hold items of their modality
 (or `--pool`), in `RUN_DIR/added/` (`genretr.additions`): later `genretr.search` calls can return them, and
-the run's cache and results are untouched.  Adding the same items again changes nothing; an id that the run
-already holds with other content is one line and exit 2, before anything is written.
+the run's cache and results are untouched.  Adding the same items again changes nothing; any other id that the
+run already holds (in its corpus, or added with other content) is one line and exit 2, before anything is
+written.
 """
 from __future__ import annotations
 
@@ -25,17 +26,19 @@ import numpy as np
 from genretr.additions import Additions
 from genretr.data.schema import IMAGE, PAIR, TEXT, Item
 from genretr.errors import DataError, GenretrError
+from genretr.identifiers.base import IdTable
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
-def read_items(path: Path, size: int) -> list[tuple[str, str | None, np.ndarray | None, str]]:
-    """(id, text, image (size, size, 3) uint8, where) per new item of `path` (see the module doc)."""
+def read_items(path: Path, size) -> list[tuple[str, str | None, np.ndarray | None, str]]:
+    """(id, text, image (size, size, 3) uint8, where) per new item of `path` (see the module doc); `size`: the
+    images' side, or a function that gives it (asked at the first image: a run without pixels refuses)."""
     from genretr.data.images import DECODE_ERRORS, load_image
 
     def image(file: Path, where: str) -> np.ndarray:
         try:
-            return load_image(str(file), size)
+            return load_image(str(file), size() if callable(size) else size)
         except DECODE_ERRORS as e:
             raise GenretrError(f"{where}: {file} is not a readable image ({' '.join(str(e).split())})") from None
 
@@ -61,6 +64,9 @@ def read_items(path: Path, size: int) -> list[tuple[str, str | None, np.ndarray 
         if not isinstance(entry, dict) or not isinstance(entry.get("id"), str) or not entry["id"]:
             raise DataError(path, f"line {n}", "an item needs a non-empty string \"id\"")
         text, file = entry.get("text"), entry.get("image")
+        for key, value in (("text", text), ("image", file)):
+            if value is not None and not isinstance(value, str):
+                raise DataError(path, f"line {n}", f"item {entry['id']!r}: \"{key}\" must be a string")
         if not text and not file:
             raise DataError(path, f"line {n}", f"item {entry['id']!r} has neither \"image\" nor \"text\"")
         out.append((entry["id"], text or None, image(path.parent / file, where) if file else None, where))
@@ -109,7 +115,10 @@ def add(run, entries, pools: list[str] | None = None) -> Additions:
                 raise GenretrError(f"--pool {name}: the run searches {', '.join(run.pool_names())}")
             joined.setdefault(name, []).append(x.id)
     vectors = run.embed_new_items(items, np.stack(images) if images else None)
-    table = scheme.assign(items, vectors, run.identify_artifact(), run.identified) if scheme is not None else None
+    table = None
+    if scheme is not None:  # identifiers continue those of the run and of its earlier additions (unique tokens)
+        held = run.identified if run.added.table is None else IdTable.joined([run.identified, run.added.table])
+        table = scheme.assign(items, vectors, run.identify_artifact(), held)
     return Additions(items, joined, np.stack(images) if images else None, vectors, table)
 
 
@@ -124,7 +133,8 @@ def main(argv=None) -> int:
     try:
         with contextlib.redirect_stdout(sys.stderr):
             run = LoadedRun(args.run_dir)
-            new = add(run, read_items(Path(args.items), int(run.ds.images.shape[1])), args.pool)
+            entries = read_items(Path(args.items), lambda: run.image_size())
+            new = add(run, entries, args.pool)
     except GenretrError as e:
         print(f"genretr: error: {e}", file=sys.stderr)
         return 2

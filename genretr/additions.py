@@ -25,6 +25,33 @@ from genretr.identifiers.base import IdTable
 FOLDER = "added"
 
 
+class StackedImages:
+    """A dataset's (memory-mapped) images followed by new ones, indexed as one array without copying the first:
+    what `genretr.search` and `genretr.add` give the encoder and the MLLM inputs (an int, or a list of ints)."""
+
+    def __init__(self, base: np.ndarray, extra: np.ndarray):
+        self.base, self.extra = base, np.asarray(extra)
+        self.shape, self.dtype = (len(base) + len(self.extra), *base.shape[1:]), base.dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index):
+        if isinstance(index, (int, np.integer)):
+            index = int(index) + (len(self) if index < 0 else 0)
+            return self.base[index] if index < len(self.base) else self.extra[index - len(self.base)]
+        return np.stack([self[int(i)] for i in np.asarray(index).reshape(-1)])
+
+
+def with_images(images, extra: np.ndarray | None):
+    """`images` followed by `extra` (StackedImages), or `images` when there is nothing to add."""
+    if extra is None or not len(extra):
+        return images
+    if isinstance(images, StackedImages):
+        return StackedImages(images.base, np.concatenate([images.extra, extra]))
+    return StackedImages(images, extra)
+
+
 @dataclass
 class Additions:
     items: list[Item] = field(default_factory=list)  # image: a row of `images`

@@ -56,9 +56,9 @@ class Pipeline:
         """query batch -> (rankings, q/s) for `task` (genretr.stages.evaluate.searcher)."""
         return evaluate.searcher(self.ctx, ds, emb, task, model, table, tries)
 
-    def hits(self, emb: Embeddings, queries, query_inputs, rankings, model=None, table=None):
+    def hits(self, ds: RetrievalDataset, emb: Embeddings, queries, query_inputs, rankings, model=None, table=None):
         """`rankings` of `queries` as scored `Hit`s (genretr.stages.evaluate.hits)."""
-        return evaluate.hits(self.ctx, emb, queries, query_inputs, rankings, model, table)
+        return evaluate.hits(self.ctx, ds, emb, queries, query_inputs, rankings, model, table)
 
     def decoding_table(self, model, table: IdTable) -> IdTable:
         """The identifiers as the decoder spells them (an MLLM's: its LLM tokens)."""

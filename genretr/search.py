@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf, open_dict
 
-from genretr.additions import Additions
+from genretr.additions import Additions, with_images
 from genretr.artifacts import MissingArtifact
 from genretr.data.schema import INSTRUCTIONS, Query
 from genretr.errors import GenretrError
@@ -90,6 +90,8 @@ class LoadedRun:
         finally:
             torch.set_num_threads(threads)
         self.searchers = {}
+        if self.model is not None:  # the words the decoder learned, whatever texts are added later
+            self.ctx.pin_query_vocab(self.ctx.query_vocab(self.ds, self.table))
         self.added = Additions.load(self.run_dir)
         if len(self.added):
             self.lay_over(self.added)
@@ -119,8 +121,7 @@ class LoadedRun:
     def embed_new_items(self, items, images: np.ndarray | None) -> np.ndarray:
         """Vectors of new items (their `image`: a row of `images`) from the run's trained encoder."""
         base = len(self.ds.images) if self.ds.images is not None else 0
-        ds = self.ds if images is None else dataclasses.replace(self.ds,
-                                                                images=np.concatenate([self.ds.images, images]))
+        ds = dataclasses.replace(self.ds, images=with_images(self.ds.images, images))
         placed = [dataclasses.replace(x, image=None if x.image is None else base + x.image) for x in items]
         return self.ctx.embed_items(ds, placed).numpy()
 
@@ -137,7 +138,7 @@ class LoadedRun:
         items = dict(self.ds.items)
         for x in added.items:
             items[x.id] = dataclasses.replace(x, image=None if x.image is None else base + x.image)
-        images = self.ds.images if added.images is None else np.concatenate([self.ds.images, added.images])
+        images = with_images(self.ds.images, added.images)
         split = self.cfg.eval.split
         pools = {name: list(ids) + list(added.pools.get(name, []))
                  for name, ids in self.ds.splits[split].pools.items()}
@@ -184,12 +185,19 @@ class LoadedRun:
         inputs = self.query_inputs(queries, vecs)
         rankings, _ = self.searcher(tasks.pop())(inputs)
         k = len(rankings[0]) if k is None else k
-        return self.pipe.hits(self.emb, queries, Q.take(inputs, 0, len(queries)), [r[:k] for r in rankings],
-                              self.model, self.table)
+        return self.pipe.hits(self.ds, self.emb, queries, Q.take(inputs, 0, len(queries)),
+                              [r[:k] for r in rankings], self.model, self.table)
+
+    def image_size(self) -> int:
+        """The side of the dataset's images, or a one-line error for a dataset without pixels."""
+        if self.ds.images is None or len(self.ds.images) == 0:
+            raise GenretrError(f"dataset {self.ds.name} of {self.run_dir} has no images: image queries and items "
+                               "cannot be embedded")
+        return int(self.ds.images.shape[1])
 
     def with_image(self, image: np.ndarray) -> int:
         """Add a query image (H, W, 3 uint8 at the dataset's size) to this session's images; its index."""
-        self.ds = dataclasses.replace(self.ds, images=np.concatenate([self.ds.images, image[None]]))
+        self.ds = dataclasses.replace(self.ds, images=with_images(self.ds.images, image[None]))
         self.searchers.clear()
         return len(self.ds.images) - 1
 
@@ -237,7 +245,7 @@ def main(argv=None) -> int:
             from genretr.data.images import DECODE_ERRORS, load_image
 
             try:
-                image = run.with_image(load_image(args.image, int(run.ds.images.shape[1])))
+                image = run.with_image(load_image(args.image, run.image_size()))
             except DECODE_ERRORS as e:
                 raise GenretrError(f"{args.image}: not a readable image ({' '.join(str(e).split())})") from None
         task = task_for(run, bool(args.texts), image is not None, args.task)
@@ -246,7 +254,7 @@ def main(argv=None) -> int:
                    for i, t in enumerate(args.texts or [None])]
         start = time.perf_counter()
         with contextlib.redirect_stdout(sys.stderr):
-            found = run.search(queries, args.k, run.embed(queries))
+            found = run.search(queries, args.k, run.embed(queries) if run.ctx.reads_query_vectors() else None)
         per_query = (time.perf_counter() - start) / len(queries)
     except GenretrError as e:
         print(f"genretr: error: {e}", file=sys.stderr)

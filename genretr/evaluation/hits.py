@@ -25,17 +25,19 @@ class Hit:
 
 def scored_hits(rankings: list[list[str]], relevant: list[tuple[str, ...]], query_inputs, *, model=None,
                 table: IdTable | None = None, item_vecs=None, length_penalty: float = 0.0,
-                step_dtype="float32") -> list[list[Hit]]:
+                step_dtype="float32", first_token: bool = False) -> list[list[Hit]]:
     """Each query's ranking as `Hit`s.  Generative runs (`model` and `table`) score identifiers teacher-forced;
-    the embedding baseline (`item_vecs(ids) -> (n, d)`) by cosine with the query vector.  `query_inputs`: what
-    the searcher read for these queries, in its order."""
+    without a model (`item_vecs(ids) -> (n, d)`: the embedding baseline, GENIUS_R) by cosine with the query
+    vector; `first_token`: the classifier head's score, log p of the identifier's one token.  `query_inputs`:
+    what the searcher read for these queries, in its order."""
     out = []
     for q, ranked in enumerate(rankings):
         one = Q.take(query_inputs, q, q + 1)
         if not ranked:
             scores = []
         elif model is not None:
-            scores = identifier_scores(model, one, table.subset(ranked).sequences, length_penalty, step_dtype)
+            rows = table.subset(ranked).sequences
+            scores = identifier_scores(model, one, rows[:, :1] if first_token else rows, length_penalty, step_dtype)
         else:
             vec = one["z"] if isinstance(one, dict) else one
             scores = cosine_scores(torch.as_tensor(vec)[0], torch.as_tensor(item_vecs(ranked)))

@@ -4,8 +4,8 @@ show beside each retrieved item):
 * generative runs: log p(identifier | query) under the trained decoder, teacher-forced through its
   `StepDecoder` -- the full-vocabulary log-softmax summed over the identifier's tokens (EOS included) and
   divided by n ** length_penalty, which is the score the constrained beam search gives a finished beam
-  (`genretr.decoding.engine`);
-* the embedding baseline: the cosine of the query and item vectors (what its faiss index ranks by).
+  (`genretr.decoding.engine`); the classifier head's: its first token's log p, which orders as its logits;
+* the embedding baseline and GENIUS_R: the cosine of the query and item vectors (what they rank by).
 """
 from __future__ import annotations
 
@@ -27,8 +27,17 @@ def identifier_scores(model, query, sequences: np.ndarray, length_penalty: float
         raise ValueError(f"identifier_scores takes one query, not {Q.count(query)}")
     if len(sequences) == 0:
         return []
-    model.eval()
-    sd = step_decoder_of(model, step_dtype)
+    was_training = bool(getattr(model, "training", False))
+    if hasattr(model, "eval"):
+        model.eval()
+    try:
+        return _scores(step_decoder_of(model, step_dtype), query, sequences, length_penalty)
+    finally:
+        if was_training:
+            model.train()
+
+
+def _scores(sd, query, sequences, length_penalty: float) -> list[float]:
     seqs = torch.as_tensor(np.asarray(sequences), dtype=torch.long, device=sd.device)  # (S, L)
     S, T = seqs.shape
     lengths = (seqs != PAD).sum(1)  # EOS included; identifiers never contain PAD

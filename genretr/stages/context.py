@@ -48,6 +48,7 @@ class RunContext:
     _add_ons: object = field(default=None, repr=False)
     _query_vocabs: dict = field(default_factory=dict, repr=False)
     _device: object = field(default=None, repr=False)
+    _pinned_vocab: object = field(default=None, repr=False)
 
     def __post_init__(self):
         self.run_dir = Path(self.run_dir)
@@ -136,11 +137,18 @@ class RunContext:
         return self.add_ons().reason_vocab(self, ds, table)
 
     # -- what the decoder reads -----------------------------------------------------------------------
+    def pin_query_vocab(self, vocab) -> None:
+        """Answer `query_vocab` with `vocab` from now on (the trained decoder's words, whatever texts a search
+        adds to the dataset: genretr.search / genretr.add)."""
+        self._pinned_vocab = vocab
+
     def query_vocab(self, ds: RetrievalDataset, table: IdTable | None = None):
         """The word vocabulary of token-input backbones, from the training queries (and item texts), then
         the add-ons' words (describe: one word per identifier token, since its prompt names an ID)."""
         from genretr.data.vocab import WordVocab
 
+        if self._pinned_vocab is not None:
+            return self._pinned_vocab
         key = (id(ds), id(table))  # built once per dataset and table (the train and evaluate stages ask again)
         if key not in self._query_vocabs:
             texts = [q.text for q in ds.splits["train"].queries if q.text]
@@ -198,19 +206,21 @@ class RunContext:
 
     @torch.no_grad()
     def embed_sides(self, ds: RetrievalDataset, sides: list[tuple], names: list[str]) -> torch.Tensor:
-        """One vector per (image index or None, text or None): the image's, the text's, or both fused."""
-        kinds = {(image is not None, text is not None) for image, text in sides}
-        if len(kinds) > 1:  # mixed sides: one kind at a time
-            return torch.cat([self.embed_sides(ds, [side], [name]) for side, name in zip(sides, names)])
-        if kinds == {(False, False)}:
-            raise GenretrError(f"{names[0]} has neither an image nor a text to embed")
-        encoder, bs, out = self.trained_encoder(ds), int(self.cfg.encoder.fit.batch_size), []
-        for s in range(0, len(sides), bs):
-            images, texts = zip(*sides[s:s + bs])
-            txt = encoder.embed_texts(encoder.prepare_texts(list(texts)).to(self.device)) if texts[0] is not None \
-                else None
-            img = (encoder.embed_images(torch.from_numpy(np.asarray(ds.images[list(images)])).to(self.device))
-                   if images[0] is not None else None)
-            out.append((encoder.fuse(img, txt) if img is not None and txt is not None else
-                        (img if img is not None else txt)).float().cpu())
-        return torch.cat(out)
+        """One vector per (image index or None, text or None): the image's, the text's, or both fused; the rows
+        of each kind a batch at a time, the encoder loaded once."""
+        kinds = [(image is not None, text is not None) for image, text in sides]
+        if (False, False) in kinds:
+            raise GenretrError(f"{names[kinds.index((False, False))]} has neither an image nor a text to embed")
+        encoder, bs, out = self.trained_encoder(ds), int(self.cfg.encoder.fit.batch_size), [None] * len(sides)
+        for kind in dict.fromkeys(kinds):
+            rows = [r for r, k in enumerate(kinds) if k == kind]
+            for s in range(0, len(rows), bs):
+                chunk = rows[s:s + bs]
+                texts = [sides[r][1] for r in chunk]
+                txt = encoder.embed_texts(encoder.prepare_texts(texts).to(self.device)) if kind[1] else None
+                img = (encoder.embed_images(torch.from_numpy(np.asarray(ds.images[[sides[r][0] for r in chunk]]))
+                                            .to(self.device)) if kind[0] else None)
+                vecs = (encoder.fuse(img, txt) if kind == (True, True) else (img if kind[0] else txt)).float().cpu()
+                for r, v in zip(chunk, vecs):
+                    out[r] = v
+        return torch.stack(out)

@@ -41,7 +41,7 @@ def write_per_query(run_dir: Path, per_query: dict) -> None:
 
 
 def run(ctx: RunContext, ds: RetrievalDataset, emb: Embeddings, model=None, table=None, tries=None) -> dict:
-    from genretr.evaluation.distributed import sharded
+    from genretr.evaluation.distributed import rank_zero, sharded
     from genretr.evaluation.metrics import first_hit_ranks, metrics_from_ranks
 
     split, out, per_query, samples = ctx.cfg.eval.split, {}, {}, {}
@@ -58,8 +58,8 @@ def run(ctx: RunContext, ds: RetrievalDataset, emb: Embeddings, model=None, tabl
         rankings, qps = sharded(search, qvecs)
         ranks = first_hit_ranks(rankings, [q.relevant for q in queries])
         per_query[task] = {"query_ids": [q.id for q in queries], "rank": ranks.tolist()}
-        if shown:
-            samples[task] = list(zip(queries[:shown], hits(ctx, emb, queries[:shown], Q.take(qvecs, 0, shown),
+        if shown and rank_zero():
+            samples[task] = list(zip(queries[:shown], hits(ctx, ds, emb, queries[:shown], Q.take(qvecs, 0, shown),
                                                            rankings[:shown], model, table)))
         out[task] = {**metrics_from_ranks(ranks), "queries": len(queries), "q_per_s": qps}
         log.info("%s %s: %s", ctx.cfg.method.name, task,
@@ -67,38 +67,46 @@ def run(ctx: RunContext, ds: RetrievalDataset, emb: Embeddings, model=None, tabl
     write_per_query(ctx.run_dir, per_query)
     if model is not None:
         out.update(ctx.add_ons().metrics(ctx, ds, emb, model, table))  # e.g. GRACE Sec. 4.5's descriptions
-    if shown:
+    if shown and rank_zero():
         write_page(ctx, ds, out, samples, table)
     return out
 
 
-def hits(ctx: RunContext, emb: Embeddings, queries, query_inputs, rankings, model=None, table=None):
-    """`rankings` of `queries` as scored `Hit`s (genretr.evaluation.hits): identifiers' log-probabilities under
-    the decoder, or the embedding baseline's cosines."""
+def hits(ctx: RunContext, ds: RetrievalDataset, emb: Embeddings, queries, query_inputs, rankings, model=None,
+         table=None):
+    """`rankings` of `queries` as scored `Hit`s (genretr.evaluation.hits), scored as the search ranked them
+    (`score_name`): the embedding baseline's and GENIUS_R's cosines, the classifier head's first-token log p,
+    else the identifier's log p under the decoder as the search's add-ons present it (SSID's answer-with-reason)."""
     from genretr.evaluation.hits import scored_hits
 
     relevant = [q.relevant for q in queries]
-    if model is None:
-        return scored_hits(rankings, relevant, query_inputs, item_vecs=emb.items)
+    name = score_name(ctx, table)
+    if name == "cosine":
+        return scored_hits(rankings, relevant, query_inputs, item_vecs=emb.items, table=table)
+    for add_on in search_add_ons(ctx, ds, emb, table):
+        model = add_on.model(model)
     return scored_hits(rankings, relevant, query_inputs, model=model, table=table,
                        length_penalty=float(ctx.cfg.decoding.length_penalty),
-                       step_dtype=search_dtype(ctx.cfg, model_device(model)))
+                       step_dtype=search_dtype(ctx.cfg, model_device(model)), first_token=ctx.classifier_head())
 
 
-def write_page(ctx: RunContext, ds: RetrievalDataset, metrics: dict, samples: dict, table=None) -> Path | None:
+def score_name(ctx: RunContext, table) -> str:
+    if table is None or bool(ctx.cfg.decoding.get("rerank", False)):
+        return "cosine"
+    return "log p(first token)" if ctx.classifier_head() else "log p"
+
+
+def write_page(ctx: RunContext, ds: RetrievalDataset, metrics: dict, samples: dict, table=None) -> Path:
     """`results.html` in the run dir (genretr.evaluation.page); the code tree for schemes that declare one."""
     from hydra.utils import get_class
 
     from genretr.evaluation import page
-    from genretr.evaluation.distributed import rank_zero
 
-    if not rank_zero():
-        return None
     scheme = ctx.cfg.get("identifier", {}).get("_target_") if table is not None else None
     tree = bool(scheme) and bool(getattr(get_class(scheme), "code_tree", False))
     name = ctx.cfg.method.name + (f" / {scheme.rsplit('.', 1)[-1]}" if scheme else "")
     html = page.render(ds, f"genretr: {name} on {ds.name} ({ctx.run_dir.name})", metrics, samples,
-                       "log p" if table is not None else "cosine", table, tree)
+                       score_name(ctx, table), table, tree)
     path = Path(ctx.run_dir) / "results.html"
     page.write(path, html)
     return path
