@@ -30,6 +30,13 @@ def scored_hits(rankings: list[list[str]], relevant: list[tuple[str, ...]], quer
     without a model (`item_vecs(ids) -> (n, d)`: the embedding baseline, GENIUS_R) by cosine with the query
     vector; `first_token`: the classifier head's score, log p of the identifier's one token.  `query_inputs`:
     what the searcher read for these queries, in its order."""
+    sd = None
+    if model is not None:  # one step decoder for every query (it folds, casts or copies the weights)
+        from genretr.decoding.engine import step_decoder_of
+
+        if hasattr(model, "eval"):
+            model.eval()
+        sd = step_decoder_of(model, step_dtype)
     out = []
     for q, ranked in enumerate(rankings):
         one = Q.take(query_inputs, q, q + 1)
@@ -37,7 +44,8 @@ def scored_hits(rankings: list[list[str]], relevant: list[tuple[str, ...]], quer
             scores = []
         elif model is not None:
             rows = table.subset(ranked).sequences
-            scores = identifier_scores(model, one, rows[:, :1] if first_token else rows, length_penalty, step_dtype)
+            scores = identifier_scores(model, one, rows[:, :1] if first_token else rows, length_penalty, step_dtype,
+                                       step_decoder=sd)
         else:
             vec = one["z"] if isinstance(one, dict) else one
             scores = cosine_scores(torch.as_tensor(vec)[0], torch.as_tensor(item_vecs(ranked)))

@@ -18,9 +18,10 @@ from genretr.identifiers.base import PAD
 
 @torch.no_grad()
 def identifier_scores(model, query, sequences: np.ndarray, length_penalty: float = 0.0,
-                      step_dtype="float32") -> list[float]:
+                      step_dtype="float32", step_decoder=None) -> list[float]:
     """Beam-search scores of `sequences` (S, L), PAD-padded rows that end in EOS, for one query (`query`: a
-    batch of one in the decoder's query format)."""
+    batch of one in the decoder's query format).  `step_decoder`: the model's, built once by a caller that
+    scores several queries (its construction folds or copies the weights)."""
     from genretr.decoding.engine import step_decoder_of
 
     if Q.count(query) != 1:
@@ -31,7 +32,8 @@ def identifier_scores(model, query, sequences: np.ndarray, length_penalty: float
     if hasattr(model, "eval"):
         model.eval()
     try:
-        return _scores(step_decoder_of(model, step_dtype), query, sequences, length_penalty)
+        sd = step_decoder if step_decoder is not None else step_decoder_of(model, step_dtype)
+        return _scores(sd, query, sequences, length_penalty)
     finally:
         if was_training:
             model.train()
