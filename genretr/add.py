@@ -5,9 +5,10 @@
 ITEMS is a JSON-lines file, one item a line: {"id": ..., "image": PATH (relative to the file's folder),
 "text": ...} with an image, a text or both; or a folder of images (the id is the file name's stem, the caption
 the text of STEM.txt beside it, if there is one).  Each new item is embedded by the run's trained encoder and
-given an identifier by the run's trained scheme (`assign`: GENIUS's quantizer, CART's centroids and RQ-VAE);
-schemes whose identifiers mean nothing without training (numeric, string, atomic) or whose model the run does
-not keep refuse, with the reason.  The items join the run's evaluation pools that hold items of their modality
+given an identifier by the run's trained scheme (`assign`: GENIUS's quantizer, CART's centroids and RQ-VAE,
+the structured IDs' k-means tree, the image tokens' codebooks, the semantic IDs' captioner); schemes whose
+identifiers mean nothing without training (numeric, string, atomic) and SSID (its MLLM generator is not run
+here) refuse, with the reason.  The items join the run's evaluation pools that hold items of their modality
 (or `--pool`), in `RUN_DIR/added/` (`genretr.additions`): later `genretr.search` calls can return them, and
 the run's cache and results are untouched.  Adding the same items again changes nothing; any other id that the
 run already holds (in its corpus, or added with other content) is one line and exit 2, before anything is
@@ -24,9 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from genretr.additions import Additions
+from genretr.captioner import Captioner
 from genretr.data.schema import IMAGE, PAIR, TEXT, Item
 from genretr.errors import DataError, GenretrError
-from genretr.identifiers.base import IdTable
+from genretr.identifiers.base import IdentifierContext, IdTable
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -118,7 +120,9 @@ def add(run, entries, pools: list[str] | None = None) -> Additions:
     table = None
     if scheme is not None:  # identifiers continue those of the run and of its earlier additions (unique tokens)
         held = run.identified if run.added.table is None else IdTable.joined([run.identified, run.added.table])
-        table = scheme.assign(items, vectors, run.identify_artifact(), held)
+        ctx = IdentifierContext(workdir=run.identify_artifact(), seed=int(run.cfg.seed),
+                                load_captioner=Captioner.load)
+        table = scheme.assign(items, vectors, ctx, held)
     return Additions(items, joined, np.stack(images) if images else None, vectors, table)
 
 

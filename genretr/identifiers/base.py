@@ -147,7 +147,12 @@ class IdentifierContext:
     # describe_words(inputs, batch_size) and save(dir) (genretr.captioner.fit_captioner; GRACE Sec. 3.3)
     fit_captioner: object = None
     device: object = "cpu"  # where a scheme trains and runs its models (the run's, genretr.hardware.run_device)
+    load_captioner: object = None  # a folder -> the captioner saved there (genretr.captioner.Captioner.load)
 
 
 class IdentifierScheme(Protocol):
     def build(self, items: list, embeddings: np.ndarray, ctx: IdentifierContext) -> IdTable: ...
+
+    # Optional (issue 19): identifiers of items added after training, in `table`'s vocabulary, from what `build`
+    # saved in `ctx.workdir` (the identify artifact, read only).  Schemes without it refuse (`cannot_add`).
+    # def assign(self, items: list, embeddings: np.ndarray, ctx: IdentifierContext, table: IdTable) -> IdTable

@@ -28,7 +28,7 @@ import torch
 from genretr.errors import GenretrError
 from genretr.identifiers.base import SPECIAL_TOKENS, IdTable
 from genretr.identifiers.common import colliding_items, continued_counters, in_vocabulary, unique_counters
-from genretr.quantizers.clustering import cluster, hierarchical_kmeans
+from genretr.quantizers.clustering import cluster, hierarchical_kmeans, nearest_centroid
 from genretr.quantizers.rqvae import RQVAE, fit_rqvae
 
 log = logging.getLogger(__name__)
@@ -103,21 +103,21 @@ class CartIdentifier:
             (workdir / "cart_stats.json").write_text(json.dumps(stats, indent=1) + "\n")
         return self._table(items, coarse, 0 if coarse is None else len(centroids), fine, counters)
 
-    def assign(self, items, embeddings: np.ndarray, artifact: Path, table: IdTable) -> IdTable:
-        """Identifiers of new items from the trained K-Means centroids and RQ-VAE in the identify `artifact`,
-        their unique token continuing the table's counters, in `table`'s vocabulary: items added without
-        retraining (issue 19).  The "w/o RQ-VAE" variant keeps no model of its fine codes: refused."""
+    def assign(self, items, embeddings: np.ndarray, ctx, table: IdTable) -> IdTable:
+        """Identifiers of new items from the trained K-Means centroids and RQ-VAE in the identify artifact
+        (`ctx.workdir`), their unique token continuing the table's counters, in `table`'s vocabulary: items added
+        without retraining (issue 19).  The "w/o RQ-VAE" variant keeps no model of its fine codes: refused."""
         if not self.use_rqvae:
             raise GenretrError("identifier=cart with use_rqvae=false keeps no model of its fine codes: retrain to add "
                                "items")
         x = np.asarray(embeddings, dtype=np.float32)
         words = [[] for _ in items]
         if self.use_kmeans:
-            centroids = np.load(Path(artifact) / "cart_centroids.npy")
-            coarse = ((centroids ** 2).sum(1)[None] - 2 * x @ centroids.T).argmin(1)  # nearest centroid (L2)
+            centroids = np.load(Path(ctx.workdir) / "cart_centroids.npy")
+            coarse = nearest_centroid(x, centroids)
             x = x - centroids[coarse]
             words = [[f"c{c}"] for c in coarse.tolist()]
-        saved = torch.load(Path(artifact) / "rqvae.pt", map_location="cpu")
+        saved = torch.load(Path(ctx.workdir) / "rqvae.pt", map_location="cpu")
         model = RQVAE(**saved["hparams"])
         model.load_state_dict(saved["state_dict"])
         fine = model.encode(torch.from_numpy(x)).numpy()

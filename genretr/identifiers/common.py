@@ -70,6 +70,22 @@ def continued_counters(table, prefixes: list[tuple]) -> list[int]:
     return out
 
 
+def continued_groups(table, words: list[list[str]]) -> list[list[str]]:
+    """New items' identifiers (`words`, token strings) with "#n" appended where n >= 1 items of `table` (or
+    earlier entries of `words`) already hold the same identifier, its counter aside: `append_counters`' groups,
+    continued, so that an added item never shares its identifier with another."""
+    held = Counter()
+    for iid in table.item_ids:
+        ws = [table.vocab[t] for t in table.tokens(iid)[:-1]]
+        held[tuple(ws[:-1] if ws and re.fullmatch(r"#\d+", ws[-1]) else ws)] += 1
+    out = []
+    for ws in words:
+        n = held[tuple(ws)]
+        held[tuple(ws)] += 1
+        out.append([*ws, f"#{n}"] if n else list(ws))
+    return out
+
+
 def in_vocabulary(table, item_ids: list[str], words: list[list[str]], scheme: str):
     """An IdTable of new items whose identifiers (`words`, token strings) use `table`'s vocabulary, which its
     decoder was trained on; a token outside it is one line naming the item (the decoder never learned it)."""

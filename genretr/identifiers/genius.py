@@ -96,10 +96,10 @@ class GeniusIdentifier:
             (workdir / "genius_stats.json").write_text(json.dumps(self.stats, indent=1) + "\n")
         return table
 
-    def assign(self, items, embeddings: np.ndarray, artifact: Path, table: IdTable) -> IdTable:
-        """Identifiers of new items from the trained quantizer in the identify `artifact` (its
+    def assign(self, items, embeddings: np.ndarray, ctx, table: IdTable) -> IdTable:
+        """Identifiers of new items from the trained quantizer in the identify artifact, `ctx.workdir` (its
         `genius_quantizer.pt`), in `table`'s vocabulary: items added without retraining (issue 19)."""
-        saved = torch.load(Path(artifact) / "genius_quantizer.pt", map_location="cpu")
+        saved = torch.load(Path(ctx.workdir) / "genius_quantizer.pt", map_location="cpu")
         model = ModalityDecoupledQuantizer(**saved["hparams"])
         model.load_state_dict(saved["state_dict"])
         codes = model.encode_items(torch.from_numpy(np.asarray(embeddings, dtype=np.float32)),

@@ -11,6 +11,9 @@ Collisions.  GRACE adds no disambiguation step, and Sec. 4.2 blames semantic ide
 on "images [that] shared the same captions": identical captions stay one identifier shared by all
 their items (`collisions: share`, the default; the trie maps it to all of them, ranked together).
 `collisions: disambiguate` appends a counter token "#j" to the j-th item of each shared group.
+
+Items added without retraining (issue 19, `assign`): a new item with a text takes its own text; an image is
+captioned by the run's saved captioner.
 """
 from __future__ import annotations
 
@@ -23,7 +26,8 @@ import numpy as np
 from genretr.data.captioning import item_images, wants_pixels, words
 from genretr.errors import GenretrError
 from genretr.identifiers.base import SPECIAL_TOKENS, IdTable
-from genretr.identifiers.common import append_counters, check_embeddings, counter_tokens
+from genretr.identifiers.common import (append_counters, check_embeddings, continued_groups, counter_tokens,
+                                       in_vocabulary)
 
 log = logging.getLogger(__name__)
 TRAIN_CAPTIONS = ("first", "random", "generated")
@@ -32,9 +36,6 @@ COLLISIONS = ("share", "disambiguate")
 
 class SemanticIdentifier:
     code_tree = True  # items sharing a code prefix are alike (caption words): results.html draws the tree
-
-    # why genretr.add refuses new items (issue 19)
-    cannot_add = "new captions would need the run's captioner, which genretr.add does not run yet"
 
     def __init__(self, captioner: Mapping, train_caption: str = "first", collisions: str = "share", seed: int = 0,
                  batch_size: int = 256):
@@ -94,3 +95,25 @@ class SemanticIdentifier:
         index = {t: i for i, t in enumerate(vocab)}
         return IdTable.from_lists([it.id for it in items], [[index[t] for t in s] for s in seqs], vocab,
                                   new_tokens=new_tokens)
+
+    def assign(self, items, embeddings: np.ndarray, ctx, table: IdTable) -> IdTable:
+        """Identifiers of new items in `table`'s vocabulary (issue 19): an item's own text, else the caption the
+        run's saved captioner (`captioner/` in the identify artifact, `ctx.workdir`) writes for its embedding;
+        under `collisions: disambiguate` a caption already held takes the next counter of its group."""
+        x = check_embeddings(items, embeddings, "semantic")
+        seqs = [words(it.text) if getattr(it, "text", None) else None for it in items]
+        todo = [i for i, s in enumerate(seqs) if s is None]
+        if todo:
+            if wants_pixels(self.captioner_cfg):
+                raise GenretrError("identifier=semantic with captioner=pixels captions images, which genretr.add "
+                                   "does not hand to the scheme: give each new image a text, or use an embedding "
+                                   "captioner")
+            if ctx.load_captioner is None:
+                raise GenretrError("semantic identifiers: the IdentifierContext has no load_captioner to caption "
+                                   f"{len(todo)} new images (genretr.add gives genretr.captioner's)")
+            captioner = ctx.load_captioner(Path(ctx.workdir) / "captioner")
+            for i, ws in zip(todo, captioner.describe_words(x[todo], batch_size=self.batch_size)):
+                seqs[i] = ws
+        if self.collisions == "disambiguate":
+            seqs = continued_groups(table, seqs)
+        return in_vocabulary(table, [it.id for it in items], seqs, "semantic")

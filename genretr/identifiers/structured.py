@@ -7,23 +7,58 @@ position is the last token, "C_{level}_{position}" one level further down.  Iden
 and similar images share a path prefix; lengths vary with the depth of each branch.
 
 k-means: `genretr.quantizers.clustering.kmeans` (faiss by default, scikit-learn with `backend: sklearn`).
+The tree's centroids are saved in the identify artifact (`structured_tree.npz`): `assign` routes a new item
+down it to a leaf, where it takes the next free position (items added without retraining, issue 19).
 """
 from __future__ import annotations
 
+from pathlib import Path
 
 import numpy as np
 
 from genretr.errors import GenretrError
 from genretr.identifiers.base import SPECIAL_TOKENS, IdTable
-from genretr.identifiers.common import check_embeddings
-from genretr.quantizers.clustering import BACKENDS, kmeans
+from genretr.identifiers.common import check_embeddings, continued_counters, in_vocabulary
+from genretr.quantizers.clustering import BACKENDS, kmeans, nearest_centroid
+
+TREE_FILE = "structured_tree.npz"
+Tree = dict[tuple, tuple[np.ndarray, np.ndarray]]  # an inner node's path -> (its non-empty clusters, their centroids)
+
+
+def save_tree(tree: Tree, path: Path) -> None:
+    arrays = {}
+    for prefix, (clusters, centroids) in tree.items():
+        name = "_".join(["node", *map(str, prefix)])
+        arrays[f"{name}.clusters"], arrays[f"{name}.centroids"] = clusters, centroids
+    np.savez(path, **arrays)
+
+
+def load_tree(path: Path) -> Tree:
+    with np.load(path) as saved:
+        return {tuple(int(j) for j in key[: -len(".clusters")].split("_")[1:]):
+                (saved[key], saved[key.replace(".clusters", ".centroids")])
+                for key in saved.files if key.endswith(".clusters")}
+
+
+def route(tree: Tree, x: np.ndarray) -> list[tuple]:
+    """Each row's cluster path: from the root, the nearest non-empty cluster of every inner node, to a leaf."""
+    paths: list[tuple] = [() for _ in range(len(x))]
+    pending = {(): np.arange(len(x))}  # the rows standing at each node
+    while pending:
+        prefix, rows = pending.popitem()
+        if prefix not in tree:  # a leaf
+            for r in rows:
+                paths[r] = prefix
+            continue
+        clusters, centroids = tree[prefix]
+        chosen = clusters[nearest_centroid(x[rows], centroids)]
+        for j in np.unique(chosen):
+            pending[(*prefix, int(j))] = rows[chosen == j]
+    return paths
 
 
 class StructuredIdentifier:
     code_tree = True  # items sharing a code prefix are alike (hierarchical k-means): results.html draws the tree
-
-    # why genretr.add refuses new items (issue 19)
-    cannot_add = "the run keeps no model of its codes (the hierarchical k-means tree is not saved)"
 
     def __init__(self, k: int = 30, c: int = 30, niter: int = 20, seed: int = 0, backend: str = "faiss",
                  max_points_per_centroid: int = 256, threads: int = 1):
@@ -34,34 +69,55 @@ class StructuredIdentifier:
         self.k, self.c, self.niter, self.seed = k, c, niter, seed
         self.backend, self.max_points_per_centroid, self.threads = backend, max_points_per_centroid, threads
 
-    def paths(self, x: np.ndarray) -> list[list[int]]:
-        """Each row's path: cluster index at every level, then its position in its leaf cluster."""
+    def paths(self, x: np.ndarray) -> tuple[list[list[int]], Tree]:
+        """Each row's path (cluster index at every level, then its position in its leaf cluster) and the tree's
+        inner nodes."""
         paths: list[list[int]] = [[] for _ in range(len(x))]
+        tree: Tree = {}
 
-        def split(rows: np.ndarray, depth: int) -> None:
+        def split(rows: np.ndarray, prefix: tuple) -> None:
             if len(rows) <= self.c:  # a leaf: the position within the cluster ends the path
                 for pos, r in enumerate(rows):
                     paths[r].append(pos)
                 return
             k = min(self.k, len(rows))
-            _, assign = kmeans(x[rows], k, self.niter, self.seed + depth, self.backend, self.max_points_per_centroid,
-                               self.threads)
+            centroids, assign = kmeans(x[rows], k, self.niter, self.seed + len(prefix), self.backend,
+                                       self.max_points_per_centroid, self.threads)
             if np.bincount(assign, minlength=k).max() == len(rows):  # identical vectors: split arbitrarily
                 assign = np.arange(len(rows)) % k
-            for j in range(k):
+                centroids = np.stack([x[rows[assign == j]].mean(0) for j in range(k)])
+            used = np.unique(assign)
+            tree[prefix] = (used, np.ascontiguousarray(centroids[used], dtype=np.float32))
+            for j in used.tolist():
                 members = rows[assign == j]
                 for r in members:
                     paths[r].append(j)
-                if len(members):
-                    split(members, depth + 1)
+                split(members, (*prefix, j))
 
-        split(np.arange(len(x)), 0)
-        return paths
+        split(np.arange(len(x)), ())
+        return paths, tree
 
     def build(self, items, embeddings, ctx) -> IdTable:
         x = check_embeddings(items, embeddings, "structured")
-        names = [[f"C_{level}_{j}" for level, j in enumerate(p, start=1)] for p in self.paths(x)]
+        paths, tree = self.paths(x)
+        if ctx.workdir is not None:
+            save_tree(tree, Path(ctx.workdir) / TREE_FILE)
+        names = [[f"C_{level}_{j}" for level, j in enumerate(p, start=1)] for p in paths]
         used = sorted({t for ts in names for t in ts}, key=lambda t: tuple(int(v) for v in t.split("_")[1:]))
         index = {t: i for i, t in enumerate(SPECIAL_TOKENS + used)}
         return IdTable.from_lists([it.id for it in items], [[index[t] for t in ts] for ts in names],
                                   SPECIAL_TOKENS + used, new_tokens=used)
+
+    def assign(self, items, embeddings: np.ndarray, ctx, table: IdTable) -> IdTable:
+        """Identifiers of new items: each routed down the saved tree (`structured_tree.npz` in the identify
+        artifact, `ctx.workdir`) to a leaf, where it takes the position after the leaf's items (and earlier
+        additions), in `table`'s vocabulary (issue 19)."""
+        x = check_embeddings(items, embeddings, "structured")
+        if not (Path(ctx.workdir) / TREE_FILE).is_file():
+            raise GenretrError(f"{ctx.workdir}: no {TREE_FILE} (a run made before genretr kept its k-means tree): "
+                               "rerun it to add items")
+        prefixes = [tuple(f"C_{level}_{j}" for level, j in enumerate(p, start=1))
+                    for p in route(load_tree(Path(ctx.workdir) / TREE_FILE), x)]
+        positions = continued_counters(table, prefixes)
+        words = [[*p, f"C_{len(p) + 1}_{pos}"] for p, pos in zip(prefixes, positions)]
+        return in_vocabulary(table, [it.id for it in items], words, "structured")

@@ -44,6 +44,15 @@ def kmeans(x: np.ndarray, k: int, niter: int = 20, seed: int = 0, backend: str =
     raise GenretrError(f"k-means backend={backend} is not one of {', '.join(BACKENDS)}")
 
 
+def nearest_centroid(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """(n,) index of each row's nearest centroid (L2, as k-means assigns), a block of rows at a time."""
+    x = np.asarray(x, dtype=np.float32)
+    c = np.asarray(centroids, dtype=np.float32)
+    norms = (c ** 2).sum(1)[None]
+    return np.concatenate([(norms - 2 * x[i: i + 65536] @ c.T).argmin(1) for i in range(0, len(x), 65536)]
+                          or [np.zeros(0, dtype=np.int64)]).astype(np.int64)
+
+
 def cluster(x: np.ndarray, k: int, seed: int, backend: str = "sklearn") -> tuple[np.ndarray, np.ndarray]:
     """K-means of the rows of x into min(k, n) clusters → (labels (n,), centroids (k', d))."""
     k = max(1, min(int(k), len(x)))

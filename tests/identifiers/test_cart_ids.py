@@ -138,6 +138,7 @@ def test_new_items_take_their_originals_codes_and_the_next_counters(cart, data):
     from genretr.data.schema import Item
 
     scheme, table, wd = cart
+    saved = IdentifierContext(workdir=wd)  # what genretr.add gives assign
     items, x = data
     held = Counter(tuple(words(table, it.id)[:-1]) for it in items)
     top = max(int(t[1:]) for t in table.vocab if re.fullmatch(r"u\d+", t))
@@ -146,13 +147,13 @@ def test_new_items_take_their_originals_codes_and_the_next_counters(cart, data):
               {tuple(words(table, items[f].id)[:-1]) for f in fits[:k]}][:6]  # distinct prefixes with room
     assert len(chosen) >= 2
     new = [Item(f"new{r}", "image") for r in chosen]
-    added = scheme.assign(new, x[chosen], wd, table)
+    added = scheme.assign(new, x[chosen], saved, table)
     assert added.vocab == table.vocab
     for r, n in zip(chosen, new):
         prefix = tuple(words(table, items[r].id)[:-1])
         assert tuple(words(added, n.id)[:-1]) == prefix and words(added, n.id)[-1] == f"u{held[prefix]}"
     full = next(r for r, it in enumerate(items) if held[tuple(words(table, it.id)[:-1])] == top + 1)
     with pytest.raises(GenretrError, match=f"needs the token 'u{top + 1}', which the trained decoder has never"):
-        scheme.assign([Item("full", "image")], x[[full]], wd, table)
+        scheme.assign([Item("full", "image")], x[[full]], saved, table)
     with pytest.raises(GenretrError, match="use_rqvae=false keeps no model"):
-        CartIdentifier(**{**SMALL, "use_rqvae": False}).assign(new, x[chosen], wd, table)
+        CartIdentifier(**{**SMALL, "use_rqvae": False}).assign(new, x[chosen], saved, table)

@@ -89,3 +89,28 @@ def test_bad_config_and_input():
     x[3, 0] = np.nan
     with pytest.raises(GenretrError, match="NaN"):
         ImageTokenIdentifier().build(items_for(x), x, CTX)
+
+
+def test_assign_codes_new_items_with_the_saved_codebooks(tmp_path):
+    """Issue 19: the codebooks are saved; a new copy of a built item gets that item's codes (shared, or with the
+    next counter of its group under `disambiguate`); an unseen counter is refused in one line."""
+    x = vectors()
+    items = items_for(x)
+    ctx = IdentifierContext(train_texts=[], workdir=tmp_path)
+    saved = IdentifierContext(workdir=tmp_path)  # what genretr.add gives assign
+    shared = ImageTokenIdentifier(codebook_size=16)
+    table = shared.build(items, x, ctx)
+    added = shared.assign([SimpleNamespace(id="n0"), SimpleNamespace(id="n7")], x[[0, 7]], saved, table)
+    assert added.vocab == table.vocab
+    assert added.tokens("n0") == table.tokens("i0") and added.tokens("n7") == table.tokens("i7")
+    unique = ImageTokenIdentifier(codebook_size=16, disambiguate=True)
+    table = unique.build(items, x, ctx)  # rows 0 and 295..299 share codes: "#0".."#5"
+    group = [table.vocab[t] for t in table.tokens("i0")[:-1]]
+    assert group[-1] == "#0"
+    with pytest.raises(GenretrError, match="needs the token '#6', which the trained decoder has never seen"):
+        unique.assign([SimpleNamespace(id="n0")], x[[0]], saved, table)
+    lone = next(i for i in range(1, 290) if table.vocab[table.tokens(f"i{i}")[-2]].startswith("v"))
+    added = unique.assign([SimpleNamespace(id="twin")], x[[lone]], saved, table)
+    assert added.tokens("twin")[:-1] == (*table.tokens(f"i{lone}")[:-1], table.vocab.index("#1"))
+    with pytest.raises(GenretrError, match="no image_token_codebooks.npy"):
+        unique.assign([SimpleNamespace(id="n0")], x[[0]], IdentifierContext(workdir=tmp_path / "nowhere"), table)

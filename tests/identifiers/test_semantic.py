@@ -143,3 +143,36 @@ def test_pixel_captioner_reads_the_item_images(tmp_path):
     c.images = None
     with pytest.raises(GenretrError, match="has no image"):
         SemanticIdentifier(captioner=cfg).build(items, x, c)
+
+
+def saved(folder):
+    """The context genretr.add gives `assign`: the identify artifact and the captioner loader."""
+    return IdentifierContext(workdir=folder, load_captioner=Captioner.load)
+
+
+def test_assign_captions_new_images_with_the_saved_captioner(built):
+    """Issue 19: a new image takes the saved captioner's caption (as built test items do), a new text item its
+    own text; a word the decoder never saw is refused in one line."""
+    table, items, x, label, _, workdir = built
+    scheme = SemanticIdentifier(captioner=TINY)
+    new = [SimpleNamespace(id=f"new{i}", modality="image", text=None) for i in range(4)]
+    new.append(SimpleNamespace(id="said", modality="text", text="two blue squares at the top"))
+    added = scheme.assign(new, np.concatenate([x[36:40], x[:1]]), saved(workdir), table)
+    assert added.vocab == table.vocab
+    for n, it in zip(new, items[36:40]):  # the same vector, the same caption as the built test item's
+        assert added.tokens(n.id) == table.tokens(it.id)
+    assert [added.vocab[t] for t in added.tokens("said")[:-1]] == words(TEMPLATES[1])
+    with pytest.raises(GenretrError, match="new item 'odd' needs the token 'zebra'"):
+        scheme.assign([SimpleNamespace(id="odd", modality="text", text="a zebra")], x[:1], saved(workdir), table)
+    unique = SemanticIdentifier(captioner=TINY, collisions="disambiguate")
+    held = unique.build(items, x, ctx(workdir, built[4]))
+    group = sum(1 for i in held.item_ids  # the items holding template 1's caption, counters aside
+                if [held.vocab[t] for t in held.tokens(i)[:-1] if not held.vocab[t].startswith("#")]
+                == words(TEMPLATES[1]))
+    assert group >= 9
+    if f"#{group}" in held.vocab:
+        twin = unique.assign([new[-1]], x[:1], saved(workdir), held)
+        assert twin.vocab[twin.tokens("said")[-2]] == f"#{group}"
+    else:
+        with pytest.raises(GenretrError, match=f"needs the token '#{group}'"):
+            unique.assign([new[-1]], x[:1], saved(workdir), held)

@@ -108,3 +108,49 @@ def test_small_sets_and_bad_input():
         StructuredIdentifier(backend="annoy")
     with pytest.raises(GenretrError, match="k=40"):
         kmeans(x, 40)
+
+
+def test_assign_routes_new_items_down_the_saved_tree(tmp_path):
+    """Issue 19: the tree is saved; a new item copying a built item's vector takes that item's cluster path and
+    the leaf's next free position; a leaf whose next position the decoder never saw is refused in one line."""
+    x, _ = blobs()
+    items = items_for(x)
+    scheme = StructuredIdentifier(k=4, c=10, seed=0)
+    table = scheme.build(items, x, IdentifierContext(train_texts=[], workdir=tmp_path))
+    saved = IdentifierContext(workdir=tmp_path)  # what genretr.add gives assign
+    chosen = [0, 1, 151, 300, 451]
+    new = [SimpleNamespace(id=f"new{r}") for r in chosen]
+    added = scheme.assign(new, x[chosen], saved, table)
+    assert added.vocab == table.vocab
+    leaf_size = defaultdict(int)
+    for p in paths(table, items):
+        leaf_size[tuple(p[:-1])] += 1
+    taken = defaultdict(int)
+    for r, n in zip(chosen, new):
+        leaf = tuple(paths(table, [items[r]])[0][:-1])
+        level = len(leaf) + 1
+        assert paths(added, [n])[0] == [*leaf, f"C_{level}_{leaf_size[leaf] + taken[leaf]}"]
+        taken[leaf] += 1
+    both = table.joined([table, added])  # identifiers stay unique, also against earlier additions
+    assert both.collisions() == 0
+    again = scheme.assign([SimpleNamespace(id="again")], x[[0]], saved, both)
+    leaf = tuple(paths(table, [items[0]])[0][:-1])
+    assert paths(again, [SimpleNamespace(id="again")])[0][-1] == f"C_{len(leaf) + 1}_{leaf_size[leaf] + taken[leaf]}"
+    with pytest.raises(GenretrError, match="which the trained decoder has never seen"):  # a leaf holds <= c = 10
+        grown = both
+        for step in range(12):
+            grown = table.joined([grown, scheme.assign([SimpleNamespace(id=f"g{step}")], x[:1], saved, grown)])
+    with pytest.raises(GenretrError, match="no structured_tree.npz"):
+        scheme.assign(new, x[chosen], IdentifierContext(workdir=tmp_path / "nowhere"), table)
+
+
+def test_a_single_leaf_tree_assigns_positions(tmp_path):
+    x = blobs(per=2)[0]  # 8 items <= c: the root is the leaf
+    scheme = StructuredIdentifier(k=30, c=30)
+    table = scheme.build(items_for(x), x, IdentifierContext(train_texts=[], workdir=tmp_path))
+    saved = IdentifierContext(workdir=tmp_path)  # what genretr.add gives assign
+    with pytest.raises(GenretrError, match="needs the token 'C_1_8'"):
+        scheme.assign([SimpleNamespace(id="n")], x[:1], saved, table)
+    held = table.subset(table.item_ids[:7])  # the 8th position is free again
+    added = scheme.assign([SimpleNamespace(id="n")], x[:1], saved, held)
+    assert [added.vocab[t] for t in added.tokens("n")[:-1]] == ["C_1_7"]
