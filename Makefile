@@ -49,11 +49,15 @@ run: install ## the default experiment: shapes, embedding baseline + string IDs 
 	$(PY) -m genretr.run method=embedding $(ARGS)
 	$(PY) -m genretr.run $(ARGS)
 
+# One pytest-xdist worker per core (at most 4), each pinned to its core (tests/conftest.py), a test file per
+# worker at a time so that a module's fixtures are built once.
+XDIST := -n auto --maxprocesses 4 --dist loadfile
+
 test: install ## the test suite (no network, < 10 min on 2 cores)
-	$(PY) -m pytest -q -m "not slow" $(ARGS)
+	$(PY) -m pytest -q -m "not slow" $(XDIST) $(ARGS)
 
 test-slow: install ## the slow tests too
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q $(XDIST) $(ARGS)
 
 bench-decoding: install ## the decoding benchmark (add ARGS=--quick for a 3-minute subset); CSV + PNG in bench_out/
 	$(PY) -m genretr.bench decoding $(ARGS)

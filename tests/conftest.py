@@ -1,6 +1,7 @@
 """Shared fixtures: compose genretr's Hydra config outside `python -m genretr.run`."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,22 @@ import genretr  # noqa: F401  (offline environment)
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 TINY = ["debug=tiny", "logger=none"]
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (`make test` runs `-n auto`), each worker runs on its own share of the cores, and the
+    processes it starts inherit that share: `threads=auto`, torch and faiss then see one core per worker on a
+    2-core machine, so two workers never oversubscribe it (two threads per process while another process uses
+    the other core runs up to 10x slower)."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker or count < 2 or not hasattr(os, "sched_setaffinity"):
+        return
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < count:
+        return
+    share = allowed[int(worker.removeprefix("gw")) % count::count]
+    os.sched_setaffinity(0, share)
+    torch.set_num_threads(len(share))
 
 
 def compose_cfg(overrides: list[str], run_dir: Path, cache_dir: Path):

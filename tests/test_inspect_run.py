@@ -277,7 +277,7 @@ def test_schemes_that_need_training_refuse_with_their_reason(runs):
     loaded = LoadedRun(runs / "genius")
     for target, reason in [("string.StringIdentifier", "a string ID is arbitrary"),
                            ("atomic.AtomicIdentifier", "an atomic ID is a new token"),
-                           ("ssid.SsidIdentifier", "new identifiers would need the run.s MLLM generator")]:
+                           ("ssid.SsidIdentifier", "new identifiers would need the run.s generator")]:
         with open_dict(loaded.cfg):
             loaded.cfg.identifier._target_ = f"genretr.identifiers.{target}"
         with pytest.raises(GenretrError, match=f"cannot add items without retraining: {reason}"):

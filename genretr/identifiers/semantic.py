@@ -111,6 +111,9 @@ class SemanticIdentifier:
             if ctx.load_captioner is None:
                 raise GenretrError("semantic identifiers: the IdentifierContext has no load_captioner to caption "
                                    f"{len(todo)} new images (genretr.add gives genretr.captioner's)")
+            if not (Path(ctx.workdir) / "captioner" / "captioner.json").is_file():
+                raise GenretrError(f"{ctx.workdir}: the run saved no captioner (every item it identified had a "
+                                   "caption): give each new image a text, or retrain to add it")
             captioner = ctx.load_captioner(Path(ctx.workdir) / "captioner")
             for i, ws in zip(todo, captioner.describe_words(x[todo], batch_size=self.batch_size)):
                 seqs[i] = ws

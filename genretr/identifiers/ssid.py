@@ -176,7 +176,8 @@ class SsidIdentifier:
     code_tree = True  # items sharing a code prefix are alike (MLLM-written words): results.html draws the tree
 
     # why genretr.add refuses new items (issue 19)
-    cannot_add = "new identifiers would need the run's MLLM generator, which genretr.add does not run yet"
+    cannot_add = ("new identifiers would need the run's generator (and its describer) run on each new item, which "
+                  "genretr.add does not do yet")
 
     def __init__(self, generator, retries: int = 2, cache: bool = True, batch_size: int = 16,
                  max_identifier_words: int = 10, collisions: str = "disambiguate", captioner: Mapping | None = None,

@@ -18,7 +18,7 @@ import numpy as np
 
 from genretr.errors import GenretrError
 from genretr.identifiers.base import SPECIAL_TOKENS, IdTable
-from genretr.identifiers.common import check_embeddings, continued_counters, in_vocabulary
+from genretr.identifiers.common import check_embeddings, in_vocabulary
 from genretr.quantizers.clustering import BACKENDS, kmeans, nearest_centroid
 
 TREE_FILE = "structured_tree.npz"
@@ -110,14 +110,21 @@ class StructuredIdentifier:
 
     def assign(self, items, embeddings: np.ndarray, ctx, table: IdTable) -> IdTable:
         """Identifiers of new items: each routed down the saved tree (`structured_tree.npz` in the identify
-        artifact, `ctx.workdir`) to a leaf, where it takes the position after the leaf's items (and earlier
-        additions), in `table`'s vocabulary (issue 19)."""
+        artifact, `ctx.workdir`) to a leaf, where it takes the position after the last held there (by the leaf's
+        items and earlier additions), in `table`'s vocabulary (issue 19).  A position token is the same token as
+        a cluster index of that level, so a position past the leaf size c passes the vocabulary check when k > c:
+        the decoder has seen the token, though not as a position."""
         x = check_embeddings(items, embeddings, "structured")
         if not (Path(ctx.workdir) / TREE_FILE).is_file():
             raise GenretrError(f"{ctx.workdir}: no {TREE_FILE} (a run made before genretr kept its k-means tree): "
                                "rerun it to add items")
-        prefixes = [tuple(f"C_{level}_{j}" for level, j in enumerate(p, start=1))
-                    for p in route(load_tree(Path(ctx.workdir) / TREE_FILE), x)]
-        positions = continued_counters(table, prefixes)
-        words = [[*p, f"C_{len(p) + 1}_{pos}"] for p, pos in zip(prefixes, positions)]
+        last: dict[tuple, int] = {}  # a leaf's path -> the largest position held in it
+        for iid in table.item_ids:
+            ws = [table.vocab[t] for t in table.tokens(iid)[:-1]]
+            last[tuple(ws[:-1])] = max(last.get(tuple(ws[:-1]), -1), int(ws[-1].rsplit("_", 1)[1]))
+        words = []
+        for path in route(load_tree(Path(ctx.workdir) / TREE_FILE), x):
+            prefix = tuple(f"C_{level}_{j}" for level, j in enumerate(path, start=1))
+            last[prefix] = last.get(prefix, -1) + 1
+            words.append([*prefix, f"C_{len(prefix) + 1}_{last[prefix]}"])
         return in_vocabulary(table, [it.id for it in items], words, "structured")

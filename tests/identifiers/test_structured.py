@@ -151,6 +151,24 @@ def test_a_single_leaf_tree_assigns_positions(tmp_path):
     saved = IdentifierContext(workdir=tmp_path)  # what genretr.add gives assign
     with pytest.raises(GenretrError, match="needs the token 'C_1_8'"):
         scheme.assign([SimpleNamespace(id="n")], x[:1], saved, table)
+    assert table.text("i7") == "C_1_7"
     held = table.subset(table.item_ids[:7])  # the 8th position is free again
+    gap = table.subset([*table.item_ids[:3], *table.item_ids[4:7]])  # position 3 free, 6 the last held
+    assert [held.vocab[t] for t in scheme.assign([SimpleNamespace(id="n")], x[:1], saved, gap).tokens("n")[:-1]] \
+        == ["C_1_7"]
     added = scheme.assign([SimpleNamespace(id="n")], x[:1], saved, held)
     assert [added.vocab[t] for t in added.tokens("n")[:-1]] == ["C_1_7"]
+
+
+def test_identical_vectors_route_to_one_leaf_and_take_its_next_position(tmp_path):
+    """The arbitrary split of identical vectors (4 leaves of 10 under the root) keeps routable centroids: a copy
+    lands in a leaf and asks for its 11th position, which no item held (refused)."""
+    x = np.tile(blobs()[0][:1], (40, 1))
+    scheme = StructuredIdentifier(k=4, c=10)
+    table = scheme.build(items_for(x), x, IdentifierContext(train_texts=[], workdir=tmp_path))
+    assert {len(p) for p in paths(table, items_for(x))} == {2}
+    with pytest.raises(GenretrError, match="needs the token 'C_2_10'"):
+        scheme.assign([SimpleNamespace(id="n")], x[:1], IdentifierContext(workdir=tmp_path), table)
+    held = table.subset([i for i in table.item_ids if table.text(i) != "C_1_0 C_2_9"])
+    got = scheme.assign([SimpleNamespace(id="n")], x[:1], IdentifierContext(workdir=tmp_path), held)
+    assert got.text("n") == "C_1_0 C_2_9"
