@@ -5,10 +5,12 @@ identified, memorised and searched) and one whose test split holds only the firs
 generates each split from (seed, split), so the smaller split is a prefix of the larger: checked below).  The
 held-out 20% are then added to the second run with `genretr.add` (its trained encoder embeds them, its trained
 scheme identifies them) and the t2i queries of the held-out images are searched in both runs, over the same
-pool of 500 images, each query embedded anew by the run's own encoder.  A CART item whose prefix needs a unique
-token the decoder never learned is refused by `genretr.add` and counted as a miss.
+pool of 500 images, each query embedded anew by the run's own encoder.  An item whose identifier needs a token
+the decoder never learned (CART's unique token, a structured leaf position, a caption word) is refused by
+`genretr.add` and counted as a miss.
 
     .venv/bin/python experiments/added_items.py --schemes genius,cart --seeds 0,1,2 --out bench_out/added
+    (schemes with `assign`: genius, cart, structured, image_tokens, semantic)
 
 Runs go two at a time, one thread each.  Prints R@1/5/10 per seed, mean ± std over seeds, and the paired
 permutation test (genretr.stats) of R@10 over every (seed, query) pair, memorised against added.
@@ -90,7 +92,8 @@ def one(scheme: str, seed: int, out: Path, pool: ThreadPoolExecutor, test: int, 
     held_job = pool.submit(genretr_run, out, f"{scheme}_s{seed}_held", [*common, f"dataset.splits.test={kept}"])
     full_dir, held_dir = full_job.result(), held_job.result()
     full, smaller = LoadedRun(full_dir), LoadedRun(held_dir)
-    kept_ids = set(smaller.ds.splits["test"].pools["t2i"])
+    added_before = {x.id for x in smaller.added.items}  # a rerun: the held-out items were added already
+    kept_ids = set(smaller.ds.splits["test"].pools["t2i"]) - added_before
     pool_ids = full.ds.splits["test"].pools["t2i"]
     held = [i for i in pool_ids if i not in kept_ids]
     for iid in kept_ids:  # the smaller test split is a prefix of the larger: the same images under the same ids
