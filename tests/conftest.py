@@ -47,6 +47,17 @@ def compose_cfg(overrides: list[str], run_dir: Path, cache_dir: Path):
     return cfg
 
 
+# The longest test files (minutes on one core), started first: pytest-xdist hands out whole files in collection
+# order, and a long file started last leaves the other workers idle at the end.
+LONGEST_FIRST = ("test_ddp.py", "test_run_cli.py", "test_sweeps.py", "test_pipeline.py", "test_pipeline_variants.py",
+                 "test_golden_results.py", "bench/test_bench_quick.py", "test_inspect_run.py", "test_rationale.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    order = {f"tests/{name}": i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: order.get(item.nodeid.split("::")[0], len(order)))  # stable: the rest as collected
+
+
 @pytest.fixture
 def make_cfg(tmp_path):
     """make_cfg(*overrides, cache=None, run='run') → composed tiny config writing under tmp_path."""
