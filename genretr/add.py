@@ -6,9 +6,9 @@ ITEMS is a JSON-lines file, one item a line: {"id": ..., "image": PATH (relative
 "text": ...} with an image, a text or both; or a folder of images (the id is the file name's stem, the caption
 the text of STEM.txt beside it, if there is one).  Each new item is embedded by the run's trained encoder and
 given an identifier by the run's trained scheme (`assign`: GENIUS's quantizer, CART's centroids and RQ-VAE,
-the structured IDs' k-means tree, the image tokens' codebooks, the semantic IDs' captioner); schemes whose
-identifiers mean nothing without training (numeric, string, atomic) and SSID (its MLLM generator is not run
-here) refuse, with the reason.  The items join the run's evaluation pools that hold items of their modality
+the structured IDs' k-means tree, the image tokens' codebooks, the semantic IDs' captioner, SSID's generator
+with its describer); schemes whose identifiers mean nothing without training (numeric, string, atomic) refuse,
+with the reason.  The items join the run's evaluation pools that hold items of their modality
 (or `--pool`), in `RUN_DIR/added/` (`genretr.additions`): later `genretr.search` calls can return them, and
 the run's cache and results are untouched.  Adding the same items again changes nothing; any other id that the
 run already holds (in its corpus, or added with other content) is one line and exit 2, before anything is
@@ -26,7 +26,7 @@ import numpy as np
 
 from genretr.additions import Additions
 from genretr.captioner import Captioner
-from genretr.data.schema import IMAGE, PAIR, TEXT, Item
+from genretr.data.schema import IMAGE, PAIR, TEXT, Item, train_caption_texts, train_captions
 from genretr.errors import DataError, GenretrError
 from genretr.identifiers.base import IdentifierContext, IdTable
 
@@ -103,6 +103,7 @@ def add(run, entries, pools: list[str] | None = None) -> Additions:
     if not fresh:
         return Additions()
     images = [img for _, _, img, _ in fresh if img is not None]
+    pixels = np.stack(images) if images else None  # (new images, H, W, 3); Item.image is a row
     items = []
     for iid, text, img, _ in fresh:
         row = None if img is None else sum(1 for x in items if x.image is not None)
@@ -116,14 +117,15 @@ def add(run, entries, pools: list[str] | None = None) -> Additions:
             if name not in run.pool_names():
                 raise GenretrError(f"--pool {name}: the run searches {', '.join(run.pool_names())}")
             joined.setdefault(name, []).append(x.id)
-    vectors = run.embed_new_items(items, np.stack(images) if images else None)
+    vectors = run.embed_new_items(items, pixels)
     table = None
     if scheme is not None:  # identifiers continue those of the run and of its earlier additions (unique tokens)
         held = run.identified if run.added.table is None else IdTable.joined([run.identified, run.added.table])
-        ctx = IdentifierContext(workdir=run.identify_artifact(), seed=int(run.cfg.seed),
-                                load_captioner=Captioner.load)
+        ctx = IdentifierContext(workdir=run.identify_artifact(), seed=int(run.cfg.seed), device=run.ctx.device,
+                                train_texts=train_caption_texts(run.ds), item_captions=train_captions(run.ds),
+                                images=pixels, load_captioner=Captioner.load)
         table = scheme.assign(items, vectors, ctx, held)
-    return Additions(items, joined, np.stack(images) if images else None, vectors, table)
+    return Additions(items, joined, pixels, vectors, table)
 
 
 def main(argv=None) -> int:

@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNS = {  # name -> overrides of a tiny run (one thread, its own cache)
     "genius": ["method=generative", "identifier=genius"],
     "embedding": ["method=embedding", "dataset.tasks=[t2i,i2t]", "eval.tasks=[t2i,i2t]"],
+    # the keywords generator reads the test images' captions from a captioner trained long enough to write some
+    "ssid": ["method=generative", "identifier=ssid", "identifier.collisions=share", "captioner.fit.max_epochs=20"],
 }
 
 
@@ -245,6 +247,33 @@ def test_added_copies_of_pool_images_get_their_originals_identifiers_and_are_fou
     assert {p.name: p.read_bytes() for p in (run / "added").iterdir()} == saved
 
 
+def test_ssid_describes_an_added_image_as_it_described_the_pool(runs, tmp_path, capsys):
+    """SSID's keywords generator identified the caption-less test images from the run's describer; a copy of one,
+    added without a text, is described by the same captioner (kept in the identify artifact) and gets the same
+    identifier (collisions: share), so that a search returns it beside its original."""
+    from omegaconf import open_dict
+
+    from genretr.identifiers.base import DESCRIBER_DIR
+    from genretr.search import LoadedRun
+
+    run = copy_of(runs / "ssid", tmp_path)
+    before = LoadedRun(run)
+    assert (before.identify_artifact() / DESCRIBER_DIR / "captioner.json").is_file()
+    q = before.ds.queries("test", "t2i")[0]
+    original = q.relevant[0]
+    assert not before.identified.text(original).startswith("item ")  # written from a caption, not the fallback
+    Image.fromarray(np.asarray(before.ds.images[before.ds.items[original].image])).save(tmp_path / "copy.png")
+    (tmp_path / "items.jsonl").write_text(json.dumps({"id": "copy", "image": "copy.png"}) + "\n")
+    code, out, err = search_add(capsys, run, tmp_path / "items.jsonl")
+    assert code == 0, err[-2000:]
+    assert f"added copy (image) to t2i  id {before.identified.text(original)}" in out
+    after = LoadedRun(run)
+    with open_dict(after.cfg):
+        after.cfg.eval.top_k = 1000
+    hits = {h.item_id: h for h in after.search([q])[0]}
+    assert "copy" in hits and hits["copy"].score == pytest.approx(hits[original].score)
+
+
 @pytest.mark.parametrize("case", ["corpus_id", "twice", "no_side", "bad_json", "other_content"])
 def test_bad_additions_are_one_line_and_write_nothing(runs, tmp_path, capsys, case):
     run = copy_of(runs / "genius", tmp_path)
@@ -277,7 +306,7 @@ def test_schemes_that_need_training_refuse_with_their_reason(runs):
     loaded = LoadedRun(runs / "genius")
     for target, reason in [("string.StringIdentifier", "a string ID is arbitrary"),
                            ("atomic.AtomicIdentifier", "an atomic ID is a new token"),
-                           ("ssid.SsidIdentifier", "new identifiers would need the run.s generator")]:
+                           ("numeric.NumericIdentifier", "a numeric ID is arbitrary")]:
         with open_dict(loaded.cfg):
             loaded.cfg.identifier._target_ = f"genretr.identifiers.{target}"
         with pytest.raises(GenretrError, match=f"cannot add items without retraining: {reason}"):

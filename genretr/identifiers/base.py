@@ -127,6 +127,11 @@ class LazyRows:
         return x if dtype is None else x.astype(dtype, copy=False)
 
 
+# `ctx.describe`'s captioner, saved by the identify stage in its artifact when a scheme used it (SSID), so that
+# items added later are described by the same captioner (`load_captioner(workdir / DESCRIBER_DIR)`)
+DESCRIBER_DIR = "describer"
+
+
 @dataclass
 class IdentifierContext:
     """What a scheme may learn from besides the items and their embeddings (the identify stage fills it)."""

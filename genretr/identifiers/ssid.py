@@ -23,6 +23,9 @@ The identifier is tokenized into words ("-" between concepts is a word), the tab
 words; items sharing an identifier get "#j" counters (`collisions: disambiguate`) or keep sharing it
 (`share`).  The rationales travel in the IdTable (`IdTable.reasons`, {item_id: reason}) for the trainer
 (Sec. III-D, III-F).
+
+Items added without retraining (issue 19, `assign`): the same generator answers for each new item; a text-only
+one reads, for an image without text, a caption of the captioner that described the caption-less items here.
 """
 from __future__ import annotations
 
@@ -35,14 +38,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 from filelock import FileLock
 
 from genretr.artifacts import plain_dict
+from genretr.data.captioning import item_images, wants_pixels
 from genretr.errors import DataError, GenretrError
 from genretr.generators import Request
 from genretr.generators.keywords import KeywordsGenerator
-from genretr.identifiers.base import SPECIAL_TOKENS, IdTable
-from genretr.identifiers.common import append_counters
+from genretr.identifiers.base import DESCRIBER_DIR, SPECIAL_TOKENS, IdTable
+from genretr.identifiers.common import append_counters, check_embeddings, continued_groups, in_vocabulary
 
 log = logging.getLogger(__name__)
 FIELD_NAMES = re.compile(r"(?im)^\s*(caption|identifier|reason)\s*:")
@@ -175,10 +180,6 @@ class AnswerCache:
 class SsidIdentifier:
     code_tree = True  # items sharing a code prefix are alike (MLLM-written words): results.html draws the tree
 
-    # why genretr.add refuses new items (issue 19)
-    cannot_add = ("new identifiers would need the run's generator (and its describer) run on each new item, which "
-                  "genretr.add does not do yet")
-
     def __init__(self, generator, retries: int = 2, cache: bool = True, batch_size: int = 16,
                  max_identifier_words: int = 10, collisions: str = "disambiguate", captioner: Mapping | None = None,
                  describe: str = "missing"):
@@ -299,18 +300,27 @@ class SsidIdentifier:
         return done
 
     # -- the table ----------------------------------------------------------------------------------------
-    def build(self, items, embeddings, ctx) -> IdTable:
+    def fit(self, ctx) -> None:
+        """The generator and the fallback composer fitted on the train captions, the generator on the run's
+        device (a model-backed one)."""
         train_texts = list(ctx.train_texts or [])
         groups = [list(c) for c in (ctx.item_captions or {}).values()]
-        if hasattr(self.generator, "place"):  # a model-backed generator runs where the run's models do
+        if hasattr(self.generator, "place"):
             self.generator.place(ctx.device)
         self.generator.fit(train_texts, groups)
         self.fallback.fit(train_texts, groups)
+
+    def release(self) -> None:
+        """Free the generator's model (not needed after identifying; the train stage loads its own)."""
+        if hasattr(self.generator, "release"):
+            self.generator.release()
+
+    def build(self, items, embeddings, ctx) -> IdTable:
+        self.fit(ctx)
         try:
             records = self.generate(self.requests(items, ctx), ctx)
-        finally:  # the generator's model is not needed after this: free it before the train stage loads one
-            if hasattr(self.generator, "release"):
-                self.generator.release()
+        finally:
+            self.release()
         recs = [records[it.id] for it in items]
         seqs = [identifier_words(r["identifier"]) for r in recs]
         groups = Counter(tuple(s) for s in seqs)
@@ -333,6 +343,41 @@ class SsidIdentifier:
                  ", ".join(f"{k} {v}" for k, v in summary["outcomes"].items()), collided,
                  summary["collision_groups"], self.collisions, len(vocab))
         return table
+
+
+    def assign(self, items, embeddings: np.ndarray, ctx, table: IdTable) -> IdTable:
+        """Identifiers of new items in `table`'s vocabulary (issue 19): the run's generator, fitted again on the
+        train captions (`ctx.train_texts`, `ctx.item_captions`), answers the Sec. III-E prompt for each, with the
+        item's own text as its caption; a text-only generator reads, for an image without text, the caption of
+        the captioner `build` described the caption-less items with (``describer/`` in `ctx.workdir`).  Answers
+        are not cached (the identify artifact is read only).  Under `collisions: disambiguate` an identifier
+        already held takes the next "#n" of its group; a word the decoder never saw is one line naming the item."""
+        x = check_embeddings(items, embeddings, "ssid")
+        todo = [i for i, it in enumerate(items) if not getattr(it, "text", None)]
+        describe = None
+        if todo and self.generator.needs_text:
+            describer = Path(ctx.workdir) / DESCRIBER_DIR
+            if ctx.load_captioner is None or not (describer / "captioner.json").is_file():
+                raise GenretrError(f"ssid: new item '{items[todo[0]].id}' has no text, and the run saved no describer "
+                                   f"({describer}: every item it identified had a caption): give each new image a "
+                                   "text, or retrain to add it")
+            captioner = ctx.load_captioner(describer)
+            inputs = (item_images(ctx.images, [items[i] for i in todo], "ssid") if wants_pixels(self.captioner or {})
+                      else x[todo])
+            written = dict(zip((items[i].id for i in todo), captioner.describe(inputs)))
+
+            def describe(item_ids):
+                return [written[i] for i in item_ids]
+        asked = replace(ctx, item_captions={}, describe=describe, progress=False)
+        self.fit(ctx)
+        try:
+            records = self._generate(self.requests(items, asked), asked, None)
+        finally:
+            self.release()
+        seqs = [identifier_words(records[it.id]["identifier"]) for it in items]
+        if self.collisions == "disambiguate":
+            seqs = continued_groups(table, seqs)
+        return in_vocabulary(table, [it.id for it in items], seqs, "ssid")
 
 
 def _progress(enabled: bool):

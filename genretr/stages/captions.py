@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from genretr.data.schema import CAPTION_TASKS
+from genretr.data.schema import train_captions
 from genretr.stages import keys
 from genretr.samples import PseudoQueries
 
@@ -26,15 +26,17 @@ log = logging.getLogger(__name__)
 
 def captions_for(ctx: RunContext, ds, emb, item_ids: list[str], every_item: bool = False) -> dict[str, str]:
     """{item id: written caption} for `item_ids` without a training caption (or all of them with every_item)."""
+    return json.loads((captions_artifact(ctx, ds, emb, item_ids, every_item) / "captions.json").read_text())
+
+
+def captions_artifact(ctx: RunContext, ds, emb, item_ids: list[str], every_item: bool = False) -> Path:
+    """The captions stage's artifact for `item_ids` (`captions_for`): ``captions.json`` and the trained
+    ``captioner/``."""
     from genretr.captioner import fit_captioner
     from genretr.data.captioning import item_images, wants_pixels
 
     cfg = ctx.cfg
-    have: dict[str, list[str]] = {}
-    for q in ds.splits["train"].queries:
-        if q.task in CAPTION_TASKS and q.text:
-            for r in q.relevant:
-                have.setdefault(r, []).append(q.text)
+    have = train_captions(ds)
     todo = [i for i in item_ids if every_item or i not in have]
     key = keys.captions(ctx, todo)
 
@@ -51,8 +53,7 @@ def captions_for(ctx: RunContext, ds, emb, item_ids: list[str], every_item: bool
         texts = cap.describe(inputs(todo)) if todo else []
         (tmp / "captions.json").write_text(json.dumps(dict(zip(todo, texts))))
 
-    path = ctx.store.produce("captions", key, write)
-    return json.loads((path / "captions.json").read_text())
+    return ctx.store.produce("captions", key, write)
 
 
 def pseudo_queries(ctx: RunContext, ds, emb, table, every_item: bool = False) -> PseudoQueries:

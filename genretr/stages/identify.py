@@ -3,7 +3,9 @@ in the run's pools an identifier, learning from the items' vectors and what `Ide
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,10 +14,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from genretr.data.embeddings import Embeddings
-from genretr.data.schema import CAPTION_TASKS, RetrievalDataset, pool_items
-from genretr.identifiers.base import IdentifierContext, IdTable, LazyRows
+from genretr.data.schema import RetrievalDataset, pool_items, train_caption_texts, train_captions
+from genretr.identifiers.base import DESCRIBER_DIR, IdentifierContext, IdTable, LazyRows
 from genretr.stages import keys
-from genretr.stages.captions import captions_for
+from genretr.stages.captions import captions_artifact
 
 if TYPE_CHECKING:  # stages read the run's context; only genretr.pipeline makes one
     from genretr.stages.context import RunContext
@@ -47,18 +49,19 @@ def scheme_context(ctx: RunContext, ds: RetrievalDataset, emb: Embeddings, items
                    workdir: Path) -> IdentifierContext:
     from genretr.captioner import fit_captioner  # lazily: imports Lightning
 
-    captions: dict[str, list[str]] = {}
+    captions = train_captions(ds)
     pairs = [(q, r) for q in ds.splits["train"].queries for r in q.relevant]
-    for q, r in pairs:
-        if q.task in CAPTION_TASKS and q.text:
-            captions.setdefault(r, []).append(q.text)
 
-    def describe(item_ids: list[str]) -> list[str]:  # captions written by the run's captioner
-        written = captions_for(ctx, ds, emb, list(item_ids), every_item=True)
+    def describe(item_ids: list[str]) -> list[str]:
+        """Captions written by the run's captioner; the captioner is kept beside the identifiers (``describer/``)
+        so that items added later (`genretr.add`) are described by the same one."""
+        art = captions_artifact(ctx, ds, emb, list(item_ids), every_item=True)
+        shutil.copytree(art / "captioner", Path(workdir) / DESCRIBER_DIR, dirs_exist_ok=True)
+        written = json.loads((art / "captions.json").read_text())
         return [written[i] for i in item_ids]
 
     return IdentifierContext(
-        train_texts=[q.text for q in ds.splits["train"].queries if q.task in CAPTION_TASKS], workdir=workdir,
+        train_texts=train_caption_texts(ds), workdir=workdir,
         seed=int(ctx.cfg.seed), progress=bool(ctx.cfg.progress), item_captions=captions,
         train_query_vecs=(LazyRows(lambda: emb.queries([q.id for q, _ in pairs]).numpy(), len(pairs)) if pairs
                           else np.zeros((0, 1))),

@@ -220,6 +220,59 @@ def test_mllm_item_without_caption_sees_its_image(tmp_path):
         SsidIdentifier(Scripted({})).build(items(1), np.zeros((1, 2), np.float32), Ctx(tmp_path, images=None))
 
 
+def test_assign_asks_the_generator_for_new_items_and_continues_the_groups(tmp_path):
+    """genretr.add (issue 19): the generator answers for each new item (its own text as the caption, else its
+    image); an identifier already held takes the next counter; a word the decoder never saw is refused; the
+    identify artifact (`ctx.workdir`, the build's answer cache included) is not written to."""
+    answer = "caption:c\nidentifier:{}\nreason:r".format
+    gen = Scripted({"i0": [answer("red circle")], "i1": [answer("red circle")], "i2": [answer("blue square")],
+                    "n0": [answer("blue square")], "n1": [answer("square")], "n2": [answer("Red Circle")],
+                    "n3": [answer("green circle")]})
+    scheme = SsidIdentifier(gen)
+    table = scheme.build(items(3), np.zeros((3, 2), np.float32), Ctx(tmp_path))
+    files = {f.name: f.read_bytes() for f in tmp_path.iterdir()}
+    images = np.zeros((2, 4, 4, 3), np.uint8)
+    images[1] += 9
+    new = [Item("n0", "pair", image=0, text="a blue square"), Item("n1", "image", image=1)]
+    added = scheme.assign(new, np.zeros((2, 2), np.float32), Ctx(tmp_path, images=images), table)
+    assert [added.text("n0"), added.text("n1")] == ["blue square #1", "square"]
+    assert added.vocab == table.vocab
+    asked = {r.item_id: r for r in gen.asked}
+    assert asked["n0"].caption == "a blue square" and asked["n1"].caption is None
+    assert int(asked["n1"].image.max()) == 9
+    assert {f.name: f.read_bytes() for f in tmp_path.iterdir()} == files
+    for iid, token in (("n2", "#2"), ("n3", "green")):  # the third "red circle"'s counter; an unseen word
+        with pytest.raises(GenretrError, match=f"ssid: new item '{iid}' needs the token '{token}'"):
+            scheme.assign([Item(iid, "text", text="a circle")], np.zeros((1, 2), np.float32), Ctx(tmp_path), table)
+
+
+def test_assign_describes_a_new_image_with_the_runs_describer(tmp_path):
+    """A text-only generator reads, for a new image without text, the caption of the captioner saved in the
+    identify artifact (``describer/``), given the new item's embedding; without one it refuses in one line."""
+    from genretr.identifiers.base import DESCRIBER_DIR
+
+    known = {"i0": ["a small red circle above a blue square"], "i1": ["a big green triangle on the left"]}
+    scheme = SsidIdentifier(KeywordsGenerator(), collisions="share")
+    table = scheme.build(items(2), np.zeros((2, 4), np.float32), Ctx(tmp_path, item_captions=known))
+    seen = []
+
+    class Describer:
+        def describe(self, vecs):
+            seen.append(np.asarray(vecs))
+            return ["a big green triangle on the left"] * len(vecs)
+
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    new = [Item("n0", "image", image=0), Item("n1", "text", text="a small red circle above a blue square")]
+    ctx = Ctx(tmp_path, item_captions=known, load_captioner=lambda path: Describer())
+    with pytest.raises(GenretrError, match="ssid: new item 'n0' has no text, and the run saved no describer"):
+        scheme.assign(new, x, ctx, table)
+    (tmp_path / DESCRIBER_DIR).mkdir()
+    (tmp_path / DESCRIBER_DIR / "captioner.json").write_text("{}")
+    added = scheme.assign(new, x, ctx, table)
+    assert len(seen) == 1 and np.array_equal(seen[0], x[:1])  # only the image without text, by its embedding
+    assert added.text("n0") == table.text("i1") and added.text("n1") == table.text("i0")  # collisions: share
+
+
 def _saved(table, path):
     path.mkdir()
     table.save(path)
