@@ -13,7 +13,7 @@ their items (`collisions: share`, the default; the trie maps it to all of them, 
 `collisions: disambiguate` appends a counter token "#j" to the j-th item of each shared group.
 
 Items added without retraining (issue 19, `assign`): a new item with a text takes its own text; an image is
-captioned by the run's saved captioner.
+captioned by the run's saved captioner (from its embedding, or its pixels under captioner=pixels).
 """
 from __future__ import annotations
 
@@ -98,16 +98,13 @@ class SemanticIdentifier:
 
     def assign(self, items, embeddings: np.ndarray, ctx, table: IdTable) -> IdTable:
         """Identifiers of new items in `table`'s vocabulary (issue 19): an item's own text, else the caption the
-        run's saved captioner (`captioner/` in the identify artifact, `ctx.workdir`) writes for its embedding;
+        run's saved captioner (`captioner/` in the identify artifact, `ctx.workdir`) writes for its embedding
+        (its image, `ctx.images`, under captioner=pixels);
         under `collisions: disambiguate` a caption already held takes the next counter of its group."""
         x = check_embeddings(items, embeddings, "semantic")
         seqs = [words(it.text) if getattr(it, "text", None) else None for it in items]
         todo = [i for i, s in enumerate(seqs) if s is None]
         if todo:
-            if wants_pixels(self.captioner_cfg):
-                raise GenretrError("identifier=semantic with captioner=pixels captions images, which genretr.add "
-                                   "does not hand to the scheme: give each new image a text, or use an embedding "
-                                   "captioner")
             if ctx.load_captioner is None:
                 raise GenretrError("semantic identifiers: the IdentifierContext has no load_captioner to caption "
                                    f"{len(todo)} new images (genretr.add gives genretr.captioner's)")
@@ -115,7 +112,9 @@ class SemanticIdentifier:
                 raise GenretrError(f"{ctx.workdir}: the run saved no captioner (every item it identified had a "
                                    "caption): give each new image a text, or retrain to add it")
             captioner = ctx.load_captioner(Path(ctx.workdir) / "captioner")
-            for i, ws in zip(todo, captioner.describe_words(x[todo], batch_size=self.batch_size)):
+            inputs = (item_images(ctx.images, [items[i] for i in todo], "semantic identifiers")
+                      if wants_pixels(self.captioner_cfg) else x[todo])  # captioner=pixels: the new images
+            for i, ws in zip(todo, captioner.describe_words(inputs, batch_size=self.batch_size)):
                 seqs[i] = ws
         if self.collisions == "disambiguate":
             seqs = continued_groups(table, seqs)

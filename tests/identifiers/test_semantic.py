@@ -140,6 +140,10 @@ def test_pixel_captioner_reads_the_item_images(tmp_path):
     cap = Captioner.load(tmp_path / "captioner")
     assert cap.pixels
     assert [table.text(it.id).split() for it in items[8:]] == cap.describe_words(imgs[8:])
+    new = [SimpleNamespace(id=f"new{k}", modality="image", text=None, image=k) for k in range(2)]  # genretr.add
+    added = SemanticIdentifier(captioner=cfg).assign(new, x[:2], IdentifierContext(
+        workdir=tmp_path, load_captioner=Captioner.load, images=imgs[[9, 8]]), table)  # the new items' images
+    assert [added.tokens("new0"), added.tokens("new1")] == [table.tokens(items[9].id), table.tokens(items[8].id)]
     c.images = None
     with pytest.raises(GenretrError, match="has no image"):
         SemanticIdentifier(captioner=cfg).build(items, x, c)
