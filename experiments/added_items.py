@@ -10,7 +10,7 @@ the decoder never learned (CART's unique token, a structured leaf position, a ca
 `genretr.add` and counted as a miss.
 
     .venv/bin/python experiments/added_items.py --schemes genius,cart --seeds 0,1,2 --out bench_out/added
-    (schemes with `assign`: genius, cart, structured, image_tokens, semantic)
+    (schemes with `assign`: genius, cart, structured, image_tokens, semantic, ssid)
 
 Runs go two at a time, one thread each.  Prints R@1/5/10 per seed, mean ± std over seeds, and the paired
 permutation test (genretr.stats) of R@10 over every (seed, query) pair, memorised against added.
