@@ -131,8 +131,8 @@ class LoadedRun:
         import torch
 
         from genretr.data.embeddings import Embeddings
-        from genretr.decoding.csr_trie import CSRTrie
         from genretr.identifiers.base import IdTable
+        from genretr.stages import index
 
         base = len(self.ds.images) if self.ds.images is not None else 0
         items = dict(self.ds.items)
@@ -149,9 +149,7 @@ class LoadedRun:
                               self.emb.query_vecs)
         if self.model is not None:
             self.table = self.pipe.decoding_table(self.model, IdTable.joined([self.identified, added.table]))
-            tries = {name: CSRTrie.from_table(self.table.subset(self.ds.splits[split].pools[name]))
-                     for name in self.pool_names()}
-            self.tries = {t: tries[self.ctx.pool_name(t)] for t in self.tasks()}
+            self.tries = index.by_task(self.ctx, index.pool_tries(self.ds, self.table, split, self.pool_names()))
         self.searchers.clear()
 
     def _why_missing(self, e: MissingArtifact) -> str:

@@ -17,16 +17,24 @@ if TYPE_CHECKING:  # stages read the run's context; only genretr.pipeline makes 
 
 def run(ctx: RunContext, ds: RetrievalDataset, table: IdTable) -> dict[str, CSRTrie]:
     """task -> the trie of its pool."""
-    cfg = ctx.cfg
-    split = cfg.eval.split
+    split = ctx.cfg.eval.split
     pools = sorted({ctx.pool_name(t) for t in ctx.tasks()})
     key = ctx.keys["index"] = keys.index(ctx, split, pools)
 
     def write(tmp: Path):
-        for name in pools:
+        for name, trie in pool_tries(ds, table, split, pools).items():
             (tmp / name).mkdir()
-            CSRTrie.from_table(table.subset(ds.splits[split].pools[name])).save(tmp / name)
+            trie.save(tmp / name)
 
     path = ctx.store.produce("index", key, write)
-    tries = {name: CSRTrie.load(path / name) for name in pools}
+    return by_task(ctx, {name: CSRTrie.load(path / name) for name in pools})
+
+
+def pool_tries(ds: RetrievalDataset, table: IdTable, split: str, pools: list[str]) -> dict[str, CSRTrie]:
+    """pool name -> the trie of the identifiers of its items (`split`'s pools)."""
+    return {name: CSRTrie.from_table(table.subset(ds.splits[split].pools[name])) for name in pools}
+
+
+def by_task(ctx: RunContext, tries: dict[str, CSRTrie]) -> dict[str, CSRTrie]:
+    """task -> the trie of the pool it searches."""
     return {task: tries[ctx.pool_name(task)] for task in ctx.tasks()}
