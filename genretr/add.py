@@ -26,7 +26,8 @@ import numpy as np
 
 from genretr.additions import Additions
 from genretr.captioner import Captioner
-from genretr.data.schema import IMAGE, PAIR, TEXT, Item, train_caption_texts, train_captions
+from genretr.data.captioning import train_caption_texts, train_captions
+from genretr.data.schema import IMAGE, PAIR, TEXT, Item
 from genretr.errors import DataError, GenretrError
 from genretr.identifiers.base import IdentifierContext, IdTable
 

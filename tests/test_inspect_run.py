@@ -23,9 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNS = {  # name -> overrides of a tiny run (one thread, its own cache)
     "genius": ["method=generative", "identifier=genius"],
     "embedding": ["method=embedding", "dataset.tasks=[t2i,i2t]", "eval.tasks=[t2i,i2t]"],
-    # the keywords generator reads the test images' captions from a captioner trained long enough to write some
-    "ssid": ["method=generative", "identifier=ssid", "identifier.collisions=share", "captioner.fit.max_epochs=20"],
 }
+# SSID's keywords generator reads the test images' captions from a captioner trained long enough to write some
+SSID_RUN = ["method=generative", "identifier=ssid", "identifier.collisions=share", "captioner.fit.max_epochs=20"]
 
 
 def genretr(module: str, *args, timeout=300):
@@ -34,15 +34,24 @@ def genretr(module: str, *args, timeout=300):
                           timeout=timeout)
 
 
+def tiny_run(base: Path, name: str, overrides: list[str]) -> Path:
+    out = genretr("genretr.run", "debug=tiny", "logger=none", "threads=1", "precision=fp32", "eval.page_queries=4",
+                  *overrides, f"paths.cache_dir={base}/cache", f"hydra.run.dir={base}/{name}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    return base / name
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("runs")
     for name, overrides in RUNS.items():
-        out = genretr("genretr.run", "debug=tiny", "logger=none", "threads=1", "precision=fp32", "eval.page_queries=4",
-                      *overrides,
-                      f"paths.cache_dir={base}/cache", f"hydra.run.dir={base}/{name}")
-        assert out.returncode == 0, out.stderr[-3000:]
+        tiny_run(base, name, overrides)
     return base
+
+
+@pytest.fixture(scope="module")
+def ssid_run(tmp_path_factory):
+    return tiny_run(tmp_path_factory.mktemp("runs"), "ssid", SSID_RUN)
 
 
 class Page(HTMLParser):
@@ -247,7 +256,7 @@ def test_added_copies_of_pool_images_get_their_originals_identifiers_and_are_fou
     assert {p.name: p.read_bytes() for p in (run / "added").iterdir()} == saved
 
 
-def test_ssid_describes_an_added_image_as_it_described_the_pool(runs, tmp_path, capsys):
+def test_ssid_describes_an_added_image_as_it_described_the_pool(ssid_run, tmp_path, capsys):
     """SSID's keywords generator identified the caption-less test images from the run's describer; a copy of one,
     added without a text, is described by the same captioner (kept in the identify artifact) and gets the same
     identifier (collisions: share), so that a search returns it beside its original."""
@@ -256,7 +265,7 @@ def test_ssid_describes_an_added_image_as_it_described_the_pool(runs, tmp_path, 
     from genretr.identifiers.base import DESCRIBER_DIR
     from genretr.search import LoadedRun
 
-    run = copy_of(runs / "ssid", tmp_path)
+    run = copy_of(ssid_run, tmp_path)
     before = LoadedRun(run)
     assert (before.identify_artifact() / DESCRIBER_DIR / "captioner.json").is_file()
     q = before.ds.queries("test", "t2i")[0]

@@ -1,5 +1,5 @@
-"""What a captioner reads and writes, below the models that do it (`genretr.captioner`): caption words and the
-images of the items a pixel-reading captioner sees.  Identifier schemes that caption (GRACE's semantic IDs,
+"""What a captioner reads and writes, below the models that do it (`genretr.captioner`): caption words, the
+images of the items a pixel-reading captioner sees, and the train split's captions it learns from.  Identifier schemes that caption (GRACE's semantic IDs,
 Sec. 3.3) read these and get the captioner itself from their `IdentifierContext`."""
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from genretr.artifacts import plain_dict
+from genretr.data.schema import CAPTION_TASKS, RetrievalDataset
 from genretr.errors import GenretrError
 
 _WORD = re.compile(r"\w+(?:[-']\w+)*|[^\w\s]")
@@ -40,3 +41,19 @@ def item_images(images, items, who: str) -> np.ndarray:
         raise GenretrError(f"{who}: captioner.input=pixels, but item '{missing}' has no image; use the default "
                            "captioner")
     return np.asarray(images)[[it.image for it in items]]
+
+
+def train_captions(ds: RetrievalDataset) -> dict[str, list[str]]:
+    """{item id: its captions} from the train split's caption queries (`CAPTION_TASKS`), in query order: what
+    captioners, identifier schemes and SSID's generators learn from."""
+    out: dict[str, list[str]] = {}
+    for q in ds.splits["train"].queries:
+        if q.task in CAPTION_TASKS and q.text:
+            for r in q.relevant:
+                out.setdefault(r, []).append(q.text)
+    return out
+
+
+def train_caption_texts(ds: RetrievalDataset) -> list[str]:
+    """The train split's caption queries' texts, one per query (tokenizers, generators' document frequencies)."""
+    return [q.text for q in ds.splits["train"].queries if q.task in CAPTION_TASKS]

@@ -133,22 +133,6 @@ def pool_items(ds: "RetrievalDataset", splits, tasks) -> list[str]:
     return list(seen)
 
 
-def train_captions(ds: "RetrievalDataset") -> dict[str, list[str]]:
-    """{item id: its captions} from the train split's caption queries (`CAPTION_TASKS`), in query order: what
-    captioners, identifier schemes and SSID's generators learn from."""
-    out: dict[str, list[str]] = {}
-    for q in ds.splits["train"].queries:
-        if q.task in CAPTION_TASKS and q.text:
-            for r in q.relevant:
-                out.setdefault(r, []).append(q.text)
-    return out
-
-
-def train_caption_texts(ds: "RetrievalDataset") -> list[str]:
-    """The train split's caption queries' texts, one per query (tokenizers, generators' document frequencies)."""
-    return [q.text for q in ds.splits["train"].queries if q.task in CAPTION_TASKS]
-
-
 def query_text(q: Query, instructions: bool) -> str | None:
     """The text a query is embedded from: its own, or with ``instructions`` its instruction then its text."""
     if not instructions or not q.instruction:

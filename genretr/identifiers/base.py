@@ -147,7 +147,8 @@ class IdentifierContext:
     item_modalities: list = field(default_factory=list)  # of the items being identified, in order
     cache_dir: Path | None = None  # kept across identify keys (SSID's generator answers)
     describe: object = None  # item ids -> captions written by the run's captioner (genretr.stages.captions)
-    images: np.ndarray | None = None  # the dataset's images (MLLM generators look at them)
+    images: np.ndarray | None = None  # the images, by Item.image: the dataset's (MLLM generators look at them), or the
+    # new items' under genretr.add
     # fit_captioner(inputs, captions per input, captioner config, seed, progress) -> a captioner with
     # describe_words(inputs, batch_size) and save(dir) (genretr.captioner.fit_captioner; GRACE Sec. 3.3)
     fit_captioner: object = None

@@ -42,7 +42,7 @@ import numpy as np
 from filelock import FileLock
 
 from genretr.artifacts import plain_dict
-from genretr.data.captioning import item_images, wants_pixels
+from genretr.data.captioning import item_images
 from genretr.errors import DataError, GenretrError
 from genretr.generators import Request
 from genretr.generators.keywords import KeywordsGenerator
@@ -344,33 +344,21 @@ class SsidIdentifier:
                  summary["collision_groups"], self.collisions, len(vocab))
         return table
 
-
     def assign(self, items, embeddings: np.ndarray, ctx, table: IdTable) -> IdTable:
         """Identifiers of new items in `table`'s vocabulary (issue 19): the run's generator, fitted again on the
-        train captions (`ctx.train_texts`, `ctx.item_captions`), answers the Sec. III-E prompt for each, with the
-        item's own text as its caption; a text-only generator reads, for an image without text, the caption of
-        the captioner `build` described the caption-less items with (``describer/`` in `ctx.workdir`).  Answers
-        are not cached (the identify artifact is read only).  Under `collisions: disambiguate` an identifier
-        already held takes the next "#n" of its group; a word the decoder never saw is one line naming the item."""
+        train captions (`ctx.train_texts`, `ctx.item_captions`; refused when that fit differs from the one `build`
+        recorded in ``ssid_summary.json``), answers the Sec. III-E prompt for each, with the item's own text as its
+        caption; a text-only generator reads, for an image without text, the caption of the captioner that
+        described the caption-less items in `build` (``describer/`` in `ctx.workdir`).  Answers are not cached
+        (the identify artifact is read only).  Under `collisions: disambiguate` an identifier already held takes
+        the next "#n" of its group; a word the decoder never saw is one line naming the item."""
         x = check_embeddings(items, embeddings, "ssid")
         todo = [i for i, it in enumerate(items) if not getattr(it, "text", None)]
-        describe = None
-        if todo and self.generator.needs_text:
-            describer = Path(ctx.workdir) / DESCRIBER_DIR
-            if ctx.load_captioner is None or not (describer / "captioner.json").is_file():
-                raise GenretrError(f"ssid: new item '{items[todo[0]].id}' has no text, and the run saved no describer "
-                                   f"({describer}: every item it identified had a caption): give each new image a "
-                                   "text, or retrain to add it")
-            captioner = ctx.load_captioner(describer)
-            inputs = (item_images(ctx.images, [items[i] for i in todo], "ssid") if wants_pixels(self.captioner or {})
-                      else x[todo])
-            written = dict(zip((items[i].id for i in todo), captioner.describe(inputs)))
-
-            def describe(item_ids):
-                return [written[i] for i in item_ids]
-        asked = replace(ctx, item_captions={}, describe=describe, progress=False)
+        describe_new = self._describer(items, x, todo, ctx) if todo and self.generator.needs_text else None
+        asked = replace(ctx, item_captions={}, describe=describe_new, progress=False)
         self.fit(ctx)
         try:
+            self._check_fit(Path(ctx.workdir) / "ssid_summary.json")
             records = self._generate(self.requests(items, asked), asked, None)
         finally:
             self.release()
@@ -378,6 +366,33 @@ class SsidIdentifier:
         if self.collisions == "disambiguate":
             seqs = continued_groups(table, seqs)
         return in_vocabulary(table, [it.id for it in items], seqs, "ssid")
+
+    @staticmethod
+    def _describer(items, x: np.ndarray, todo: list[int], ctx):
+        """item ids -> captions of the new items `todo` (rows of `items`), written by the run's saved describer
+        from their embeddings, or their images (a pixel captioner)."""
+        path = Path(ctx.workdir) / DESCRIBER_DIR
+        if ctx.load_captioner is None or not (path / "captioner.json").is_file():
+            raise GenretrError(f"ssid: new item '{items[todo[0]].id}' has no text, and the run kept no describer "
+                               f"({path} is missing: every item it identified had a caption, or the run predates "
+                               "it): give each new image a text, or retrain to add it")
+        captioner = ctx.load_captioner(path)
+        inputs = (item_images(ctx.images, [items[i] for i in todo], "ssid") if getattr(captioner, "pixels", False)
+                  else x[todo])
+        written = dict(zip((items[i].id for i in todo), captioner.describe(inputs)))
+        return lambda item_ids: [written[i] for i in item_ids]
+
+    def _check_fit(self, summary: Path) -> None:
+        """The generator fitted as `build`'s was (its signature: document counts, synonym classes), so that new
+        items are written in the words of the run's identifiers."""
+        if not summary.is_file():
+            raise GenretrError(f"ssid: {summary} is missing: the identify artifact is incomplete; rerun the run")
+        recorded = json.loads(summary.read_text()).get("generator")
+        fitted = json.loads(json.dumps(self.generator.signature(), default=str))
+        if recorded != fitted:
+            raise GenretrError(f"ssid: the generator fitted on the run's train captions differs from the one that "
+                               f"wrote the run's identifiers ({summary}): the run was identified from other captions "
+                               "(an experiment's own context); retrain to add items")
 
 
 def _progress(enabled: bool):

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from genretr.data.schema import train_captions
+from genretr.data.captioning import train_captions
 from genretr.stages import keys
 from genretr.samples import PseudoQueries
 

@@ -14,7 +14,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from genretr.data.embeddings import Embeddings
-from genretr.data.schema import RetrievalDataset, pool_items, train_caption_texts, train_captions
+from genretr.data.captioning import train_caption_texts, train_captions
+from genretr.data.schema import RetrievalDataset, pool_items
 from genretr.identifiers.base import DESCRIBER_DIR, IdentifierContext, IdTable, LazyRows
 from genretr.stages import keys
 from genretr.stages.captions import captions_artifact
@@ -56,7 +57,8 @@ def scheme_context(ctx: RunContext, ds: RetrievalDataset, emb: Embeddings, items
         """Captions written by the run's captioner; the captioner is kept beside the identifiers (``describer/``)
         so that items added later (`genretr.add`) are described by the same one."""
         art = captions_artifact(ctx, ds, emb, list(item_ids), every_item=True)
-        shutil.copytree(art / "captioner", Path(workdir) / DESCRIBER_DIR, dirs_exist_ok=True)
+        if not (Path(workdir) / DESCRIBER_DIR).exists():  # one captioner: trained on the train split, whatever ids
+            shutil.copytree(art / "captioner", Path(workdir) / DESCRIBER_DIR)
         written = json.loads((art / "captions.json").read_text())
         return [written[i] for i in item_ids]
 

@@ -140,10 +140,18 @@ def test_pixel_captioner_reads_the_item_images(tmp_path):
     cap = Captioner.load(tmp_path / "captioner")
     assert cap.pixels
     assert [table.text(it.id).split() for it in items[8:]] == cap.describe_words(imgs[8:])
-    new = [SimpleNamespace(id=f"new{k}", modality="image", text=None, image=k) for k in range(2)]  # genretr.add
+    bright = np.full((2, 8, 8, 3), 200, np.uint8)
+    bright[1] = 10
+
+    class ByBrightness:  # a pixel captioner whose caption follows the image it is given
+        def describe_words(self, images, batch_size=256):
+            assert np.asarray(images).shape[1:] == (8, 8, 3)
+            return [["small"] if image.mean() > 100 else ["red"] for image in np.asarray(images)]
+
+    new = [SimpleNamespace(id=f"new{k}", modality="image", text=None, image=k) for k in (1, 0)]  # genretr.add's rows
     added = SemanticIdentifier(captioner=cfg).assign(new, x[:2], IdentifierContext(
-        workdir=tmp_path, load_captioner=Captioner.load, images=imgs[[9, 8]]), table)  # the new items' images
-    assert [added.tokens("new0"), added.tokens("new1")] == [table.tokens(items[9].id), table.tokens(items[8].id)]
+        workdir=tmp_path, load_captioner=lambda path: ByBrightness(), images=bright), table)
+    assert [added.text("new1"), added.text("new0")] == ["red", "small"]
     c.images = None
     with pytest.raises(GenretrError, match="has no image"):
         SemanticIdentifier(captioner=cfg).build(items, x, c)

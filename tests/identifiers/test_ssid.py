@@ -1,5 +1,6 @@
 """SSID identifier generation: parsing and repairs, retries and fallback, collisions, the resumable cache."""
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -264,13 +265,20 @@ def test_assign_describes_a_new_image_with_the_runs_describer(tmp_path):
     x = np.arange(8, dtype=np.float32).reshape(2, 4)
     new = [Item("n0", "image", image=0), Item("n1", "text", text="a small red circle above a blue square")]
     ctx = Ctx(tmp_path, item_captions=known, load_captioner=lambda path: Describer())
-    with pytest.raises(GenretrError, match="ssid: new item 'n0' has no text, and the run saved no describer"):
+    with pytest.raises(GenretrError, match="ssid: new item 'n0' has no text, and the run kept no describer"):
         scheme.assign(new, x, ctx, table)
     (tmp_path / DESCRIBER_DIR).mkdir()
     (tmp_path / DESCRIBER_DIR / "captioner.json").write_text("{}")
     added = scheme.assign(new, x, ctx, table)
     assert len(seen) == 1 and np.array_equal(seen[0], x[:1])  # only the image without text, by its embedding
     assert added.text("n0") == table.text("i1") and added.text("n1") == table.text("i0")  # collisions: share
+    Describer.pixels = True  # a pixel captioner reads the new image (ctx.images, by Item.image)
+    images = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
+    scheme.assign([Item("n2", "image", image=1)], x[:1], replace(ctx, images=images), table)
+    assert np.array_equal(seen[-1], images[1:])
+    other = replace(ctx, train_texts=TRAIN[:3])  # not the captions the run's identifiers were written from
+    with pytest.raises(GenretrError, match="differs from the one that wrote the run's identifiers"):
+        scheme.assign(new[1:], x[1:], other, table)
 
 
 def _saved(table, path):
