@@ -49,6 +49,10 @@ class Pipeline:
     def index(self, ds: RetrievalDataset, table: IdTable) -> dict:
         return index.run(self.ctx, ds, table)
 
+    def tries(self, ds: RetrievalDataset, table: IdTable) -> dict:
+        """task -> the trie of its pool, built in memory as the index stage builds it (a run with added items)."""
+        return index.in_memory(self.ctx, ds, table)
+
     def evaluate(self, ds: RetrievalDataset, emb: Embeddings, model=None, table=None, tries=None) -> dict:
         return evaluate.run(self.ctx, ds, emb, model, table, tries)
 

@@ -132,7 +132,6 @@ class LoadedRun:
 
         from genretr.data.embeddings import Embeddings
         from genretr.identifiers.base import IdTable
-        from genretr.stages import index
 
         base = len(self.ds.images) if self.ds.images is not None else 0
         items = dict(self.ds.items)
@@ -149,7 +148,7 @@ class LoadedRun:
                               self.emb.query_vecs)
         if self.model is not None:
             self.table = self.pipe.decoding_table(self.model, IdTable.joined([self.identified, added.table]))
-            self.tries = index.by_task(self.ctx, index.pool_tries(self.ds, self.table, split, self.pool_names()))
+            self.tries = self.pipe.tries(self.ds, self.table)
         self.searchers.clear()
 
     def _why_missing(self, e: MissingArtifact) -> str:

@@ -17,8 +17,7 @@ if TYPE_CHECKING:  # stages read the run's context; only genretr.pipeline makes 
 
 def run(ctx: RunContext, ds: RetrievalDataset, table: IdTable) -> dict[str, CSRTrie]:
     """task -> the trie of its pool."""
-    split = ctx.cfg.eval.split
-    pools = sorted({ctx.pool_name(t) for t in ctx.tasks()})
+    split, pools = ctx.cfg.eval.split, searched_pools(ctx)
     key = ctx.keys["index"] = keys.index(ctx, split, pools)
 
     def write(tmp: Path):
@@ -28,6 +27,15 @@ def run(ctx: RunContext, ds: RetrievalDataset, table: IdTable) -> dict[str, CSRT
 
     path = ctx.store.produce("index", key, write)
     return by_task(ctx, {name: CSRTrie.load(path / name) for name in pools})
+
+
+def in_memory(ctx: RunContext, ds: RetrievalDataset, table: IdTable) -> dict[str, CSRTrie]:
+    """`run`'s tries, built and not cached (a finished run with items added, `genretr.search`)."""
+    return by_task(ctx, pool_tries(ds, table, ctx.cfg.eval.split, searched_pools(ctx)))
+
+
+def searched_pools(ctx: RunContext) -> list[str]:
+    return sorted({ctx.pool_name(t) for t in ctx.tasks()})
 
 
 def pool_tries(ds: RetrievalDataset, table: IdTable, split: str, pools: list[str]) -> dict[str, CSRTrie]:
