@@ -64,7 +64,13 @@ class LoadedRun:
                                    "`python -m genretr.run ...` to the evaluate stage first")
         register()
         cfg = OmegaConf.load(files[".hydra/config.yaml"])
-        HydraConfig.instance().set_config(hydra_node(OmegaConf.load(files[".hydra/hydra.yaml"]).hydra))
+        hydra = HydraConfig.instance()
+        before = hydra.cfg
+        hydra.set_config(hydra_node(OmegaConf.load(files[".hydra/hydra.yaml"]).hydra))
+        try:  # ${hydra:...} as the run saw it, resolved now: the process's HydraConfig is left as it was
+            OmegaConf.resolve(cfg)
+        finally:
+            hydra.cfg = before
         with open_dict(cfg):
             cfg.logger, cfg.progress = None, False
         results = json.loads(files["results.json"].read_text())

@@ -151,6 +151,18 @@ def test_search_ranks_the_runs_own_queries_as_evaluate_did(runs):
         assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-4)
 
 
+def test_loading_a_run_resolves_its_config_and_leaves_the_process_hydra_config_alone(runs):
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from genretr.search import LoadedRun
+
+    before = HydraConfig.instance().cfg
+    loaded = LoadedRun(runs / "embedding")
+    assert HydraConfig.instance().cfg is before
+    assert "${" not in OmegaConf.to_yaml(loaded.cfg) and str(runs / "cache") in loaded.cfg.paths.cache_dir
+
+
 def test_search_cli_prints_ranked_items_and_takes_an_image(runs, tmp_path, capsys):
     from genretr.search import LoadedRun
 
