@@ -50,8 +50,8 @@ def runs(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ssid_run(tmp_path_factory):
-    return tiny_run(tmp_path_factory.mktemp("runs"), "ssid", SSID_RUN)
+def ssid_run(runs):
+    return tiny_run(runs, "ssid", SSID_RUN)  # beside the others: their dataset and encoder come from the cache
 
 
 class Page(HTMLParser):
