@@ -1,6 +1,7 @@
 """What a captioner reads and writes, below the models that do it (`genretr.captioner`): caption words, the
-images of the items a pixel-reading captioner sees, and the train split's captions it learns from.  Identifier schemes that caption (GRACE's semantic IDs,
-Sec. 3.3) read these and get the captioner itself from their `IdentifierContext`."""
+images of the items a pixel-reading captioner sees, and the train split's captions it learns from.  Identifier
+schemes that caption (GRACE's semantic IDs, Sec. 3.3) read these and get the captioner itself from their
+`IdentifierContext`."""
 from __future__ import annotations
 
 import re
