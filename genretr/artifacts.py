@@ -5,7 +5,7 @@ config that produced it, the fingerprint of the code that produced it (`genretr.
 and the keys of its upstream stages.  The artifact is written into a temporary sibling and
 renamed into place, so it either exists whole or not at all; reruns skip finished stages and
 sweeps share upstream work.  A stage that needs scratch space that survives a kill (training
-checkpoints) gets `<key>/work/`.
+checkpoints) gets `<key>/work/`, removed once the artifact is written (no run resumes from it then).
 
 Runs that share a cache take turns: `produce` holds an inter-process lock per (stage, key)
 (`<cache>/<stage>/.<key>.lock`, filelock) while it writes, so a second run producing the same
@@ -175,10 +175,12 @@ class ArtifactStore:
                 return final
             self.clean(stage, key)
             try:
-                return self._write(stage, key, writer, meta)
+                path = self._write(stage, key, writer, meta)
             except BaseException:
                 self.clean(stage, key)  # the key dir, if nothing else is in it
                 raise
+            shutil.rmtree(self.dir(stage, key) / "work", ignore_errors=True)  # its checkpoints: no run resumes now
+            return path
 
     def _write(self, stage: str, key: str, writer: Callable[[Path], None], meta: dict | None) -> Path:
         final = self.artifact(stage, key)

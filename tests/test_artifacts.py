@@ -106,17 +106,19 @@ def test_failing_writer_leaves_nothing_behind(tmp_path):
     # a later successful run still works
     store.produce("train", "k", lambda d: (d / "ok").write_text("1"))
     assert (store.artifact("train", "k") / "ok").read_text() == "1"
-    assert sorted(os.listdir(store.dir("train", "k"))) == ["artifact", "work"]
+    assert sorted(os.listdir(store.dir("train", "k"))) == ["artifact"]  # the work dir went with the artifact
 
 
-def test_work_dir_is_separate_and_persistent(tmp_path):
+def test_work_dir_survives_a_kill_and_goes_when_the_artifact_is_written(tmp_path):
     store = ArtifactStore(tmp_path)
     w = store.work("train", "k")
     assert w.is_dir() and w == store.dir("train", "k") / "work"
     (w / "ckpt").write_text("x")
-    store.produce("train", "k", lambda d: None)
-    assert (store.work("train", "k") / "ckpt").read_text() == "x"
-    assert store.done("train", "k")
+    with pytest.raises(KeyboardInterrupt):
+        store.produce("train", "k", lambda d: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert (store.work("train", "k") / "ckpt").read_text() == "x"  # for the next run to resume from
+    store.produce("train", "k", lambda d: (d / "model.pt").write_text("m"))
+    assert store.done("train", "k") and not (store.dir("train", "k") / "work").exists()
 
 
 def test_store_root_expands_user(monkeypatch, tmp_path):
@@ -204,8 +206,7 @@ def test_leftovers_of_killed_runs_are_removed_when_the_key_is_next_produced(tmp_
     (dead / "half.pt").write_text("partial")
     (store.work("train", "k") / "last.ckpt").write_text("resume me")
     store.produce("train", "k", lambda d: (d / "ok").write_text("1"))
-    assert sorted(os.listdir(key_dir)) == sorted(["artifact", "work", live.name])
-    assert (store.work("train", "k") / "last.ckpt").read_text() == "resume me"
+    assert sorted(os.listdir(key_dir)) == sorted(["artifact", live.name])
 
     # an empty key dir a killed run left is removed; so is the one a failing writer leaves
     (store.dir("identify", "gone") / ".artifact.0123abcd.tmp").mkdir(parents=True)

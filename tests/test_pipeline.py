@@ -89,6 +89,7 @@ def test_killed_training_resumes_to_same_result(backbone, make_cfg, tmp_path):
         kept = set(torch.load(last[0], weights_only=False)["state_dict"])
         assert kept and all(".lora_" in k or k.endswith(".rows") for k in kept)
     resumed = execute(make_cfg(*over, cache=shared), tmp_path / "run")
+    assert not list((shared / "train").glob("*/work"))  # the checkpoints go once the artifact is written
 
     ref_model = next((tmp_path / "ref" / "train").glob("*/artifact/model.pt"))
     new_model = next((shared / "train").glob("*/artifact/model.pt"))
