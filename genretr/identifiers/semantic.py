@@ -27,7 +27,7 @@ from genretr.data.captioning import item_images, wants_pixels, words
 from genretr.errors import GenretrError
 from genretr.identifiers.base import SPECIAL_TOKENS, IdTable
 from genretr.identifiers.common import (append_counters, check_embeddings, continued_groups, counter_tokens,
-                                       in_vocabulary)
+                                       in_vocabulary, saved_captioner)
 
 log = logging.getLogger(__name__)
 TRAIN_CAPTIONS = ("first", "random", "generated")
@@ -105,15 +105,7 @@ class SemanticIdentifier:
         seqs = [words(it.text) if getattr(it, "text", None) else None for it in items]
         todo = [i for i, s in enumerate(seqs) if s is None]
         if todo:
-            if ctx.load_captioner is None:
-                raise GenretrError("semantic identifiers: the IdentifierContext has no load_captioner to caption "
-                                   f"{len(todo)} new images (genretr.add gives genretr.captioner's)")
-            if not (Path(ctx.workdir) / "captioner" / "captioner.json").is_file():
-                raise GenretrError(f"{ctx.workdir}: the run saved no captioner (every item it identified had a "
-                                   "caption): give each new image a text, or retrain to add it")
-            captioner = ctx.load_captioner(Path(ctx.workdir) / "captioner")
-            inputs = (item_images(ctx.images, [items[i] for i in todo], "semantic identifiers")
-                      if wants_pixels(self.captioner_cfg) else x[todo])  # captioner=pixels: the new images
+            captioner, inputs = saved_captioner(ctx, "captioner", items, todo, x, "semantic identifiers")
             for i, ws in zip(todo, captioner.describe_words(inputs, batch_size=self.batch_size)):
                 seqs[i] = ws
         if self.collisions == "disambiguate":

@@ -42,12 +42,12 @@ import numpy as np
 from filelock import FileLock
 
 from genretr.artifacts import plain_dict
-from genretr.data.captioning import item_images
 from genretr.errors import DataError, GenretrError
 from genretr.generators import Request
 from genretr.generators.keywords import KeywordsGenerator
 from genretr.identifiers.base import DESCRIBER_DIR, SPECIAL_TOKENS, IdTable
-from genretr.identifiers.common import append_counters, check_embeddings, continued_groups, in_vocabulary
+from genretr.identifiers.common import (append_counters, check_embeddings, continued_groups, in_vocabulary,
+                                       saved_captioner)
 
 log = logging.getLogger(__name__)
 FIELD_NAMES = re.compile(r"(?im)^\s*(caption|identifier|reason)\s*:")
@@ -371,14 +371,7 @@ class SsidIdentifier:
     def _describer(items, x: np.ndarray, todo: list[int], ctx):
         """item ids -> captions of the new items `todo` (rows of `items`), written by the run's saved describer
         from their embeddings, or their images (a pixel captioner)."""
-        path = Path(ctx.workdir) / DESCRIBER_DIR
-        if ctx.load_captioner is None or not (path / "captioner.json").is_file():
-            raise GenretrError(f"ssid: new item '{items[todo[0]].id}' has no text, and the run kept no describer "
-                               f"({path} is missing: every item it identified had a caption, or the run predates "
-                               "it): give each new image a text, or retrain to add it")
-        captioner = ctx.load_captioner(path)
-        inputs = (item_images(ctx.images, [items[i] for i in todo], "ssid") if getattr(captioner, "pixels", False)
-                  else x[todo])
+        captioner, inputs = saved_captioner(ctx, DESCRIBER_DIR, items, todo, x, "ssid")
         written = dict(zip((items[i].id for i in todo), captioner.describe(inputs)))
         return lambda item_ids: [written[i] for i in item_ids]
 

@@ -144,6 +144,8 @@ def test_pixel_captioner_reads_the_item_images(tmp_path):
     bright[1] = 10
 
     class ByBrightness:  # a pixel captioner whose caption follows the image it is given
+        pixels = True
+
         def describe_words(self, images, batch_size=256):
             assert np.asarray(images).shape[1:] == (8, 8, 3)
             return [["small"] if image.mean() > 100 else ["red"] for image in np.asarray(images)]

@@ -265,7 +265,7 @@ def test_assign_describes_a_new_image_with_the_runs_describer(tmp_path):
     x = np.arange(8, dtype=np.float32).reshape(2, 4)
     new = [Item("n0", "image", image=0), Item("n1", "text", text="a small red circle above a blue square")]
     ctx = Ctx(tmp_path, item_captions=known, load_captioner=lambda path: Describer())
-    with pytest.raises(GenretrError, match="ssid: new item 'n0' has no text, and the run kept no describer"):
+    with pytest.raises(GenretrError, match="ssid: new item 'n0' has no text, and the run saved no captioner"):
         scheme.assign(new, x, ctx, table)
     (tmp_path / DESCRIBER_DIR).mkdir()
     (tmp_path / DESCRIBER_DIR / "captioner.json").write_text("{}")
