@@ -15,7 +15,8 @@ The hooks, every one a no-op in `AddOn`; for a run's `ctx` (`RunContext`), datas
   (a tensor dict, `genretr.samples`, or an MLLM's sample list);
 - ``queries(ctx, ds, emb, queries, vecs)``: the evaluated queries of a task and their vectors (None: the encode
   stage's);
-- ``metrics(ctx, ds, emb, model, table)``: results of the evaluate stage beside the tasks'.
+- ``metrics(ctx, ds, emb, model, table)``: results of the evaluate stage beside the tasks';
+- ``train_key(ctx)``: what its samples read besides ``cfg.train`` (None: nothing), part of the train key.
 
 An add-on names the config option that turns it on (``option``, for messages); a decoder adapter lists the
 add-ons it can take (``add_ons``), and `AddOns.check` refuses the others in one line before any stage runs
@@ -64,6 +65,9 @@ class AddOn:
     def metrics(self, ctx: RunContext, ds, emb, model, table) -> dict:
         return {}
 
+    def train_key(self, ctx: RunContext):
+        return None
+
 
 class PseudoQueries(AddOn):
     """Captioner-written queries for items without a training query (or every item), as retrieve samples."""
@@ -77,6 +81,14 @@ class PseudoQueries(AddOn):
         from genretr.stages.captions import pseudo_queries
 
         return {"pseudo": pseudo_queries(ctx, ds, emb, table, every_item=self.every_item)}
+
+    def train_key(self, ctx):
+        """The captioner that writes the pseudo-queries and its code: another captioner trains another model."""
+        from omegaconf import OmegaConf
+
+        from genretr.fingerprint import stage_fingerprint
+
+        return OmegaConf.to_container(ctx.cfg.captioner, resolve=True), stage_fingerprint("captions", ctx.cfg.captioner)
 
 
 class Describe(AddOn):
@@ -232,6 +244,9 @@ class AddOns(list):
         for a in self:
             out.update(a.metrics(ctx, ds, emb, model, table))
         return out
+
+    def train_key(self, ctx) -> dict:
+        return {a.name: part for a in self if (part := a.train_key(ctx)) is not None}
 
     def reason_vocab(self, ctx, ds, table):
         """The rationale's vocabulary at its place in the output (None without a rationale)."""

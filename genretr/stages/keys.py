@@ -83,13 +83,14 @@ def captions(ctx: RunContext, item_ids: list[str]) -> str:
 
 def train(ctx: RunContext, table: IdTable) -> str:
     """cfg.train with `reason` as whether a rationale is trained (`both` and `train_only` train alike and
-    share a model), the backbone, the identifier head."""
+    share a model), what the add-ons' samples read besides it (the pseudo-queries' captioner), the backbone,
+    the identifier head."""
     tr = OmegaConf.to_container(ctx.cfg.train, resolve=True)
     tr.pop("reason", None)
     tr = {**tr, "rationale": ctx.reason(table) != "none"}
     cfg = ctx.cfg.backbone
-    return config_key("train", ctx.keys["identify"], cfg, tr, ctx.cfg.seed, ctx.cfg.identifier.get("head", "vocab"),
-                      ctx.numerics(), stage_fingerprint("train", cfg))
+    return config_key("train", ctx.keys["identify"], cfg, tr, ctx.add_ons().train_key(ctx), ctx.cfg.seed,
+                      ctx.cfg.identifier.get("head", "vocab"), ctx.numerics(), stage_fingerprint("train", cfg))
 
 
 def index(ctx: RunContext, split: str, pools: list[str]) -> str:
