@@ -62,6 +62,9 @@ INTS = {  # key -> (minimum, null allowed)
     "train.memorize_epochs": (0, False),
     "train.limit": (0, True),
 }
+# each component's `fit` block: the keys a stage reads (another is a typo or an option of another block)
+FIT_KEYS = {"encoder.fit": ("max_epochs", "batch_size", "tasks"), "backbone.fit": ("max_epochs", "batch_size"),
+            "captioner.fit": ("max_epochs", "batch_size")}
 FLOATS = ("decoding.length_penalty", "captioner.length_penalty")
 UNIT_INTERVAL = ("encoder.model.warmup",)  # fractions in [0, 1)
 BOOLS = ("progress", "encoder.instructions", "train.memorize", "train.retrieve", "train.pseudo_queries",
@@ -102,6 +105,7 @@ def validate(cfg: DictConfig) -> None:
             raise GenretrError(f"{key}={_show(value)} is not a fraction in [0, 1)")
     for key in BOOLS:
         _bool(cfg, key)
+    _check_fit_keys(cfg)
     kind = DATASETS.get(str(_get(cfg, "dataset._target_", "")))
     if kind is not None:
         _check_dataset(cfg, kind)
@@ -113,6 +117,19 @@ def validate(cfg: DictConfig) -> None:
     _check_generator(cfg)
     _check_scheme_options(cfg)
     _check_wandb(cfg)
+
+
+def _check_fit_keys(cfg) -> None:
+    """A `fit` key no stage reads is refused, not ignored (`backbone.fit.memorize_repeat` is `train.*`'s)."""
+    for block, known in FIT_KEYS.items():
+        fit = _get(cfg, block)
+        if not isinstance(fit, DictConfig):
+            continue
+        for key in fit:
+            if key not in known:
+                elsewhere = f"; did you mean train.{key}?" if _get(cfg, f"train.{key}") is not ABSENT else ""
+                raise GenretrError(f"{block}.{key} is not read by any stage ({block} takes {', '.join(known)})"
+                                   f"{elsewhere}")
 
 
 def _check_engine(cfg) -> None:

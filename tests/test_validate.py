@@ -31,6 +31,10 @@ BAD = {  # overrides (on debug=tiny) -> what the one-line message must say
     "compile flag": (["decoding.compile=maybe"], "decoding.compile=maybe is not one of true, false"),
     "search precision": (["decoding.precision=fp16"], "decoding.precision=fp16 is not one of auto, bf16, fp32"),
     "threads": (["threads=0"], "threads=0 is not auto or an integer >= 1"),
+    "fit key of another block": (["+backbone.fit.memorize_repeat=1"],
+                                 "backbone.fit.memorize_repeat is not read by any stage (backbone.fit takes "
+                                 "max_epochs, batch_size); did you mean train.memorize_repeat?"),
+    "fit key typo": (["+captioner.fit.epochs=3"], "captioner.fit.epochs is not read by any stage"),
     "no adapter": (["~backbone.adapter"], "backbone.adapter._target_ is missing"),
     "atomic head": (["identifier=atomic", "identifier.head=softmax"], "identifier.head=softmax is not one of vocab, classifier"),
     "head of a scheme without one": (["+identifier.head=classifier"], "identifier.head is not an option of StringIdentifier"),
