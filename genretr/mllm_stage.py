@@ -29,15 +29,24 @@ class SampleList(Dataset):
 
 
 class SampleDataModule(L.LightningDataModule):
-    """Lists of sample dicts, batched by the model's own `collate` (its processor)."""
+    """Lists of sample dicts, batched by the model's own `collate` (its processor).  A sample's ``phase`` (0:
+    memorize, 1: retrieve) is read here and not passed on: with ``schedule="phased"`` the first `memorize_epochs`
+    epochs draw only the memorize samples (GRACE: learning to memorize, then to retrieve), as
+    `genretr.data.datamodules.IdentifierDataModule` does for sample tensors."""
 
-    def __init__(self, samples: list[dict], collate, batch_size: int, seed: int = 0):
+    def __init__(self, samples: list[dict], collate, batch_size: int, seed: int = 0, schedule: str = "interleaved",
+                 memorize_epochs: int = 0):
         super().__init__()
+        memorize_rows = [i for i, s in enumerate(samples) if s.get("phase") == 0]
+        samples = [{k: v for k, v in s.items() if k != "phase"} for s in samples]
         self.data, self.collate, self.batch_size, self.seed = SampleList(samples), collate, batch_size, seed
+        self.memorize_rows = memorize_rows
+        self.memorize_epochs = memorize_epochs if schedule == "phased" and memorize_rows else 0
 
     def train_dataloader(self):
-        return DataLoader(self.data, batch_size=self.batch_size, sampler=EpochShuffle(len(self.data), self.seed),
-                          generator=loader_generator(), collate_fn=self.collate)
+        sampler = EpochShuffle(len(self.data), self.seed, subset_until=(self.memorize_rows, self.memorize_epochs))
+        return DataLoader(self.data, batch_size=self.batch_size, sampler=sampler, generator=loader_generator(),
+                          collate_fn=self.collate)
 
 
 def query_sample(ds, q) -> dict:
@@ -60,11 +69,11 @@ def training_samples(ds, table: IdTable, tasks, reasons: dict, memorize: bool, m
     out = []
     if memorize:
         for _ in range(memorize_repeat):
-            out += [{**item_sample(ds, ds.items[i]), **answer(i)} for i in table.item_ids]
+            out += [{**item_sample(ds, ds.items[i]), **answer(i), "phase": 0} for i in table.item_ids]
     if retrieve:
         index = set(table.item_ids)
-        out += [{**query_sample(ds, q), **answer(r)} for q in ds.splits["train"].queries if q.task in tasks
-                for r in q.relevant if r in index]
+        out += [{**query_sample(ds, q), **answer(r), "phase": 1} for q in ds.splits["train"].queries
+                if q.task in tasks for r in q.relevant if r in index]
     if not out:
         raise GenretrError("no MLLM training samples: train.memorize and train.retrieve are both off or empty")
     return out

@@ -71,6 +71,24 @@ def test_phased_schedule_draws_memorize_samples_first(toy):
         IdentifierDataModule(s, schedule="alternating")
 
 
+def test_phased_schedule_of_mllm_samples(toy):
+    """The MLLM path's sample lists follow train.schedule=phased too: only memorize samples (an item's image,
+    no query text) in the first `memorize_epochs` epochs; `phase` is not handed to the model's collate."""
+    from genretr import mllm_stage as M
+
+    ds, _, table = toy
+    samples = M.training_samples(ds, table, ["t2i"], {}, True, 1, True, False)
+    dm = M.SampleDataModule(samples, lambda batch: batch, batch_size=4, seed=0, schedule="phased", memorize_epochs=1)
+    assert dm.memorize_epochs == 1
+    loader = dm.train_dataloader()
+    for epoch, texts in [(0, set()), (1, {None, "a red circle", "a blue square"})]:
+        loader.sampler.set_epoch(epoch)
+        drawn = [x for batch in loader for x in batch]
+        assert len(drawn) == (4 if epoch == 0 else 6) and {x["text"] for x in drawn} == (texts or {None})
+        assert all("phase" not in x for x in drawn)
+    assert M.SampleDataModule(samples, list, 4).memorize_epochs == 0  # interleaved: every sample every epoch
+
+
 def test_word_vocab_roundtrip(tmp_path):
     v = WordVocab.build(["A red circle.", "a blue square"])
     ids = v.encode(["a red square", None], 5)

@@ -41,7 +41,9 @@ class MLLMDecoder:
         log.info("MLLM: %d training samples", len(samples))
         if not samples:
             return None, {}
-        return M.SampleDataModule(samples, model.collate, int(cfg.fit.batch_size), int(ctx.cfg.seed)), {}
+        dm = M.SampleDataModule(samples, model.collate, int(cfg.fit.batch_size), int(ctx.cfg.seed), str(tr.schedule),
+                                int(tr.memorize_epochs))
+        return dm, {"reload_dataloaders_every_n_epochs": 1 if dm.memorize_epochs else 0}
 
     def decoding_table(self, model, table):
         return M.llm_table(model, table)
