@@ -25,6 +25,7 @@ from torch import nn
 from genretr.backbones.cart_fusion import DecoderLayer, EncoderLayer, sinusoid
 from genretr.errors import GenretrError
 from genretr.identifiers.base import EOS, PAD
+from genretr.training import lr_factor
 
 SRC_PAD = 0
 
@@ -42,7 +43,7 @@ class CartSeq2Seq(L.LightningModule):
                  heads: int = 4, d_ff: int = 1024, dropout: float = 0.1, encoder_layers: int = 3,
                  decoder_layers: int = 3, max_src_len: int = 64, max_tgt_len: int = 32, fusion: bool = True,
                  rdrop_weight: float = 0.15, consistency: bool = True, lr: float = 1e-4, warmup_steps: int = 100,
-                 weight_decay: float = 0.01):
+                 weight_decay: float = 0.01, schedule: str = "constant"):
         super().__init__()
         self.save_hyperparameters()  # input_dim is accepted (the pipeline passes it) and not used
         # omega of Eq. 8; `consistency=False` (config `train.consistency=false`) is the "w/o consistency loss" ablation
@@ -153,8 +154,9 @@ class CartSeq2Seq(L.LightningModule):
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        warm = max(1, self.hparams.warmup_steps)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
+        # linear warm-up, then constant (genretr's default) or a cosine decay (Sec. 4's cosine annealing, one cycle)
+        factor = lr_factor(self.hparams.schedule, self.hparams.warmup_steps, self.trainer.estimated_stepping_batches)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     @torch.no_grad()

@@ -144,15 +144,17 @@ def test_loss_decreases_on_copy_task():
     assert (pred == labels).float().mean() > 0.9
 
 
-def test_training_step_logs_under_a_trainer():
-    m = tiny(dropout=0.1, lr=1e-3, warmup_steps=2)
-    data = [{"src": s, "labels": y} for s, y in zip(random_src(8), random_labels(8))]
-    trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+@pytest.mark.parametrize("schedule,last_lr", [("constant", 1e-3), ("cosine", 0.0)])
+def test_training_step_logs_under_a_trainer(schedule, last_lr):
+    """Warm-up over 2 steps, then constant, or a cosine decay to zero at the last step (Sec. 4)."""
+    m = tiny(dropout=0.1, lr=1e-3, warmup_steps=2, schedule=schedule)
+    data = [{"src": s, "labels": y} for s, y in zip(random_src(16), random_labels(16))]
+    trainer = L.Trainer(max_steps=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, accelerator="cpu")
     trainer.fit(m, DataLoader(data, batch_size=4))
     assert "decoder/loss" in trainer.callback_metrics and "decoder/kl" in trainer.callback_metrics
     opt = trainer.optimizers[0]
-    assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[0]["lr"] == pytest.approx(1e-3)
+    assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[0]["lr"] == pytest.approx(last_lr, abs=1e-12)
 
 
 def test_bad_input_is_a_clear_error():
