@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genretr.backbones.cart_fusion import DecoderLayer, EncoderLayer, sinusoid
+from genretr.backbones.tied_source import embed_source, target_index
 from genretr.errors import GenretrError
 from genretr.identifiers.base import EOS, PAD
 from genretr.training import lr_factor
@@ -43,7 +44,7 @@ class CartSeq2Seq(L.LightningModule):
                  heads: int = 4, d_ff: int = 1024, dropout: float = 0.1, encoder_layers: int = 3,
                  decoder_layers: int = 3, max_src_len: int = 64, max_tgt_len: int = 32, fusion: bool = True,
                  rdrop_weight: float = 0.15, consistency: bool = True, lr: float = 1e-4, warmup_steps: int = 100,
-                 weight_decay: float = 0.01, schedule: str = "constant"):
+                 weight_decay: float = 0.01, schedule: str = "constant", tied_src_tokens: list | None = None):
         super().__init__()
         self.save_hyperparameters()  # input_dim is accepted (the pipeline passes it) and not used
         # omega of Eq. 8; `consistency=False` (config `train.consistency=false`) is the "w/o consistency loss" ablation
@@ -54,6 +55,8 @@ class CartSeq2Seq(L.LightningModule):
         self.scale = math.sqrt(d)
         self.src_embed = nn.Embedding(src_vocab_size, d, padding_idx=SRC_PAD)
         self.tgt_embed = nn.Embedding(vocab_size, d)  # PAD (0) is also the decoder start token: no padding_idx
+        # describe's ID words read the decoder's embedding of their token (genretr.backbones.tied_source)
+        self.register_buffer("src_targets", target_index(src_vocab_size, tied_src_tokens), persistent=False)
         self.register_buffer("src_pos", sinusoid(max_src_len, d), persistent=False)
         self.register_buffer("tgt_pos", sinusoid(max_tgt_len, d), persistent=False)
         self.drop = nn.Dropout(dropout)
@@ -87,7 +90,8 @@ class CartSeq2Seq(L.LightningModule):
         if int(src.max()) >= self.hparams.src_vocab_size or int(src.min()) < 0:
             raise GenretrError(f"CART src token ids must lie in [0, {self.hparams.src_vocab_size})")
         mask = (src != SRC_PAD)[:, None, None, :]
-        x = self.drop(self.src_embed(src.long()) * self.scale + self.src_pos[: src.shape[1]])
+        x = embed_source(self.src_embed, self.tgt_embed, self.src_targets, src.long())
+        x = self.drop(x * self.scale + self.src_pos[: src.shape[1]])
         layers = []
         for layer in self.encoder:
             x = layer(x, mask)

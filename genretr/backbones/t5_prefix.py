@@ -26,6 +26,7 @@ from torch import nn
 from transformers import T5Config, T5ForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput
 
+from genretr.backbones.tied_source import embed_source, target_index
 from genretr.identifiers.base import EOS, PAD
 from genretr.training import lr_factor
 
@@ -63,7 +64,7 @@ class T5PrefixDecoder(L.LightningModule):
                  lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: int = 100, schedule: str = "constant",
                  query_mix_alpha: float = 0.0,
                  tie_embeddings: bool = True, input: str = "prefix", encoder_layers: int = 2,
-                 src_vocab_size: int | None = None):
+                 src_vocab_size: int | None = None, tied_src_tokens: list | None = None):
         super().__init__()
         self.save_hyperparameters()
         if input not in ("prefix", "tokens"):
@@ -79,6 +80,8 @@ class T5PrefixDecoder(L.LightningModule):
         if self.tokens_input:
             self.src_embed = nn.Embedding(src_vocab_size, d_model, padding_idx=PAD)
             nn.init.normal_(self.src_embed.weight, std=1.0)  # T5's embedding scale (no sqrt(d) multiplier)
+            # describe's ID words read the decoder's embedding of their token (genretr.backbones.tied_source)
+            self.register_buffer("src_targets", target_index(src_vocab_size, tied_src_tokens), persistent=False)
         else:
             self.t5.encoder.final_layer_norm.requires_grad_(False)  # unused (the encoder has no layers)
         if not tie_embeddings:  # HF draws an untied lm_head from N(0, 1): logits of std ~sqrt(d) stall training
@@ -95,7 +98,7 @@ class T5PrefixDecoder(L.LightningModule):
         has_text = (src != PAD).any(1)
         # a sample with text is read from its tokens; one without (an image) from its prefix vectors
         mask = torch.cat([(~has_text)[:, None].expand(-1, prefix.shape[1]), src != PAD], 1)
-        x = torch.cat([prefix, self.src_embed(src)], 1)
+        x = torch.cat([prefix, embed_source(self.src_embed, self.t5.shared, self.src_targets, src)], 1)
         states = self.t5.encoder(inputs_embeds=x, attention_mask=mask.long()).last_hidden_state
         return states, mask
 

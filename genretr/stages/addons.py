@@ -8,6 +8,8 @@ The hooks, every one a no-op in `AddOn`; for a run's `ctx` (`RunContext`), datas
 `IdTable` `table`:
 
 - ``query_words(ctx, ds, table)``: words a token-input decoder reads besides the training texts;
+- ``tied_query_words(ctx, ds, table)``: {query word: output token id} of those words that stand for an output
+  token and are read through the decoder's embedding of it (`genretr.backbones.tied_source`);
 - ``output_words(ctx, ds, table)``: how many words the decoder writes after the identifier vocabulary, in the
   list's order (an add-on's first word is at ``offset``: the identifier vocabulary plus the earlier add-ons');
 - ``sample_options(ctx, ds, emb, table, offset)``: keyword arguments of `genretr.samples.decoder_samples`;
@@ -49,6 +51,9 @@ class AddOn:
 
     def query_words(self, ctx: RunContext, ds, table) -> list[str]:
         return []
+
+    def tied_query_words(self, ctx: RunContext, ds, table) -> dict[str, int]:
+        return {}
 
     def output_words(self, ctx: RunContext, ds, table) -> int:
         return 0
@@ -100,6 +105,13 @@ class Describe(AddOn):
         from genretr.describe import id_word
 
         return [id_word(t) for t in table.vocab[2:]]
+
+    def tied_query_words(self, ctx, ds, table):
+        """The prompt's ID words read the decoder's embedding of their identifier token, which memorising trains
+        (else describing a test image could not show what memorising taught)."""
+        from genretr.describe import id_word
+
+        return {id_word(t): k for k, t in enumerate(table.vocab) if k >= 2}
 
     def output_words(self, ctx, ds, table):
         from genretr.describe import caption_words
@@ -210,6 +222,9 @@ class AddOns(list):
 
     def query_words(self, ctx, ds, table) -> list[str]:
         return [w for a in self for w in a.query_words(ctx, ds, table)]
+
+    def tied_query_words(self, ctx, ds, table) -> dict[str, int]:
+        return {w: t for a in self for w, t in a.tied_query_words(ctx, ds, table).items()}
 
     def offsets(self, ctx, ds, table) -> list[int]:
         """Where each member's output words start (after the identifiers and the earlier members' words)."""

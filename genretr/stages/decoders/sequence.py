@@ -41,7 +41,13 @@ class SequenceDecoder:
         return {"z": vecs, "src": vocab.encode([q.text for q in queries], int(ctx.cfg.backbone.get("max_src_len", 32)))}
 
     def model_builder(self, ctx: RunContext, ds, emb, table):
-        extra = {"src_vocab_size": len(ctx.query_vocab(ds, table))} if self.input == "tokens" else {}
+        extra = {}
+        if self.input == "tokens":
+            vocab = ctx.query_vocab(ds, table)
+            extra["src_vocab_size"] = len(vocab)
+            tied = ctx.add_ons().tied_query_words(ctx, ds, table)  # describe's ID words (backbones.tied_source)
+            if tied:
+                extra["tied_src_tokens"] = [[vocab.index[w], t] for w, t in tied.items()]
         # the output vocabulary: the identifiers', then the add-ons' words (describe, SSID's rationale)
         vocab_size = table.vocab_size + ctx.add_ons().output_words(ctx, ds, table)
         if ctx.classifier_head():  # GRACE atomic IDs through a classifier head: its own output layer
