@@ -55,8 +55,14 @@ def cache(tmp_path_factory):
 def test_preset_job_runs(name, job, cache, tmp_path):
     overrides = [f"experiment={name}", *TINY, "hydra.mode=RUN", *job]
     cfg = compose_cfg([o for o in overrides], tmp_path, cache)
-    out = Pipeline(cfg, tmp_path).run()
-    assert out and all(0.0 <= m["R@10"] <= 1.0 for m in out.values())
+    p = Pipeline(cfg, tmp_path)
+    out = p.run()
+    ds, split, cap = p.dataset(), cfg.eval.split, cfg.eval.get("max_queries")
+    for task in cfg.eval.tasks:  # every task the preset asks for is evaluated, on all its queries
+        asked = len(ds.queries(split, task))
+        assert out[task]["queries"] == (min(asked, int(cap)) if cap else asked) > 0
+        m = out[task]
+        assert m["R@1"] <= m["MRR@10"] <= m["R@10"] and m["R@1"] <= m.get("R@5", m["R@10"]) <= m["R@10"]
 
 
 def test_covering_jobs_cover_every_value():
