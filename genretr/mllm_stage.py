@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from genretr.data.datamodules import EpochShuffle, loader_generator
+from genretr.data.datamodules import phased_batches, phased_loader
 from genretr.errors import GenretrError
 from genretr.identifiers.base import IdTable
 
@@ -44,9 +44,12 @@ class SampleDataModule(L.LightningDataModule):
         self.memorize_epochs = memorize_epochs if schedule == "phased" and memorize_rows else 0
 
     def train_dataloader(self):
-        sampler = EpochShuffle(len(self.data), self.seed, subset_until=(self.memorize_rows, self.memorize_epochs))
-        return DataLoader(self.data, batch_size=self.batch_size, sampler=sampler, generator=loader_generator(),
-                          collate_fn=self.collate)
+        return phased_loader(self.data, self.batch_size, self.seed, self.memorize_rows, self.memorize_epochs,
+                             self.trainer, collate_fn=self.collate)
+
+    def stepping_batches(self, max_epochs: int, world_size: int = 1) -> int:
+        return phased_batches(len(self.data), len(self.memorize_rows), self.memorize_epochs, max_epochs,
+                              self.batch_size, world_size)
 
 
 def query_sample(ds, q) -> dict:

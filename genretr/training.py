@@ -111,6 +111,16 @@ class EpochSeed(Callback):
 SCHEDULES = ("constant", "cosine")
 
 
+def stepping_batches(trainer) -> int:
+    """Optimiser steps of the whole fit: the datamodule's own count where its epochs differ in length (a phased
+    schedule's memorize-only epochs come first), else Lightning's estimate."""
+    count = getattr(getattr(trainer, "datamodule", None), "stepping_batches", None)
+    if not callable(count):
+        return max(1, int(trainer.estimated_stepping_batches))
+    batches = count(int(trainer.max_epochs), int(trainer.world_size))
+    return max(1, math.ceil(batches / int(trainer.accumulate_grad_batches)))
+
+
 def lr_factor(schedule: str, warmup_steps: int, total_steps: int):
     """The learning-rate factor of optimiser step s (for `LambdaLR`): linear warm-up over `warmup_steps`, then
     constant, or a cosine decay to zero at `total_steps` (CLIP, Radford et al. 2021, Sec. 2.5)."""

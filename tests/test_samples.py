@@ -1,4 +1,5 @@
 """genretr.samples and the phased schedule of IdentifierDataModule (GRACE Sec. 3.4-3.5, Appendix A)."""
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -87,6 +88,44 @@ def test_phased_schedule_of_mllm_samples(toy):
         assert len(drawn) == (4 if epoch == 0 else 6) and {x["text"] for x in drawn} == (texts or {None})
         assert all("phase" not in x for x in drawn)
     assert M.SampleDataModule(samples, list, 4).memorize_epochs == 0  # interleaved: every sample every epoch
+
+
+class Counting(L.LightningModule):
+    """Counts the samples each epoch draws."""
+
+    def __init__(self):
+        super().__init__()
+        self.w, self.seen = torch.nn.Parameter(torch.zeros(1)), {}
+
+    def training_step(self, batch, batch_idx):
+        n = len(batch["labels"]) if isinstance(batch, dict) else len(batch)
+        self.seen[self.current_epoch] = self.seen.get(self.current_epoch, 0) + n
+        return (self.w ** 2).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize("kind", ["tensors", "mllm"])
+def test_phased_epochs_keep_their_length_under_a_trainer(toy, kind):
+    """The memorize-only epochs draw the memorize samples, every later epoch all of them (Lightning takes an epoch's
+    length before it sets the sampler's epoch); the fit's step count, which a cosine schedule spans, is theirs."""
+    from genretr import mllm_stage as M
+    from genretr.training import stepping_batches
+
+    ds, emb, table = toy
+    if kind == "tensors":
+        dm = IdentifierDataModule(decoder_samples(ds, emb, table, ["t2i"], memorize_repeat=1), batch_size=1,
+                                  schedule="phased", memorize_epochs=1)
+    else:
+        dm = M.SampleDataModule(M.training_samples(ds, table, ["t2i"], {}, True, 1, True, False), list, 1,
+                                schedule="phased", memorize_epochs=1)
+    model = Counting()
+    trainer = L.Trainer(max_epochs=3, reload_dataloaders_every_n_epochs=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    trainer.fit(model, datamodule=dm)
+    assert model.seen == {0: 4, 1: 6, 2: 6}  # 4 items memorized, then 2 train queries beside them
+    assert stepping_batches(trainer) == 16
 
 
 def test_word_vocab_roundtrip(tmp_path):

@@ -6,6 +6,8 @@ are not expanded.  CI runs each preset's first job (but for `SLOW_PRESETS`, cove
 from __future__ import annotations
 
 import itertools
+import logging
+from types import SimpleNamespace
 
 import pytest
 from omegaconf import OmegaConf
@@ -51,12 +53,80 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("sweep-cache")
 
 
+def identifier_lengths(run) -> set[int]:
+    return {len(run.table.tokens(i)) - 1 for i in run.table.item_ids}  # EOS aside
+
+
+def layers(model, side: str) -> int:
+    """Encoder or decoder layers of a trained CART or T5 decoder."""
+    if hasattr(model, "t5"):
+        return model.t5.config.num_decoder_layers if side == "decoder" else model.t5.config.num_layers
+    return len(getattr(model, side))
+
+
+def trained_samples(run) -> tuple[int, int] | None:
+    """(samples, memorize samples) the train stage logged, None when it reused a model of the shared cache."""
+    for record in run.log:
+        words = record.getMessage().split()
+        if words[:1] == ["decoder:"] and "training samples" in record.getMessage():
+            return int(words[1]), int(words[4].lstrip("("))
+    return None
+
+
+def check_beams(run, value):
+    """No ranking holds items of more identifiers than the beams."""
+    _, _, rankings = run.p.task_rankings(run.cfg.eval.tasks[0])
+    table = run.p.decoding_table(run.model, run.table)
+    assert max(len({table.text(i) for i in r}) for r in rankings) <= int(value)
+
+
+def check_samples(run, limit=None, memorize=None):
+    counted = trained_samples(run)
+    if counted is not None:
+        assert limit is None or counted[0] == int(limit)
+        assert memorize is None or (counted[1] > 0) == (memorize == "true")
+
+
+# a swept key -> what its value does to the run (`run`: the job's pipeline and stage outputs), so that a value
+# that never reaches its component fails here
+REACHES = {
+    "backbone.model.decoder_layers": lambda run, v: layers(run.model, "decoder") == int(v),
+    "backbone.model.encoder_layers": lambda run, v: layers(run.model, "encoder") == int(v),
+    "identifier.num_codebooks": lambda run, v: identifier_lengths(run) == {int(v) + 2},  # k, codes, unique token
+    "identifier.codebook_size": lambda run, v: all(len({run.table.tokens(i)[1] for i in run.table.item_ids})
+                                                   <= int(v) for _ in [0]),
+    "codebooks": lambda run, v: max(identifier_lengths(run)) == int(run.cfg.identifier.num_levels)
+    + bool(run.cfg.identifier.get("unique_suffix", False)),
+    "decoding.num_beams": lambda run, v: check_beams(run, v) is None,
+    "train.limit": lambda run, v: check_samples(run, limit=v) is None,
+    "train.memorize": lambda run, v: check_samples(run, memorize=v) is None,
+    "train.reason": lambda run, v: (run.model.hparams.vocab_size > run.table.vocab_size) == (v != "none"),
+    "method": lambda run, v: ("train" in run.p.ctx.keys) == (v != "embedding"),  # the train stage ran
+    "identifier": lambda run, v: {
+        "numeric": lambda: all(run.table.vocab[t].isdigit() for i in run.table.item_ids
+                               for t in run.table.tokens(i)[:-1]),
+        "atomic": lambda: identifier_lengths(run) == {1} and len({run.table.text(i) for i in run.table.item_ids})
+        == len(run.table.item_ids)}.get(v, lambda: True)(),
+}
+
+
 @pytest.mark.parametrize("name,job", JOBS)
-def test_preset_job_runs(name, job, cache, tmp_path):
+def test_preset_job_runs(name, job, cache, tmp_path, caplog):
     overrides = [f"experiment={name}", *TINY, "hydra.mode=RUN", *job]
     cfg = compose_cfg([o for o in overrides], tmp_path, cache)
     p = Pipeline(cfg, tmp_path)
-    out = p.run()
+    with caplog.at_level(logging.INFO, logger="genretr.stages.decoders.sequence"):
+        out = p.run()
+    swept = dict(o.split("=", 1) for o in job)
+    if any(k in REACHES for k in swept):
+        ds = p.dataset()
+        emb = p.encode(ds)
+        table = p.identify(ds, emb) if cfg.method.decoder is not None else None
+        run = SimpleNamespace(p=p, cfg=cfg, table=table, log=caplog.records,
+                              model=p.train(ds, emb, table) if table is not None else None)
+        for key, value in swept.items():
+            if key in REACHES:
+                assert REACHES[key](run, value), f"{key}={value} did not reach its component"
     ds, split, cap = p.dataset(), cfg.eval.split, cfg.eval.get("max_queries")
     for task in cfg.eval.tasks:  # every task the preset asks for is evaluated, on all its queries
         asked = len(ds.queries(split, task))

@@ -26,7 +26,7 @@ from genretr.backbones.cart_fusion import DecoderLayer, EncoderLayer, sinusoid
 from genretr.backbones.tied_source import embed_source, target_index
 from genretr.errors import GenretrError
 from genretr.identifiers.base import EOS, PAD
-from genretr.training import lr_factor
+from genretr.training import lr_factor, stepping_batches
 
 SRC_PAD = 0
 
@@ -46,7 +46,9 @@ class CartSeq2Seq(L.LightningModule):
                  rdrop_weight: float = 0.15, consistency: bool = True, lr: float = 1e-4, warmup_steps: int = 100,
                  weight_decay: float = 0.01, schedule: str = "constant", tied_src_tokens: list | None = None):
         super().__init__()
-        self.save_hyperparameters()  # input_dim is accepted (the pipeline passes it) and not used
+        # input_dim is accepted (the pipeline passes it) and not used; the tied words (one pair per identifier token)
+        # are rebuilt by whoever builds the model, not stored with it
+        self.save_hyperparameters(ignore=["tied_src_tokens"])
         # omega of Eq. 8; `consistency=False` (config `train.consistency=false`) is the "w/o consistency loss" ablation
         self.omega = float(rdrop_weight) if consistency else 0.0
         if encoder_layers < 1 or decoder_layers < 1:
@@ -159,7 +161,7 @@ class CartSeq2Seq(L.LightningModule):
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         # linear warm-up, then constant (genretr's default) or a cosine decay (Sec. 4's cosine annealing, one cycle)
-        factor = lr_factor(self.hparams.schedule, self.hparams.warmup_steps, self.trainer.estimated_stepping_batches)
+        factor = lr_factor(self.hparams.schedule, self.hparams.warmup_steps, stepping_batches(self.trainer))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 

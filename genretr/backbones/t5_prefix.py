@@ -28,7 +28,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from genretr.backbones.tied_source import embed_source, target_index
 from genretr.identifiers.base import EOS, PAD
-from genretr.training import lr_factor
+from genretr.training import lr_factor, stepping_batches
 
 
 def generation_cache():
@@ -66,7 +66,7 @@ class T5PrefixDecoder(L.LightningModule):
                  tie_embeddings: bool = True, input: str = "prefix", encoder_layers: int = 2,
                  src_vocab_size: int | None = None, tied_src_tokens: list | None = None):
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["tied_src_tokens"])  # rebuilt by the builder (one pair per ID token)
         if input not in ("prefix", "tokens"):
             raise ValueError(f"backbone.model.input={input} is not one of prefix, tokens")
         if input == "tokens" and not src_vocab_size:
@@ -128,7 +128,7 @@ class T5PrefixDecoder(L.LightningModule):
     def configure_optimizers(self):
         opt = torch.optim.AdamW([p for p in self.parameters() if p.requires_grad], lr=self.hparams.lr,
                                 weight_decay=self.hparams.weight_decay)
-        factor = lr_factor(self.hparams.schedule, self.hparams.warmup_steps, self.trainer.estimated_stepping_batches)
+        factor = lr_factor(self.hparams.schedule, self.hparams.warmup_steps, stepping_batches(self.trainer))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 

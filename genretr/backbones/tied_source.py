@@ -4,7 +4,8 @@ GRACE Sec. 4.5 asks a model that memorised an image under <ID> to "describe imag
 decoder (`backbone.input=tokens`, `backbone=cart`) the prompt's ID words are query words; given their own
 embedding rows they learn only from the describe samples of train images, so describing a test image could
 not show anything memorising taught the decoder.  Tied, each such word is read through the embedding the
-decoder gives its identifier token, which memorising trains.
+decoder gives its identifier token, which every sample whose target holds that token trains (memorise samples
+on T5; CART, which reads text only, learns it from its retrieve and pseudo-query targets).
 """
 from __future__ import annotations
 

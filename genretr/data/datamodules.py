@@ -6,10 +6,33 @@ same epochs as an uninterrupted one.
 """
 from __future__ import annotations
 
+import math
+
 import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+
+def phased_loader(data, batch_size: int, seed: int, memorize_rows: list[int] | None, memorize_epochs: int,
+                  trainer, **loader_kwargs) -> DataLoader:
+    """The epoch's loader of a phased schedule (`EpochShuffle`'s ``subset_until``), its sampler already at the
+    trainer's epoch: Lightning takes an epoch's length before it calls ``set_epoch``, so a sampler made at epoch 0
+    would cut every later epoch to the memorize subset's length."""
+    sampler = EpochShuffle(len(data), seed, subset_until=(memorize_rows, memorize_epochs))
+    sampler.set_epoch(trainer.current_epoch if trainer is not None else 0)
+    return DataLoader(data, batch_size=batch_size, sampler=sampler, generator=loader_generator(), **loader_kwargs)
+
+
+def phased_batches(n: int, n_memorize: int, memorize_epochs: int, max_epochs: int, batch_size: int,
+                   world_size: int = 1) -> int:
+    """Batches per process of a whole fit whose first `memorize_epochs` epochs draw `n_memorize` of the `n`
+    samples (the cosine schedule's length; Lightning's estimate assumes every epoch is the first's)."""
+    def batches(rows: int) -> int:
+        return math.ceil(math.ceil(rows / world_size) / batch_size)
+
+    short = min(memorize_epochs, max_epochs)
+    return short * batches(n_memorize) + (max_epochs - short) * batches(n)
 
 
 def loader_generator() -> torch.Generator:
@@ -163,5 +186,9 @@ class IdentifierDataModule(L.LightningDataModule):
         self.memorize_epochs = memorize_epochs if schedule == "phased" and self.memorize_rows else 0
 
     def train_dataloader(self):
-        sampler = EpochShuffle(len(self.data), self.seed, subset_until=(self.memorize_rows, self.memorize_epochs))
-        return DataLoader(self.data, batch_size=self.batch_size, sampler=sampler, generator=loader_generator())
+        return phased_loader(self.data, self.batch_size, self.seed, self.memorize_rows, self.memorize_epochs,
+                             self.trainer)
+
+    def stepping_batches(self, max_epochs: int, world_size: int = 1) -> int:
+        return phased_batches(len(self.data), len(self.memorize_rows or []), self.memorize_epochs, max_epochs,
+                              self.batch_size, world_size)

@@ -27,7 +27,8 @@ from genretr.data.captioning import item_images, wants_pixels, words
 from genretr.errors import GenretrError
 from genretr.identifiers.base import SPECIAL_TOKENS, IdTable
 from genretr.identifiers.common import (append_counters, check_embeddings, continued_groups, counter_tokens,
-                                       in_vocabulary, saved_captioner)
+                                       in_vocabulary)
+from genretr.identifiers.saved_captioner import saved_captioner
 
 log = logging.getLogger(__name__)
 TRAIN_CAPTIONS = ("first", "random", "generated")

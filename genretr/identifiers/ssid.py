@@ -46,8 +46,8 @@ from genretr.errors import DataError, GenretrError
 from genretr.generators import Request
 from genretr.generators.keywords import KeywordsGenerator
 from genretr.identifiers.base import DESCRIBER_DIR, SPECIAL_TOKENS, IdTable
-from genretr.identifiers.common import (append_counters, check_embeddings, continued_groups, in_vocabulary,
-                                       saved_captioner)
+from genretr.identifiers.common import append_counters, check_embeddings, continued_groups, in_vocabulary
+from genretr.identifiers.saved_captioner import saved_captioner
 
 log = logging.getLogger(__name__)
 FIELD_NAMES = re.compile(r"(?im)^\s*(caption|identifier|reason)\s*:")

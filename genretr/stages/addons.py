@@ -107,8 +107,8 @@ class Describe(AddOn):
         return [id_word(t) for t in table.vocab[2:]]
 
     def tied_query_words(self, ctx, ds, table):
-        """The prompt's ID words read the decoder's embedding of their identifier token, which memorising trains
-        (else describing a test image could not show what memorising taught)."""
+        """The prompt's ID words read the decoder's embedding of their identifier token, which the samples that
+        output the token train (else describing a test image could not show what memorising taught)."""
         from genretr.describe import id_word
 
         return {id_word(t): k for k, t in enumerate(table.vocab) if k >= 2}
