@@ -93,8 +93,7 @@ REACHES = {
     "backbone.model.decoder_layers": lambda run, v: layers(run.model, "decoder") == int(v),
     "backbone.model.encoder_layers": lambda run, v: layers(run.model, "encoder") == int(v),
     "identifier.num_codebooks": lambda run, v: identifier_lengths(run) == {int(v) + 2},  # k, codes, unique token
-    "identifier.codebook_size": lambda run, v: all(len({run.table.tokens(i)[1] for i in run.table.item_ids})
-                                                   <= int(v) for _ in [0]),
+    "identifier.codebook_size": lambda run, v: len({run.table.tokens(i)[1] for i in run.table.item_ids}) <= int(v),
     "codebooks": lambda run, v: max(identifier_lengths(run)) == int(run.cfg.identifier.num_levels)
     + bool(run.cfg.identifier.get("unique_suffix", False)),
     "decoding.num_beams": lambda run, v: check_beams(run, v) is None,
