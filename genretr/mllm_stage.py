@@ -8,11 +8,9 @@ holds each identifier's LLM tokens (`model.id_table`).
 """
 from __future__ import annotations
 
-import lightning as L
-import torch
 from torch.utils.data import Dataset
 
-from genretr.data.datamodules import phased_batches, phased_loader
+from genretr.data.datamodules import PhasedDataModule
 from genretr.errors import GenretrError
 from genretr.identifiers.base import IdTable
 
@@ -28,7 +26,7 @@ class SampleList(Dataset):
         return self.samples[i]
 
 
-class SampleDataModule(L.LightningDataModule):
+class SampleDataModule(PhasedDataModule):
     """Lists of sample dicts, batched by the model's own `collate` (its processor).  A sample's ``phase`` (0:
     memorize, 1: retrieve) is read here and not passed on: with ``schedule="phased"`` the first `memorize_epochs`
     epochs draw only the memorize samples (GRACE: learning to memorize, then to retrieve), as
@@ -36,20 +34,10 @@ class SampleDataModule(L.LightningDataModule):
 
     def __init__(self, samples: list[dict], collate, batch_size: int, seed: int = 0, schedule: str = "interleaved",
                  memorize_epochs: int = 0):
-        super().__init__()
         memorize_rows = [i for i, s in enumerate(samples) if s.get("phase") == 0]
         samples = [{k: v for k, v in s.items() if k != "phase"} for s in samples]
-        self.data, self.collate, self.batch_size, self.seed = SampleList(samples), collate, batch_size, seed
-        self.memorize_rows = memorize_rows
-        self.memorize_epochs = memorize_epochs if schedule == "phased" and memorize_rows else 0
-
-    def train_dataloader(self):
-        return phased_loader(self.data, self.batch_size, self.seed, self.memorize_rows, self.memorize_epochs,
-                             self.trainer, collate_fn=self.collate)
-
-    def stepping_batches(self, max_epochs: int, world_size: int = 1) -> int:
-        return phased_batches(len(self.data), len(self.memorize_rows), self.memorize_epochs, max_epochs,
-                              self.batch_size, world_size)
+        super().__init__(SampleList(samples), batch_size, seed, memorize_rows, schedule, memorize_epochs,
+                         collate_fn=collate)
 
 
 def query_sample(ds, q) -> dict:

@@ -14,27 +14,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 
-def phased_loader(data, batch_size: int, seed: int, memorize_rows: list[int] | None, memorize_epochs: int,
-                  trainer, **loader_kwargs) -> DataLoader:
-    """The epoch's loader of a phased schedule (`EpochShuffle`'s ``subset_until``), its sampler already at the
-    trainer's epoch: Lightning takes an epoch's length before it calls ``set_epoch``, so a sampler made at epoch 0
-    would cut every later epoch to the memorize subset's length."""
-    sampler = EpochShuffle(len(data), seed, subset_until=(memorize_rows, memorize_epochs))
-    sampler.set_epoch(trainer.current_epoch if trainer is not None else 0)
-    return DataLoader(data, batch_size=batch_size, sampler=sampler, generator=loader_generator(), **loader_kwargs)
-
-
-def phased_batches(n: int, n_memorize: int, memorize_epochs: int, max_epochs: int, batch_size: int,
-                   world_size: int = 1) -> int:
-    """Batches per process of a whole fit whose first `memorize_epochs` epochs draw `n_memorize` of the `n`
-    samples (the cosine schedule's length; Lightning's estimate assumes every epoch is the first's)."""
-    def batches(rows: int) -> int:
-        return math.ceil(math.ceil(rows / world_size) / batch_size)
-
-    short = min(memorize_epochs, max_epochs)
-    return short * batches(n_memorize) + (max_epochs - short) * batches(n)
-
-
 def loader_generator() -> torch.Generator:
     """A DataLoader draws a base seed each time it is iterated; from its own generator, that draw
     leaves the global RNG (dropout) untouched, wherever Lightning happens to call iter()."""
@@ -164,7 +143,38 @@ class TensorDict(Dataset):
         return {k: v[i] for k, v in self.tensors.items()}
 
 
-class IdentifierDataModule(L.LightningDataModule):
+class PhasedDataModule(L.LightningDataModule):
+    """Samples (`data`, a Dataset) shuffled by `EpochShuffle`; with ``schedule="phased"`` the first
+    `memorize_epochs` epochs draw only `memorize_rows` (GRACE: learning to memorize, then to retrieve)."""
+
+    def __init__(self, data, batch_size: int, seed: int, memorize_rows: list[int], schedule: str = "interleaved",
+                 memorize_epochs: int = 0, **loader_kwargs):
+        super().__init__()
+        if schedule not in ("interleaved", "phased"):
+            raise ValueError(f"train.schedule={schedule} is not one of interleaved, phased")
+        self.data, self.batch_size, self.seed, self.memorize_rows = data, batch_size, seed, memorize_rows
+        self.memorize_epochs = memorize_epochs if schedule == "phased" and memorize_rows else 0
+        self.loader_kwargs = loader_kwargs
+
+    def train_dataloader(self):
+        """The epoch's loader, its sampler already at the trainer's epoch: Lightning takes an epoch's length before
+        it calls ``set_epoch``, so a sampler made at epoch 0 would cut every later epoch to the memorize rows."""
+        sampler = EpochShuffle(len(self.data), self.seed, subset_until=(self.memorize_rows, self.memorize_epochs))
+        sampler.set_epoch(self.trainer.current_epoch if self.trainer is not None else 0)
+        return DataLoader(self.data, batch_size=self.batch_size, sampler=sampler, generator=loader_generator(),
+                          **self.loader_kwargs)
+
+    def stepping_batches(self, max_epochs: int, world_size: int = 1) -> int:
+        """Batches per process of the whole fit (the memorize-only epochs are shorter): the length a cosine
+        schedule spans (Lightning's estimate assumes every epoch is the first's)."""
+        def batches(rows: int) -> int:
+            return math.ceil(math.ceil(rows / world_size) / self.batch_size)
+
+        short = min(self.memorize_epochs, max_epochs)
+        return short * batches(len(self.memorize_rows)) + (max_epochs - short) * batches(len(self.data))
+
+
+class IdentifierDataModule(PhasedDataModule):
     """Decoder samples, a dict of tensors: ``z`` input vector, ``target_z`` the target item's vector,
     ``labels`` identifier tokens, and ``src`` query tokens for token-input backbones.  Memorize
     samples (item → ID) have z == target_z; retrieve samples (query → ID) do not.
@@ -175,20 +185,8 @@ class IdentifierDataModule(L.LightningDataModule):
 
     def __init__(self, samples: dict[str, torch.Tensor], batch_size: int = 256, seed: int = 0,
                  schedule: str = "interleaved", memorize_epochs: int = 0):
-        super().__init__()
-        if schedule not in ("interleaved", "phased"):
-            raise ValueError(f"train.schedule={schedule} is not one of interleaved, phased")
         phase = samples.get("phase")
-        self.memorize_rows = (phase == 0).nonzero().flatten().tolist() if phase is not None else None
-        self.data = TensorDict({k: v.float() if v.is_floating_point() else v.long() for k, v in samples.items()
-                                if k != "phase"})
-        self.batch_size, self.seed = batch_size, seed
-        self.memorize_epochs = memorize_epochs if schedule == "phased" and self.memorize_rows else 0
-
-    def train_dataloader(self):
-        return phased_loader(self.data, self.batch_size, self.seed, self.memorize_rows, self.memorize_epochs,
-                             self.trainer)
-
-    def stepping_batches(self, max_epochs: int, world_size: int = 1) -> int:
-        return phased_batches(len(self.data), len(self.memorize_rows or []), self.memorize_epochs, max_epochs,
-                              self.batch_size, world_size)
+        data = TensorDict({k: v.float() if v.is_floating_point() else v.long() for k, v in samples.items()
+                           if k != "phase"})
+        memorize_rows = (phase == 0).nonzero().flatten().tolist() if phase is not None else []
+        super().__init__(data, batch_size, seed, memorize_rows, schedule, memorize_epochs)

@@ -93,7 +93,8 @@ class PseudoQueries(AddOn):
 
         from genretr.fingerprint import stage_fingerprint
 
-        return OmegaConf.to_container(ctx.cfg.captioner, resolve=True), stage_fingerprint("captions", ctx.cfg.captioner)
+        captioner = ctx.cfg.captioner
+        return OmegaConf.to_container(captioner, resolve=True), stage_fingerprint("captions", captioner)
 
 
 class Describe(AddOn):
