@@ -124,7 +124,7 @@ def add(run, entries, pools: list[str] | None = None) -> Additions:
         held = run.identified if run.added.table is None else IdTable.joined([run.identified, run.added.table])
         ctx = IdentifierContext(workdir=run.identify_artifact(), seed=int(run.cfg.seed), device=run.ctx.device,
                                 train_texts=train_caption_texts(run.ds), item_captions=train_captions(run.ds),
-                                images=pixels, load_captioner=Captioner.load)
+                                images=pixels, load_captioner=Captioner.load, pair_parts=run.new_item_parts(pixels))
         table = scheme.assign(items, vectors, ctx, held)
     return Additions(items, joined, pixels, vectors, table)
 

@@ -131,6 +131,17 @@ class LoadedRun:
         placed = [dataclasses.replace(x, image=None if x.image is None else base + x.image) for x in items]
         return self.ctx.embed_items(ds, placed).numpy()
 
+    def new_item_parts(self, images: np.ndarray | None):
+        """`IdentifierContext.pair_parts` for new items: (image: a row of `images`, text) sides -> (n, 2, d), the
+        run's encoder's image and text vectors unfused."""
+        base = len(self.ds.images) if self.ds.images is not None else 0
+        ds = dataclasses.replace(self.ds, images=with_images(self.ds.images, images))
+
+        def parts(sides):
+            placed = [(None if image is None else base + image, text) for image, text in sides]
+            return self.ctx.embed_sides(ds, placed, [f"new item {k}" for k in range(len(sides))], parts=True).numpy()
+        return parts
+
     def lay_over(self, added: Additions) -> None:
         """The run as if `added` had been in its corpus: items, images, pools, vectors, identifiers and tries
         (genretr.additions)."""

@@ -141,9 +141,15 @@ class IdentifierContext:
     seed: int = 0
     progress: bool = False
     item_captions: dict = field(default_factory=dict)  # item id -> its training captions
-    train_query_vecs: np.ndarray | LazyRows | None = None  # (pairs, dim): every (train query, relevant item) ...
+    # (pairs, dim): every (train query of the run's tasks, relevant item) ...
+    train_query_vecs: np.ndarray | LazyRows | None = None
     train_query_items: list = field(default_factory=list)  # ... its item
     train_query_tasks: list = field(default_factory=list)  # ... its task
+    train_query_ids: list = field(default_factory=list)  # ... its query's id (one query's pairs share it)
+    train_query_sides: list = field(default_factory=list)  # ... its query's (image index or None, text or None)
+    # (image index or None, text or None) per row -> (n, 2, d): the encoder's image and text vectors unfused
+    # (zeros for a missing side), for schemes that fuse the two themselves (GENIUS's h(x, y), Sec. 4.2.1)
+    pair_parts: object = None
     item_modalities: list = field(default_factory=list)  # of the items being identified, in order
     cache_dir: Path | None = None  # kept across identify keys (SSID's generator answers)
     describe: object = None  # item ids -> captions written by the run's captioner (genretr.stages.captions)

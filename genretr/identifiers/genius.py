@@ -1,18 +1,19 @@
 """GENIUS's modality-decoupled semantic identifiers (Sec. 4.2; Tables 4, 5, 11).
 
 The `ModalityDecoupledQuantizer` is trained on the train split's (query vector, target item)
-pairs — `ctx.train_query_vecs` with `ctx.train_query_items` mapped to rows of `embeddings` —
-then every item is coded: t_1 its modality, t_2..t_M semantic codes, coarse to fine.
+pairs of the run's tasks — `ctx.train_query_vecs` with `ctx.train_query_items` mapped to rows of
+`embeddings`, `ctx.train_query_ids` grouping a query's pairs — then every item is coded: t_1 its
+modality code, t_2..t_M semantic codes, coarse to fine.
 
-Tokens: `m0`/`m1`/`m2` for the modality level (image, text, image-text pair; Fig. 3) and
-`q1_17`, `q2_5`, ... for the semantic levels (`q0_c` replaces `m{c}` in the
-`modality_decoupled=False` ablation).  The vocabulary holds every token of the configured
-codebook sizes.  Items may share a code sequence (GENIUS keeps collisions; the IdTable maps a
+Tokens: `m0`/`m1`/`m2` for the modality level (Fig. 3: image, text, image-text pair; under the
+paper's ``modality_code=learned`` they are the learned level's 3 clusters, numbered as learned) and
+`q1_17`, `q2_5`, ... for the semantic levels; ``modality_code=none`` has no `m` token.  The
+vocabulary holds every token of the configured codebook sizes.  Items may share a code sequence (GENIUS keeps collisions; the IdTable maps a
 sequence to all its items) — their count is logged; `unique_suffix=True` appends CART's
 prefix-database counter token `u{n}` to make every identifier unique.
 
 Side artifacts in `ctx.workdir`: `genius_quantizer.pt` (hyper-parameters + state dict) and
-`genius_stats.json` (collisions, codebook usage, modality accuracy, quantization error).
+`genius_stats.json` (collisions, codebook usage, modality accuracy and agreement, quantization error).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from genretr.data.schema import IMAGE, PAIR
 from genretr.errors import GenretrError
 from genretr.identifiers.base import SPECIAL_TOKENS, IdTable
 from genretr.identifiers.common import colliding_items, continued_counters, in_vocabulary, unique_counters
@@ -31,23 +33,47 @@ from genretr.quantizers.modality_decoupled import ModalityDecoupledQuantizer, fi
 log = logging.getLogger(__name__)
 
 
+def _item_side(item) -> tuple:
+    """An item's (image, text) side as `fusion_inputs` reads it: by modality (precomputed items carry no pixels)."""
+    if item.modality == PAIR:
+        return item.image, item.text
+    return (True, None) if item.modality == IMAGE else (None, True)
+
+
+def fusion_inputs(vectors: np.ndarray, sides: list[tuple], pair_parts) -> np.ndarray:
+    """(n, 2, d) inputs of h(x, y) (Sec. 4.2.1): a row with one side is its vector there and zeros on the other
+    (the authors' masked Combiner); a row with both an image and a text gets the encoder's two vectors from
+    `pair_parts(its sides)`, as the encoder's own vector is already fused."""
+    x = np.asarray(vectors, dtype=np.float32)
+    out = np.zeros((len(x), 2, x.shape[1]), dtype=np.float32)
+    has = np.array([[image is not None, text is not None] for image, text in sides], dtype=bool).reshape(-1, 2)
+    if len(has) != len(x):
+        raise GenretrError(f"GENIUS: {len(sides)} sides for {len(x)} vectors")
+    out[has[:, 0] & ~has[:, 1], 0] = x[has[:, 0] & ~has[:, 1]]
+    out[has[:, 1] & ~has[:, 0], 1] = x[has[:, 1] & ~has[:, 0]]
+    both = np.flatnonzero(has.all(1))
+    if len(both):
+        out[both] = np.asarray(pair_parts([sides[r] for r in both]), dtype=np.float32)
+    return out
+
+
 class GeniusIdentifier:
     code_tree = True  # items sharing a code prefix are alike (residual codes): results.html draws the tree
 
     def __init__(self, num_levels: int = 4, codebook_size: int = 64, first_level_size: int = 3,
-                 shared: bool = False, modality_decoupled: bool = True, fusion_hidden: int = 256,
+                 shared: bool = False, modality_code: str = "learned", fusion_hidden: int = 256,
                  tau: float = 0.01, beta: float = 100.0, gamma: float = 100.0, use_cl: bool = True,
                  use_rq: bool = True, use_mse: bool = True, decay: float = 0.99, kmeans_init: bool = True,
                  dead_after: int = 20, lr: float = 1e-3, weight_decay: float = 0.0, epochs: int = 10,
                  batch_size: int = 256, unique_suffix: bool = False, seed: int | None = None):
         self.quantizer_kwargs = dict(
             num_levels=num_levels, codebook_size=codebook_size, first_level_size=first_level_size, shared=shared,
-            modality_decoupled=modality_decoupled, fusion_hidden=fusion_hidden, tau=tau, beta=beta, gamma=gamma,
+            modality_code=modality_code, fusion_hidden=fusion_hidden, tau=tau, beta=beta, gamma=gamma,
             use_cl=use_cl, use_rq=use_rq, use_mse=use_mse, decay=decay, kmeans_init=kmeans_init,
             dead_after=dead_after, lr=lr, weight_decay=weight_decay)
         self.epochs, self.batch_size, self.unique_suffix, self.seed = epochs, batch_size, unique_suffix, seed
-        self.sizes = [first_level_size] + [codebook_size] * (num_levels - 1)
-        self.modality_decoupled = modality_decoupled
+        self.sizes = ([] if modality_code == "none" else [first_level_size]) + [codebook_size] * (num_levels - 1)
+        self.modality_code = modality_code
         self.stats: dict = {}
         self.model = None
 
@@ -67,12 +93,18 @@ class GeniusIdentifier:
         if not pairs:
             raise GenretrError("GENIUS: no training query has a target among the identified items")
         q_rows, t_rows = map(np.asarray, zip(*pairs))
+        query_ids = ctx.train_query_ids or list(range(len(qv)))  # pairs of one query: its other targets
+        group_of = {}
+        groups = np.asarray([group_of.setdefault(query_ids[j], len(group_of)) for j in q_rows])
         modalities = [it.modality for it in items]
         seed = int(self.seed if self.seed is not None else ctx.seed)
+        if ctx.pair_parts is not None:  # h(image, text) of Sec. 4.2.1 on the encoder's unfused vectors
+            x = fusion_inputs(x, [_item_side(it) for it in items], ctx.pair_parts)
+            qv = fusion_inputs(qv, ctx.train_query_sides, ctx.pair_parts)
 
         every_pair = len(q_rows) == len(qv)  # then q_rows is 0..n-1 in order: no copy of the query vectors
-        model = fit_modality_decoupled(qv if every_pair else qv[q_rows], t_rows, x, modalities, seed=seed,
-                                       max_epochs=self.epochs,
+        model = fit_modality_decoupled(qv if every_pair else qv[q_rows], t_rows, x, modalities,
+                                       query_groups=groups, seed=seed, max_epochs=self.epochs,
                                        batch_size=self.batch_size, progress=bool(ctx.progress),
                                        device=ctx.device, **self.quantizer_kwargs)
         self.model = model
@@ -87,12 +119,13 @@ class GeniusIdentifier:
         self.stats = {"items": len(items), "train_pairs": len(pairs),
                       "skipped_pairs": len(ctx.train_query_items) - len(pairs), "distinct_codes": len(set(prefixes)),
                       "items_in_collisions": colliding_items(prefixes), "usage": m["usage"],
-                      "modality_accuracy": m["modality_accuracy"], "rel_error": m["rel_error"]}
+                      "modality_accuracy": m["modality_accuracy"], "modality_agreement": m["modality_agreement"],
+                      "rel_error": m["rel_error"]}
         log.info("GENIUS identifiers: %s", json.dumps(self.stats))
         workdir = ctx.workdir
         if workdir is not None:
-            torch.save({"hparams": dict(model.hparams), "state_dict": model.state_dict()},
-                       workdir / "genius_quantizer.pt")
+            torch.save({"hparams": dict(model.hparams), "state_dict": model.state_dict(),
+                        "fused_parts": x.ndim == 3}, workdir / "genius_quantizer.pt")
             (workdir / "genius_stats.json").write_text(json.dumps(self.stats, indent=1) + "\n")
         return table
 
@@ -102,8 +135,13 @@ class GeniusIdentifier:
         saved = torch.load(Path(ctx.workdir) / "genius_quantizer.pt", map_location="cpu")
         model = ModalityDecoupledQuantizer(**saved["hparams"])
         model.load_state_dict(saved["state_dict"])
-        codes = model.encode_items(torch.from_numpy(np.asarray(embeddings, dtype=np.float32)),
-                                   [it.modality for it in items]).numpy()
+        x = np.asarray(embeddings, dtype=np.float32)
+        if saved.get("fused_parts"):  # trained on h(image, text): the new items' parts alike
+            if ctx.pair_parts is None and any(it.modality == PAIR for it in items):
+                raise GenretrError("GENIUS: image-text pair items need the run's encoder to be added (their image "
+                                   "and text vectors); this context has none")
+            x = fusion_inputs(x, [_item_side(it) for it in items], ctx.pair_parts)
+        codes = model.encode_items(torch.from_numpy(x), [it.modality for it in items]).numpy()
         words = [[own.vocab[t] for t in own.tokens(it.id)[:-1]] for own in [self._table(items, codes, None)]
                  for it in items]
         if self.unique_suffix:
@@ -112,9 +150,9 @@ class GeniusIdentifier:
         return in_vocabulary(table, [it.id for it in items], words, "GENIUS")
 
     def _table(self, items, codes: np.ndarray, counters: list[int] | None) -> IdTable:
-        first = (lambda c: f"m{c}") if self.modality_decoupled else (lambda c: f"q0_{c}")
-        level_tokens = [[first(c) for c in range(self.sizes[0])]]
-        level_tokens += [[f"q{m}_{c}" for c in range(k)] for m, k in enumerate(self.sizes) if m > 0]
+        semantic = self.sizes if self.modality_code == "none" else self.sizes[1:]
+        level_tokens = [] if self.modality_code == "none" else [[f"m{c}" for c in range(self.sizes[0])]]
+        level_tokens += [[f"q{m}_{c}" for c in range(k)] for m, k in enumerate(semantic, start=1)]
         vocab = list(SPECIAL_TOKENS) + [t for tokens in level_tokens for t in tokens]
         if counters is not None:
             vocab += [f"u{i}" for i in range(max(counters) + 1)]

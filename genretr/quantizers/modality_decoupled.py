@@ -1,28 +1,33 @@
 """`ModalityDecoupledQuantizer`: GENIUS's contrastive residual quantizer (Sec. 4.2, Eq. 3-8).
 
-Fusion (Sec. 4.2.1): h(x, y) = λ·x + (1-λ)·y + MLP([x; y]), λ = σ(MLP_λ([x; y])) per sample.
-The fused vector is L2-normalised, z = h / ||h||: the encoders' vectors are unit-norm, and a
-fixed scale keeps L_rq and L_mse from being minimised by shrinking z (L_cl is scale-free).
-genretr's encoders give one vector per query and per item (pairs are already fused by the
-encoder, as UniIR's CLIP-SF), so both are fed as x = y = that vector: h(v, v) = v + MLP([v; v]).
-The MLP's last layer starts at zero, so h starts as the identity.
+Fusion (Sec. 4.2.1): h(x, y) = λ·x + (1-λ)·y + MLP([x; y]), λ = σ(MLP_λ([x; y])) per sample,
+x the image vector and y the text vector of a query or item, zeros for a side it lacks (the
+authors' masked Combiner); pair items and composed queries take the encoder's two vectors
+unfused.  The fused vector is L2-normalised, z = h / ||h||: the encoders' vectors are unit-norm,
+and a fixed scale keeps L_rq and L_mse from being minimised by shrinking z (L_cl is scale-free).
+Inputs already fused (precomputed vectors) are fed as h(v, v), where λ cancels.  The MLP's last
+layer starts at zero, so h starts as λ·x + (1-λ)·y.
 
-Residual quantization (Sec. 4.2.3) over M levels: the first codebook has 3 entries, later
-levels K entries (level-specific codebooks, or `shared` ones as Table 11), k-means
-initialised on the first batch, EMA-updated, dead codes re-seeded (`ResidualQuantizer`).
+Residual quantization (Sec. 4.2.3) over M levels, level-specific codebooks (or `shared` ones as
+Table 11), k-means initialised on the first batch, EMA-updated, dead codes re-seeded
+(`ResidualQuantizer`).  The first code and its modality, `modality_code` (Table 8's strategies):
+- ``learned`` (the paper's, Sec. 4.2.3): the first codebook has K_1 = 3 entries and is learned like
+  every other level; the contrastive loss with instructions is what makes its 3 clusters the
+  modalities.  Its code numbers are cluster numbers, so `modality_agreement` matches them to the
+  modalities one to one before counting.
+- ``given`` (a genretr option): the first level takes the item's modality index as its code (for a
+  query, its target's), and its codeword is learned by EMA as that modality's mean fused vector, so
+  t_1 == modality for every item by construction.
+- ``classifier`` (Table 8 "classifier-based modality encoding"): a linear classifier on z, trained
+  with cross-entropy on the target's modality, gives the first code; the M-1 residual levels
+  quantize z itself, so modality is not removed from what they encode.
+- ``none`` (Table 8 "RQ w/o modality-code" = Table 4 "w/o Modality-decoupled"): no modality code;
+  the identifier is the M-1 semantic levels alone (the authors' RQ without its extra first level).
 
-Modality by construction: GENIUS wants the first code to be the modality (0 image, 1 text,
-2 image-text pair; Fig. 3) and obtains it from training.  Here the first level is a *fixed*
-level of the `ResidualQuantizer`: its code is the item's modality index (for a query, the
-modality its instruction asks for, i.e. its target's), and its codeword is learned by EMA as
-that modality's mean fused vector.  So t_1 == modality for 100% of items, and the residual
-passed to level 2 is the vector minus its modality's mean — modality removed, semantics left,
-which is what Sec. 4.2.3 describes.  `modality_decoupled=False` (Table 4 / Table 8 "RQ w/o
-modality-code") makes the first level an ordinary learned level of the same size.
-
-Loss (Eq. 8): L = L_cl + β·L_rq + γ·L_mse, each switchable (Table 4):
+Loss (Eq. 8): L = L_cl + β·L_rq + γ·L_mse (+ the classifier's cross-entropy), each switchable (Table 4):
 - L_cl (Eq. 3): InfoNCE from fused query to fused target over the batch's targets, cosine/τ,
-  τ = 0.01; columns holding the same item as the positive are masked out of the negatives.
+  τ = 0.01; columns holding the positive's item, or a target of the same query (another of its
+  relevant items), are masked out of the negatives.
 - L_rq (Eq. 7): Σ_i ||r_{i-1} - sg(e_i)||² for queries and targets; codebooks move by EMA only,
   and only targets update them (identifiers are for targets).
 - L_mse: ||ẑ_q - ẑ_c||² on the quantized vectors with straight-through gradients (ẑ itself is a
@@ -46,6 +51,7 @@ from genretr.quantizers.residual import ResidualQuantizer
 from genretr.training import small_fit_trainer
 
 MODALITIES = (IMAGE, TEXT, PAIR)  # first-level codes 0, 1, 2 (GENIUS Fig. 3)
+MODALITY_CODES = ("learned", "given", "classifier", "none")  # Table 8's strategies (+ genretr's `given`)
 
 
 def modality_index(modalities: Sequence[str]) -> torch.Tensor:
@@ -61,6 +67,23 @@ def modality_accuracy(codes, modalities: Sequence[str]) -> float:
     """Fraction of rows whose first code is their modality's index."""
     first = torch.as_tensor(np.asarray(codes))[:, 0]
     return float((first == modality_index(modalities)).float().mean()) if len(first) else 1.0
+
+
+def modality_agreement(codes, modalities: Sequence[str]) -> float:
+    """Fraction of rows whose first code is their modality once codes are matched to modalities one to one
+    (the matching that agrees most; Hungarian on the code x modality counts).  For a first level whose codes are
+    cluster numbers (``learned``); with named codes (``given``, ``classifier``) it is at least
+    `modality_accuracy`."""
+    from scipy.optimize import linear_sum_assignment
+
+    first = np.asarray(torch.as_tensor(np.asarray(codes))[:, 0])
+    if not len(first):
+        return 1.0
+    truth = modality_index(modalities).numpy()
+    counts = np.zeros((int(first.max()) + 1, len(MODALITIES)), dtype=np.int64)
+    np.add.at(counts, (first, truth), 1)
+    rows, cols = linear_sum_assignment(-counts)
+    return float(counts[rows, cols].sum() / len(first))
 
 
 class Fusion(nn.Module):
@@ -79,11 +102,18 @@ class Fusion(nn.Module):
         return lam * x + (1 - lam) * y + self.mix(xy)
 
 
-def info_nce(zq: torch.Tensor, zc: torch.Tensor, items: torch.Tensor | None, tau: float) -> torch.Tensor:
-    """Eq. 3 over the batch: query i's positive is target i; duplicates of that item are not negatives."""
+def info_nce(zq: torch.Tensor, zc: torch.Tensor, items: torch.Tensor | None, tau: float,
+             queries: torch.Tensor | None = None) -> torch.Tensor:
+    """Eq. 3 over the batch: query i's positive is target i; other copies of that item, and the targets of
+    other pairs of the same query (`queries`: each pair's query index; its other relevant items), are not
+    negatives."""
     logits = zq @ zc.t() / tau
-    if items is not None:
-        same = items[:, None] == items[None, :]
+    same = None
+    for ids in (items, queries):
+        if ids is not None:
+            eq = ids[:, None] == ids[None, :]
+            same = eq if same is None else same | eq
+    if same is not None:
         same.fill_diagonal_(False)
         logits = logits.masked_fill(same, float("-inf"))
     return F.cross_entropy(logits, torch.arange(len(zq), device=zq.device))
@@ -91,42 +121,68 @@ def info_nce(zq: torch.Tensor, zc: torch.Tensor, items: torch.Tensor | None, tau
 
 class ModalityDecoupledQuantizer(L.LightningModule):
     def __init__(self, dim: int, num_levels: int = 4, codebook_size: int = 64, first_level_size: int = 3,
-                 shared: bool = False, modality_decoupled: bool = True, fusion_hidden: int = 256,
+                 shared: bool = False, modality_code: str = "learned", fusion_hidden: int = 256,
                  tau: float = 0.01, beta: float = 100.0, gamma: float = 100.0, use_cl: bool = True,
                  use_rq: bool = True, use_mse: bool = True, decay: float = 0.99, kmeans_init: bool = True,
                  dead_after: int = 20, lr: float = 1e-3, weight_decay: float = 0.0):
         super().__init__()
         if not (use_cl or use_rq or use_mse):
             raise GenretrError("GENIUS quantizer: at least one of use_cl, use_rq, use_mse must be on")
+        if modality_code not in MODALITY_CODES:
+            raise GenretrError(f"GENIUS quantizer: modality_code={modality_code!r} is not one of "
+                               f"{', '.join(MODALITY_CODES)}")
         if num_levels < 2:
             raise GenretrError(f"GENIUS quantizer: num_levels must be >= 2 (modality + semantics), got {num_levels}")
-        if modality_decoupled and first_level_size < len(MODALITIES):
-            raise GenretrError(f"modality-decoupled first level needs {len(MODALITIES)} codes, got {first_level_size}")
+        if modality_code != "none" and first_level_size != len(MODALITIES):
+            raise GenretrError(f"GENIUS quantizer: the modality code has {len(MODALITIES)} values (image, text, "
+                               f"image-text pair), got first_level_size={first_level_size}")
         self.save_hyperparameters()
         self.fusion = Fusion(dim, fusion_hidden)
-        self.quantizer = ResidualQuantizer(dim, [first_level_size] + [codebook_size] * (num_levels - 1),
+        semantic = [codebook_size] * (num_levels - 1)
+        in_quantizer = modality_code in ("learned", "given")  # the modality level is the quantizer's first
+        self.quantizer = ResidualQuantizer(dim, ([first_level_size] if in_quantizer else []) + semantic,
                                            shared=shared, update="ema", decay=decay, kmeans_init=kmeans_init,
-                                           dead_after=dead_after, fixed_levels=(0,) if modality_decoupled else ())
+                                           dead_after=dead_after, fixed_levels=(0,) if modality_code == "given" else ())
+        self.classifier = nn.Linear(dim, len(MODALITIES)) if modality_code == "classifier" else None
 
-    def embed(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """z = h(x, y) / ||h(x, y)||; y defaults to x (one vector per input)."""
-        return F.normalize(self.fusion(x, x if y is None else y), dim=-1)
+    @property
+    def level_sizes(self) -> list[int]:
+        """Codes per level of an identifier: the modality level (unless ``none``), then the semantic levels."""
+        hp = self.hparams
+        return ([] if hp.modality_code == "none" else [hp.first_level_size]) + [hp.codebook_size] * (hp.num_levels - 1)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """z = h(x, y) / ||h(x, y)|| of inputs (n, 2, d), x the image part and y the text part (zeros where the
+        input has none: `genretr.identifiers.genius.fusion_inputs`); of inputs (n, d), already fused by the
+        encoder (precomputed vectors, or callers without the parts), h(v, v), where λ cancels."""
+        if x.dim() == 3:
+            return F.normalize(self.fusion(x[:, 0], x[:, 1]), dim=-1)
+        return F.normalize(self.fusion(x, x), dim=-1)
 
     def quantize(self, z: torch.Tensor, modality: torch.Tensor, update: bool = False):
-        fixed = {0: modality} if self.hparams.modality_decoupled else None
-        return self.quantizer(z, fixed, update=update)
+        """(ẑ with straight-through gradient, codes (n, len(level_sizes)), losses) of fused vectors z; `modality`
+        (the targets' modality index) is read by ``given`` only."""
+        fixed = {0: modality} if self.hparams.modality_code == "given" else None
+        z_hat, codes, losses = self.quantizer(z, fixed, update=update)
+        if self.classifier is not None:
+            codes = torch.cat([self.classifier(z.detach()).argmax(1, keepdim=True), codes], 1)
+        return z_hat, codes, losses
 
     def losses(self, query: torch.Tensor, target: torch.Tensor, modality: torch.Tensor,
-               item: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Eq. 8 on a batch of (query vector, target vector, target modality, target item index)."""
+               item: torch.Tensor | None = None, query_group: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Eq. 8 on a batch of (query vector, target vector, target modality, target item index, query index)."""
         hp = self.hparams
         zq, zc = self.embed(query), self.embed(target)
         zq_hat, _, lq = self.quantize(zq, modality, update=False)
         zc_hat, _, lc = self.quantize(zc, modality, update=self.training)
-        out = {"cl": info_nce(zq, zc, item, hp.tau), "rq": lq["commitment"] + lc["commitment"],
+        out = {"cl": info_nce(zq, zc, item, hp.tau, query_group), "rq": lq["commitment"] + lc["commitment"],
                "mse": F.mse_loss(zq_hat, zc_hat)}
         out["loss"] = sum(w * out[name] for name, w, on in
                           (("cl", 1.0, hp.use_cl), ("rq", hp.beta, hp.use_rq), ("mse", hp.gamma, hp.use_mse)) if on)
+        if self.classifier is not None:  # Table 8: the target's modality from the query and from the target
+            out["modality_ce"] = (F.cross_entropy(self.classifier(zq), modality)
+                                  + F.cross_entropy(self.classifier(zc), modality))
+            out["loss"] = out["loss"] + out["modality_ce"]
         return out
 
     def training_step(self, batch, batch_idx):
@@ -160,17 +216,24 @@ class ModalityDecoupledQuantizer(L.LightningModule):
         device, err, norm = next(self.parameters()).device, 0.0, 0.0
         for s in range(0, len(vectors), batch_size):
             z = self.embed(vectors[s:s + batch_size].to(device))
-            err += float((z - self.quantizer.decode(codes[s:s + batch_size].to(device))).double().pow(2).sum())
+            rq = codes[s:s + batch_size, 1:] if self.classifier is not None else codes[s:s + batch_size]
+            err += float((z - self.quantizer.decode(rq.to(device))).double().pow(2).sum())
             norm += float(z.double().pow(2).sum())
-        return {"rel_error": err / max(norm, 1e-12), "usage": self.quantizer.usage(codes),
-                "modality_accuracy": modality_accuracy(codes, modalities)}
+        usage = [len(torch.unique(codes[:, m])) / k for m, k in enumerate(self.level_sizes)]
+        none = self.hparams.modality_code == "none"
+        return {"rel_error": err / max(norm, 1e-12), "usage": usage,
+                "modality_accuracy": None if none else modality_accuracy(codes, modalities),
+                "modality_agreement": None if none else modality_agreement(codes, modalities)}
 
 
 def fit_modality_decoupled(query_vecs: np.ndarray, target_rows: np.ndarray, item_vecs: np.ndarray,
-                           item_modalities: Sequence[str], *, seed: int = 0, max_epochs: int = 20,
-                           batch_size: int = 256, progress: bool = False, device="cpu",
+                           item_modalities: Sequence[str], *, query_groups: np.ndarray | None = None, seed: int = 0,
+                           max_epochs: int = 20, batch_size: int = 256, progress: bool = False, device="cpu",
                            **model_kwargs) -> ModalityDecoupledQuantizer:
-    """Train on (query, target item) pairs: `target_rows[j]` is the row in `item_vecs` of query j's target.
+    """Train on (query, target item) pairs: `target_rows[j]` is the row in `item_vecs` of pair j's target,
+    vectors (n, d) or image and text parts (n, 2, d) (`ModalityDecoupledQuantizer.embed`),
+    `query_groups[j]` the index of its query (pairs of one query share it: its other targets are not negatives;
+    default: every pair its own query).
 
     Lightning Trainer on `device` (the model comes back on the CPU), no logger or checkpoints; deterministic given
     `seed` on a CPU, caller's RNG untouched.
@@ -180,29 +243,34 @@ def fit_modality_decoupled(query_vecs: np.ndarray, target_rows: np.ndarray, item
     rows = torch.as_tensor(np.asarray(target_rows, dtype=np.int64))
     if len(queries) != len(rows) or len(queries) == 0:
         raise GenretrError(f"GENIUS quantizer needs query-target pairs: {len(queries)} queries, {len(rows)} targets")
+    groups = torch.arange(len(rows)) if query_groups is None else torch.as_tensor(np.asarray(query_groups, np.int64))
+    if len(groups) != len(rows):
+        raise GenretrError(f"GENIUS quantizer: {len(groups)} query groups for {len(rows)} pairs")
     modality = modality_index(item_modalities)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = ModalityDecoupledQuantizer(dim=items.shape[1], **model_kwargs)
+        model = ModalityDecoupledQuantizer(dim=items.shape[-1], **model_kwargs)
         # Batches gathered from the item rows (no per-pair copy of the targets); the same order as
         # DataLoader(shuffle=True, generator=...) over a TensorDataset of the pairs.
         shuffle = torch.Generator().manual_seed(seed)  # the loader's and the sampler's, as DataLoader shares it
         batches = BatchSampler(RandomSampler(range(len(rows)), generator=shuffle), batch_size, drop_last=False)
-        loader = DataLoader(PairBatches(queries, items, modality, rows), sampler=batches, batch_size=None,
+        loader = DataLoader(PairBatches(queries, items, modality, rows, groups), sampler=batches, batch_size=None,
                             generator=shuffle)
         small_fit_trainer(max_epochs, progress, device).fit(model, loader)
     return model.cpu().eval()
 
 
 class PairBatches(Dataset):
-    """(query vectors, target item vectors, target modalities, target rows) of a list of pair indices."""
+    """(query vectors, target item vectors, target modalities, target rows, query groups) of a list of pair
+    indices."""
 
-    def __init__(self, queries: torch.Tensor, items: torch.Tensor, modality: torch.Tensor, rows: torch.Tensor):
-        self.queries, self.items, self.modality, self.rows = queries, items, modality, rows
+    def __init__(self, queries: torch.Tensor, items: torch.Tensor, modality: torch.Tensor, rows: torch.Tensor,
+                 groups: torch.Tensor):
+        self.queries, self.items, self.modality, self.rows, self.groups = queries, items, modality, rows, groups
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, pairs: list[int]):
         rows = self.rows[pairs]
-        return self.queries[pairs], self.items[rows], self.modality[rows], rows
+        return self.queries[pairs], self.items[rows], self.modality[rows], rows, self.groups[pairs]

@@ -205,9 +205,11 @@ class RunContext:
         return self.embed_sides(ds, [(x.image, x.text or None) for x in items], [f"item {x.id!r}" for x in items])
 
     @torch.no_grad()
-    def embed_sides(self, ds: RetrievalDataset, sides: list[tuple], names: list[str]) -> torch.Tensor:
+    def embed_sides(self, ds: RetrievalDataset, sides: list[tuple], names: list[str], parts: bool = False
+                    ) -> torch.Tensor:
         """One vector per (image index or None, text or None): the image's, the text's, or both fused; the rows
-        of each kind a batch at a time, the encoder loaded once."""
+        of each kind a batch at a time, the encoder loaded once.  `parts`: (n, 2, d) instead, the image's and
+        the text's vectors unfused (zeros for a missing one), for a fusion of one's own (GENIUS's h)."""
         kinds = [(image is not None, text is not None) for image, text in sides]
         if (False, False) in kinds:
             raise GenretrError(f"{names[kinds.index((False, False))]} has neither an image nor a text to embed")
@@ -220,7 +222,12 @@ class RunContext:
                 txt = encoder.embed_texts(encoder.prepare_texts(texts).to(self.device)) if kind[1] else None
                 img = (encoder.embed_images(torch.from_numpy(np.asarray(ds.images[[sides[r][0] for r in chunk]]))
                                             .to(self.device)) if kind[0] else None)
-                vecs = (encoder.fuse(img, txt) if kind == (True, True) else (img if kind[0] else txt)).float().cpu()
+                if parts:
+                    some = img if img is not None else txt
+                    vecs = torch.stack([some.new_zeros(some.shape) if v is None else v for v in (img, txt)], 1)
+                else:
+                    vecs = encoder.fuse(img, txt) if kind == (True, True) else (img if kind[0] else txt)
+                vecs = vecs.float().cpu()
                 for r, v in zip(chunk, vecs):
                     out[r] = v
         return torch.stack(out)

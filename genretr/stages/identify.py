@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from genretr.data.embeddings import Embeddings
 from genretr.data.captioning import train_caption_texts, train_captions
-from genretr.data.schema import RetrievalDataset, pool_items
+from genretr.data.schema import RetrievalDataset, pool_items, query_text
 from genretr.identifiers.base import DESCRIBER_DIR, IdentifierContext, IdTable, LazyRows
 from genretr.stages import keys
 from genretr.stages.captions import captions_artifact
@@ -51,7 +51,8 @@ def scheme_context(ctx: RunContext, ds: RetrievalDataset, emb: Embeddings, items
     from genretr.captioner import fit_captioner  # lazily: imports Lightning
 
     captions = train_captions(ds)
-    pairs = [(q, r) for q in ds.splits["train"].queries for r in q.relevant]
+    tasks = set(ctx.tasks())  # GENIUS's quantizer learns from the pairs of the tasks the run trains and tests
+    pairs = [(q, r) for q in ds.splits["train"].queries if q.task in tasks for r in q.relevant]
 
     def describe(item_ids: list[str]) -> list[str]:
         """Captions written by the run's captioner; the captioner is kept beside the identifiers (``describer/``)
@@ -68,6 +69,10 @@ def scheme_context(ctx: RunContext, ds: RetrievalDataset, emb: Embeddings, items
         train_query_vecs=(LazyRows(lambda: emb.queries([q.id for q, _ in pairs]).numpy(), len(pairs)) if pairs
                           else np.zeros((0, 1))),
         train_query_items=[r for _, r in pairs], train_query_tasks=[q.task for q, _ in pairs],
+        train_query_ids=[q.id for q, _ in pairs],
+        train_query_sides=[(q.image, query_text(q, ctx.instructions())) for q, _ in pairs],
+        pair_parts=lambda sides: ctx.embed_sides(ds, sides, [f"row {k}" for k in range(len(sides))],
+                                                 parts=True).numpy(),
         item_modalities=[ds.items[i].modality for i in items], describe=describe, images=ds.images,
         fit_captioner=functools.partial(fit_captioner, device=ctx.device), device=ctx.device,
         cache_dir=ctx.store.work("identify-cache", keys.identify_cache(ctx)))

@@ -13,7 +13,7 @@ from genretr.quantizers.modality_decoupled import MODALITIES, ModalityDecoupledQ
 from genretr.identifiers.base import IdentifierContext
 
 N, D = 90, 16
-SMALL = dict(num_levels=3, codebook_size=8, fusion_hidden=32, epochs=2, batch_size=32, seed=0)
+SMALL = dict(num_levels=3, codebook_size=8, fusion_hidden=32, epochs=2, batch_size=32, seed=0, modality_code="given")
 
 
 @pytest.fixture(scope="module")
@@ -83,15 +83,42 @@ def test_unique_suffix_disambiguates(data, tmp_path):
     assert all(re.fullmatch(r"m\d q1_\d q2_\d u\d+", table.text(it.id)) for it in items)
 
 
-def test_ablation_and_shared_configs(data, tmp_path):
+def test_modality_code_strategies_and_shared_configs(data, tmp_path):
     items, x, _, _ = data
-    scheme = GeniusIdentifier(**{**SMALL, "modality_decoupled": False})
-    table = scheme.build(items, x, ctx(data, tmp_path))
-    assert all(re.fullmatch(r"q0_\d q1_\d+ q2_\d+", table.text(it.id)) for it in items)
-    assert scheme.model.quantizer.fixed_levels == ()
+    learned = GeniusIdentifier(**{**SMALL, "modality_code": "learned"})
+    table = learned.build(items, x, ctx(data, tmp_path))
+    assert all(re.fullmatch(r"m\d q1_\d+ q2_\d+", table.text(it.id)) for it in items)
+    assert learned.model.quantizer.fixed_levels == () and 0 < learned.stats["modality_agreement"] <= 1
+    none = GeniusIdentifier(**{**SMALL, "modality_code": "none"})
+    table = none.build(items, x, ctx(data, tmp_path))
+    assert all(re.fullmatch(r"q1_\d+ q2_\d+", table.text(it.id)) for it in items)
+    assert table.vocab_size == 2 + 2 * 8 and none.stats["modality_agreement"] is None
+    classifier = GeniusIdentifier(**{**SMALL, "modality_code": "classifier"})
+    table = classifier.build(items, x, ctx(data, tmp_path))
+    assert table.vocab[2:5] == ["m0", "m1", "m2"] and table.sequences.shape == (N, 4)
+    added = classifier.assign(items[:5], x[:5], IdentifierContext(workdir=tmp_path), table)
+    assert [added.text(it.id) for it in items[:5]] == [table.text(it.id) for it in items[:5]]
     shared = GeniusIdentifier(**{**SMALL, "shared": True})
     shared.build(items, x, ctx(data, tmp_path))
     assert shared.model.quantizer.level_book == [0, 1, 1]
+
+
+def test_a_querys_pairs_are_one_group(data, tmp_path, monkeypatch):
+    """Pairs of one query reach the quantizer as one group (its other targets are not negatives)."""
+    import genretr.identifiers.genius as G
+
+    seen = {}
+    real = G.fit_modality_decoupled
+
+    def spy(*args, query_groups=None, **kw):
+        seen["groups"] = query_groups
+        return real(*args, query_groups=query_groups, **kw)
+
+    monkeypatch.setattr(G, "fit_modality_decoupled", spy)
+    items, x, _, targets = data
+    ids = [f"q{j // 2}" for j in range(len(targets))]  # the fixture's two pairs per item: one query each
+    GeniusIdentifier(**SMALL).build(items, x, ctx(data, tmp_path, train_query_ids=ids))
+    assert list(seen["groups"]) == [j // 2 for j in range(len(targets))]
 
 
 def test_deterministic_given_seed(genius, data, tmp_path):
@@ -114,3 +141,41 @@ def test_bad_context_and_input(data, tmp_path):
     odd = [SimpleNamespace(id=it.id, modality="audio") for it in items]
     with pytest.raises(GenretrError, match="modality"):
         GeniusIdentifier(**SMALL).build(odd, x, ctx(data, tmp_path))
+
+
+def test_fusion_inputs_put_each_side_in_its_place():
+    from genretr.identifiers.genius import fusion_inputs
+
+    v = np.arange(6, dtype=np.float32).reshape(3, 2) + 1
+    asked = []
+
+    def pair_parts(sides):
+        asked.append(sides)
+        return np.full((len(sides), 2, 2), 9.0)
+
+    out = fusion_inputs(v, [(0, None), (None, "a cat"), (4, "a dog")], pair_parts)
+    assert out.tolist() == [[[1, 2], [0, 0]], [[0, 0], [3, 4]], [[9, 9], [9, 9]]]
+    assert asked == [[(4, "a dog")]]  # only the row with both sides is embedded again
+
+
+def test_pair_items_are_fused_from_their_parts_and_added_alike(data, tmp_path):
+    items, x, q, targets = data
+    g = np.random.default_rng(1)
+    image_part = {i: (x[i] + 0.2 * g.normal(size=D)).astype(np.float32) for i in range(N)}
+    text_part = {i: (x[i] - 0.2 * g.normal(size=D)).astype(np.float32) for i in range(N)}
+    items = [SimpleNamespace(id=it.id, modality=it.modality, image=i, text=f"text {i}") for i, it in enumerate(items)]
+    calls = []
+
+    def pair_parts(sides):
+        calls.append(len(sides))
+        return np.stack([np.stack([image_part[image], text_part[int(text.split()[1])]]) for image, text in sides])
+
+    scheme = GeniusIdentifier(**SMALL)
+    table = scheme.build(items, x, ctx(data, tmp_path, pair_parts=pair_parts,
+                                       train_query_sides=[(None, "q")] * len(targets)))
+    assert calls == [N // 3]  # the pair items (every third); queries are text only
+    assert torch.load(tmp_path / "genius_quantizer.pt")["fused_parts"] is True
+    added = scheme.assign(items, x, IdentifierContext(workdir=tmp_path, pair_parts=pair_parts), table)
+    assert [added.text(it.id) for it in items] == [table.text(it.id) for it in items]
+    with pytest.raises(GenretrError, match="pair items need the run's encoder"):
+        scheme.assign(items, x, IdentifierContext(workdir=tmp_path), table)
