@@ -148,7 +148,8 @@ class KeywordsGenerator:
         for r in requests:
             if r.caption is None and not r.captions:
                 raise GenretrError(f"the keywords generator needs a caption for item '{r.item_id}'")
-            captions = [c for c in (r.caption, *r.captions) if c]  # a written caption may be empty
+            # every caption known (the shown one is among them), else the shown one; a written caption may be empty
+            captions = [c for c in (r.captions or (r.caption,)) if c]
             identifier, reason = self.compose(captions) if captions else ("", "")
             out.append(f"caption:{captions[0] if captions else ''}\nidentifier:{identifier}\nreason:{reason}")
         return out

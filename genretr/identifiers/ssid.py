@@ -182,14 +182,18 @@ class SsidIdentifier:
 
     def __init__(self, generator, retries: int = 2, cache: bool = True, batch_size: int = 16,
                  max_identifier_words: int = 10, collisions: str = "disambiguate", captioner: Mapping | None = None,
-                 describe: str = "missing"):
+                 describe: str = "missing", captions: str = "first"):
         """`captioner`: the config of the captioner behind `ctx.describe` (conf/captioner/*.yaml), which writes
         the captions a text-only generator reads for items without one; here so that the stage key and the
-        answer cache change with it."""
+        answer cache change with it.  `captions`: what the generator reads of a training item's captions --
+        ``first`` (one, as a described test item has one and as GRACE's semantic IDs read one) or ``all``."""
         if collisions not in COLLISIONS:
             raise GenretrError(f"identifier.collisions={collisions} is not one of {', '.join(COLLISIONS)}")
         if describe not in ("missing", "all"):
             raise GenretrError(f"identifier.describe={describe} is not one of missing, all")
+        if captions not in ("first", "all"):
+            raise GenretrError(f"identifier.captions={captions} is not one of first, all")
+        self.captions = captions
         if retries < 0 or batch_size < 1 or max_identifier_words < 1:
             raise GenretrError("identifier: retries >= 0, batch_size >= 1, max_identifier_words >= 1")
         if isinstance(generator, Mapping):  # a config that Hydra did not instantiate
@@ -208,7 +212,8 @@ class SsidIdentifier:
 
     def requests(self, items, ctx) -> list[Request]:
         known = {} if self.describe == "all" else ctx.item_captions or {}
-        captions = [[it.text] if getattr(it, "text", None) else list(known.get(it.id, [])) for it in items]
+        upto = 1 if self.captions == "first" else None
+        captions = [[it.text] if getattr(it, "text", None) else list(known.get(it.id, []))[:upto] for it in items]
         describe = ctx.describe
         missing = [i for i, c in enumerate(captions) if not c]
         if missing and self.generator.needs_text:
@@ -265,7 +270,7 @@ class SsidIdentifier:
 
     def cache_path(self, ctx) -> Path:
         key = {"generator": self.generator.signature(), "retries": self.retries, "max_words": self.max_words,
-               "prompt": PROMPT, "stricter": STRICTER}
+               "prompt": PROMPT, "stricter": STRICTER, "captions": self.captions}
         if self.describe != "missing":
             key["describe"] = self.describe
         if self.generator.needs_text and self.captioner is not None:

@@ -58,3 +58,15 @@ def test_needs_a_caption():
     assert not parse(fitted().generate([Request("x", "prompt", "")])[0], 10).kind
     with pytest.raises(GenretrError):
         KeywordsGenerator(max_words=0)
+
+
+def test_each_known_caption_is_read_once(monkeypatch):
+    """The shown caption is one of the item's captions: composing from both lists would count it twice."""
+    gen = KeywordsGenerator()
+    gen.fit(["a red circle", "a blue square", "a big circle"])
+    seen = []
+    real = gen.compose
+    monkeypatch.setattr(gen, "compose", lambda caps: seen.append(list(caps)) or real(caps))
+    gen.generate([Request("x", "p", "a red circle", ("a red circle", "a big circle")),
+                  Request("y", "p", "a blue square")])
+    assert seen == [["a red circle", "a big circle"], ["a blue square"]]

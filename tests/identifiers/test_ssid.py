@@ -285,3 +285,14 @@ def _saved(table, path):
     path.mkdir()
     table.save(path)
     return path
+
+
+def test_a_training_item_is_read_through_one_caption_unless_asked_for_all(tmp_path):
+    """Like for like with a described test item (one caption) and with GRACE's semantic IDs: `captions=first`."""
+    known = {"i0": ["a red circle", "a big circle", "a round red shape"]}
+    ctx = Ctx(tmp_path, item_captions=known)
+    first = SsidIdentifier(KeywordsGenerator()).requests(items(1), ctx)
+    every = SsidIdentifier(KeywordsGenerator(), captions="all").requests(items(1), ctx)
+    assert first[0].captions == ("a red circle",) and every[0].captions == tuple(known["i0"])
+    with pytest.raises(GenretrError, match="identifier.captions"):
+        SsidIdentifier(KeywordsGenerator(), captions="some")
