@@ -8,8 +8,8 @@ modality code, t_2..t_M semantic codes, coarse to fine.
 Tokens: `m0`/`m1`/`m2` for the modality level (Fig. 3: image, text, image-text pair; under the
 paper's ``modality_code=learned`` they are the learned level's 3 clusters, numbered as learned) and
 `q1_17`, `q2_5`, ... for the semantic levels; ``modality_code=none`` has no `m` token.  The
-vocabulary holds every token of the configured codebook sizes.  Items may share a code sequence (GENIUS keeps collisions; the IdTable maps a
-sequence to all its items) — their count is logged; `unique_suffix=True` appends CART's
+vocabulary holds every token of the configured codebook sizes.  Items may share a code sequence
+(GENIUS keeps collisions; the IdTable maps a sequence to all its items) — their count is logged; `unique_suffix=True` appends CART's
 prefix-database counter token `u{n}` to make every identifier unique.
 
 Side artifacts in `ctx.workdir`: `genius_quantizer.pt` (hyper-parameters + state dict) and
@@ -28,7 +28,7 @@ from genretr.data.schema import IMAGE, PAIR
 from genretr.errors import GenretrError
 from genretr.identifiers.base import SPECIAL_TOKENS, IdTable
 from genretr.identifiers.common import colliding_items, continued_counters, in_vocabulary, unique_counters
-from genretr.quantizers.modality_decoupled import ModalityDecoupledQuantizer, fit_modality_decoupled
+from genretr.quantizers.modality_decoupled import MODALITY_CODES, ModalityDecoupledQuantizer, fit_modality_decoupled
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +71,18 @@ class GeniusIdentifier:
             modality_code=modality_code, fusion_hidden=fusion_hidden, tau=tau, beta=beta, gamma=gamma,
             use_cl=use_cl, use_rq=use_rq, use_mse=use_mse, decay=decay, kmeans_init=kmeans_init,
             dead_after=dead_after, lr=lr, weight_decay=weight_decay)
+        self.check_options(modality_code=modality_code)
         self.epochs, self.batch_size, self.unique_suffix, self.seed = epochs, batch_size, unique_suffix, seed
         self.sizes = ([] if modality_code == "none" else [first_level_size]) + [codebook_size] * (num_levels - 1)
         self.modality_code = modality_code
         self.stats: dict = {}
         self.model = None
+
+    @staticmethod
+    def check_options(modality_code: str = "learned") -> None:
+        """Values `genretr.validate` checks before any stage runs."""
+        if modality_code not in MODALITY_CODES:
+            raise GenretrError(f"identifier.modality_code={modality_code} is not one of {', '.join(MODALITY_CODES)}")
 
     def build(self, items, embeddings: np.ndarray, ctx) -> IdTable:
         x = np.asarray(embeddings, dtype=np.float32)

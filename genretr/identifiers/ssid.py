@@ -187,12 +187,7 @@ class SsidIdentifier:
         the captions a text-only generator reads for items without one; here so that the stage key and the
         answer cache change with it.  `captions`: what the generator reads of a training item's captions --
         ``first`` (one, as a described test item has one and as GRACE's semantic IDs read one) or ``all``."""
-        if collisions not in COLLISIONS:
-            raise GenretrError(f"identifier.collisions={collisions} is not one of {', '.join(COLLISIONS)}")
-        if describe not in ("missing", "all"):
-            raise GenretrError(f"identifier.describe={describe} is not one of missing, all")
-        if captions not in ("first", "all"):
-            raise GenretrError(f"identifier.captions={captions} is not one of first, all")
+        self.check_options(collisions=collisions, describe=describe, captions=captions)
         self.captions = captions
         if retries < 0 or batch_size < 1 or max_identifier_words < 1:
             raise GenretrError("identifier: retries >= 0, batch_size >= 1, max_identifier_words >= 1")
@@ -205,6 +200,14 @@ class SsidIdentifier:
         self.captioner = plain_dict(captioner) if captioner is not None else None
         self.describe = describe
         self.fallback = KeywordsGenerator(max_words=min(6, self.max_words))
+
+    @staticmethod
+    def check_options(collisions: str = "disambiguate", describe: str = "missing", captions: str = "first") -> None:
+        """Values `genretr.validate` checks before any stage runs."""
+        for name, value, allowed in (("collisions", collisions, COLLISIONS), ("describe", describe, ("missing", "all")),
+                                     ("captions", captions, ("first", "all"))):
+            if value not in allowed:
+                raise GenretrError(f"identifier.{name}={value} is not one of {', '.join(allowed)}")
 
     # -- requests -----------------------------------------------------------------------------------------
     def prompt(self, caption: str | None, stricter: bool = False) -> str:
