@@ -21,7 +21,8 @@ from genretr.identifiers.base import IdTable
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = {  # name -> overrides of a tiny run (one thread, its own cache)
-    "genius": ["method=generative", "identifier=genius"],
+    # 10 beams: every query's ranking holds 10 items whatever the collisions (tiny's 4 beams may cover fewer)
+    "genius": ["method=generative", "identifier=genius", "decoding.num_beams=10"],
     "embedding": ["method=embedding", "dataset.tasks=[t2i,i2t]", "eval.tasks=[t2i,i2t]"],
 }
 # SSID's keywords generator reads the test images' captions from a captioner trained long enough to write some

@@ -39,6 +39,8 @@ BAD = {  # overrides (on debug=tiny) -> what the one-line message must say
     "atomic head": (["identifier=atomic", "identifier.head=softmax"], "identifier.head=softmax is not one of vocab, classifier"),
     "GENIUS first code": (["identifier=genius", "identifier.modality_code=decoupled"],
                           "identifier.modality_code=decoupled is not one of learned, given, classifier, none"),
+    "GENIUS first level": (["identifier=genius", "identifier.first_level_size=4"],
+                           "identifier.first_level_size=4: the modality code has 3 values"),
     "SSID captions": (["identifier=ssid", "identifier.captions=two"], "identifier.captions=two is not one of first, all"),
     "head of a scheme without one": (["+identifier.head=classifier"], "identifier.head is not an option of StringIdentifier"),
     "scheme option typo": (["identifier=ssid", "+identifier.retry=3"], "identifier.retry is not an option of SsidIdentifier"),

@@ -127,7 +127,7 @@ def decoder_spec(name: str, batch: int | None, pool_batches: int) -> Spec:
         labels = torch.from_numpy(table.sequences[torch.randint(len(table), (n,), generator=g).numpy()]).long()
         vocab_size, notes = table.vocab_size, f"{len(items)} string IDs, vocab {table.vocab_size}"
     elif target == "GeniusIdentifier":
-        sizes = [ic.first_level_size] + [ic.codebook_size] * (int(ic.num_levels) - 1)
+        sizes = instantiate(ic).sizes  # the identifier's own level sizes (no modality level under modality_code=none)
         labels, vocab_size = code_labels(sizes, bool(ic.unique_suffix), n, g)
         notes = f"GENIUS codes {'x'.join(map(str, sizes))}, vocab {vocab_size}"
     elif target == "CartIdentifier":

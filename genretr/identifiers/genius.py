@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 def _item_side(item) -> tuple:
     """An item's (image, text) side as `fusion_inputs` reads it: by modality (precomputed items carry no pixels)."""
     if item.modality == PAIR:
-        return item.image, item.text
+        return item.image, item.text or None
     return (True, None) if item.modality == IMAGE else (None, True)
 
 
@@ -71,7 +71,7 @@ class GeniusIdentifier:
             modality_code=modality_code, fusion_hidden=fusion_hidden, tau=tau, beta=beta, gamma=gamma,
             use_cl=use_cl, use_rq=use_rq, use_mse=use_mse, decay=decay, kmeans_init=kmeans_init,
             dead_after=dead_after, lr=lr, weight_decay=weight_decay)
-        self.check_options(modality_code=modality_code)
+        self.check_options(modality_code=modality_code, first_level_size=first_level_size)
         self.epochs, self.batch_size, self.unique_suffix, self.seed = epochs, batch_size, unique_suffix, seed
         self.sizes = ([] if modality_code == "none" else [first_level_size]) + [codebook_size] * (num_levels - 1)
         self.modality_code = modality_code
@@ -79,10 +79,13 @@ class GeniusIdentifier:
         self.model = None
 
     @staticmethod
-    def check_options(modality_code: str = "learned") -> None:
+    def check_options(modality_code: str = "learned", first_level_size: int = 3) -> None:
         """Values `genretr.validate` checks before any stage runs."""
         if modality_code not in MODALITY_CODES:
             raise GenretrError(f"identifier.modality_code={modality_code} is not one of {', '.join(MODALITY_CODES)}")
+        if modality_code != "none" and int(first_level_size) != 3:
+            raise GenretrError(f"identifier.first_level_size={first_level_size}: the modality code has 3 values "
+                               "(image, text, image-text pair)")
 
     def build(self, items, embeddings: np.ndarray, ctx) -> IdTable:
         x = np.asarray(embeddings, dtype=np.float32)
@@ -101,16 +104,18 @@ class GeniusIdentifier:
             raise GenretrError("GENIUS: no training query has a target among the identified items")
         q_rows, t_rows = map(np.asarray, zip(*pairs))
         query_ids = ctx.train_query_ids or list(range(len(qv)))  # pairs of one query: its other targets
+        if len(query_ids) != len(qv):
+            raise GenretrError(f"GENIUS: {len(query_ids)} train_query_ids for {len(qv)} train_query_vecs rows")
         group_of = {}
         groups = np.asarray([group_of.setdefault(query_ids[j], len(group_of)) for j in q_rows])
         modalities = [it.modality for it in items]
         seed = int(self.seed if self.seed is not None else ctx.seed)
+        every_pair = len(q_rows) == len(qv)  # then q_rows is 0..n-1 in order: no copy of the query vectors
+        qv = qv if every_pair else qv[q_rows]
         if ctx.pair_parts is not None:  # h(image, text) of Sec. 4.2.1 on the encoder's unfused vectors
             x = fusion_inputs(x, [_item_side(it) for it in items], ctx.pair_parts)
-            qv = fusion_inputs(qv, ctx.train_query_sides, ctx.pair_parts)
-
-        every_pair = len(q_rows) == len(qv)  # then q_rows is 0..n-1 in order: no copy of the query vectors
-        model = fit_modality_decoupled(qv if every_pair else qv[q_rows], t_rows, x, modalities,
+            qv = fusion_inputs(qv, [ctx.train_query_sides[j] for j in q_rows], ctx.pair_parts)
+        model = fit_modality_decoupled(qv, t_rows, x, modalities,
                                        query_groups=groups, seed=seed, max_epochs=self.epochs,
                                        batch_size=self.batch_size, progress=bool(ctx.progress),
                                        device=ctx.device, **self.quantizer_kwargs)
@@ -140,6 +145,9 @@ class GeniusIdentifier:
         """Identifiers of new items from the trained quantizer in the identify artifact, `ctx.workdir` (its
         `genius_quantizer.pt`), in `table`'s vocabulary: items added without retraining (issue 19)."""
         saved = torch.load(Path(ctx.workdir) / "genius_quantizer.pt", map_location="cpu")
+        if "modality_code" not in saved["hparams"]:
+            raise GenretrError(f"{ctx.workdir}: the GENIUS quantizer was saved by an older genretr (before "
+                               "identifier.modality_code); rerun the run's identify stage to add items to it")
         model = ModalityDecoupledQuantizer(**saved["hparams"])
         model.load_state_dict(saved["state_dict"])
         x = np.asarray(embeddings, dtype=np.float32)

@@ -26,8 +26,8 @@ Table 11), k-means initialised on the first batch, EMA-updated, dead codes re-se
 
 Loss (Eq. 8): L = L_cl + β·L_rq + γ·L_mse (+ the classifier's cross-entropy), each switchable (Table 4):
 - L_cl (Eq. 3): InfoNCE from fused query to fused target over the batch's targets, cosine/τ,
-  τ = 0.01; columns holding the positive's item, or a target of the same query (another of its
-  relevant items), are masked out of the negatives.
+  τ = 0.01; columns holding any item relevant to the query (the positive's item again, or another
+  of its relevant items, from whichever pair it came) are masked out of the negatives.
 - L_rq (Eq. 7): Σ_i ||r_{i-1} - sg(e_i)||² for queries and targets; codebooks move by EMA only,
   and only targets update them (identifiers are for targets).
 - L_mse: ||ẑ_q - ẑ_c||² on the quantized vectors with straight-through gradients (ẑ itself is a
@@ -102,20 +102,14 @@ class Fusion(nn.Module):
         return lam * x + (1 - lam) * y + self.mix(xy)
 
 
-def info_nce(zq: torch.Tensor, zc: torch.Tensor, items: torch.Tensor | None, tau: float,
-             queries: torch.Tensor | None = None) -> torch.Tensor:
-    """Eq. 3 over the batch: query i's positive is target i; other copies of that item, and the targets of
-    other pairs of the same query (`queries`: each pair's query index; its other relevant items), are not
-    negatives."""
+def info_nce(zq: torch.Tensor, zc: torch.Tensor, tau: float, relevant: torch.Tensor | None = None) -> torch.Tensor:
+    """Eq. 3 over the batch: query i's positive is target i; `relevant[i, j]` (b, b) marks the other targets j that
+    are also relevant to query i (another copy of its item, another of its relevant items), which are not negatives."""
     logits = zq @ zc.t() / tau
-    same = None
-    for ids in (items, queries):
-        if ids is not None:
-            eq = ids[:, None] == ids[None, :]
-            same = eq if same is None else same | eq
-    if same is not None:
-        same.fill_diagonal_(False)
-        logits = logits.masked_fill(same, float("-inf"))
+    if relevant is not None:
+        mask = relevant.clone()
+        mask.fill_diagonal_(False)
+        logits = logits.masked_fill(mask, float("-inf"))
     return F.cross_entropy(logits, torch.arange(len(zq), device=zq.device))
 
 
@@ -169,13 +163,14 @@ class ModalityDecoupledQuantizer(L.LightningModule):
         return z_hat, codes, losses
 
     def losses(self, query: torch.Tensor, target: torch.Tensor, modality: torch.Tensor,
-               item: torch.Tensor | None = None, query_group: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Eq. 8 on a batch of (query vector, target vector, target modality, target item index, query index)."""
+               relevant: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Eq. 8 on a batch of (query vectors, target vectors, target modalities, which targets each query has
+        as relevant (b, b); see `info_nce`)."""
         hp = self.hparams
         zq, zc = self.embed(query), self.embed(target)
         zq_hat, _, lq = self.quantize(zq, modality, update=False)
         zc_hat, _, lc = self.quantize(zc, modality, update=self.training)
-        out = {"cl": info_nce(zq, zc, item, hp.tau, query_group), "rq": lq["commitment"] + lc["commitment"],
+        out = {"cl": info_nce(zq, zc, hp.tau, relevant), "rq": lq["commitment"] + lc["commitment"],
                "mse": F.mse_loss(zq_hat, zc_hat)}
         out["loss"] = sum(w * out[name] for name, w, on in
                           (("cl", 1.0, hp.use_cl), ("rq", hp.beta, hp.use_rq), ("mse", hp.gamma, hp.use_mse)) if on)
@@ -261,16 +256,20 @@ def fit_modality_decoupled(query_vecs: np.ndarray, target_rows: np.ndarray, item
 
 
 class PairBatches(Dataset):
-    """(query vectors, target item vectors, target modalities, target rows, query groups) of a list of pair
-    indices."""
+    """(query vectors, target item vectors, target modalities, relevance (b, b)) of a list of pair indices:
+    relevance[i, j] says whether pair j's target is a relevant item of pair i's query (any pair of that query
+    has it), so that `info_nce` does not count it as a negative."""
 
     def __init__(self, queries: torch.Tensor, items: torch.Tensor, modality: torch.Tensor, rows: torch.Tensor,
                  groups: torch.Tensor):
         self.queries, self.items, self.modality, self.rows, self.groups = queries, items, modality, rows, groups
+        self.n_items = len(items)
+        self.known = torch.unique(groups * self.n_items + rows)  # sorted (query group, item) keys of every pair
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, pairs: list[int]):
         rows = self.rows[pairs]
-        return self.queries[pairs], self.items[rows], self.modality[rows], rows, self.groups[pairs]
+        relevant = torch.isin(self.groups[pairs][:, None] * self.n_items + rows[None, :], self.known)
+        return self.queries[pairs], self.items[rows], self.modality[rows], relevant

@@ -9,7 +9,7 @@ import torch
 
 from genretr.errors import GenretrError
 from genretr.identifiers.genius import GeniusIdentifier
-from genretr.quantizers.modality_decoupled import MODALITIES, ModalityDecoupledQuantizer
+from genretr.quantizers.modality_decoupled import MODALITIES, ModalityDecoupledQuantizer, modality_agreement
 from genretr.identifiers.base import IdentifierContext
 
 N, D = 90, 16
@@ -88,7 +88,10 @@ def test_modality_code_strategies_and_shared_configs(data, tmp_path):
     learned = GeniusIdentifier(**{**SMALL, "modality_code": "learned"})
     table = learned.build(items, x, ctx(data, tmp_path))
     assert all(re.fullmatch(r"m\d q1_\d+ q2_\d+", table.text(it.id)) for it in items)
-    assert learned.model.quantizer.fixed_levels == () and 0 < learned.stats["modality_agreement"] <= 1
+    assert learned.model.quantizer.fixed_levels == ()
+    first = [int(table.text(it.id).split()[0][1:]) for it in items]  # the stats count the table's own first codes
+    assert learned.stats["modality_agreement"] == modality_agreement(np.array(first)[:, None],
+                                                                    [it.modality for it in items])
     none = GeniusIdentifier(**{**SMALL, "modality_code": "none"})
     table = none.build(items, x, ctx(data, tmp_path))
     assert all(re.fullmatch(r"q1_\d+ q2_\d+", table.text(it.id)) for it in items)
@@ -119,6 +122,8 @@ def test_a_querys_pairs_are_one_group(data, tmp_path, monkeypatch):
     ids = [f"q{j // 2}" for j in range(len(targets))]  # the fixture's two pairs per item: one query each
     GeniusIdentifier(**SMALL).build(items, x, ctx(data, tmp_path, train_query_ids=ids))
     assert list(seen["groups"]) == [j // 2 for j in range(len(targets))]
+    with pytest.raises(GenretrError, match="train_query_ids"):
+        GeniusIdentifier(**SMALL).build(items, x, ctx(data, tmp_path, train_query_ids=ids[:-1]))
 
 
 def test_deterministic_given_seed(genius, data, tmp_path):
@@ -179,3 +184,8 @@ def test_pair_items_are_fused_from_their_parts_and_added_alike(data, tmp_path):
     assert [added.text(it.id) for it in items] == [table.text(it.id) for it in items]
     with pytest.raises(GenretrError, match="pair items need the run's encoder"):
         scheme.assign(items, x, IdentifierContext(workdir=tmp_path), table)
+    saved = torch.load(tmp_path / "genius_quantizer.pt")
+    saved["hparams"] = {("modality_decoupled" if k == "modality_code" else k): v for k, v in saved["hparams"].items()}
+    torch.save(saved, tmp_path / "genius_quantizer.pt")  # as an older genretr saved it
+    with pytest.raises(GenretrError, match="older genretr"):
+        scheme.assign(items, x, IdentifierContext(workdir=tmp_path, pair_parts=pair_parts), table)

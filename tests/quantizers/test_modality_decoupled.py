@@ -130,8 +130,9 @@ def test_modality_agreement_matches_codes_to_modalities_one_to_one():
 def test_each_loss_term_switches_off(off):
     torch.manual_seed(0)
     q, rows, items, mods = toy()
+    r = torch.from_numpy(rows[:16])
     batch = (torch.from_numpy(q[:16]), torch.from_numpy(items[rows[:16]]), modality_index(mods)[rows[:16]],
-             torch.from_numpy(rows[:16]), torch.from_numpy(rows[:16]))
+             r[:, None] == r[None, :])
     full = ModalityDecoupledQuantizer(D, beta=3.0, gamma=5.0, **SMALL).eval()
     part = ModalityDecoupledQuantizer(D, beta=3.0, gamma=5.0, **{f"use_{off}": False}, **SMALL).eval()
     part.load_state_dict(full.state_dict())
@@ -153,26 +154,32 @@ def test_mse_term_alone_trains_the_fusion_through_straight_through():
         ModalityDecoupledQuantizer(D, use_cl=False, use_rq=False, use_mse=False)
 
 
-def test_info_nce_masks_duplicate_targets():
+def test_info_nce_masks_the_targets_relevant_to_each_query():
     torch.manual_seed(0)
     zq, zc = F.normalize(torch.randn(4, 8), dim=-1), F.normalize(torch.randn(4, 8), dim=-1)
-    items = torch.tensor([7, 7, 3, 5])
     logits = zq @ zc.t() / 0.1
-    expect = torch.stack([  # each query's own column is its positive; the other copy of item 7 is dropped
-        F.cross_entropy(logits[0, [0, 2, 3]][None], torch.tensor([0])),
-        F.cross_entropy(logits[1, [1, 2, 3]][None], torch.tensor([0])),
-        F.cross_entropy(logits[2][None], torch.tensor([2])),
-        F.cross_entropy(logits[3][None], torch.tensor([3]))]).mean()
-    assert torch.allclose(info_nce(zq, zc, items, 0.1), expect)
-    assert torch.allclose(info_nce(zq, zc, None, 0.1), F.cross_entropy(logits, torch.arange(4)))
-    # pairs 2 and 3 share a query: each one's target is the other's relevant item, not a negative
-    queries = torch.tensor([0, 1, 2, 2])
-    expect = torch.stack([
+    relevant = torch.eye(4, dtype=torch.bool)
+    relevant[0, 1] = relevant[1, 0] = True  # the same item twice
+    relevant[2, 3] = True  # query 2 also has pair 3's target among its relevant items (not query 3's own)
+    expect = torch.stack([  # each query's own column is its positive; its other relevant columns are dropped
         F.cross_entropy(logits[0, [0, 2, 3]][None], torch.tensor([0])),
         F.cross_entropy(logits[1, [1, 2, 3]][None], torch.tensor([0])),
         F.cross_entropy(logits[2, [0, 1, 2]][None], torch.tensor([2])),
-        F.cross_entropy(logits[3, [0, 1, 3]][None], torch.tensor([2]))]).mean()
-    assert torch.allclose(info_nce(zq, zc, items, 0.1, queries), expect)
+        F.cross_entropy(logits[3][None], torch.tensor([3]))]).mean()
+    assert torch.allclose(info_nce(zq, zc, 0.1, relevant), expect)
+    assert torch.allclose(info_nce(zq, zc, 0.1), F.cross_entropy(logits, torch.arange(4)))
+    assert relevant[0, 0]  # the caller's mask is left as it was
+
+
+def test_pair_batches_mark_every_item_relevant_to_a_query():
+    """Relevance comes from all pairs, not only the batch's: query 0 has items 0 and 1, so a batch holding its pair
+    with item 0 and another query's pair with item 1 masks item 1 for query 0."""
+    from genretr.quantizers.modality_decoupled import PairBatches
+
+    items = torch.randn(3, D)
+    rows, groups = torch.tensor([0, 1, 1, 2]), torch.tensor([0, 0, 1, 1])  # (query 0: items 0, 1), (query 1: 1, 2)
+    batch = PairBatches(torch.randn(4, D), items, torch.zeros(3, dtype=torch.long), rows, groups)[[0, 2, 3]]
+    assert batch[3].tolist() == [[True, True, False], [False, True, True], [False, True, True]]
 
 
 def test_shared_codebooks_and_paper_defaults():
@@ -196,7 +203,8 @@ def test_fit_is_deterministic_given_seed():
     assert all(torch.equal(u, v) for u, v in zip(a.state_dict().values(), b.state_dict().values()))
     assert not torch.equal(a.fusion.gate[0].weight, c.fusion.gate[0].weight)
     metrics = a.metrics(x, mods)
-    assert 0 < metrics["modality_agreement"] <= 1 and 0 <= metrics["rel_error"] < 1
+    assert metrics["modality_agreement"] == modality_agreement(a.encode_items(x, mods), mods)
+    assert 0 <= metrics["rel_error"] < 1
     with pytest.raises(GenretrError, match="pairs"):
         fit_modality_decoupled(q[:0], rows[:0], items, mods, seed=1, **kw)
 
@@ -209,7 +217,7 @@ def test_pair_batches_are_the_shuffled_pairs_without_copying_the_targets():
 
     q, rows, items, names = toy()
     q, rows, items, mods = torch.as_tensor(q), torch.as_tensor(rows), torch.as_tensor(items), modality_index(names)
-    groups = rows // 2
+    groups = torch.arange(len(rows))  # every pair its own query
     old = DataLoader(TensorDataset(q, items[rows], mods[rows], rows, groups), batch_size=32, shuffle=True,
                      generator=torch.Generator().manual_seed(5))
     g = torch.Generator().manual_seed(5)
@@ -217,7 +225,11 @@ def test_pair_batches_are_the_shuffled_pairs_without_copying_the_targets():
                      sampler=BatchSampler(RandomSampler(range(len(rows)), generator=g), 32, drop_last=False))
     for _ in range(2):  # two epochs: the shared generator advances alike
         got, want = list(new), list(old)
-        assert len(got) == len(want) and all(torch.equal(a, b) for x, y in zip(got, want) for a, b in zip(x, y))
+        assert len(got) == len(want)
+        for x, y in zip(got, want):
+            assert all(torch.equal(a, b) for a, b in zip(x[:3], y[:3]))
+            r = y[3]  # one item a query: relevant = the same item
+            assert torch.equal(x[3], r[:, None] == r[None, :])
 
 
 def test_metrics_summed_in_blocks_equal_one_block():
