@@ -124,18 +124,21 @@ class LoadedRun:
                 return x.text == text and same_image
         return False
 
+    def _with_new_images(self, images: np.ndarray | None):
+        """(the dataset with `images` appended, the row of the first of them): where new items' images are read."""
+        base = len(self.ds.images) if self.ds.images is not None else 0
+        return dataclasses.replace(self.ds, images=with_images(self.ds.images, images)), base
+
     def embed_new_items(self, items, images: np.ndarray | None) -> np.ndarray:
         """Vectors of new items (their `image`: a row of `images`) from the run's trained encoder."""
-        base = len(self.ds.images) if self.ds.images is not None else 0
-        ds = dataclasses.replace(self.ds, images=with_images(self.ds.images, images))
+        ds, base = self._with_new_images(images)
         placed = [dataclasses.replace(x, image=None if x.image is None else base + x.image) for x in items]
         return self.ctx.embed_items(ds, placed).numpy()
 
     def new_item_parts(self, images: np.ndarray | None):
         """`IdentifierContext.pair_parts` for new items: (image: a row of `images`, text) sides -> (n, 2, d), the
         run's encoder's image and text vectors unfused."""
-        base = len(self.ds.images) if self.ds.images is not None else 0
-        ds = dataclasses.replace(self.ds, images=with_images(self.ds.images, images))
+        ds, base = self._with_new_images(images)
 
         def parts(sides):
             placed = [(None if image is None else base + image, text) for image, text in sides]
