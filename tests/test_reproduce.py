@@ -97,8 +97,13 @@ OLD_MAKEFILE = {
         " --plot decoding.num_beams --png multirun/genius_table9/beam.png"),
     "reproduce-genius-table11": plain(
         "genius_table11", GENIUS.format("table11") + " --out multirun/genius_table11/table.md"),
-    "reproduce-table1": plain(
-        "ssid_table1", "--reference experiments/ssid/table1_flickr30k.yaml --out multirun/ssid_table1/table.md"),
+    "reproduce-table1": [  # + semantic IDs with SSID's collision counters (issue 17: like for like)
+        "rm -rf multirun/ssid_table1",
+        f"{RUN} experiment=ssid_table1 hydra.sweep.dir=multirun/ssid_table1",
+        f"{RUN} experiment=ssid_table1 identifier=semantic identifier.collisions=disambiguate"
+        " hydra.sweep.dir=multirun/ssid_table1/semantic_disambiguate",
+        f"{REPORT} multirun/ssid_table1 --reference experiments/ssid/table1_flickr30k.yaml"
+        " --out multirun/ssid_table1/table.md"],
     "reproduce-table2": [
         "rm -rf multirun/ssid_table2",
         f"{RUN} experiment=ssid_table2 hydra.sweep.dir=multirun/ssid_table2/t5",
