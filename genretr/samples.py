@@ -34,19 +34,23 @@ class PseudoQueries:
 
 def decoder_samples(ds, emb, table: IdTable, tasks, memorize: bool = True, memorize_repeat: int = 1,
                     retrieve: bool = True, pseudo: PseudoQueries | None = None, vocab=None, max_src_len: int = 32,
-                    labels_width: int | None = None, answers: dict[str, list[int]] | None = None
-                    ) -> dict[str, torch.Tensor]:
+                    labels_width: int | None = None, answers: dict[str, list[int]] | None = None,
+                    space=None) -> dict[str, torch.Tensor]:
     """Every sample the decoder trains on (memorize first, then retrieve, then pseudo-queries).
     `answers` (item id -> target tokens) replaces the identifier as the target (SSID's identifier +
-    rationale, `genretr.rationale`)."""
+    rationale, `genretr.rationale`).  `space` (`genretr.stages.context.DecoderSpace`) maps every input and
+    target vector into the space the decoder reads (GENIUS Eq. 9); None: the encoder's vectors."""
     index = {iid: i for i, iid in enumerate(table.item_ids)}
     z, target, rows, texts, phase = [], [], [], [], []
+    item_vecs = emb.items(list(table.item_ids))  # (items, d) in table order, mapped once
+    if space is not None:
+        item_vecs = space.items(list(table.item_ids), item_vecs)
 
     def add(vecs, item_ids, query_texts, ph):
         if not item_ids:
             return
         z.append(vecs)
-        target.append(emb.items(item_ids))
+        target.append(item_vecs[[index[i] for i in item_ids]])
         rows.extend(index[i] for i in item_ids)
         texts.extend(query_texts)
         phase.extend([ph] * len(item_ids))
@@ -55,13 +59,21 @@ def decoder_samples(ds, emb, table: IdTable, tasks, memorize: bool = True, memor
         items = list(table.item_ids)
         item_texts = [ds.items[i].text for i in items]
         for _ in range(memorize_repeat):
-            add(emb.items(items), items, item_texts, MEMORIZE)
+            add(item_vecs, items, item_texts, MEMORIZE)
     if retrieve:
         pairs = [(q, r) for q in ds.splits["train"].queries if q.task in tasks for r in q.relevant if r in index]
-        add(emb.queries([q.id for q, _ in pairs]), [r for _, r in pairs], [q.text for q, _ in pairs], RETRIEVE)
+        queries = list({q.id: q for q, _ in pairs}.values())  # a query with several targets is mapped once
+        qvecs = emb.queries([q.id for q in queries])
+        if space is not None and queries:
+            qvecs = space.queries(queries, qvecs)
+        row = {q.id: k for k, q in enumerate(queries)}
+        add(qvecs[[row[q.id] for q, _ in pairs]], [r for _, r in pairs], [q.text for q, _ in pairs], RETRIEVE)
     if pseudo is not None:
         keep = [k for k, i in enumerate(pseudo.item_ids) if i in index]
-        add(pseudo.vecs[keep], [pseudo.item_ids[k] for k in keep], [pseudo.texts[k] for k in keep], RETRIEVE)
+        pvecs = pseudo.vecs[keep]
+        if space is not None and keep:
+            pvecs = space.texts(pvecs)
+        add(pvecs, [pseudo.item_ids[k] for k in keep], [pseudo.texts[k] for k in keep], RETRIEVE)
     if not rows:
         raise ValueError("no decoder training samples: memorize and retrieve are both off or empty")
     if answers is not None:

@@ -47,6 +47,35 @@ def test_free_generation_and_rerank_reuse_the_trained_model(make_cfg, tmp_path):
     assert reranked["R@1"] == sum(r[0] in q.relevant for q, r in zip(queries, resorted)) / len(queries)
 
 
+def test_genius_decoder_reads_the_fused_space_and_reranks_in_the_encoders(make_cfg, tmp_path):
+    """GENIUS Eq. 9: the decoder reads the quantizer's fused z = h(0, text) / ||h|| for a caption query; GENIUS_R
+    re-ranks by the encoder's cosine (the authors' CLIP-SF vectors); decoder_input=encoder keeps the encoder's."""
+    import numpy as np
+    import torch
+
+    from genretr.identifiers.genius import load_quantizer
+
+    p = Pipeline(make_cfg("identifier=genius", "decoding.rerank=true"), tmp_path / "run")
+    ds, queries, resorted = p.task_rankings("t2i")
+    emb = p.encode(ds)
+    inputs = p.ctx.queries_of(ds, emb, queries)
+    encoder_z = emb.queries([q.id for q in queries])
+    assert torch.equal(inputs["encoder_z"], encoder_z)
+    quantizer, _ = load_quantizer(p.store.artifact("identify", p.keys["identify"]))
+    with torch.no_grad():
+        fused = torch.nn.functional.normalize(quantizer.fusion(torch.zeros_like(encoder_z), encoder_z))
+    assert torch.allclose(inputs["z"], fused, atol=1e-5)
+    assert not torch.allclose(inputs["z"], encoder_z, atol=1e-2)
+    for q, r in zip(queries, resorted):
+        qv, iv = emb.queries([q.id]).numpy()[0], emb.items(r).numpy()
+        cos = iv @ qv / (np.linalg.norm(iv, axis=1) * np.linalg.norm(qv))
+        assert all(cos[:-1] >= cos[1:] - 1e-6)  # by the encoder's cosine, best first (ties aside)
+    encoder = Pipeline(make_cfg("identifier=genius", "identifier.decoder_input=encoder"), tmp_path / "run")
+    encoder.task_rankings("t2i")
+    assert torch.equal(encoder.ctx.queries_of(ds, emb, queries), encoder_z)
+    assert encoder.keys["train"] != p.keys["train"]
+
+
 def test_atomic_classifier_head(make_cfg, tmp_path):
     m = run(make_cfg("identifier=atomic", "identifier.head=classifier"), tmp_path)
     assert m["queries"] == 100 and m["R@10"] > 0

@@ -50,6 +50,34 @@ def test_switches_and_pseudo_queries(toy):
         decoder_samples(ds, emb, table, ["t2i"], memorize=False, retrieve=False)
 
 
+def test_every_input_and_target_in_the_decoder_space(toy):
+    """GENIUS Eq. 9 / 11: with a decoder space, memorize, retrieve and pseudo-query inputs and every target are
+    mapped (items by id, queries with their sides, pseudo-queries as texts), each item and query once."""
+    ds, emb, table = toy
+    calls = []
+
+    class Shift:  # a space that adds 10 to items, 20 to queries, 30 to texts
+        def items(self, ids, vecs):
+            calls.append(("items", list(ids)))
+            return vecs + 10
+
+        def queries(self, queries, vecs):
+            calls.append(("queries", [q.id for q in queries]))
+            return vecs + 20
+
+        def texts(self, vecs):
+            calls.append(("texts", len(vecs)))
+            return vecs + 30
+
+    pseudo = PseudoQueries(["a green circle"], torch.zeros(1, 3), ["i2"])
+    s = decoder_samples(ds, emb, table, ["t2i"], memorize_repeat=2, pseudo=pseudo, space=Shift())
+    assert calls == [("items", ["i0", "i1", "i2", "i3"]), ("queries", ["q0", "q1"]), ("texts", 1)]
+    mem = s["phase"] == MEMORIZE
+    assert torch.equal(s["z"][mem], emb.items(["i0", "i1", "i2", "i3"]).repeat(2, 1) + 10)
+    assert torch.equal(s["target_z"], emb.items(["i0", "i1", "i2", "i3"] * 2 + ["i0", "i1", "i2"]) + 10)
+    assert torch.equal(s["z"][~mem], torch.cat([emb.queries(["q0", "q1"]) + 20, torch.full((1, 3), 30.0)]))
+
+
 def test_classifier_labels_keep_the_item_token_only(toy):
     ds, emb, table = toy
     s = decoder_samples(ds, emb, table, ["t2i"], labels_width=1)

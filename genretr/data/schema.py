@@ -138,3 +138,11 @@ def query_text(q: Query, instructions: bool) -> str | None:
     if not instructions or not q.instruction:
         return q.text or None
     return f"{q.instruction} {q.text}" if q.text else q.instruction
+
+
+def item_side(item: Item) -> tuple:
+    """An item's (image, text) side as a fusion of the encoder's two vectors reads it (GENIUS's h, Sec. 4.2.1):
+    by modality, as precomputed items carry no pixels; an image-text pair's actual image index and text."""
+    if item.modality == PAIR:
+        return item.image, item.text or None
+    return (True, None) if item.modality == IMAGE else (None, True)

@@ -47,8 +47,7 @@ def scored_hits(rankings: list[list[str]], relevant: list[tuple[str, ...]], quer
             scores = identifier_scores(model, one, rows[:, :1] if first_token else rows, length_penalty, step_dtype,
                                        step_decoder=sd)
         else:
-            vec = one["z"] if isinstance(one, dict) else one
-            scores = cosine_scores(torch.as_tensor(vec)[0], torch.as_tensor(item_vecs(ranked)))
+            scores = cosine_scores(torch.as_tensor(Q.encoder_vectors(one))[0], torch.as_tensor(item_vecs(ranked)))
         out.append([Hit(r + 1, iid, table.text(iid) if table is not None else None, float(s), iid in relevant[q])
                     for r, (iid, s) in enumerate(zip(ranked, scores))])
     return out

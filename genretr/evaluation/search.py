@@ -90,8 +90,8 @@ class FreeGeneration(SearchAddOn):
 
 
 class Rerank(SearchAddOn):
-    """GENIUS_R (Sec. 4.4): every beam's items re-sorted by cosine(query vector, item vector), then cut to top_k.
-    `item_vecs(ids) -> vectors`."""
+    """GENIUS_R (Sec. 4.4): every beam's items re-sorted by cosine(query vector, item vector) in the encoder's space
+    (the authors re-rank with CLIP-SF's vectors), then cut to top_k.  `item_vecs(ids) -> vectors`."""
     option = "decoding.rerank=true"
 
     def __init__(self, item_vecs):
@@ -101,9 +101,10 @@ class Rerank(SearchAddOn):
         return max(k, beams)
 
     def rankings(self, rankings, queries, top_k):
+        from genretr.decoding.queries import encoder_vectors
         from genretr.decoding.rerank import rerank
 
-        return rerank(rankings, queries["z"] if isinstance(queries, dict) else queries, self.item_vecs, top_k)
+        return rerank(rankings, encoder_vectors(queries), self.item_vecs, top_k)
 
 
 class ReasonAfterIdentifier(SearchAddOn):

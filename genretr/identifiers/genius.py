@@ -14,6 +14,12 @@ prefix-database counter token `u{n}` to make every identifier unique.
 
 Side artifacts in `ctx.workdir`: `genius_quantizer.pt` (hyper-parameters + state dict) and
 `genius_stats.json` (collisions, codebook usage, modality accuracy and agreement, quantization error).
+
+The decoder reads the quantizer's fused space (Eq. 9: z_q = h(image, text) / ||h||, the authors'
+`quantizer.inference(...)['encode']`), so query augmentation (Eq. 11) mixes a query with its target there
+too: `decoder_space` gives that map (`FusedSpace`), read by `genretr.stages.context.RunContext.decoder_space`.
+``decoder_input=encoder`` (genretr's option, the behaviour before) leaves the decoder on the encoder's vectors.
+Re-ranking (GENIUS_R, Sec. 4.4) stays in the encoder's space, as the authors re-rank with CLIP-SF's vectors.
 """
 from __future__ import annotations
 
@@ -24,20 +30,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genretr.data.schema import IMAGE, PAIR
+from genretr.data.schema import PAIR, item_side
 from genretr.errors import GenretrError
 from genretr.identifiers.base import SPECIAL_TOKENS, IdTable
 from genretr.identifiers.common import colliding_items, continued_counters, in_vocabulary, unique_counters
 from genretr.quantizers.modality_decoupled import MODALITY_CODES, ModalityDecoupledQuantizer, fit_modality_decoupled
 
 log = logging.getLogger(__name__)
-
-
-def _item_side(item) -> tuple:
-    """An item's (image, text) side as `fusion_inputs` reads it: by modality (precomputed items carry no pixels)."""
-    if item.modality == PAIR:
-        return item.image, item.text or None
-    return (True, None) if item.modality == IMAGE else (None, True)
+DECODER_INPUTS = ("fused", "encoder")
 
 
 def fusion_inputs(vectors: np.ndarray, sides: list[tuple], pair_parts) -> np.ndarray:
@@ -65,13 +65,16 @@ class GeniusIdentifier:
                  tau: float = 0.01, beta: float = 100.0, gamma: float = 100.0, use_cl: bool = True,
                  use_rq: bool = True, use_mse: bool = True, decay: float = 0.99, kmeans_init: bool = True,
                  dead_after: int = 20, lr: float = 1e-3, weight_decay: float = 0.0, epochs: int = 10,
-                 batch_size: int = 256, unique_suffix: bool = False, seed: int | None = None):
+                 batch_size: int = 256, unique_suffix: bool = False, decoder_input: str = "fused",
+                 seed: int | None = None):
         self.quantizer_kwargs = dict(
             num_levels=num_levels, codebook_size=codebook_size, first_level_size=first_level_size, shared=shared,
             modality_code=modality_code, fusion_hidden=fusion_hidden, tau=tau, beta=beta, gamma=gamma,
             use_cl=use_cl, use_rq=use_rq, use_mse=use_mse, decay=decay, kmeans_init=kmeans_init,
             dead_after=dead_after, lr=lr, weight_decay=weight_decay)
-        self.check_options(modality_code=modality_code, first_level_size=first_level_size)
+        self.check_options(modality_code=modality_code, first_level_size=first_level_size,
+                           decoder_input=decoder_input)
+        self.decoder_input = decoder_input
         self.epochs, self.batch_size, self.unique_suffix, self.seed = epochs, batch_size, unique_suffix, seed
         self.sizes = ([] if modality_code == "none" else [first_level_size]) + [codebook_size] * (num_levels - 1)
         self.modality_code = modality_code
@@ -79,8 +82,10 @@ class GeniusIdentifier:
         self.model = None
 
     @staticmethod
-    def check_options(modality_code: str = "learned", first_level_size: int = 3) -> None:
+    def check_options(modality_code: str = "learned", first_level_size: int = 3, decoder_input: str = "fused") -> None:
         """Values `genretr.validate` checks before any stage runs."""
+        if decoder_input not in DECODER_INPUTS:
+            raise GenretrError(f"identifier.decoder_input={decoder_input} is not one of {', '.join(DECODER_INPUTS)}")
         if modality_code not in MODALITY_CODES:
             raise GenretrError(f"identifier.modality_code={modality_code} is not one of {', '.join(MODALITY_CODES)}")
         if modality_code != "none" and int(first_level_size) != 3:
@@ -113,7 +118,7 @@ class GeniusIdentifier:
         every_pair = len(q_rows) == len(qv)  # then q_rows is 0..n-1 in order: no copy of the query vectors
         qv = qv if every_pair else qv[q_rows]
         if ctx.pair_parts is not None:  # h(image, text) of Sec. 4.2.1 on the encoder's unfused vectors
-            x = fusion_inputs(x, [_item_side(it) for it in items], ctx.pair_parts)
+            x = fusion_inputs(x, [item_side(it) for it in items], ctx.pair_parts)
             qv = fusion_inputs(qv, [ctx.train_query_sides[j] for j in q_rows], ctx.pair_parts)
         model = fit_modality_decoupled(qv, t_rows, x, modalities,
                                        query_groups=groups, seed=seed, max_epochs=self.epochs,
@@ -144,18 +149,13 @@ class GeniusIdentifier:
     def assign(self, items, embeddings: np.ndarray, ctx, table: IdTable) -> IdTable:
         """Identifiers of new items from the trained quantizer in the identify artifact, `ctx.workdir` (its
         `genius_quantizer.pt`), in `table`'s vocabulary: items added without retraining (issue 19)."""
-        saved = torch.load(Path(ctx.workdir) / "genius_quantizer.pt", map_location="cpu")
-        if "modality_code" not in saved["hparams"]:
-            raise GenretrError(f"{ctx.workdir}: the GENIUS quantizer was saved by an older genretr (before "
-                               "identifier.modality_code); rerun the run's identify stage to add items to it")
-        model = ModalityDecoupledQuantizer(**saved["hparams"])
-        model.load_state_dict(saved["state_dict"])
+        model, fused_parts = load_quantizer(ctx.workdir)
         x = np.asarray(embeddings, dtype=np.float32)
-        if saved.get("fused_parts"):  # trained on h(image, text): the new items' parts alike
+        if fused_parts:  # trained on h(image, text): the new items' parts alike
             if ctx.pair_parts is None and any(it.modality == PAIR for it in items):
                 raise GenretrError("GENIUS: image-text pair items need the run's encoder to be added (their image "
                                    "and text vectors); this context has none")
-            x = fusion_inputs(x, [_item_side(it) for it in items], ctx.pair_parts)
+            x = fusion_inputs(x, [item_side(it) for it in items], ctx.pair_parts)
         codes = model.encode_items(torch.from_numpy(x), [it.modality for it in items]).numpy()
         words = [[own.vocab[t] for t in own.tokens(it.id)[:-1]] for own in [self._table(items, codes, None)]
                  for it in items]
@@ -163,6 +163,11 @@ class GeniusIdentifier:
             counters = continued_counters(table, [tuple(w) for w in words])
             words = [w + [f"u{c}"] for w, c in zip(words, counters)]
         return in_vocabulary(table, [it.id for it in items], words, "GENIUS")
+
+    def decoder_space(self, workdir: Path) -> "FusedSpace | None":
+        """What the decoder reads for the encoder's vectors: the trained quantizer's fused z (Eq. 9), or None
+        (the encoder's vectors themselves) under ``decoder_input=encoder``."""
+        return FusedSpace(*load_quantizer(workdir)) if self.decoder_input == "fused" else None
 
     def _table(self, items, codes: np.ndarray, counters: list[int] | None) -> IdTable:
         semantic = self.sizes if self.modality_code == "none" else self.sizes[1:]
@@ -178,3 +183,33 @@ class GeniusIdentifier:
             seqs.append(seq + ([index[f"u{counters[row]}"]] if counters is not None else []))
         return IdTable.from_lists([it.id for it in items], seqs, vocab,
                                   new_tokens=vocab[len(SPECIAL_TOKENS):])  # one token each in an MLLM
+
+
+def load_quantizer(workdir) -> tuple[ModalityDecoupledQuantizer, bool]:
+    """(the trained quantizer of an identify artifact, whether it was trained on h(image, text)'s parts)."""
+    saved = torch.load(Path(workdir) / "genius_quantizer.pt", map_location="cpu")
+    if "modality_code" not in saved["hparams"]:
+        raise GenretrError(f"{workdir}: the GENIUS quantizer was saved by an older genretr (before "
+                           "identifier.modality_code); rerun the run's identify stage")
+    model = ModalityDecoupledQuantizer(**saved["hparams"])
+    model.load_state_dict(saved["state_dict"])
+    return model.eval(), bool(saved.get("fused_parts"))
+
+
+class FusedSpace:
+    """Eq. 9's z_q: encoder vectors mapped to the quantizer's fused, normalised space, z = h(x, y) / ||h||
+    (`ModalityDecoupledQuantizer.embed`), the space the identifiers were learned in."""
+
+    def __init__(self, model: ModalityDecoupledQuantizer, fused_parts: bool, batch_size: int = 4096):
+        self.model, self.fused_parts, self.batch_size = model, fused_parts, batch_size
+
+    @torch.no_grad()
+    def __call__(self, vectors: torch.Tensor, sides: list[tuple], pair_parts) -> torch.Tensor:
+        """(n, d) fused vectors of the encoder's `vectors` (n, d) whose (image, text) `sides` say which parts they
+        have; rows with both get their two vectors from `pair_parts(sides)` (`fusion_inputs`)."""
+        x = vectors.detach().float().cpu().numpy()
+        if self.fused_parts:
+            x = fusion_inputs(x, sides, pair_parts)
+        x = torch.from_numpy(x)
+        return torch.cat([self.model.embed(x[s:s + self.batch_size]) for s in range(0, len(x), self.batch_size)]
+                         ) if len(x) else vectors.new_zeros(vectors.shape).float()

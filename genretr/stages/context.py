@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from genretr.artifacts import ArtifactStore, plain_dict
 from genretr.data.embeddings import Embeddings
-from genretr.data.schema import INSTRUCTIONS, RetrievalDataset
+from genretr.data.schema import INSTRUCTIONS, RetrievalDataset, item_side, query_text
 from genretr.errors import GenretrError
 from genretr.identifiers.base import IdTable
 
@@ -49,6 +49,7 @@ class RunContext:
     _query_vocabs: dict = field(default_factory=dict, repr=False)
     _device: object = field(default=None, repr=False)
     _pinned_vocab: object = field(default=None, repr=False)
+    _space: object = field(default=None, repr=False)  # the scheme's decoder space, loaded once (False: none)
 
     def __post_init__(self):
         self.run_dir = Path(self.run_dir)
@@ -167,6 +168,21 @@ class RunContext:
             return emb.queries([q.id for q in queries]) if vecs is None else vecs
         return decoder.query_inputs(self, ds, emb, queries, table, vecs)
 
+    def decoder_space(self, ds: RetrievalDataset) -> DecoderSpace | None:
+        """The space the decoder reads when the identifier scheme learned one (`scheme.decoder_space(identify
+        artifact)`: GENIUS Eq. 9, the quantizer's fused z); None when it reads the encoder's vectors."""
+        if self._space is None:
+            from hydra.utils import get_class, instantiate
+
+            from genretr.stages.identify import scheme_cfg
+
+            scheme, space = self.cfg.get("identifier"), None
+            if scheme is not None and hasattr(get_class(scheme._target_), "decoder_space"):
+                artifact = self.store.artifact("identify", self.keys["identify"])
+                space = instantiate(scheme_cfg(scheme)).decoder_space(artifact)
+            self._space = space or False
+        return DecoderSpace(self._space, self, ds) if self._space else None
+
     def trained_encoder(self, ds: RetrievalDataset):
         """This run's trained dual encoder (the encode stage's artifact), on the run's device, in eval mode."""
         from hydra.utils import instantiate
@@ -231,3 +247,27 @@ class RunContext:
                 for r, v in zip(chunk, vecs):
                     out[r] = v
         return torch.stack(out)
+
+
+
+class DecoderSpace:
+    """The encoder's vectors as the decoder reads them in a scheme's own space (`RunContext.decoder_space`), each
+    row mapped with its (image, text) sides; rows with both are embedded again as two parts (`embed_sides`)."""
+
+    def __init__(self, space, ctx: RunContext, ds: RetrievalDataset):
+        self.space, self.ctx, self.ds = space, ctx, ds
+
+    def _parts(self, sides: list[tuple]):
+        names = [f"row {k}" for k in range(len(sides))]
+        return self.ctx.embed_sides(self.ds, sides, names, parts=True).numpy()
+
+    def items(self, item_ids: list[str], vecs: torch.Tensor) -> torch.Tensor:
+        return self.space(vecs, [item_side(self.ds.items[i]) for i in item_ids], self._parts)
+
+    def queries(self, queries, vecs: torch.Tensor) -> torch.Tensor:
+        instructions = self.ctx.instructions()
+        return self.space(vecs, [(q.image, query_text(q, instructions)) for q in queries], self._parts)
+
+    def texts(self, vecs: torch.Tensor) -> torch.Tensor:
+        """Rows embedded from a text alone (captioner-written pseudo-queries)."""
+        return self.space(vecs, [(None, True)] * len(vecs), self._parts)

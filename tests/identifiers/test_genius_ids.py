@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from genretr.data.schema import item_side
 from genretr.errors import GenretrError
 from genretr.identifiers.genius import GeniusIdentifier
 from genretr.quantizers.modality_decoupled import MODALITIES, ModalityDecoupledQuantizer, modality_agreement
@@ -189,3 +190,39 @@ def test_pair_items_are_fused_from_their_parts_and_added_alike(data, tmp_path):
     torch.save(saved, tmp_path / "genius_quantizer.pt")  # as an older genretr saved it
     with pytest.raises(GenretrError, match="older genretr"):
         scheme.assign(items, x, IdentifierContext(workdir=tmp_path, pair_parts=pair_parts), table)
+
+
+def test_decoder_space_is_the_space_the_identifiers_were_learned_in(data, tmp_path):
+    """Eq. 9: the decoder reads z = h(image, text) / ||h|| of the trained quantizer (the authors'
+    `quantizer.inference(...)['encode']`), so an item's mapped vector quantizes to its own identifier."""
+    items, x, q, targets = data
+    g = np.random.default_rng(2)
+    parts = {i: np.stack([x[i] + 0.2 * g.normal(size=D), x[i] - 0.2 * g.normal(size=D)]).astype(np.float32)
+             for i in range(N)}
+    items = [SimpleNamespace(id=it.id, modality=it.modality, image=i, text=f"text {i}") for i, it in enumerate(items)]
+
+    def pair_parts(sides):
+        return np.stack([parts[int(text.split()[1])] for _, text in sides])
+
+    scheme = GeniusIdentifier(**{**SMALL, "modality_code": "learned"})
+    table = scheme.build(items, x, ctx(data, tmp_path, pair_parts=pair_parts,
+                                       train_query_sides=[(None, "q")] * len(targets)))
+    space = scheme.decoder_space(tmp_path)
+    sides = [item_side(it) for it in items]
+    z = space(torch.from_numpy(x), sides, pair_parts)
+    model = space.model
+    text_row, pair_row = 1, 2  # MODALITIES: image, text, image-text pair
+    with torch.no_grad():
+        v = torch.from_numpy(x[[text_row]])
+        assert torch.allclose(z[text_row], torch.nn.functional.normalize(model.fusion(torch.zeros_like(v), v))[0],
+                              atol=1e-6)
+        p = torch.from_numpy(parts[pair_row])
+        assert torch.allclose(z[pair_row], torch.nn.functional.normalize(model.fusion(p[:1], p[1:]))[0], atol=1e-6)
+        codes = model.quantize(z, torch.zeros(N, dtype=torch.long))[1]
+    assert torch.allclose(z.norm(dim=1), torch.ones(N))
+    spelled = [" ".join([f"m{c[0]}"] + [f"q{m}_{v}" for m, v in enumerate(c[1:], 1)]) for c in codes.tolist()]
+    assert spelled == [table.text(it.id) for it in items]
+    assert not torch.allclose(z, torch.from_numpy(x), atol=1e-2)  # another space than the encoder's
+    assert GeniusIdentifier(**{**SMALL, "decoder_input": "encoder"}).decoder_space(tmp_path) is None
+    with pytest.raises(GenretrError, match="decoder_input=prefix is not one of fused, encoder"):
+        GeniusIdentifier(**{**SMALL, "decoder_input": "prefix"})

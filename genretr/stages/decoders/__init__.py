@@ -8,7 +8,8 @@ and `IdTable` `table`:
 - ``add_ons``: the names of the paper add-ons it takes (`genretr.stages.addons`; the others are refused);
 - ``reads_query_vectors``: whether the decoder reads a query's vector (the encode stage's) at all;
 - ``query_inputs(ctx, ds, emb, queries, table, vecs=None)``: what the decoder reads for `queries` (their
-  vectors, their tokens, processor samples), `vecs` replacing the encode stage's vectors;
+  vectors, in the scheme's decoder space when it has one (`RunContext.decoder_space`, GENIUS Eq. 9), their
+  tokens, processor samples), `vecs` replacing the encode stage's vectors;
 - ``model_builder(ctx, ds, emb, table)``: a function that builds the untrained model (called again to load
   the trained weights);
 - ``training(ctx, ds, emb, table, model)``: ``(datamodule or None when there is nothing to learn, extra

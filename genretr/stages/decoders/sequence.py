@@ -34,11 +34,15 @@ class SequenceDecoder:
         return self.input == "prefix"
 
     def query_inputs(self, ctx: RunContext, ds, emb, queries, table=None, vecs=None):
+        """The queries' vectors (in the scheme's decoder space, GENIUS Eq. 9, beside the encoder's own as
+        ``encoder_z`` for re-ranking), and their tokens for a token-input decoder."""
         vecs = emb.queries([q.id for q in queries]) if vecs is None else vecs
-        if self.input == "prefix":
-            return vecs
-        vocab = ctx.query_vocab(ds, table)
-        return {"z": vecs, "src": vocab.encode([q.text for q in queries], int(ctx.cfg.backbone.get("max_src_len", 32)))}
+        space = ctx.decoder_space(ds)
+        out = {"z": vecs} if space is None else {"z": space.queries(queries, vecs), "encoder_z": vecs}
+        if self.input == "tokens":
+            vocab = ctx.query_vocab(ds, table)
+            out["src"] = vocab.encode([q.text for q in queries], int(ctx.cfg.backbone.get("max_src_len", 32)))
+        return out["z"] if list(out) == ["z"] else out
 
     def model_builder(self, ctx: RunContext, ds, emb, table):
         extra = {}
@@ -63,7 +67,7 @@ class SequenceDecoder:
         samples = decoder_samples(ds, emb, table, ctx.tasks(), memorize=bool(tr.memorize),
                                   memorize_repeat=int(tr.memorize_repeat), retrieve=bool(tr.retrieve), vocab=vocab,
                                   max_src_len=int(cfg.get("max_src_len", 32)),
-                                  labels_width=1 if ctx.classifier_head() else None,
+                                  labels_width=1 if ctx.classifier_head() else None, space=ctx.decoder_space(ds),
                                   **add_ons.sample_options(ctx, ds, emb, table))
         samples = add_ons.extend(ctx, ds, emb, table, samples, vocab)
         log.info("decoder: %d training samples (%d memorize)", len(samples["labels"]),
