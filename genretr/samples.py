@@ -42,15 +42,22 @@ def decoder_samples(ds, emb, table: IdTable, tasks, memorize: bool = True, memor
     target vector into the space the decoder reads (GENIUS Eq. 9); None: the encoder's vectors."""
     index = {iid: i for i, iid in enumerate(table.item_ids)}
     z, target, rows, texts, phase = [], [], [], [], []
-    item_vecs = emb.items(list(table.item_ids))  # (items, d) in table order, mapped once
-    if space is not None:
-        item_vecs = space.items(list(table.item_ids), item_vecs)
+    pairs = [(q, r) for q in ds.splits["train"].queries if q.task in tasks for r in q.relevant if r in index] \
+        if retrieve else []
+    keep = [k for k, i in enumerate(pseudo.item_ids) if i in index] if pseudo is not None else []
+    # the items read (every one to memorize, else the targets), each looked up and mapped once
+    needed = list(table.item_ids) if memorize else list(dict.fromkeys(
+        [r for _, r in pairs] + [pseudo.item_ids[k] for k in keep]))
+    item_vecs = emb.items(needed)
+    if space is not None and needed:
+        item_vecs = space.items(needed, item_vecs)
+    item_row = {i: k for k, i in enumerate(needed)}
 
     def add(vecs, item_ids, query_texts, ph):
         if not item_ids:
             return
         z.append(vecs)
-        target.append(item_vecs[[index[i] for i in item_ids]])
+        target.append(item_vecs[[item_row[i] for i in item_ids]])
         rows.extend(index[i] for i in item_ids)
         texts.extend(query_texts)
         phase.extend([ph] * len(item_ids))
@@ -60,16 +67,14 @@ def decoder_samples(ds, emb, table: IdTable, tasks, memorize: bool = True, memor
         item_texts = [ds.items[i].text for i in items]
         for _ in range(memorize_repeat):
             add(item_vecs, items, item_texts, MEMORIZE)
-    if retrieve:
-        pairs = [(q, r) for q in ds.splits["train"].queries if q.task in tasks for r in q.relevant if r in index]
+    if pairs:
         queries = list({q.id: q for q, _ in pairs}.values())  # a query with several targets is mapped once
         qvecs = emb.queries([q.id for q in queries])
-        if space is not None and queries:
+        if space is not None:
             qvecs = space.queries(queries, qvecs)
         row = {q.id: k for k, q in enumerate(queries)}
         add(qvecs[[row[q.id] for q, _ in pairs]], [r for _, r in pairs], [q.text for q, _ in pairs], RETRIEVE)
     if pseudo is not None:
-        keep = [k for k, i in enumerate(pseudo.item_ids) if i in index]
         pvecs = pseudo.vecs[keep]
         if space is not None and keep:
             pvecs = space.texts(pvecs)

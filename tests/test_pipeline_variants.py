@@ -70,9 +70,27 @@ def test_genius_decoder_reads_the_fused_space_and_reranks_in_the_encoders(make_c
         qv, iv = emb.queries([q.id]).numpy()[0], emb.items(r).numpy()
         cos = iv @ qv / (np.linalg.norm(iv, axis=1) * np.linalg.norm(qv))
         assert all(cos[:-1] >= cos[1:] - 1e-6)  # by the encoder's cosine, best first (ties aside)
+    # training read the fused space too (Eq. 11 mixes there): a retrieve sample's input is its query's fused z
+    table = p.identify(ds, emb)
+    model = p.train(ds, emb, table)
+    dm, _ = p.ctx.decoder().training(p.ctx, ds, emb, table, model)
+    samples = dm.data.tensors
+    train_q = [q for q in ds.splits["train"].queries if q.task == "t2i"][:5]
+    with torch.no_grad():
+        v = emb.queries([q.id for q in train_q])
+        want = torch.nn.functional.normalize(quantizer.fusion(torch.zeros_like(v), v))
+    assert all(torch.isclose(samples["z"], w, atol=1e-5).all(1).any() for w in want)
+    assert torch.allclose(samples["target_z"].norm(dim=1), torch.ones(len(samples["target_z"])), atol=1e-5)
+    # HF's generate reads the same dict of query inputs (decoding.engine=hf)
+    p.cfg.decoding.rerank, p.cfg.decoding.engine = False, "hf"
+    _, _, by_hf = p.task_rankings("t2i")
+    p.cfg.decoding.engine = "genretr"
+    _, _, by_engine = p.task_rankings("t2i")
+    assert sum(a[:1] == b[:1] for a, b in zip(by_hf, by_engine)) >= 0.8 * len(queries)
     encoder = Pipeline(make_cfg("identifier=genius", "identifier.decoder_input=encoder"), tmp_path / "run")
     encoder.task_rankings("t2i")
     assert torch.equal(encoder.ctx.queries_of(ds, emb, queries), encoder_z)
+    assert encoder.keys["identify"] == p.keys["identify"]  # one set of identifiers, two decoders
     assert encoder.keys["train"] != p.keys["train"]
 
 

@@ -76,6 +76,10 @@ def test_every_input_and_target_in_the_decoder_space(toy):
     assert torch.equal(s["z"][mem], emb.items(["i0", "i1", "i2", "i3"]).repeat(2, 1) + 10)
     assert torch.equal(s["target_z"], emb.items(["i0", "i1", "i2", "i3"] * 2 + ["i0", "i1", "i2"]) + 10)
     assert torch.equal(s["z"][~mem], torch.cat([emb.queries(["q0", "q1"]) + 20, torch.full((1, 3), 30.0)]))
+    calls.clear()  # without memorizing, only the targets are mapped
+    s = decoder_samples(ds, emb, table, ["t2i"], memorize=False, pseudo=pseudo, space=Shift())
+    assert calls[0] == ("items", ["i0", "i1", "i2"])
+    assert torch.equal(s["target_z"], emb.items(["i0", "i1", "i2"]) + 10)
 
 
 def test_classifier_labels_keep_the_item_token_only(toy):

@@ -14,6 +14,7 @@ import time
 import torch
 from transformers import LogitsProcessor
 
+from genretr.decoding import queries as Q
 from genretr.decoding.csr_trie import CSRTrie
 from genretr.decoding.trie import Trie
 from genretr.identifiers.base import EOS, PAD, IdTable
@@ -43,15 +44,16 @@ def constrained_search(model, query_vecs: torch.Tensor, trie: Trie, table: IdTab
     beams = min(num_beams, max(1, trie.num_sequences))
     fn = prefix_allowed_fn(trie)
     rankings: list[list[str]] = []
-    starts = list(range(0, len(query_vecs), batch_size))
+    starts = list(range(0, Q.count(query_vecs), batch_size))
     t0 = time.perf_counter()
     it = track(starts, description="constrained beam search", transient=True) if progress else starts
     for s in it:
-        z = query_vecs[s:s + batch_size].to(model.device)
+        z = Q.to_device(Q.take(query_vecs, s, s + batch_size), model.device)
+        n = Q.count(z)
         seqs, scores = model.generate(z, num_beams=beams, max_new_tokens=trie.max_len, prefix_allowed_tokens_fn=fn,
                                       length_penalty=length_penalty)
-        seqs, scores = seqs.view(len(z), beams, -1).cpu(), scores.view(len(z), beams).cpu()
-        for q in range(len(z)):
+        seqs, scores = seqs.view(n, beams, -1).cpu(), scores.view(n, beams).cpu()
+        for q in range(n):
             ranked, seen = [], set()
             for b in torch.argsort(scores[q], descending=True, stable=True).tolist():
                 for iid in table.items_of(_until_eos(seqs[q, b].tolist())):
@@ -60,7 +62,7 @@ def constrained_search(model, query_vecs: torch.Tensor, trie: Trie, table: IdTab
                         ranked.append(iid)
             rankings.append(ranked[:top_k])
     elapsed = time.perf_counter() - t0
-    return rankings, len(query_vecs) / max(elapsed, 1e-9)
+    return rankings, Q.count(query_vecs) / max(elapsed, 1e-9)
 
 
 class TrieLogitsProcessor(LogitsProcessor):

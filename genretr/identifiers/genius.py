@@ -207,9 +207,10 @@ class FusedSpace:
     def __call__(self, vectors: torch.Tensor, sides: list[tuple], pair_parts) -> torch.Tensor:
         """(n, d) fused vectors of the encoder's `vectors` (n, d) whose (image, text) `sides` say which parts they
         have; rows with both get their two vectors from `pair_parts(sides)` (`fusion_inputs`)."""
-        x = vectors.detach().float().cpu().numpy()
-        if self.fused_parts:
-            x = fusion_inputs(x, sides, pair_parts)
-        x = torch.from_numpy(x)
-        return torch.cat([self.model.embed(x[s:s + self.batch_size]) for s in range(0, len(x), self.batch_size)]
-                         ) if len(x) else vectors.new_zeros(vectors.shape).float()
+        x, out = vectors.detach().float().cpu().numpy(), []
+        for s in range(0, len(x), self.batch_size):  # (batch, 2, d) inputs a batch at a time
+            rows = x[s:s + self.batch_size]
+            if self.fused_parts:
+                rows = fusion_inputs(rows, sides[s:s + self.batch_size], pair_parts)
+            out.append(self.model.embed(torch.from_numpy(rows)))
+        return torch.cat(out) if out else torch.zeros(x.shape, dtype=torch.float32)

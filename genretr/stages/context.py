@@ -49,7 +49,8 @@ class RunContext:
     _query_vocabs: dict = field(default_factory=dict, repr=False)
     _device: object = field(default=None, repr=False)
     _pinned_vocab: object = field(default=None, repr=False)
-    _space: object = field(default=None, repr=False)  # the scheme's decoder space, loaded once (False: none)
+    _space: object = field(default=None, repr=False)  # (identify key, the scheme's decoder space or None)
+    _encoder: object = field(default=None, repr=False)  # (encode key, the trained encoder), loaded once
 
     def __post_init__(self):
         self.run_dir = Path(self.run_dir)
@@ -171,22 +172,24 @@ class RunContext:
     def decoder_space(self, ds: RetrievalDataset) -> DecoderSpace | None:
         """The space the decoder reads when the identifier scheme learned one (`scheme.decoder_space(identify
         artifact)`: GENIUS Eq. 9, the quantizer's fused z); None when it reads the encoder's vectors."""
-        if self._space is None:
+        scheme, key = self.cfg.get("identifier"), self.keys.get("identify")
+        if self._space is None or self._space[0] != key:  # loaded once per identify artifact
             from hydra.utils import get_class, instantiate
 
             from genretr.stages.identify import scheme_cfg
 
-            scheme, space = self.cfg.get("identifier"), None
+            space = None
             if scheme is not None and hasattr(get_class(scheme._target_), "decoder_space"):
-                artifact = self.store.artifact("identify", self.keys["identify"])
-                space = instantiate(scheme_cfg(scheme)).decoder_space(artifact)
-            self._space = space or False
-        return DecoderSpace(self._space, self, ds) if self._space else None
+                space = instantiate(scheme_cfg(scheme)).decoder_space(self.store.artifact("identify", key))
+            self._space = (key, space)
+        return DecoderSpace(self._space[1], self, ds) if self._space[1] is not None else None
 
     def trained_encoder(self, ds: RetrievalDataset):
         """This run's trained dual encoder (the encode stage's artifact), on the run's device, in eval mode."""
         from hydra.utils import instantiate
 
+        if self._encoder is not None and self._encoder[0] == self.keys["encode"]:
+            return self._encoder[1]
         path = self.store.artifact("encode", self.keys["encode"])
         if not (path / "encoder.pt").exists():
             raise GenretrError(f"dataset {ds.name} ships its vectors: there is no encoder to embed new queries "
@@ -197,7 +200,8 @@ class RunContext:
 
             encoder.text_tower.tokenizer = load(path / "tokenizer.json")
         encoder.load_state_dict(torch.load(path / "encoder.pt", map_location="cpu"))
-        return encoder.to(self.device).eval()
+        self._encoder = (self.keys["encode"], encoder.to(self.device).eval())
+        return self._encoder[1]
 
     def embed_texts(self, ds: RetrievalDataset, texts: list[str]) -> torch.Tensor:
         """Vectors of new texts (captioner-written queries) from the trained encoder of this run, as

@@ -63,14 +63,24 @@ def text_features(tower, digest: str) -> str:
                       code_fingerprint(type(tower).__module__))
 
 
+DECODER_SIDE = ("decoder_input",)  # identifier options that the decoder reads, not the identify stage
+
+
+def scheme_options(identifier) -> dict:
+    """The identifier config less its decoder-side options (`DECODER_SIDE`: GENIUS's decoder_input), which key
+    the train stage: one set of identifiers serves both."""
+    options = OmegaConf.to_container(identifier, resolve=True)
+    return {k: v for k, v in options.items() if k not in DECODER_SIDE}
+
+
 def identify(ctx: RunContext) -> str:
-    return config_key("identify", ctx.keys["encode"], ctx.cfg.identifier, ctx.tasks(), ctx.numerics(),
-                      stage_fingerprint("identify", ctx.cfg.identifier))
+    return config_key("identify", ctx.keys["encode"], scheme_options(ctx.cfg.identifier), ctx.tasks(),
+                      ctx.numerics(), stage_fingerprint("identify", ctx.cfg.identifier))
 
 
 def identify_cache(ctx: RunContext) -> str:
     """The scheme's own cache across identify keys (SSID's generator answers)."""
-    return config_key("identify-cache", ctx.keys["encode"], ctx.cfg.identifier,
+    return config_key("identify-cache", ctx.keys["encode"], scheme_options(ctx.cfg.identifier),
                       stage_fingerprint("identify-cache", ctx.cfg.identifier))
 
 
@@ -89,8 +99,10 @@ def train(ctx: RunContext, table: IdTable) -> str:
     tr.pop("reason", None)
     tr = {**tr, "rationale": ctx.reason(table) != "none"}
     cfg = ctx.cfg.backbone
+    decoder_side = {k: ctx.cfg.identifier[k] for k in DECODER_SIDE if k in ctx.cfg.identifier}
     return config_key("train", ctx.keys["identify"], cfg, tr, ctx.add_ons().train_key(ctx), ctx.cfg.seed,
-                      ctx.cfg.identifier.get("head", "vocab"), ctx.numerics(), stage_fingerprint("train", cfg))
+                      ctx.cfg.identifier.get("head", "vocab"), *([decoder_side] if decoder_side else []),
+                      ctx.numerics(), stage_fingerprint("train", cfg))
 
 
 def index(ctx: RunContext, split: str, pools: list[str]) -> str:

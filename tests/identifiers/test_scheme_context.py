@@ -5,7 +5,7 @@ import torch
 
 from genretr.data.embeddings import Embeddings
 from genretr.data.schema import Item, Query, RetrievalDataset, Split
-from genretr.stages.context import RunContext
+from genretr.stages.context import DecoderSpace, RunContext
 from genretr.stages.identify import scheme_context
 
 
@@ -44,3 +44,9 @@ def test_pairs_of_the_runs_tasks_row_aligned(make_cfg, tmp_path, monkeypatch):
     assert asked == []  # nothing is embedded until a scheme asks
     parts = c.pair_parts([(1, "abc")])
     assert asked == [([(1, "abc")], True)] and parts.shape == (1, 2, 3) and parts[0, 1, 0] == 3
+    # the decoder's space (GENIUS Eq. 9) sees a query with the sides the quantizer learned it with
+    seen = []
+    space = DecoderSpace(lambda vecs, sides, pair_parts: seen.append(sides) or vecs, ctx, ds)
+    space.queries([ds.splits["train"].queries[k] for k in (0, 1)], emb.queries(["q0", "q1"]))
+    space.items(["i0", "p0"], emb.items(["i0", "p0"]))
+    assert seen == [c.train_query_sides[:2], [(True, None), (1, "a red square")]]
