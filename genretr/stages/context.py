@@ -169,18 +169,24 @@ class RunContext:
             return emb.queries([q.id for q in queries]) if vecs is None else vecs
         return decoder.query_inputs(self, ds, emb, queries, table, vecs)
 
+    def identifier_scheme(self):
+        """The configured identifier scheme (`identifier._target_`), its arguments resolved against the root
+        (${captioner}, ${generator})."""
+        from hydra.utils import instantiate
+        from omegaconf import OmegaConf
+
+        return instantiate(OmegaConf.create(OmegaConf.to_container(self.cfg.identifier, resolve=True)))
+
     def decoder_space(self, ds: RetrievalDataset) -> DecoderSpace | None:
         """The space the decoder reads when the identifier scheme learned one (`scheme.decoder_space(identify
         artifact)`: GENIUS Eq. 9, the quantizer's fused z); None when it reads the encoder's vectors."""
         scheme, key = self.cfg.get("identifier"), self.keys.get("identify")
         if self._space is None or self._space[0] != key:  # loaded once per identify artifact
-            from hydra.utils import get_class, instantiate
-
-            from genretr.stages.identify import scheme_cfg
+            from hydra.utils import get_class
 
             space = None
             if scheme is not None and hasattr(get_class(scheme._target_), "decoder_space"):
-                space = instantiate(scheme_cfg(scheme)).decoder_space(self.store.artifact("identify", key))
+                space = self.identifier_scheme().decoder_space(self.store.artifact("identify", key))
             self._space = (key, space)
         return DecoderSpace(self._space[1], self, ds) if self._space[1] is not None else None
 

@@ -10,8 +10,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
 
 from genretr.data.embeddings import Embeddings
 from genretr.data.captioning import train_caption_texts, train_captions
@@ -35,7 +33,7 @@ def run(ctx: RunContext, ds: RetrievalDataset, emb: Embeddings, make_context=Non
     make = make_context or (lambda *args: scheme_context(ctx, *args))
 
     def write(tmp: Path):
-        scheme = instantiate(scheme_cfg(ctx.cfg.identifier))
+        scheme = ctx.identifier_scheme()
         table = scheme.build([ds.items[i] for i in items], emb.items(items).numpy(), make(ds, emb, items, tmp))
         table.save(tmp)
         (tmp / "examples.txt").write_text("".join(f"{i}\t{table.text(i)}\n" for i in items[:50]))
@@ -76,9 +74,3 @@ def scheme_context(ctx: RunContext, ds: RetrievalDataset, emb: Embeddings, items
         item_modalities=[ds.items[i].modality for i in items], describe=describe, images=ds.images,
         fit_captioner=functools.partial(fit_captioner, device=ctx.device), device=ctx.device,
         cache_dir=ctx.store.work("identify-cache", keys.identify_cache(ctx)))
-
-
-def scheme_cfg(cfg: DictConfig) -> DictConfig:
-    """The scheme's constructor arguments, resolved against the root (${captioner}, ${generator})."""
-    return OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-
