@@ -81,7 +81,7 @@ def read_items(path: Path, size) -> list[tuple[str, str | None, np.ndarray | Non
 def add(run, entries, pools: list[str] | None = None) -> Additions:
     """`entries` (`read_items`) as new items of `run` (a `genretr.search.LoadedRun`): the additions made (empty
     when every entry was added before with the same content)."""
-    from hydra.utils import get_class, instantiate
+    from hydra.utils import get_class
 
     scheme = None
     if run.model is not None:  # a generative run: its scheme must assign identifiers to new items
@@ -90,7 +90,7 @@ def add(run, entries, pools: list[str] | None = None) -> Additions:
         if not hasattr(cls, "assign"):
             reason = getattr(cls, "cannot_add", "it has no way to identify items it was not built on")
             raise GenretrError(f"identifier {target.rsplit('.', 1)[-1]} cannot add items without retraining: {reason}")
-        scheme = instantiate(run.cfg.identifier)
+        scheme = run.ctx.identifier_scheme()
     seen, fresh = set(), []
     for iid, text, img, where in entries:
         if iid in seen:

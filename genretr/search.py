@@ -165,7 +165,7 @@ class LoadedRun:
         self.ds = dataclasses.replace(self.ds, images=images, items=items, splits=splits)
         self.emb = Embeddings(self.emb.item_ids + [x.id for x in added.items],
                               torch.cat([self.emb.item_vecs, torch.from_numpy(added.vectors)]), self.emb.query_ids,
-                              self.emb.query_vecs)
+                              self.emb.query_vecs, self.emb.parts)
         if self.model is not None:
             self.table = self.pipe.decoding_table(self.model, IdTable.joined([self.identified, added.table]))
             self.tries = self.pipe.tries(self.ds, self.table)

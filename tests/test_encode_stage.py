@@ -132,7 +132,7 @@ def test_embed_assembles_image_text_and_fused_rows_blockwise_as_row_by_row(monke
     queries = [Query("q0", "t2i", ("i0",), text="a"), Query("q1", "i2t", ("t0",), image=2)]
     ds = type("DS", (), {"images": images})()
     monkeypatch.setattr(E, "BLOCK_ROWS", 2)  # several blocks per kind of row
-    item_vecs, query_vecs = E.embed(_Arithmetic(), ds, items, queries, texts, features, batch_size=2)
+    item_vecs, query_vecs, parts = E.embed(_Arithmetic(), ds, items, queries, texts, features, batch_size=2)
 
     def row(image, text):  # the per-row semantics the blockwise assembly must keep
         img = torch.from_numpy(images[image]).float().mean(dim=(0, 1)) if image is not None else None
@@ -141,5 +141,11 @@ def test_embed_assembles_image_text_and_fused_rows_blockwise_as_row_by_row(monke
 
     torch.testing.assert_close(item_vecs, torch.stack([row(x.image, x.text) for x in items]))
     torch.testing.assert_close(query_vecs, torch.stack([row(q.image, q.text) for q in queries]))
+    # the towers' vectors of the fused rows (p0, p1), unfused, for GENIUS's h(image, text)
+    assert parts.images == [1, 3] and parts.texts == ["a", "c"]
+    got = parts.lookup([(3, "c"), (1, "a"), (0, None), (1, "c")])
+    assert got[2] is None  # not a fused row's side
+    for (image, text), v in zip([(3, "c"), (1, "a"), (1, "c")], [got[0], got[1], got[3]]):
+        torch.testing.assert_close(torch.from_numpy(v), torch.stack([row(image, None), row(None, text)]))
     with pytest.raises(GenretrError, match="item 'e0' has neither"):
         E.embed(_Arithmetic(), ds, [*items, Item("e0", "text")], queries, texts, features, batch_size=2)

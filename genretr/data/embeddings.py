@@ -1,5 +1,7 @@
 """The encode stage's artifact: every item's and every query's vector, looked up by id.  On disk (`save`):
-`item_vecs.npy` and `query_vecs.npy` (float32), memory-mapped when loaded, and the ids in `ids.json`."""
+`item_vecs.npy` and `query_vecs.npy` (float32), memory-mapped when loaded, and the ids in `ids.json`; with
+`parts`, the towers' own vectors of the rows that fuse an image and a text (`TowerParts`: `part_images.npy`,
+`part_texts.npy`, their keys in `parts.json`), for a fusion of one's own (GENIUS's h(image, text))."""
 from __future__ import annotations
 
 import json
@@ -11,11 +13,35 @@ import torch
 
 
 @dataclass
+class TowerParts:
+    """The image tower's vector of each listed image and the text tower's of each listed text: those of the rows
+    the encoder fused (pair items, composed queries), kept unfused."""
+    images: list[int]           # image indices (RetrievalDataset.images)
+    image_vecs: torch.Tensor    # (len(images), dim)
+    texts: list[str]
+    text_vecs: torch.Tensor     # (len(texts), dim)
+
+    def __post_init__(self):
+        self._image_row = {int(i): k for k, i in enumerate(self.images)}
+        self._text_row = {t: k for k, t in enumerate(self.texts)}
+
+    def lookup(self, sides: list[tuple]) -> list[np.ndarray | None]:
+        """(2, dim) image and text vectors of each (image index, text) side held here, None for the others."""
+        out = []
+        for image, text in sides:
+            i, t = self._image_row.get(image), self._text_row.get(text)
+            out.append(None if i is None or t is None else
+                       np.stack([self.image_vecs[i].numpy(), self.text_vecs[t].numpy()]))
+        return out
+
+
+@dataclass
 class Embeddings:
     item_ids: list[str]
     item_vecs: torch.Tensor   # (items, dim)
     query_ids: list[str]
     query_vecs: torch.Tensor  # (queries, dim)
+    parts: TowerParts | None = None
 
     def __post_init__(self):
         self._item_index = {k: i for i, k in enumerate(self.item_ids)}
@@ -32,6 +58,11 @@ class Embeddings:
         for name in ("item_vecs", "query_vecs"):
             np.save(path / f"{name}.npy", getattr(self, name).detach().float().cpu().numpy())
         (path / "ids.json").write_text(json.dumps({"item_ids": self.item_ids, "query_ids": self.query_ids}))
+        if self.parts is not None:
+            np.save(path / "part_images.npy", self.parts.image_vecs.detach().float().cpu().numpy())
+            np.save(path / "part_texts.npy", self.parts.text_vecs.detach().float().cpu().numpy())
+            (path / "parts.json").write_text(json.dumps({"images": [int(i) for i in self.parts.images],
+                                                         "texts": self.parts.texts}))
 
     @classmethod
     def load(cls, path: Path) -> "Embeddings":
@@ -40,4 +71,9 @@ class Embeddings:
         ids = json.loads((path / "ids.json").read_text())
         vecs = {name: torch.from_numpy(np.load(path / f"{name}.npy", mmap_mode="c"))
                 for name in ("item_vecs", "query_vecs")}
-        return cls(ids["item_ids"], vecs["item_vecs"], ids["query_ids"], vecs["query_vecs"])
+        parts = None
+        if (path / "parts.json").exists():
+            keys = json.loads((path / "parts.json").read_text())
+            parts = TowerParts(keys["images"], torch.from_numpy(np.load(path / "part_images.npy", mmap_mode="c")),
+                               keys["texts"], torch.from_numpy(np.load(path / "part_texts.npy", mmap_mode="c")))
+        return cls(ids["item_ids"], vecs["item_vecs"], ids["query_ids"], vecs["query_vecs"], parts)

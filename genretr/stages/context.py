@@ -177,7 +177,7 @@ class RunContext:
 
         return instantiate(OmegaConf.create(OmegaConf.to_container(self.cfg.identifier, resolve=True)))
 
-    def decoder_space(self, ds: RetrievalDataset) -> DecoderSpace | None:
+    def decoder_space(self, ds: RetrievalDataset, emb: Embeddings) -> DecoderSpace | None:
         """The space the decoder reads when the identifier scheme learned one (`scheme.decoder_space(identify
         artifact)`: GENIUS Eq. 9, the quantizer's fused z); None when it reads the encoder's vectors."""
         scheme, key = self.cfg.get("identifier"), self.keys.get("identify")
@@ -188,7 +188,7 @@ class RunContext:
             if scheme is not None and hasattr(get_class(scheme._target_), "decoder_space"):
                 space = self.identifier_scheme().decoder_space(self.store.artifact("identify", key))
             self._space = (key, space)
-        return DecoderSpace(self._space[1], self, ds) if self._space[1] is not None else None
+        return DecoderSpace(self._space[1], self, ds, emb) if self._space[1] is not None else None
 
     def trained_encoder(self, ds: RetrievalDataset):
         """This run's trained dual encoder (the encode stage's artifact), on the run's device, in eval mode."""
@@ -230,6 +230,18 @@ class RunContext:
         """Vectors of new items (image index into ``ds.images`` and/or text), as the encode stage embeds items."""
         return self.embed_sides(ds, [(x.image, x.text or None) for x in items], [f"item {x.id!r}" for x in items])
 
+    def pair_parts(self, ds: RetrievalDataset, emb: Embeddings, sides: list[tuple]) -> np.ndarray:
+        """(n, 2, d): the image tower's and the text tower's vectors of each (image index, text) side, unfused, for a
+        fusion of one's own (GENIUS's h): those the encode stage kept (`Embeddings.parts`, every side it fused),
+        the others (new images and texts: `genretr.search`, `genretr.add`) embedded now."""
+        found = emb.parts.lookup(sides) if emb.parts is not None else [None] * len(sides)
+        missing = [k for k, f in enumerate(found) if f is None]
+        if missing:
+            made = self.embed_sides(ds, [sides[k] for k in missing], [f"row {k}" for k in missing], parts=True)
+            for k, v in zip(missing, made.numpy()):
+                found[k] = v
+        return np.stack(found) if found else np.zeros((0, 2, emb.item_vecs.shape[1]), dtype=np.float32)
+
     @torch.no_grad()
     def embed_sides(self, ds: RetrievalDataset, sides: list[tuple], names: list[str], parts: bool = False
                     ) -> torch.Tensor:
@@ -262,14 +274,13 @@ class RunContext:
 
 class DecoderSpace:
     """The encoder's vectors as the decoder reads them in a scheme's own space (`RunContext.decoder_space`), each
-    row mapped with its (image, text) sides; rows with both are embedded again as two parts (`embed_sides`)."""
+    row mapped with its (image, text) sides; rows with both read their two parts (`RunContext.pair_parts`)."""
 
-    def __init__(self, space, ctx: RunContext, ds: RetrievalDataset):
-        self.space, self.ctx, self.ds = space, ctx, ds
+    def __init__(self, space, ctx: RunContext, ds: RetrievalDataset, emb: Embeddings):
+        self.space, self.ctx, self.ds, self.emb = space, ctx, ds, emb
 
-    def _parts(self, sides: list[tuple]):
-        names = [f"row {k}" for k in range(len(sides))]
-        return self.ctx.embed_sides(self.ds, sides, names, parts=True).numpy()
+    def _parts(self, sides: list[tuple]) -> np.ndarray:
+        return self.ctx.pair_parts(self.ds, self.emb, sides)
 
     def items(self, item_ids: list[str], vecs: torch.Tensor) -> torch.Tensor:
         return self.space(vecs, [item_side(self.ds.items[i]) for i in item_ids], self._parts)

@@ -24,7 +24,7 @@ import torch
 from hydra.utils import instantiate
 
 from genretr.data.datamodules import CaptionPairs, ContrastiveDataModule, QueryTargetPairs
-from genretr.data.embeddings import Embeddings
+from genretr.data.embeddings import Embeddings, TowerParts
 from genretr.data.schema import CAPTION_TASKS, Query, RetrievalDataset, query_text
 from genretr.errors import GenretrError
 from genretr.hardware import release_freed_memory
@@ -73,8 +73,9 @@ BLOCK_ROWS = 65536  # rows gathered (and fused) at a time when the vectors are a
 @torch.no_grad()
 def embed(encoder, ds: RetrievalDataset, items, queries, texts, text_inputs, batch_size: int,
           instructions: bool = False, device="cpu"):
-    """(item vectors, query vectors) on the CPU, each batch embedded on `device`; images are embedded once each,
-    texts once each, and every row written into one preallocated tensor (no per-row copies at scale).
+    """(item vectors, query vectors, `TowerParts`) on the CPU, each batch embedded on `device`; images are embedded
+    once each, texts once each, and every row written into one preallocated tensor (no per-row copies at scale).
+    The parts are the towers' vectors of the images and texts of the rows that fuse both, kept unfused.
     `text_inputs` (the text tower's inputs of `texts`) handed over in a one-element list is emptied, so that
     the inputs are freed once the texts are embedded."""
     encoder.to(device).eval()
@@ -95,6 +96,7 @@ def embed(encoder, ds: RetrievalDataset, items, queries, texts, text_inputs, bat
     del text_inputs
     release_freed_memory()
     row = {t: i for i, t in enumerate(texts)}
+    fused_images, fused_texts = set(), set()  # of the rows that fuse an image and a text
 
     def vectors(sides, owners, what: str) -> torch.Tensor:
         """One row per (image index or None, text or None): the image's, the text's, or both fused; written a
@@ -117,10 +119,17 @@ def embed(encoder, ds: RetrievalDataset, items, queries, texts, text_inputs, bat
                     out[b] = txt[text_rows[b]]
                 else:
                     out[b] = encoder.fuse(img[image_rows[b]], txt[text_rows[b]])
+                    fused_images.update(image_rows[b].tolist())
+                    fused_texts.update(text_rows[b].tolist())
         return out
 
-    return (vectors([(x.image, x.text) for x in items], items, "item"),
-            vectors([(q.image, query_text(q, instructions)) for q in queries], queries, "query"))
+    item_vecs = vectors([(x.image, x.text) for x in items], items, "item")
+    query_vecs = vectors([(q.image, query_text(q, instructions)) for q in queries], queries, "query")
+    images_kept, texts_kept = sorted(fused_images), sorted(fused_texts)
+    parts = TowerParts(images_kept, img[images_kept].clone() if images_kept else torch.zeros(0, item_vecs.shape[1]),
+                       [texts[r] for r in texts_kept],
+                       txt[texts_kept].clone() if texts_kept else torch.zeros(0, item_vecs.shape[1]))
+    return item_vecs, query_vecs, parts
 
 
 def prepare_texts(encoder, texts: list[str], fit_texts: list[str], store=None) -> torch.Tensor:
@@ -145,7 +154,7 @@ def fit_and_embed(cfg, ds: RetrievalDataset, splits, seed: int, instructions: bo
     """The encode stage's work (`cfg`: the encoder node): the dual encoder trained with ``fit(encoder,
     datamodule)`` when ``cfg.fit.max_epochs > 0`` (`workers` loader processes reading the pairs), then every
     member of `splits` embedded on `device`.  `store` keeps fixed text features across runs (`prepare_texts`).
-    Returns (encoder, items, queries, item vectors, query vectors)."""
+    Returns (encoder, items, queries, item vectors, query vectors, `TowerParts`)."""
     torch.manual_seed(seed)
     encoder = instantiate(cfg.model)
     items, queries = split_members(ds, splits)
@@ -170,9 +179,9 @@ def fit_and_embed(cfg, ds: RetrievalDataset, splits, seed: int, instructions: bo
         release_freed_memory()  # the trainer's reference cycles (they hold the pairs) and its freed activations
     inputs = [text_inputs]  # embed() frees the text features once the texts are embedded (1M captions: 1.5 GB)
     del text_inputs
-    item_vecs, query_vecs = embed(encoder, ds, items, queries, texts, inputs, int(cfg.fit.batch_size),
-                                  instructions, device)
-    return encoder, items, queries, item_vecs, query_vecs
+    item_vecs, query_vecs, parts = embed(encoder, ds, items, queries, texts, inputs, int(cfg.fit.batch_size),
+                                         instructions, device)
+    return encoder, items, queries, item_vecs, query_vecs, parts
 
 
 def run(ctx: RunContext, ds: RetrievalDataset) -> Embeddings:
@@ -188,12 +197,12 @@ def run(ctx: RunContext, ds: RetrievalDataset) -> Embeddings:
         if given:  # features given (dataset=precomputed): nothing to encode
             given_vectors(ctx, ds, splits).save(tmp)
             return
-        encoder, items, queries, item_vecs, query_vecs = fit_and_embed(
+        encoder, items, queries, item_vecs, query_vecs, parts = fit_and_embed(
             cfg, ds, splits, int(ctx.cfg.seed), ctx.instructions(), encoder_tasks(cfg) == "all",
             lambda enc, dm: fit(enc, dm, ctx.cfg, ctx.store.work("encode", key), int(cfg.fit.max_epochs),
                                 ctx.logger, ctx.extra_callbacks), ctx.store, ctx.device,
             int(ctx.cfg.get("loader_workers", 0)))
-        emb = Embeddings([x.id for x in items], item_vecs, [q.id for q in queries], query_vecs)
+        emb = Embeddings([x.id for x in items], item_vecs, [q.id for q in queries], query_vecs, parts)
         emb.save(tmp)
         torch.save(encoder.cpu().state_dict(), tmp / "encoder.pt")
         if getattr(encoder.text_tower, "tokenizer", None) is not None:

@@ -69,8 +69,7 @@ def scheme_context(ctx: RunContext, ds: RetrievalDataset, emb: Embeddings, items
         train_query_items=[r for _, r in pairs], train_query_tasks=[q.task for q, _ in pairs],
         train_query_ids=[q.id for q, _ in pairs],
         train_query_sides=[(q.image, query_text(q, ctx.instructions())) for q, _ in pairs],
-        pair_parts=lambda sides: ctx.embed_sides(ds, sides, [f"row {k}" for k in range(len(sides))],
-                                                 parts=True).numpy(),
+        pair_parts=lambda sides: ctx.pair_parts(ds, emb, sides),
         item_modalities=[ds.items[i].modality for i in items], describe=describe, images=ds.images,
         fit_captioner=functools.partial(fit_captioner, device=ctx.device), device=ctx.device,
         cache_dir=ctx.store.work("identify-cache", keys.identify_cache(ctx)))

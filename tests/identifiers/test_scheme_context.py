@@ -3,7 +3,7 @@ the run's tasks only (GENIUS's quantizer), row-aligned vectors, items, ids and s
 import numpy as np
 import torch
 
-from genretr.data.embeddings import Embeddings
+from genretr.data.embeddings import Embeddings, TowerParts
 from genretr.data.schema import Item, Query, RetrievalDataset, Split
 from genretr.stages.context import DecoderSpace, RunContext
 from genretr.stages.identify import scheme_context
@@ -46,7 +46,24 @@ def test_pairs_of_the_runs_tasks_row_aligned(make_cfg, tmp_path, monkeypatch):
     assert asked == [([(1, "abc")], True)] and parts.shape == (1, 2, 3) and parts[0, 1, 0] == 3
     # the decoder's space (GENIUS Eq. 9) sees a query with the sides the quantizer learned it with
     seen = []
-    space = DecoderSpace(lambda vecs, sides, pair_parts: seen.append(sides) or vecs, ctx, ds)
+    space = DecoderSpace(lambda vecs, sides, pair_parts: seen.append(sides) or vecs, ctx, ds, emb)
     space.queries([ds.splits["train"].queries[k] for k in (0, 1)], emb.queries(["q0", "q1"]))
     space.items(["i0", "p0"], emb.items(["i0", "p0"]))
     assert seen == [c.train_query_sides[:2], [(True, None), (1, "a red square")]]
+
+
+def test_pair_parts_read_what_the_encode_stage_kept(make_cfg, tmp_path, monkeypatch):
+    """The towers' vectors of the sides the encode stage fused are read, not embedded again; others are."""
+    ctx = RunContext(make_cfg(), tmp_path / "run")
+    asked = []
+
+    def embed_sides(self, ds, sides, names, parts=False):
+        asked.append(list(sides))
+        return torch.full((len(sides), 2, 3), 7.0)
+
+    monkeypatch.setattr(RunContext, "embed_sides", embed_sides)
+    ds, emb = toy()
+    emb.parts = TowerParts([1], torch.ones(1, 3), ["a red square"], 2 * torch.ones(1, 3))
+    got = ctx.pair_parts(ds, emb, [(1, "a red square"), (0, "a red square"), (1, "new text")])
+    assert asked == [[(0, "a red square"), (1, "new text")]]
+    assert got[0].tolist() == [[1.0] * 3, [2.0] * 3] and (got[1:] == 7).all()

@@ -37,17 +37,17 @@ class SequenceDecoder:
         """The queries' vectors (in the scheme's decoder space, GENIUS Eq. 9, beside the encoder's own as
         ``encoder_z`` for re-ranking), and their tokens for a token-input decoder."""
         vecs = emb.queries([q.id for q in queries]) if vecs is None else vecs
-        space = self.space(ctx, ds)
+        space = self.space(ctx, ds, emb)
         out = {"z": vecs} if space is None else {"z": space.queries(queries, vecs), "encoder_z": vecs}
         if self.input == "tokens":
             vocab = ctx.query_vocab(ds, table)
             out["src"] = vocab.encode([q.text for q in queries], int(ctx.cfg.backbone.get("max_src_len", 32)))
         return out["z"] if list(out) == ["z"] else out
 
-    def space(self, ctx: RunContext, ds):
+    def space(self, ctx: RunContext, ds, emb):
         """The scheme's decoder space (GENIUS Eq. 9) for the prefix decoder, which reads a query by its vector; a
         token-input decoder reads its words, and its image-only samples keep the encoder's vectors."""
-        return ctx.decoder_space(ds) if self.input == "prefix" else None
+        return ctx.decoder_space(ds, emb) if self.input == "prefix" else None
 
     def model_builder(self, ctx: RunContext, ds, emb, table):
         extra = {}
@@ -72,7 +72,7 @@ class SequenceDecoder:
         samples = decoder_samples(ds, emb, table, ctx.tasks(), memorize=bool(tr.memorize),
                                   memorize_repeat=int(tr.memorize_repeat), retrieve=bool(tr.retrieve), vocab=vocab,
                                   max_src_len=int(cfg.get("max_src_len", 32)),
-                                  labels_width=1 if ctx.classifier_head() else None, space=self.space(ctx, ds),
+                                  labels_width=1 if ctx.classifier_head() else None, space=self.space(ctx, ds, emb),
                                   **add_ons.sample_options(ctx, ds, emb, table))
         samples = add_ons.extend(ctx, ds, emb, table, samples, vocab)
         log.info("decoder: %d training samples (%d memorize)", len(samples["labels"]),
