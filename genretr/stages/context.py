@@ -271,7 +271,6 @@ class RunContext:
         return torch.stack(out)
 
 
-
 class DecoderSpace:
     """The encoder's vectors as the decoder reads them in a scheme's own space (`RunContext.decoder_space`), each
     row mapped with its (image, text) sides; rows with both read their two parts (`RunContext.pair_parts`)."""
