@@ -39,8 +39,9 @@ PLUMBING = frozenset({"genretr.artifacts", "genretr.fingerprint", "genretr.prove
 STAGE_ROOTS: dict[str, tuple[str, ...]] = {
     "dataset": ("genretr.stages.dataset",),
     "encode": ("genretr.stages.encode", "genretr.training"),
-    # the scheme's context (the captioner-written descriptions) and the IdTable it fills
-    "identify": ("genretr.stages.identify", "genretr.identifiers.base"),
+    # the scheme's context (the captioner-written descriptions, the towers' vectors of fused rows: the run
+    # context's pair_parts), the scheme the run context builds and the IdTable it fills
+    "identify": ("genretr.stages.identify", "genretr.stages.context", "genretr.identifiers.base"),
     # the scheme's own cache across identify keys (SSID's generator answers): the scheme's code, not the plumbing
     "identify-cache": ("genretr.identifiers.base", "genretr.stages.captions"),
     # the run context's query vocabulary, rationale and text embedding enter the samples and the model

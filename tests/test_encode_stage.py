@@ -82,6 +82,18 @@ def test_instruction_aware_encoder_on_every_task_separates_same_text_queries(mak
     assert same
     a, b = emb.queries([x.id for x, _ in same]), emb.queries([y.id for _, y in same])
     assert (a - b).norm(dim=1).min() > 1e-3  # same words, different instructions: different vectors
+    # the towers' vectors of every fused row are kept (GENIUS's h reads them): pair items, and image queries
+    # embedded with their instruction; fused again they give the rows' own vectors
+    from genretr.data.schema import PAIR, item_side, query_text
+
+    pairs = [ds.items[i] for i in emb.item_ids if ds.items[i].modality == PAIR]
+    images = ds.queries("test", "i2t")
+    kept = emb.parts.lookup([item_side(x) for x in pairs] + [(q.image, query_text(q, True)) for q in images])
+    assert pairs and images and all(v is not None for v in kept)
+    encoder, kept = p.ctx.trained_encoder(ds), torch.from_numpy(np.stack(kept))
+    with torch.no_grad():
+        fused = encoder.fuse(kept[:, 0], kept[:, 1])
+    torch.testing.assert_close(fused, torch.cat([emb.items([x.id for x in pairs]), emb.queries([q.id for q in images])]))
     # the caption-only setting embeds them identically (and is a different encode artifact)
     plain = Pipeline(make_cfg("method=embedding", f"dataset.tasks={tasks}", f"eval.tasks={tasks}",
                               "dataset.universal=true", run="plain"), tmp_path / "plain")

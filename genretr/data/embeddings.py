@@ -27,11 +27,15 @@ class TowerParts:
 
     def lookup(self, sides: list[tuple]) -> list[np.ndarray | None]:
         """(2, dim) image and text vectors of each (image index, text) side held here, None for the others."""
-        out = []
-        for image, text in sides:
-            i, t = self._image_row.get(image), self._text_row.get(text)
-            out.append(None if i is None or t is None else
-                       np.stack([self.image_vecs[i].numpy(), self.text_vecs[t].numpy()]))
+        rows = [(self._image_row.get(image) if not isinstance(image, bool) else None, self._text_row.get(text))
+                for image, text in sides]
+        held = [k for k, (i, t) in enumerate(rows) if i is not None and t is not None]
+        out: list[np.ndarray | None] = [None] * len(sides)
+        if held:  # gathered in one indexing of each tower's matrix
+            images = self.image_vecs.numpy()[[rows[k][0] for k in held]]
+            texts = self.text_vecs.numpy()[[rows[k][1] for k in held]]
+            for j, k in enumerate(held):
+                out[k] = np.stack([images[j], texts[j]])
         return out
 
 

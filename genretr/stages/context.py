@@ -50,7 +50,6 @@ class RunContext:
     _device: object = field(default=None, repr=False)
     _pinned_vocab: object = field(default=None, repr=False)
     _space: object = field(default=None, repr=False)  # (identify key, the scheme's decoder space or None)
-    _encoder: object = field(default=None, repr=False)  # (encode key, the trained encoder), loaded once
 
     def __post_init__(self):
         self.run_dir = Path(self.run_dir)
@@ -194,8 +193,6 @@ class RunContext:
         """This run's trained dual encoder (the encode stage's artifact), on the run's device, in eval mode."""
         from hydra.utils import instantiate
 
-        if self._encoder is not None and self._encoder[0] == self.keys["encode"]:
-            return self._encoder[1]
         path = self.store.artifact("encode", self.keys["encode"])
         if not (path / "encoder.pt").exists():
             raise GenretrError(f"dataset {ds.name} ships its vectors: there is no encoder to embed new queries "
@@ -206,8 +203,7 @@ class RunContext:
 
             encoder.text_tower.tokenizer = load(path / "tokenizer.json")
         encoder.load_state_dict(torch.load(path / "encoder.pt", map_location="cpu"))
-        self._encoder = (self.keys["encode"], encoder.to(self.device).eval())
-        return self._encoder[1]
+        return encoder.to(self.device).eval()
 
     def embed_texts(self, ds: RetrievalDataset, texts: list[str]) -> torch.Tensor:
         """Vectors of new texts (captioner-written queries) from the trained encoder of this run, as

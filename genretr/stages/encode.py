@@ -126,9 +126,9 @@ def embed(encoder, ds: RetrievalDataset, items, queries, texts, text_inputs, bat
     item_vecs = vectors([(x.image, x.text) for x in items], items, "item")
     query_vecs = vectors([(q.image, query_text(q, instructions)) for q in queries], queries, "query")
     images_kept, texts_kept = sorted(fused_images), sorted(fused_texts)
-    parts = TowerParts(images_kept, img[images_kept].clone() if images_kept else torch.zeros(0, item_vecs.shape[1]),
-                       [texts[r] for r in texts_kept],
-                       txt[texts_kept].clone() if texts_kept else torch.zeros(0, item_vecs.shape[1]))
+    empty = torch.zeros(0, item_vecs.shape[1])
+    parts = TowerParts(images_kept, img[images_kept] if images_kept else empty,  # indexing copies the rows
+                       [texts[r] for r in texts_kept], txt[texts_kept] if texts_kept else empty)
     return item_vecs, query_vecs, parts
 
 

@@ -44,12 +44,22 @@ def test_pairs_of_the_runs_tasks_row_aligned(make_cfg, tmp_path, monkeypatch):
     assert asked == []  # nothing is embedded until a scheme asks
     parts = c.pair_parts([(1, "abc")])
     assert asked == [([(1, "abc")], True)] and parts.shape == (1, 2, 3) and parts[0, 1, 0] == 3
-    # the decoder's space (GENIUS Eq. 9) sees a query with the sides the quantizer learned it with
+    emb.parts = TowerParts([1], torch.ones(1, 3), ["edit the image make it round"], torch.zeros(1, 3))
+    asked.clear()  # the towers' vectors the encode stage kept are read, not embedded again
+    assert c.pair_parts([c.train_query_sides[1]]).tolist() == [[[1.0] * 3, [0.0] * 3]] and asked == []
+    # the decoder's space (GENIUS Eq. 9) sees a query with the sides the quantizer learned it with, and its parts
     seen = []
-    space = DecoderSpace(lambda vecs, sides, pair_parts: seen.append(sides) or vecs, ctx, ds, emb)
-    space.queries([ds.splits["train"].queries[k] for k in (0, 1)], emb.queries(["q0", "q1"]))
+
+    def fused(vecs, sides, pair_parts):
+        seen.append(sides)
+        return torch.from_numpy(pair_parts([s for s in sides if None not in s]).sum(1))
+
+    space = DecoderSpace(fused, ctx, ds, emb)
+    assert space.queries([ds.splits["train"].queries[k] for k in (0, 1)], emb.queries(["q0", "q1"])).tolist() == [
+        [1.0] * 3]  # q1's parts, as kept
     space.items(["i0", "p0"], emb.items(["i0", "p0"]))
     assert seen == [c.train_query_sides[:2], [(True, None), (1, "a red square")]]
+    assert asked == [([(1, "a red square")], True)]  # p0's parts were not kept: embedded
 
 
 def test_pair_parts_read_what_the_encode_stage_kept(make_cfg, tmp_path, monkeypatch):
