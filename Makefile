@@ -162,6 +162,7 @@ reproduce-genius-table2: ## GENIUS Table 2 on shapes: universal pool (Table 1's 
 reproduce-genius-table3: ## GENIUS Table 3 on shapes: text-to-image, GENIUS(_R) beside GRACE and IRGen-style IDs
 reproduce-genius-table4: ## GENIUS Table 4 on shapes: ablations (modality decoupling, query augmentation, L_cl, L_mse)
 reproduce-genius-table8: ## GENIUS Table 8 on shapes: first code learned (paper), by a classifier, none, given
+reproduce-genius-decoder-input: ## GENIUS's decoder reading the fused z (Eq. 9) against the encoder's vectors
 reproduce-genius-table5: ## GENIUS Table 5 on shapes: codebook size K x code levels M
 
 reproduce-genius-table7: install ## GENIUS Table 7: storage per item (decoding benchmark's bytes section) + the paper's numbers

@@ -101,6 +101,8 @@ REACHES = {
     "train.memorize": lambda run, v: check_samples(run, memorize=v) is None,
     "train.reason": lambda run, v: (run.model.hparams.vocab_size > run.table.vocab_size) == (v != "none"),
     "method": lambda run, v: ("train" in run.p.ctx.keys) == (v != "embedding"),  # the train stage ran
+    "identifier.decoder_input": lambda run, v: (run.p.ctx.decoder_space(run.p.dataset(), run.p.encode(run.p.dataset()))
+                                                is not None) == (v == "fused"),
     "identifier": lambda run, v: {
         "numeric": lambda: all(run.table.vocab[t].isdigit() for i in run.table.item_ids
                                for t in run.table.tokens(i)[:-1]),
