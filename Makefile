@@ -153,8 +153,8 @@ reproduce-cart: $(CART_TABLES) ## every CART table above, in turn
 # first. Table 3 reuses reproduce-grace-table1's encoder and structured / image-token models.
 # Measured costs on this 2-core CPU while busy (1 thread): table1 ~11 min from a cold cache, then table2 ~3,
 # table4 ~18, table5 ~19, table9 ~2, table11 ~10; table3 ~7 after reproduce-grace-table1; table7 < 1.
-# With 3 seeds, two jobs side by side: table8 18.8 min from a cold cache, then
-# table4 9.4 min (4ad0563).
+# With 3 seeds, two jobs side by side (21c80af): decoder-input 16.9 min from a cold cache, then table8 11.0 min
+# and table4 8.7 min (table8 alone from a cold cache: 18.8 min at 4ad0563).
 GENIUS := experiments/genius
 
 reproduce-genius-table1: ## GENIUS Table 1 on shapes: eight tasks, each in its own pool; GENIUS, GENIUS_R, embedding
