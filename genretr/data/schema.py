@@ -140,6 +140,12 @@ def query_text(q: Query, instructions: bool) -> str | None:
     return f"{q.instruction} {q.text}" if q.text else q.instruction
 
 
+def query_side(q: Query, instructions: bool) -> tuple:
+    """The (image index or None, text or None) a query is embedded from (`query_text` for its text): the side the
+    encode stage fuses and GENIUS's h(image, text) reads."""
+    return q.image, query_text(q, instructions)
+
+
 def item_side(item: Item) -> tuple:
     """An item's (image, text) side as a fusion of the encoder's two vectors reads it (GENIUS's h, Sec. 4.2.1):
     by modality, as precomputed items carry no pixels; an image-text pair's actual image index and text."""

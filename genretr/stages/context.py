@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from genretr.artifacts import ArtifactStore, plain_dict
 from genretr.data.embeddings import Embeddings
-from genretr.data.schema import INSTRUCTIONS, RetrievalDataset, item_side, query_text
+from genretr.data.schema import INSTRUCTIONS, RetrievalDataset, item_side, query_side
 from genretr.errors import GenretrError
 from genretr.identifiers.base import IdTable
 
@@ -217,9 +217,7 @@ class RunContext:
         """Vectors of new queries (their text, with encoder.instructions after their instruction; their image,
         an index into ``ds.images``; both fused) from the trained encoder of this run, as the encode stage
         embeds its queries."""
-        from genretr.data.schema import query_text
-
-        return self.embed_sides(ds, [(q.image, query_text(q, self.instructions())) for q in queries],
+        return self.embed_sides(ds, [query_side(q, self.instructions()) for q in queries],
                                 [f"query {q.id!r}" for q in queries])
 
     def embed_items(self, ds: RetrievalDataset, items) -> torch.Tensor:
@@ -282,7 +280,7 @@ class DecoderSpace:
 
     def queries(self, queries, vecs: torch.Tensor) -> torch.Tensor:
         instructions = self.ctx.instructions()
-        return self.space(vecs, [(q.image, query_text(q, instructions)) for q in queries], self._parts)
+        return self.space(vecs, [query_side(q, instructions) for q in queries], self._parts)
 
     def texts(self, vecs: torch.Tensor) -> torch.Tensor:
         """Rows embedded from a text alone (captioner-written pseudo-queries)."""

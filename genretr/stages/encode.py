@@ -25,7 +25,7 @@ from hydra.utils import instantiate
 
 from genretr.data.datamodules import CaptionPairs, ContrastiveDataModule, QueryTargetPairs
 from genretr.data.embeddings import Embeddings, TowerParts
-from genretr.data.schema import CAPTION_TASKS, Query, RetrievalDataset, query_text
+from genretr.data.schema import CAPTION_TASKS, Query, RetrievalDataset, query_side, query_text
 from genretr.errors import GenretrError
 from genretr.hardware import release_freed_memory
 from genretr.stages import keys
@@ -60,7 +60,7 @@ def query_target_sides(ds: RetrievalDataset, instructions: bool):
     is (image index or None, text or None)."""
     out = []
     for q in ds.splits["train"].queries:
-        qside = (q.image, query_text(q, instructions))
+        qside = query_side(q, instructions)
         for r in q.relevant:
             x = ds.items[r]
             out.append((qside, (x.image, x.text or None), q.id, r))
@@ -124,7 +124,7 @@ def embed(encoder, ds: RetrievalDataset, items, queries, texts, text_inputs, bat
         return out
 
     item_vecs = vectors([(x.image, x.text) for x in items], items, "item")
-    query_vecs = vectors([(q.image, query_text(q, instructions)) for q in queries], queries, "query")
+    query_vecs = vectors([query_side(q, instructions) for q in queries], queries, "query")
     images_kept, texts_kept = sorted(fused_images), sorted(fused_texts)
     empty = torch.zeros(0, item_vecs.shape[1])
     parts = TowerParts(images_kept, img[images_kept] if images_kept else empty,  # indexing copies the rows

@@ -13,7 +13,7 @@ import numpy as np
 
 from genretr.data.embeddings import Embeddings
 from genretr.data.captioning import train_caption_texts, train_captions
-from genretr.data.schema import RetrievalDataset, pool_items, query_text
+from genretr.data.schema import RetrievalDataset, pool_items, query_side
 from genretr.identifiers.base import DESCRIBER_DIR, IdentifierContext, IdTable, LazyRows
 from genretr.stages import keys
 from genretr.stages.captions import captions_artifact
@@ -68,7 +68,7 @@ def scheme_context(ctx: RunContext, ds: RetrievalDataset, emb: Embeddings, items
                           else np.zeros((0, 1))),
         train_query_items=[r for _, r in pairs], train_query_tasks=[q.task for q, _ in pairs],
         train_query_ids=[q.id for q, _ in pairs],
-        train_query_sides=[(q.image, query_text(q, ctx.instructions())) for q, _ in pairs],
+        train_query_sides=[query_side(q, ctx.instructions()) for q, _ in pairs],
         pair_parts=lambda sides: ctx.pair_parts(ds, emb, sides),
         item_modalities=[ds.items[i].modality for i in items], describe=describe, images=ds.images,
         fit_captioner=functools.partial(fit_captioner, device=ctx.device), device=ctx.device,
