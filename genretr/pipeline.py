@@ -46,6 +46,10 @@ class Pipeline:
     def train(self, ds: RetrievalDataset, emb: Embeddings, table: IdTable):
         return train.run(self.ctx, ds, emb, table)
 
+    def training_summary(self) -> dict | None:
+        """How the decoder's fit went (`genretr.stages.train.fit_summary`): results.json's ``training``."""
+        return train.fit_summary(self.ctx)
+
     def index(self, ds: RetrievalDataset, table: IdTable) -> dict:
         return index.run(self.ctx, ds, table)
 

@@ -87,6 +87,7 @@ def execute(cfg: DictConfig, run_dir: Path, extra_callbacks=()) -> dict | None:
                     "choices": {k: v for k, v in (hc.runtime.choices.items() if hc else []) if "hydra" not in k},
                     "overrides": list(hc.overrides.task) if hc else [],
                     "metrics": metrics,
+                    **({"training": summary} if (summary := pipe.training_summary()) else {}),
                     "elapsed_s": round(time.perf_counter() - start, 2),
                     "provenance": provenance(cfg, pipe.stage_seconds, git, str(pipe.ctx.device)),
                 }

@@ -7,7 +7,8 @@
 
 Samples are a dict of tensors (`genretr.data.datamodules.IdentifierDataModule`): ``z`` input vector,
 ``target_z`` the target item's vector, ``labels`` identifier tokens, ``phase`` (0 memorize, 1 retrieve),
-and ``src`` query tokens when the backbone reads tokens.
+``query`` (the training query a retrieve sample comes from, numbered from 0; -1 for the others: what
+`IdentifierDataModule` may hold out to stop early on) and ``src`` query tokens when the backbone reads tokens.
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def decoder_samples(ds, emb, table: IdTable, tasks, memorize: bool = True, memor
     rationale, `genretr.rationale`).  `space` (`genretr.stages.context.DecoderSpace`) maps every input and
     target vector into the space the decoder reads (GENIUS Eq. 9); None: the encoder's vectors."""
     index = {iid: i for i, iid in enumerate(table.item_ids)}
-    z, target, rows, texts, phase = [], [], [], [], []
+    z, target, rows, texts, phase, query = [], [], [], [], [], []
     pairs = [(q, r) for q in ds.splits["train"].queries if q.task in tasks for r in q.relevant if r in index] \
         if retrieve else []
     keep = [k for k, i in enumerate(pseudo.item_ids) if i in index] if pseudo is not None else []
@@ -53,7 +54,7 @@ def decoder_samples(ds, emb, table: IdTable, tasks, memorize: bool = True, memor
         item_vecs = space.items(needed, item_vecs)
     item_row = {i: k for k, i in enumerate(needed)}
 
-    def add(vecs, item_ids, query_texts, ph):
+    def add(vecs, item_ids, query_texts, ph, query_numbers=None):
         if not item_ids:
             return
         z.append(vecs)
@@ -61,6 +62,7 @@ def decoder_samples(ds, emb, table: IdTable, tasks, memorize: bool = True, memor
         rows.extend(index[i] for i in item_ids)
         texts.extend(query_texts)
         phase.extend([ph] * len(item_ids))
+        query.extend(query_numbers if query_numbers is not None else [-1] * len(item_ids))
 
     if memorize:
         items = list(table.item_ids)
@@ -73,7 +75,8 @@ def decoder_samples(ds, emb, table: IdTable, tasks, memorize: bool = True, memor
         if space is not None:
             qvecs = space.queries(queries, qvecs)
         row = {q.id: k for k, q in enumerate(queries)}
-        add(qvecs[[row[q.id] for q, _ in pairs]], [r for _, r in pairs], [q.text for q, _ in pairs], RETRIEVE)
+        add(qvecs[[row[q.id] for q, _ in pairs]], [r for _, r in pairs], [q.text for q, _ in pairs], RETRIEVE,
+            [row[q.id] for q, _ in pairs])
     if pseudo is not None:
         pvecs = pseudo.vecs[keep]
         if space is not None and keep:
@@ -91,7 +94,7 @@ def decoder_samples(ds, emb, table: IdTable, tasks, memorize: bool = True, memor
     if labels_width is not None:
         labels = labels[:, :labels_width]
     out = {"z": torch.cat(z).float(), "target_z": torch.cat(target).float(), "labels": labels,
-           "phase": torch.tensor(phase, dtype=torch.long)}
+           "phase": torch.tensor(phase, dtype=torch.long), "query": torch.tensor(query, dtype=torch.long)}
     if vocab is not None:
         out["src"] = vocab.encode(texts, max_src_len)
     return out
@@ -112,8 +115,14 @@ def draw_samples(samples: dict, n: int, seed: int) -> dict:
     return {k: v[keep] for k, v in samples.items()}
 
 
+NOT_A_QUERY = {"query": -1}  # what a sample dict without the key means by it
+
+
 def concat_samples(a: dict, b: dict) -> dict:
-    """Concatenate two sample dicts; `labels` (and `src`) are padded to the wider of the two."""
+    """Concatenate two sample dicts; `labels` (and `src`) are padded to the wider of the two.  A ``query``
+    column only one of them has is -1 (not from a training query) in the other's rows."""
+    a, b = ({**{k: torch.full((len(x["labels"]),), v, dtype=torch.long) for k, v in NOT_A_QUERY.items()
+                if k in y and k not in x}, **x} for x, y in ((a, b), (b, a)))
     out = {}
     for k in a:
         x, y = a[k], b[k]

@@ -21,6 +21,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+import torch.nn.functional as F
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
@@ -139,6 +140,91 @@ def lr_factor(schedule: str, warmup_steps: int, total_steps: int):
     return factor
 
 
+def log_heldout(module: L.LightningModule, logits: torch.Tensor, labels: torch.Tensor, pad: int) -> None:
+    """A decoder's validation step on held-out queries: teacher-forced token cross-entropy
+    (``decoder/val_loss``) and the share whose arg-max sequence is their target's exactly (``decoder/val_exact``,
+    greedy decoding's R@1 without the trie).  `logits` (N, T, V) predict `labels` (N, T, `pad` after EOS)."""
+    keep = labels != pad
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=pad)
+    exact = ((logits.argmax(-1) == labels) | ~keep).all(1).float().mean()
+    n = len(labels)
+    module.log("decoder/val_loss", loss, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
+    module.log("decoder/val_exact", exact, prog_bar=True, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
+
+
+EARLY_STOP_MONITORS = {"exact": ("decoder/val_exact", 1.0), "loss": ("decoder/val_loss", -1.0)}
+
+
+class EarlyStop(Callback):
+    """Stop a fit once the held-out score has not improved by more than `min_delta` for `patience` epochs (never
+    before `min_epochs` epochs: the exact match stays 0 while a decoder learns the first tokens), and end it with
+    the weights of its best epoch (the later of equals).  `monitor`: ``exact`` (higher is better) or ``loss``.
+
+    Unlike Lightning's `EarlyStopping` it keeps the best weights itself, and its whole state (the best score,
+    epoch, weights and the epochs waited) is in every checkpoint: a run killed after it decided to stop resumes,
+    stops at once and ends with the same weights as an uninterrupted one."""
+
+    def __init__(self, patience: int, monitor: str = "exact", min_delta: float = 0.0, min_epochs: int = 0):
+        if monitor not in EARLY_STOP_MONITORS:
+            raise GenretrError(f"backbone.fit.early_stop.monitor={monitor} is not one of "
+                               f"{', '.join(EARLY_STOP_MONITORS)}")
+        if int(patience) < 1:
+            raise GenretrError(f"backbone.fit.early_stop.patience={patience} must be >= 1 (0 turns it off)")
+        self.key, self.sign = EARLY_STOP_MONITORS[monitor]
+        self.patience, self.min_delta, self.min_epochs = int(patience), float(min_delta), int(min_epochs)
+        self.best, self.best_epoch, self.best_state, self.waited = -math.inf, -1, None, 0
+        self.reference = -math.inf
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if self.waited >= self.patience and trainer.current_epoch >= self.min_epochs:  # resumed after the decision
+            trainer.should_stop = True
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking or self.key not in trainer.callback_metrics:
+            return
+        score = self.sign * float(trainer.callback_metrics[self.key])
+        if score > self.reference + self.min_delta:  # patience counts from the last real improvement
+            self.reference, self.waited = score, 0
+        else:
+            self.waited += 1
+        if score >= self.best:  # the weights kept: the best epoch, the later one on a tie
+            self.best, self.best_epoch = score, trainer.current_epoch
+            self.best_state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
+        done = self.waited >= self.patience and trainer.current_epoch + 1 >= self.min_epochs
+        stop = trainer.strategy.reduce_boolean_decision(done, all=False)
+        if stop:
+            trainer.should_stop = True
+            log.info("early stop after epoch %d: %s best %.4f at epoch %d", trainer.current_epoch, self.key,
+                     self.sign * self.best, self.best_epoch)
+
+    def on_train_end(self, trainer, pl_module):
+        if self.best_state is not None:
+            pl_module.load_state_dict(self.best_state)
+
+    def summary(self) -> dict:
+        """What it decided, for the train artifact's fit.json (epochs numbered from 0)."""
+        return {"monitor": self.key, "best_epoch": self.best_epoch, "best": round(self.sign * self.best, 6),
+                "patience": self.patience, "min_epochs": self.min_epochs}
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_epoch": self.best_epoch, "best_state": self.best_state,
+                "waited": self.waited, "reference": self.reference}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.best_epoch = state["best"], state["best_epoch"]
+        self.best_state, self.waited, self.reference = state["best_state"], state["waited"], state["reference"]
+
+
+def early_stop_options(fit_cfg) -> tuple[float, list[Callback]]:
+    """(the share of training queries to hold out, the callbacks) for a decoder's ``fit.early_stop`` block:
+    (0, []) when it is absent or its patience is 0."""
+    stop = fit_cfg.get("early_stop") if fit_cfg is not None else None
+    if not stop or not int(stop.get("patience", 0)):
+        return 0.0, []
+    return float(stop.holdout), [EarlyStop(int(stop.patience), str(stop.get("monitor", "exact")),
+                                           float(stop.get("min_delta", 0.0)), int(stop.get("min_epochs", 0)))]
+
+
 class SimulatedKill(RuntimeError):
     pass
 
@@ -173,12 +259,13 @@ def small_fit_trainer(max_epochs: int, progress: bool = False, device="cpu") -> 
 
 def fit(module: L.LightningModule, datamodule: L.LightningDataModule, cfg, workdir: Path, max_epochs: int,
         logger=None, extra_callbacks=(), **trainer_kwargs) -> L.LightningModule:
-    """Train `module` for `max_epochs`, resuming from `workdir/last.ckpt` when present."""
+    """Train `module` for `max_epochs`, resuming from `workdir/last.ckpt` when present.  `trainer_kwargs` may
+    hold ``callbacks`` of the caller's own (e.g. `EarlyStop`), appended to the stage's."""
     workdir = Path(workdir)
     # The newest epoch is written whole, then `last.ckpt` is re-pointed at it: a kill never leaves it torn.
     ckpt = ModelCheckpoint(dirpath=workdir, filename="epoch{epoch}", save_last="link", save_top_k=1, monitor=None,
                            every_n_epochs=1, auto_insert_metric_name=False)
-    callbacks = [ckpt, EpochSeed(int(cfg.seed)), *extra_callbacks]
+    callbacks = [ckpt, EpochSeed(int(cfg.seed)), *extra_callbacks, *trainer_kwargs.pop("callbacks", ())]
     if cfg.get("progress", True):
         from lightning.pytorch.callbacks import RichProgressBar
         callbacks.append(RichProgressBar(leave=False))

@@ -41,6 +41,7 @@ CHOICES = {  # key -> allowed values (checked when the key is set)
     "backbone.input": ("prefix", "tokens"),
     "encoder.model.schedule": ("constant", "cosine"),
     "backbone.model.schedule": ("constant", "cosine"),
+    "backbone.fit.early_stop.monitor": ("exact", "loss"),
 }
 INTS = {  # key -> (minimum, null allowed)
     "eval.top_k": (1, False),
@@ -53,6 +54,8 @@ INTS = {  # key -> (minimum, null allowed)
     "encoder.fit.batch_size": (1, False),
     "backbone.fit.max_epochs": (0, False),
     "backbone.fit.batch_size": (1, False),
+    "backbone.fit.early_stop.patience": (0, False),
+    "backbone.fit.early_stop.min_epochs": (0, False),
     "backbone.max_src_len": (1, False),
     "captioner.fit.max_epochs": (0, False),
     "captioner.fit.batch_size": (1, False),
@@ -63,9 +66,11 @@ INTS = {  # key -> (minimum, null allowed)
     "train.limit": (0, True),
 }
 # each component's `fit` block: the keys a stage reads (another is a typo or an option of another block)
-FIT_KEYS = {"encoder.fit": ("max_epochs", "batch_size", "tasks"), "backbone.fit": ("max_epochs", "batch_size"),
+FIT_KEYS = {"encoder.fit": ("max_epochs", "batch_size", "tasks"),
+            "backbone.fit": ("max_epochs", "batch_size", "early_stop"),
             "captioner.fit": ("max_epochs", "batch_size")}
-FLOATS = ("decoding.length_penalty", "captioner.length_penalty")
+FLOATS = ("decoding.length_penalty", "captioner.length_penalty", "backbone.fit.early_stop.min_delta",
+          "backbone.fit.early_stop.holdout")
 UNIT_INTERVAL = ("encoder.model.warmup",)  # fractions in [0, 1)
 BOOLS = ("progress", "encoder.instructions", "train.memorize", "train.retrieve", "train.pseudo_queries",
          "train.describe", "train.consistency", "decoding.constrained", "decoding.rerank", "decoding.compile")
@@ -190,7 +195,21 @@ def _check_add_ons(cfg) -> None:
 
     from genretr.stages.addons import add_ons
 
-    add_ons(cfg).check(instantiate(cfg.backbone.adapter))
+    adapter = instantiate(cfg.backbone.adapter)
+    add_ons(cfg).check(adapter)
+    _check_early_stop(cfg, adapter)
+
+
+def _check_early_stop(cfg, adapter) -> None:
+    """backbone.fit.early_stop (patience > 0) holds out a share in (0, 1) and needs a decoder that validates."""
+    if int(_get(cfg, "backbone.fit.early_stop.patience", 0) or 0) == 0:
+        return
+    if not getattr(adapter, "stops_early", False):
+        raise GenretrError(f"backbone.fit.early_stop: {type(adapter).__name__} does not validate on held-out "
+                           "queries; set backbone.fit.early_stop.patience=0")
+    holdout = float(_get(cfg, "backbone.fit.early_stop.holdout", 0.0))
+    if not 0.0 < holdout < 1.0:
+        raise GenretrError(f"backbone.fit.early_stop.holdout={holdout} must lie in (0, 1) to stop early")
 
 
 def _check_scheme_options(cfg) -> None:

@@ -26,7 +26,7 @@ from genretr.backbones.cart_fusion import DecoderLayer, EncoderLayer, sinusoid
 from genretr.backbones.tied_source import embed_source, target_index
 from genretr.errors import GenretrError
 from genretr.identifiers.base import EOS, PAD
-from genretr.training import lr_factor, stepping_batches
+from genretr.training import log_heldout, lr_factor, stepping_batches
 
 SRC_PAD = 0
 
@@ -157,6 +157,12 @@ class CartSeq2Seq(L.LightningModule):
         if self.omega > 0:
             self.log("decoder/kl", kl, on_step=False, on_epoch=True, batch_size=n)
         return loss
+
+    def validation_step(self, batch, batch_idx=0):
+        """Held-out training queries (`genretr.training.EarlyStop`): their targets' loss and exact match."""
+        labels = batch["labels"]
+        start = torch.full_like(labels[:, :1], PAD)
+        log_heldout(self, self.logits(batch["src"], torch.cat([start, labels[:, :-1]], 1)), labels, PAD)
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

@@ -28,7 +28,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from genretr.backbones.tied_source import embed_source, target_index
 from genretr.identifiers.base import EOS, PAD
-from genretr.training import lr_factor, stepping_batches
+from genretr.training import log_heldout, lr_factor, stepping_batches
 
 
 def generation_cache():
@@ -124,6 +124,12 @@ class T5PrefixDecoder(L.LightningModule):
         loss = self({**batch, "z": z} if self.tokens_input else z, labels)
         self.log("decoder/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(z))
         return loss
+
+    def validation_step(self, batch, batch_idx=0):
+        """Held-out training queries (`genretr.training.EarlyStop`): their targets' loss and exact match."""
+        labels = batch["labels"]
+        out = self._t5(batch if self.tokens_input else batch["z"], labels=labels.masked_fill(labels == PAD, -100))
+        log_heldout(self, out.logits, labels, PAD)
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW([p for p in self.parameters() if p.requires_grad], lr=self.hparams.lr,

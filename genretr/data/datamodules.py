@@ -181,12 +181,47 @@ class IdentifierDataModule(PhasedDataModule):
 
     With ``schedule="phased"`` (GRACE: learning to memorize, then to retrieve) the first
     `memorize_epochs` epochs draw only memorize samples (``phase == 0``), the later ones all samples;
-    ``"interleaved"`` draws all samples every epoch."""
+    ``"interleaved"`` draws all samples every epoch.
+
+    ``holdout`` > 0 sets that share of the training queries (``query`` >= 0, drawn by `seed`) apart, every
+    sample of each: the validation set `genretr.training.EarlyStop` watches.  0: no validation."""
 
     def __init__(self, samples: dict[str, torch.Tensor], batch_size: int = 256, seed: int = 0,
-                 schedule: str = "interleaved", memorize_epochs: int = 0):
-        phase = samples.get("phase")
-        data = TensorDict({k: v.float() if v.is_floating_point() else v.long() for k, v in samples.items()
-                           if k != "phase"})
+                 schedule: str = "interleaved", memorize_epochs: int = 0, holdout: float = 0.0):
+        samples = dict(samples)
+        phase, query = samples.pop("phase", None), samples.pop("query", None)
+        held = heldout_rows(query, holdout, seed)
+        if held is not None:
+            if not held.any() or held.all():
+                raise ValueError(f"holding out {holdout:.0%} of the training queries leaves "
+                                 f"{'none to validate on' if not held.any() else 'nothing to train on'}")
+            self.val = TensorDict({k: v[held] for k, v in as_batch_dtypes(samples).items()})
+            samples = {k: v[~held] for k, v in samples.items()}
+            phase = phase[~held] if phase is not None else None
+        else:
+            self.val = None
+        data = TensorDict(as_batch_dtypes(samples))
         memorize_rows = (phase == 0).nonzero().flatten().tolist() if phase is not None else []
         super().__init__(data, batch_size, seed, memorize_rows, schedule, memorize_epochs)
+
+    def val_dataloader(self):
+        return [] if self.val is None else DataLoader(self.val, batch_size=self.batch_size)
+
+
+def as_batch_dtypes(samples: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.float() if v.is_floating_point() else v.long() for k, v in samples.items()}
+
+
+def heldout_rows(query: torch.Tensor | None, share: float, seed: int) -> torch.Tensor | None:
+    """Rows of the `share` of distinct training queries (``query`` >= 0) drawn by `seed` (a bool mask), or
+    None when nothing is held out."""
+    if not share:
+        return None
+    if not 0 < share < 1:
+        raise ValueError(f"backbone.fit.early_stop.holdout={share} must lie in (0, 1)")
+    if query is None:
+        raise ValueError("these decoder samples do not say which training query each comes from")
+    queries = query[query >= 0].unique()
+    g = torch.Generator().manual_seed(seed * 1_000_003 + 17)
+    chosen = queries[torch.randperm(len(queries), generator=g)[: round(share * len(queries))]]
+    return torch.isin(query, chosen)

@@ -3,11 +3,14 @@ and query -> identifier (learning to retrieve), plus pseudo-queries (GRACE App. 
 descriptions (GRACE Sec. 4.5) and rationales (SSID Sec. III-D) as configured; the samples and the model are
 the decoder adapter's (`genretr.stages.decoders`).  Trained weights are one artifact keyed by the identify key
 and the train config; Lightning's last checkpoint under the stage's work directory resumes a killed fit.
+The artifact's ``fit.json`` says how many epochs were trained (and, with `backbone.fit.early_stop`, which epoch's
+weights were kept); results.json repeats it as ``training``.
 A model with a `trainable_state_dict()` is saved as that state alone (`genretr.training.trained_state`) and
 loaded over a fresh build, seeded as the trained one was, so that its frozen random weights match.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,12 +41,26 @@ def run(ctx: RunContext, ds: RetrievalDataset, emb: Embeddings, table: IdTable):
     def write(tmp: Path):
         model = build()
         datamodule, fit_options = decoder.training(ctx, ds, emb, table, model)
+        summary = {"max_epochs": int(cfg.fit.max_epochs), "epochs": 0}
         if datamodule is not None:
             fit(model, datamodule, ctx.cfg, ctx.store.work("train", key), int(cfg.fit.max_epochs), ctx.logger,
                 ctx.extra_callbacks, **fit_options)
+            summary["epochs"] = int(model.trainer.current_epoch)
+            stops = [c.summary() for c in fit_options.get("callbacks", ()) if hasattr(c, "summary")]
+            if stops:
+                summary["early_stop"] = stops[0]
         torch.save(trained_state(model), tmp / "model.pt")
+        (tmp / "fit.json").write_text(json.dumps(summary, indent=2) + "\n")
 
     path = ctx.store.produce("train", key, write)
     model = build()
     load_trained_state(model, torch.load(path / "model.pt", map_location="cpu"))
     return model.to(ctx.device).eval()  # the search and its add-ons run where the model is
+
+
+def fit_summary(ctx: RunContext) -> dict | None:
+    """The train artifact's fit.json (epochs trained, the early stop's decision), when this run trained or
+    reused one that has it."""
+    key = ctx.keys.get("train")
+    path = ctx.store.artifact("train", key) / "fit.json" if key else None
+    return json.loads(path.read_text()) if path is not None and path.exists() else None

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 class MLLMDecoder:
     reads_query_vectors = False
+    stops_early = False  # no held-out validation: backbone.fit.early_stop is refused
     # the add-ons it takes (genretr.stages.addons): pseudo-queries and describe need sample tensors and word IDs
     add_ons = frozenset({"rationale", "limit", "query_texts"})
 

@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from genretr.data.datamodules import IdentifierDataModule
 from genretr.errors import GenretrError
 from genretr.samples import decoder_samples
+from genretr.training import early_stop_options
 
 if TYPE_CHECKING:
     from genretr.stages.context import RunContext
@@ -22,6 +23,8 @@ ADD_ONS = frozenset({"pseudo_queries", "rationale", "limit", "query_texts"})  # 
 
 
 class SequenceDecoder:
+    stops_early = True  # backbone.fit.early_stop: validates on held-out training queries
+
     def __init__(self, input: str = "prefix"):
         if input not in INPUTS:
             raise GenretrError(f"backbone.input={input} is not one of {', '.join(INPUTS)}")
@@ -79,9 +82,12 @@ class SequenceDecoder:
                  int((samples["phase"] == 0).sum()))
         if not len(samples["labels"]):  # train.limit=0: the untrained decoder (the curve's zero point)
             return None, {}
+        holdout, callbacks = early_stop_options(cfg.fit)
         dm = IdentifierDataModule(samples, int(cfg.fit.batch_size), int(ctx.cfg.seed), str(tr.schedule),
-                                  int(tr.memorize_epochs))
-        return dm, {"reload_dataloaders_every_n_epochs": 1 if dm.memorize_epochs else 0}
+                                  int(tr.memorize_epochs), holdout)
+        if dm.val is not None:
+            log.info("decoder: %d samples of held-out training queries to stop early on", len(dm.val))
+        return dm, {"reload_dataloaders_every_n_epochs": 1 if dm.memorize_epochs else 0, "callbacks": callbacks}
 
     def decoding_table(self, model, table):
         return table
