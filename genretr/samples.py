@@ -115,14 +115,17 @@ def draw_samples(samples: dict, n: int, seed: int) -> dict:
     return {k: v[keep] for k, v in samples.items()}
 
 
-NOT_A_QUERY = {"query": -1}  # what a sample dict without the key means by it
+def with_query_column(samples: dict, other: dict) -> dict:
+    """`samples` with a ``query`` column of -1 (not from a training query) when only `other` has one."""
+    if "query" in samples or "query" not in other:
+        return samples
+    return {**samples, "query": torch.full((len(samples["labels"]),), -1, dtype=torch.long)}
 
 
 def concat_samples(a: dict, b: dict) -> dict:
     """Concatenate two sample dicts; `labels` (and `src`) are padded to the wider of the two.  A ``query``
-    column only one of them has is -1 (not from a training query) in the other's rows."""
-    a, b = ({**{k: torch.full((len(x["labels"]),), v, dtype=torch.long) for k, v in NOT_A_QUERY.items()
-                if k in y and k not in x}, **x} for x, y in ((a, b), (b, a)))
+    column only one of them has is -1 in the other's rows."""
+    a, b = with_query_column(a, b), with_query_column(b, a)
     out = {}
     for k in a:
         x, y = a[k], b[k]

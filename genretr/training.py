@@ -175,9 +175,9 @@ class EarlyStop(Callback):
         self.best, self.best_epoch, self.best_state, self.waited = -math.inf, -1, None, 0
         self.reference = -math.inf
 
-    def on_train_epoch_start(self, trainer, pl_module):
-        if self.waited >= self.patience and trainer.current_epoch >= self.min_epochs:  # resumed after the decision
-            trainer.should_stop = True
+    def on_train_start(self, trainer, pl_module):
+        if self.waited >= self.patience and trainer.current_epoch >= self.min_epochs:  # resumed after the decision:
+            trainer.should_stop = True  # the fit loop ends before another epoch starts
 
     def on_validation_end(self, trainer, pl_module):
         if trainer.sanity_checking or self.key not in trainer.callback_metrics:
@@ -203,8 +203,10 @@ class EarlyStop(Callback):
 
     def summary(self) -> dict:
         """What it decided, for the train artifact's fit.json (epochs numbered from 0)."""
-        return {"monitor": self.key, "best_epoch": self.best_epoch, "best": round(self.sign * self.best, 6),
-                "patience": self.patience, "min_epochs": self.min_epochs}
+        scored = self.best_epoch >= 0  # no epoch scored (a NaN score every epoch): nothing was kept
+        return {"monitor": self.key, "best_epoch": self.best_epoch if scored else None,
+                "best": round(self.sign * self.best, 6) if scored else None, "patience": self.patience,
+                "min_epochs": self.min_epochs}
 
     def state_dict(self) -> dict:
         return {"best": self.best, "best_epoch": self.best_epoch, "best_state": self.best_state,
@@ -215,14 +217,22 @@ class EarlyStop(Callback):
         self.best_state, self.waited, self.reference = state["best_state"], state["waited"], state["reference"]
 
 
-def early_stop_options(fit_cfg) -> tuple[float, list[Callback]]:
-    """(the share of training queries to hold out, the callbacks) for a decoder's ``fit.early_stop`` block:
-    (0, []) when it is absent or its patience is 0."""
+def early_stop_holdout(fit_cfg) -> float:
+    """The share of training queries a decoder's ``fit.early_stop`` block holds out: 0 when it is absent or its
+    patience is 0."""
     stop = fit_cfg.get("early_stop") if fit_cfg is not None else None
-    if not stop or not int(stop.get("patience", 0)):
-        return 0.0, []
-    return float(stop.holdout), [EarlyStop(int(stop.patience), str(stop.get("monitor", "exact")),
-                                           float(stop.get("min_delta", 0.0)), int(stop.get("min_epochs", 0)))]
+    return float(stop.get("holdout", 0.05)) if stop and int(stop.get("patience", 0)) else 0.0
+
+
+def early_stop_callbacks(fit_cfg, memorize_epochs: int = 0) -> list[Callback]:
+    """`EarlyStop` for a decoder's ``fit.early_stop`` block (none when its patience is 0).  A phased schedule's
+    `memorize_epochs` see no queries, so the patience starts counting after them."""
+    if not early_stop_holdout(fit_cfg):
+        return []
+    stop = fit_cfg.early_stop
+    patience = int(stop.patience)
+    return [EarlyStop(patience, str(stop.get("monitor", "exact")), float(stop.get("min_delta", 0.0)),
+                      max(int(stop.get("min_epochs", 0)), int(memorize_epochs) + patience))]
 
 
 class SimulatedKill(RuntimeError):

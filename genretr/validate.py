@@ -188,7 +188,8 @@ def _check_adapter(cfg) -> None:
 
 
 def _check_add_ons(cfg) -> None:
-    """The paper add-ons the run turns on are ones its decoder adapter takes (genretr.stages.addons)."""
+    """The paper add-ons the run turns on are ones its decoder adapter takes (genretr.stages.addons), and early
+    stopping is one it can do."""
     if _get(cfg, "method.name") == "embedding" or _get(cfg, "backbone.adapter._target_") in (ABSENT, None):
         return
     from hydra.utils import instantiate
@@ -210,6 +211,9 @@ def _check_early_stop(cfg, adapter) -> None:
     holdout = float(_get(cfg, "backbone.fit.early_stop.holdout", 0.0))
     if not 0.0 < holdout < 1.0:
         raise GenretrError(f"backbone.fit.early_stop.holdout={holdout} must lie in (0, 1) to stop early")
+    if _get(cfg, "train.retrieve", True) is False:
+        raise GenretrError("backbone.fit.early_stop holds out training queries, and train.retrieve=false trains on "
+                           "none; set backbone.fit.early_stop.patience=0")
 
 
 def _check_scheme_options(cfg) -> None:

@@ -13,7 +13,7 @@ from genretr.backbones.t5_prefix import T5PrefixDecoder
 from genretr.data.datamodules import IdentifierDataModule, heldout_rows
 from genretr.errors import GenretrError
 from genretr.samples import concat_samples
-from genretr.training import EarlyStop, early_stop_options, fit, log_heldout
+from genretr.training import EarlyStop, early_stop_callbacks, early_stop_holdout, fit, log_heldout
 
 # val_exact of epochs 0, 1, ...: best at epoch 2, then no improvement
 SCORES = [0.1, 0.3, 0.6, 0.5, 0.55, 0.4, 0.7, 0.9]
@@ -28,7 +28,7 @@ def test_held_out_rows_are_whole_queries_drawn_by_the_seed():
     assert torch.equal(held, heldout_rows(query, 0.25, seed=3))
     assert not torch.equal(held, heldout_rows(query, 0.25, seed=4))
     assert heldout_rows(query, 0.0, seed=3) is None
-    with pytest.raises(ValueError, match="must lie in"):
+    with pytest.raises(GenretrError, match="must lie in"):
         heldout_rows(query, 1.5, seed=0)
 
 
@@ -51,8 +51,9 @@ def test_the_datamodule_trains_on_the_rest_and_validates_on_the_held_out_queries
     assert "query" not in dm.data.tensors and dm.memorize_rows == [0, 1]
     assert IdentifierDataModule(s, batch_size=8).val is None
     assert IdentifierDataModule(s, batch_size=8).val_dataloader() == []
-    with pytest.raises(ValueError, match="none to validate on"):
-        IdentifierDataModule(s, batch_size=8, holdout=0.01)  # rounds to no query
+    assert len(IdentifierDataModule(s, batch_size=8, holdout=0.01).val) == 2  # at least one query
+    with pytest.raises(GenretrError, match="none to validate on"):
+        IdentifierDataModule({**s, "query": torch.full_like(s["query"], -1)}, batch_size=8, holdout=0.2)
 
 
 def test_concatenated_samples_without_a_query_column_are_not_held_out():
@@ -149,20 +150,25 @@ def test_on_a_tie_the_later_weights_are_kept(tmp_path, monkeypatch):
 
 def test_a_run_resumed_after_the_decision_stops_at_once_with_the_same_weights(tmp_path):
     whole, _, _ = run_fit(tmp_path / "whole", max_epochs=8)
-    _, _, before = run_fit(tmp_path / "killed", max_epochs=5)  # ends with epoch 4, where the stop was decided
+    run_fit(tmp_path / "killed", max_epochs=5)  # ends with epoch 4, where the stop was decided
     resumed, stop, w = run_fit(tmp_path / "killed", max_epochs=8)
-    assert w in ([], before[-1:]) and stop.best_epoch == 2  # no step after the resume (Lightning may end an empty epoch)
+    assert w == [] and stop.best_epoch == 2  # no epoch after the resume
     assert float(resumed.w) == float(whole.w)
+    assert resumed.trainer.current_epoch == whole.trainer.current_epoch == 5  # fit.json's epochs agree
 
 
 def test_early_stop_options_and_bad_values():
-    assert early_stop_options(OmegaConf.create({"max_epochs": 3})) == (0.0, [])
-    assert early_stop_options(OmegaConf.create({"early_stop": {"patience": 0, "holdout": 0.1}})) == (0.0, [])
-    holdout, (cb,) = early_stop_options(OmegaConf.create({"early_stop": {"patience": 3, "holdout": 0.1,
-                                                                          "monitor": "loss", "min_epochs": 4}}))
-    assert holdout == 0.1 and (cb.key, cb.sign, cb.patience, cb.min_epochs) == ("decoder/val_loss", -1.0, 3, 4)
+    off = [OmegaConf.create({"max_epochs": 3}), OmegaConf.create({"early_stop": {"patience": 0, "holdout": 0.1}})]
+    assert all(early_stop_holdout(f) == 0.0 and early_stop_callbacks(f) == [] for f in off)
+    fit_cfg = OmegaConf.create({"early_stop": {"patience": 3, "holdout": 0.1, "monitor": "loss", "min_epochs": 4}})
+    (cb,) = early_stop_callbacks(fit_cfg)
+    assert early_stop_holdout(fit_cfg) == 0.1
+    assert (cb.key, cb.sign, cb.patience, cb.min_epochs) == ("decoder/val_loss", -1.0, 3, 4)
+    (phased,) = early_stop_callbacks(fit_cfg, memorize_epochs=5)  # memorize-only epochs see no queries
+    assert phased.min_epochs == 8
     with pytest.raises(GenretrError, match="monitor=acc"):
         EarlyStop(2, "acc")
+    assert EarlyStop(2).summary()["best"] is None  # nothing scored: no -inf in fit.json
 
 
 def test_a_run_stops_early_and_says_so_in_results(make_cfg, tmp_path):

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from genretr.errors import GenretrError
+
 
 def loader_generator() -> torch.Generator:
     """A DataLoader draws a base seed each time it is iterated; from its own generator, that draw
@@ -193,8 +195,8 @@ class IdentifierDataModule(PhasedDataModule):
         held = heldout_rows(query, holdout, seed)
         if held is not None:
             if not held.any() or held.all():
-                raise ValueError(f"holding out {holdout:.0%} of the training queries leaves "
-                                 f"{'none to validate on' if not held.any() else 'nothing to train on'}")
+                raise GenretrError(f"backbone.fit.early_stop.holdout={holdout}: holding out that share of the "
+                                   f"training queries leaves {'none to validate on' if not held.any() else 'nothing to train on'}")
             self.val = TensorDict({k: v[held] for k, v in as_batch_dtypes(samples).items()})
             samples = {k: v[~held] for k, v in samples.items()}
             phase = phase[~held] if phase is not None else None
@@ -218,10 +220,11 @@ def heldout_rows(query: torch.Tensor | None, share: float, seed: int) -> torch.T
     if not share:
         return None
     if not 0 < share < 1:
-        raise ValueError(f"backbone.fit.early_stop.holdout={share} must lie in (0, 1)")
+        raise GenretrError(f"backbone.fit.early_stop.holdout={share} must lie in (0, 1)")
     if query is None:
-        raise ValueError("these decoder samples do not say which training query each comes from")
+        raise GenretrError("backbone.fit.early_stop: these decoder samples do not say which training query each "
+                           "comes from")
     queries = query[query >= 0].unique()
     g = torch.Generator().manual_seed(seed * 1_000_003 + 17)
-    chosen = queries[torch.randperm(len(queries), generator=g)[: round(share * len(queries))]]
+    chosen = queries[torch.randperm(len(queries), generator=g)[: max(1, round(share * len(queries)))]]
     return torch.isin(query, chosen)

@@ -20,7 +20,7 @@ from genretr.data.embeddings import Embeddings
 from genretr.data.schema import RetrievalDataset
 from genretr.identifiers.base import IdTable
 from genretr.stages import keys
-from genretr.training import fit, load_trained_state, trained_state
+from genretr.training import EarlyStop, fit, load_trained_state, trained_state
 
 if TYPE_CHECKING:  # stages read the run's context; only genretr.pipeline makes one
     from genretr.stages.context import RunContext
@@ -46,7 +46,7 @@ def run(ctx: RunContext, ds: RetrievalDataset, emb: Embeddings, table: IdTable):
             fit(model, datamodule, ctx.cfg, ctx.store.work("train", key), int(cfg.fit.max_epochs), ctx.logger,
                 ctx.extra_callbacks, **fit_options)
             summary["epochs"] = int(model.trainer.current_epoch)
-            stops = [c.summary() for c in fit_options.get("callbacks", ()) if hasattr(c, "summary")]
+            stops = [c.summary() for c in fit_options.get("callbacks", ()) if isinstance(c, EarlyStop)]
             if stops:
                 summary["early_stop"] = stops[0]
         torch.save(trained_state(model), tmp / "model.pt")

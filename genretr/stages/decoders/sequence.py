@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from genretr.data.datamodules import IdentifierDataModule
 from genretr.errors import GenretrError
 from genretr.samples import decoder_samples
-from genretr.training import early_stop_options
+from genretr.training import early_stop_callbacks, early_stop_holdout
 
 if TYPE_CHECKING:
     from genretr.stages.context import RunContext
@@ -82,12 +82,12 @@ class SequenceDecoder:
                  int((samples["phase"] == 0).sum()))
         if not len(samples["labels"]):  # train.limit=0: the untrained decoder (the curve's zero point)
             return None, {}
-        holdout, callbacks = early_stop_options(cfg.fit)
         dm = IdentifierDataModule(samples, int(cfg.fit.batch_size), int(ctx.cfg.seed), str(tr.schedule),
-                                  int(tr.memorize_epochs), holdout)
+                                  int(tr.memorize_epochs), early_stop_holdout(cfg.fit))
         if dm.val is not None:
             log.info("decoder: %d samples of held-out training queries to stop early on", len(dm.val))
-        return dm, {"reload_dataloaders_every_n_epochs": 1 if dm.memorize_epochs else 0, "callbacks": callbacks}
+        return dm, {"reload_dataloaders_every_n_epochs": 1 if dm.memorize_epochs else 0,
+                    "callbacks": early_stop_callbacks(cfg.fit, dm.memorize_epochs)}
 
     def decoding_table(self, model, table):
         return table
