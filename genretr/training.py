@@ -158,13 +158,13 @@ EARLY_STOP_MONITORS = {"exact": ("decoder/val_exact", 1.0), "loss": ("decoder/va
 class EarlyStop(Callback):
     """Stop a fit once the held-out score has not improved by more than `min_delta` for `patience` epochs (never
     before `min_epochs` epochs: the exact match stays 0 while a decoder learns the first tokens), and end it with
-    the weights of its best epoch (the later of equals).  `monitor`: ``exact`` (higher is better) or ``loss``.
+    the weights of its best epoch (the later of equals).  `monitor`: ``loss`` (lower is better) or ``exact``.
 
     Unlike Lightning's `EarlyStopping` it keeps the best weights itself, and its whole state (the best score,
     epoch, weights and the epochs waited) is in every checkpoint: a run killed after it decided to stop resumes,
     stops at once and ends with the same weights as an uninterrupted one."""
 
-    def __init__(self, patience: int, monitor: str = "exact", min_delta: float = 0.0, min_epochs: int = 0):
+    def __init__(self, patience: int, monitor: str = "loss", min_delta: float = 0.0, min_epochs: int = 0):
         if monitor not in EARLY_STOP_MONITORS:
             raise GenretrError(f"backbone.fit.early_stop.monitor={monitor} is not one of "
                                f"{', '.join(EARLY_STOP_MONITORS)}")
@@ -231,7 +231,7 @@ def early_stop_callbacks(fit_cfg, memorize_epochs: int = 0) -> list[Callback]:
         return []
     stop = fit_cfg.early_stop
     patience = int(stop.patience)
-    return [EarlyStop(patience, str(stop.get("monitor", "exact")), float(stop.get("min_delta", 0.0)),
+    return [EarlyStop(patience, str(stop.get("monitor", "loss")), float(stop.get("min_delta", 0.0)),
                       max(int(stop.get("min_epochs", 0)), int(memorize_epochs) + patience))]
 
 

@@ -189,7 +189,7 @@ def test_a_run_stops_early_and_says_so_in_results(make_cfg, tmp_path):
         torch.set_num_threads(threads)
     stopped = json.loads((tmp_path / "stop" / "results.json").read_text())["training"]
     assert stopped["max_epochs"] == 6 and stopped["epochs"] == 2
-    assert stopped["early_stop"]["best_epoch"] in (0, 1) and stopped["early_stop"]["monitor"] == "decoder/val_exact"
+    assert stopped["early_stop"]["best_epoch"] in (0, 1) and stopped["early_stop"]["monitor"] == "decoder/val_loss"
     assert json.loads((tmp_path / "stop" / "artifacts" / "train" / "fit.json").read_text()) == stopped
     full = json.loads((tmp_path / "full" / "results.json").read_text())["training"]
     assert full == {"max_epochs": 3, "epochs": 3}  # patience 0 (the default): every epoch, nothing held out
