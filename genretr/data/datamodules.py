@@ -195,8 +195,9 @@ class IdentifierDataModule(PhasedDataModule):
         held = heldout_rows(query, holdout, seed)
         if held is not None:
             if not held.any() or held.all():
+                left = "none to validate on" if not held.any() else "nothing to train on"
                 raise GenretrError(f"backbone.fit.early_stop.holdout={holdout}: holding out that share of the "
-                                   f"training queries leaves {'none to validate on' if not held.any() else 'nothing to train on'}")
+                                   f"training queries leaves {left}")
             self.val = TensorDict({k: v[held] for k, v in as_batch_dtypes(samples).items()})
             samples = {k: v[~held] for k, v in samples.items()}
             phase = phase[~held] if phase is not None else None
