@@ -42,6 +42,7 @@ CHOICES = {  # key -> allowed values (checked when the key is set)
     "encoder.model.schedule": ("constant", "cosine"),
     "backbone.model.schedule": ("constant", "cosine"),
     "backbone.fit.early_stop.monitor": ("exact", "loss"),
+    "backbone.model.query_mix": ("paper", "authors_code"),
 }
 INTS = {  # key -> (minimum, null allowed)
     "eval.top_k": (1, False),

@@ -42,6 +42,7 @@ BAD = {  # overrides (on debug=tiny) -> what the one-line message must say
                                      "backbone.fit.early_stop.holdout=0.0 must lie in (0, 1) to stop early"),
     "early stop without queries": (["backbone.fit.early_stop.patience=3", "train.retrieve=false"],
                                    "backbone.fit.early_stop holds out training queries, and train.retrieve=false"),
+    "query mix": (["backbone.model.query_mix=both"], "backbone.model.query_mix=both is not one of paper, authors_code"),
     "early stop, MLLM": (["backbone=qwen25vl", "+backbone.fit.early_stop.patience=3"],
                          "backbone.fit.early_stop: MLLMDecoder does not validate on held-out queries"),
     "fit key typo": (["+captioner.fit.epochs=3"], "captioner.fit.epochs is not read by any stage"),

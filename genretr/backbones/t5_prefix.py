@@ -4,9 +4,9 @@ GENIUS Sec. 4.3.1, Eq. 9–10: an MLP maps the query embedding z_q to N prefix v
 P(z_q) = Reshape(MLP(z_q)) ∈ R^{N×d'}, which the decoder reads through cross-attention
 (they stand where a T5 encoder's output would); the loss is the cross-entropy of the
 target identifier.  With `query_mix_alpha > 0` each training query vector is replaced by an
-interpolation towards its target's vector (GENIUS Sec. 4.3.2, Eq. 11 as written: z' = mu z_q + (1 - mu) z_c, one
-mu ~ Beta(alpha, alpha) per sample; the authors' code draws mu per dimension and mixes sqrt(mu) z_q + sqrt(1 - mu)
-z_c).  The T5 encoder is built with zero layers and its unused final norm frozen, so every trained parameter is
+interpolation towards its target's vector (GENIUS Sec. 4.3.2, Eq. 11 as written, `query_mix="paper"`: z' = mu z_q
++ (1 - mu) z_c, one mu ~ Beta(alpha, alpha) per sample; `query_mix="authors_code"`: as the authors' code, mu drawn
+per dimension and z' = sqrt(mu) z_q + sqrt(1 - mu) z_c).  The T5 encoder is built with zero layers and its unused final norm frozen, so every trained parameter is
 used (DDP needs that); the token embeddings stay shared and trained.
 
 With `input="tokens"` (GRACE Sec. 3.4 on T5, DSI-style) a T5 encoder of `encoder_layers` layers reads
@@ -29,6 +29,9 @@ from transformers.modeling_outputs import BaseModelOutput
 from genretr.backbones.tied_source import embed_source, target_index
 from genretr.identifiers.base import EOS, PAD
 from genretr.training import log_heldout, lr_factor, stepping_batches
+
+
+QUERY_MIXES = ("paper", "authors_code")  # GENIUS Eq. 11 as written | as the authors' code draws it
 
 
 def generation_cache():
@@ -62,11 +65,13 @@ class T5PrefixDecoder(L.LightningModule):
     def __init__(self, vocab_size: int, input_dim: int, d_model: int = 256, num_layers: int = 2, num_heads: int = 4,
                  d_ff: int = 1024, dropout: float = 0.1, prefix_len: int = 8, prefix_hidden: int = 1024,
                  lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: int = 100, schedule: str = "constant",
-                 query_mix_alpha: float = 0.0,
+                 query_mix_alpha: float = 0.0, query_mix: str = "paper",
                  tie_embeddings: bool = True, input: str = "prefix", encoder_layers: int = 2,
                  src_vocab_size: int | None = None, tied_src_tokens: list | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["tied_src_tokens"])  # rebuilt by the builder (one pair per ID token)
+        if query_mix not in QUERY_MIXES:
+            raise ValueError(f"backbone.model.query_mix={query_mix} is not one of {', '.join(QUERY_MIXES)}")
         if input not in ("prefix", "tokens"):
             raise ValueError(f"backbone.model.input={input} is not one of prefix, tokens")
         if input == "tokens" and not src_vocab_size:
@@ -117,13 +122,21 @@ class T5PrefixDecoder(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         z, labels = batch["z"], batch["labels"]
-        if self.hparams.query_mix_alpha > 0:  # GENIUS Eq. 11: z' = mu z_q + (1 - mu) z_c, mu ~ Beta(a, a)
-            a = torch.tensor(float(self.hparams.query_mix_alpha), device=z.device)
-            mu = torch.distributions.Beta(a, a).sample((len(z), 1))
-            z = mu * z + (1 - mu) * batch["target_z"]
+        if self.hparams.query_mix_alpha > 0:
+            z = self.mix_queries(z, batch["target_z"])
         loss = self({**batch, "z": z} if self.tokens_input else z, labels)
         self.log("decoder/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(z))
         return loss
+
+    def mix_queries(self, zq: torch.Tensor, zc: torch.Tensor) -> torch.Tensor:
+        """GENIUS Eq. 11, mu ~ Beta(alpha, alpha): z' = mu z_q + (1 - mu) z_c, one mu per sample (the paper), or
+        sqrt(mu) z_q + sqrt(1 - mu) z_c with mu per dimension (the authors' code)."""
+        a = torch.tensor(float(self.hparams.query_mix_alpha), device=zq.device)
+        if self.hparams.get("query_mix", "paper") == "authors_code":
+            mu = torch.distributions.Beta(a, a).sample(zq.shape)
+            return mu.sqrt() * zq + (1 - mu).sqrt() * zc
+        mu = torch.distributions.Beta(a, a).sample((len(zq), 1))
+        return mu * zq + (1 - mu) * zc
 
     def validation_step(self, batch, batch_idx=0):
         """Held-out training queries (`genretr.training.EarlyStop`): their targets' loss and exact match."""
