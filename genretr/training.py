@@ -268,8 +268,9 @@ def small_fit_trainer(max_epochs: int, progress: bool = False, device="cpu") -> 
 
 
 def fit(module: L.LightningModule, datamodule: L.LightningDataModule, cfg, workdir: Path, max_epochs: int,
-        logger=None, extra_callbacks=(), **trainer_kwargs) -> L.LightningModule:
-    """Train `module` for `max_epochs`, resuming from `workdir/last.ckpt` when present.  `trainer_kwargs` may
+        logger=None, extra_callbacks=(), **trainer_kwargs) -> L.Trainer:
+    """Train `module` for `max_epochs`, resuming from `workdir/last.ckpt` when present; returns the Trainer (under
+    a spawning strategy `module` itself is not attached to it).  `trainer_kwargs` may
     hold ``callbacks`` of the caller's own (e.g. `EarlyStop`), appended to the stage's."""
     workdir = Path(workdir)
     # The newest epoch is written whole, then `last.ckpt` is re-pointed at it: a kill never leaves it torn.
@@ -286,4 +287,4 @@ def fit(module: L.LightningModule, datamodule: L.LightningDataModule, cfg, workd
     if last.exists():
         log.info("resuming from %s", last)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
-    return module
+    return trainer

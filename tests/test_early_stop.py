@@ -130,7 +130,8 @@ def run_fit(workdir, max_epochs, patience=2, min_epochs=0):
         def on_train_epoch_end(self, trainer, module):
             trainer_w.append(float(module.w))
 
-    m = fit(Scripted(), Batches(), cfg, workdir, max_epochs, callbacks=[stop, Record()])
+    m = Scripted()
+    m.fitted_by = fit(m, Batches(), cfg, workdir, max_epochs, callbacks=[stop, Record()])
     return m, stop, trainer_w
 
 
@@ -154,7 +155,7 @@ def test_a_run_resumed_after_the_decision_stops_at_once_with_the_same_weights(tm
     resumed, stop, w = run_fit(tmp_path / "killed", max_epochs=8)
     assert w == [] and stop.best_epoch == 2  # no epoch after the resume
     assert float(resumed.w) == float(whole.w)
-    assert resumed.trainer.current_epoch == whole.trainer.current_epoch == 5  # fit.json's epochs agree
+    assert resumed.fitted_by.current_epoch == whole.fitted_by.current_epoch == 5  # fit.json's epochs agree
 
 
 def test_early_stop_options_and_bad_values():

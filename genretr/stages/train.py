@@ -43,9 +43,9 @@ def run(ctx: RunContext, ds: RetrievalDataset, emb: Embeddings, table: IdTable):
         datamodule, fit_options = decoder.training(ctx, ds, emb, table, model)
         summary = {"max_epochs": int(cfg.fit.max_epochs), "epochs": 0}
         if datamodule is not None:
-            fit(model, datamodule, ctx.cfg, ctx.store.work("train", key), int(cfg.fit.max_epochs), ctx.logger,
-                ctx.extra_callbacks, **fit_options)
-            summary["epochs"] = int(model.trainer.current_epoch)
+            trainer = fit(model, datamodule, ctx.cfg, ctx.store.work("train", key), int(cfg.fit.max_epochs),
+                          ctx.logger, ctx.extra_callbacks, **fit_options)
+            summary["epochs"] = int(trainer.current_epoch)
             stops = [c.summary() for c in fit_options.get("callbacks", ()) if isinstance(c, EarlyStop)]
             if stops:
                 summary["early_stop"] = stops[0]
