@@ -6,8 +6,8 @@ P(z_q) = Reshape(MLP(z_q)) ∈ R^{N×d'}, which the decoder reads through cross-
 target identifier.  With `query_mix_alpha > 0` each training query vector is replaced by an
 interpolation towards its target's vector (GENIUS Sec. 4.3.2, Eq. 11 as written, `query_mix="paper"`: z' = mu z_q
 + (1 - mu) z_c, one mu ~ Beta(alpha, alpha) per sample; `query_mix="authors_code"`: as the authors' code, mu drawn
-per dimension and z' = sqrt(mu) z_q + sqrt(1 - mu) z_c).  The T5 encoder is built with zero layers and its unused final norm frozen, so every trained parameter is
-used (DDP needs that); the token embeddings stay shared and trained.
+per dimension and z' = sqrt(mu) z_q + sqrt(1 - mu) z_c).  The T5 encoder is built with zero layers and its unused
+final norm frozen, so every trained parameter is used (DDP needs that); the token embeddings stay shared and trained.
 
 With `input="tokens"` (GRACE Sec. 3.4 on T5, DSI-style) a T5 encoder of `encoder_layers` layers reads
 the query as tokens (`src`, its own vocabulary); samples without text (memorize: an image) enter that
