@@ -87,7 +87,8 @@ class SequenceDecoder:
         if dm.val is not None:
             log.info("decoder: %d samples of held-out training queries to stop early on", len(dm.val))
         return dm, {"reload_dataloaders_every_n_epochs": 1 if dm.memorize_epochs else 0,
-                    "callbacks": early_stop_callbacks(cfg.fit, dm.memorize_epochs)}
+                    "callbacks": early_stop_callbacks(cfg.fit, dm.memorize_epochs),
+                    **({} if dm.val is not None else {"limit_val_batches": 0})}  # no held-out queries: no validation
 
     def decoding_table(self, model, table):
         return table
