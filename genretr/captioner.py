@@ -15,6 +15,7 @@ vision stand-in for an MLLM that sees the image (SSID Sec. III-E).  Its inputs a
 from __future__ import annotations
 
 import json
+import warnings
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
@@ -150,6 +151,8 @@ def fit_captioner(vecs, captions_per_vec: list[list[str]], cfg: Mapping, seed: i
     loader = DataLoader(TensorDataset(z, labels), batch_size=int(fit["batch_size"]), shuffle=True,
                         generator=torch.Generator().manual_seed(seed), collate_fn=_decoder_batch)
     model.train()
-    small_fit_trainer(int(fit["max_epochs"]), progress, device).fit(model, train_dataloaders=loader)
+    with warnings.catch_warnings():  # every pair trains the captioner: the decoder's validation_step has no use here
+        warnings.filterwarnings("ignore", message="You defined a `validation_step` but have no `val_dataloader`")
+        small_fit_trainer(int(fit["max_epochs"]), progress, device).fit(model, train_dataloaders=loader)
     cap.model = model.to(device).eval()
     return cap

@@ -140,12 +140,15 @@ def lr_factor(schedule: str, warmup_steps: int, total_steps: int):
     return factor
 
 
-def log_heldout(module: L.LightningModule, logits: torch.Tensor, labels: torch.Tensor, pad: int) -> None:
+def log_heldout(module: L.LightningModule, logits: torch.Tensor, labels: torch.Tensor, pad: int,
+                loss: torch.Tensor | None = None) -> None:
     """A decoder's validation step on held-out queries: teacher-forced token cross-entropy
-    (``decoder/val_loss``) and the share whose arg-max sequence is their target's exactly (``decoder/val_exact``,
-    greedy decoding's R@1 without the trie).  `logits` (N, T, V) predict `labels` (N, T, `pad` after EOS)."""
+    (``decoder/val_loss``; `loss` when the model computed it already) and the share whose arg-max sequence is
+    their target's exactly (``decoder/val_exact``, greedy decoding's R@1 without the trie).  `logits` (N, T, V)
+    predict `labels` (N, T, `pad` after EOS)."""
     keep = labels != pad
-    loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=pad)
+    if loss is None:
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=pad)
     exact = ((logits.argmax(-1) == labels) | ~keep).all(1).float().mean()
     n = len(labels)
     module.log("decoder/val_loss", loss, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)

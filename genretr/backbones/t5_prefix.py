@@ -142,7 +142,7 @@ class T5PrefixDecoder(L.LightningModule):
         """Held-out training queries (`genretr.training.EarlyStop`): their targets' loss and exact match."""
         labels = batch["labels"]
         out = self._t5(batch if self.tokens_input else batch["z"], labels=labels.masked_fill(labels == PAD, -100))
-        log_heldout(self, out.logits, labels, PAD)
+        log_heldout(self, out.logits, labels, PAD, loss=out.loss)
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW([p for p in self.parameters() if p.requires_grad], lr=self.hparams.lr,
