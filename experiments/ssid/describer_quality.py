@@ -5,7 +5,8 @@ SSID's keywords generator reads, for a test image, the caption of the run's capt
 canonical words (synonym classes learned from the train captions) against the union of the image's five
 true captions, beside two references: the caption of the nearest train image (image embeddings) and one of
 the true captions itself (the ceiling a perfect describer reaches).  It also lists the words the describer
-uses most, which shows a collapsed captioner (a few shapes or colours everywhere).
+uses most, which shows a collapsed captioner (a few shapes or colours everywhere), and the share of captions
+that repeat a word trigram (a decoder looping).
 
     .venv/bin/python experiments/ssid/describer_quality.py experiment=ssid_table1
     .venv/bin/python experiments/ssid/describer_quality.py experiment=ssid_table1 captioner=pixels
@@ -26,6 +27,13 @@ from genretr.pipeline import Pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = os.environ.get("GENRETR_CACHE", str(ROOT / ".cache/genretr"))
+
+
+def repeats_trigram(text: str) -> bool:
+    """Whether some three consecutive words occur twice: the sign of a greedy decoder caught in a loop."""
+    words = text.split()
+    trigrams = [tuple(words[i:i + 3]) for i in range(len(words) - 2)]
+    return len(trigrams) != len(set(trigrams))
 
 
 def main(overrides):
@@ -58,7 +66,9 @@ def main(overrides):
             w = set(gen.words(texts[i]))
             f1.append(2 * len(w & truth[i]) / (len(w) + len(truth[i])) if w else 0.0)
         top = collections.Counter(w for i in test for w in set(gen.words(texts[i]))).most_common(12)
+        looping = np.mean([repeats_trigram(texts[i]) for i in test])
         print(f"{name}: word F1 {np.mean(f1):.3f}; {len(set(texts.values()))} distinct captions of {len(test)}; "
+              f"{looping:.0%} repeat a word trigram (a decoding loop); "
               f"most used: {', '.join(f'{w} {n}' for w, n in top)}", flush=True)
 
 
