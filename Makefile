@@ -66,21 +66,11 @@ test-slow: install ## the slow tests too
 bench-decoding: install ## the decoding benchmark (add ARGS=--quick for a 3-minute subset); CSV + PNG in bench_out/
 	$(PY) -m genretr.bench decoding $(ARGS)
 
-# The tiny end-to-end configs of every model family and the decoding benchmark on the GPU (issue 16): run it on a
-# GPU machine whenever one is available and report it.  Needs a CUDA build of torch (the lock's is the CPU one).
-# Each run's results.json must say its stages ran on cuda (stage_device) and allocated GPU memory (cuda_peak_mb).
-GPU_CHECK_RUNS := "method=embedding" "identifier=string" "identifier=genius decoding.rerank=true" \
-	"experiment=cart_base" "identifier=structured backbone=qwen25vl" "identifier=ssid backbone=llava"
+# The tiny end-to-end configs of every model family, the decoding benchmark and issue 18's beam-30 figure on the
+# GPU, then the default experiment at full size (issues 16, 18): run it on a GPU machine whenever one is available
+# and report it.  Needs a CUDA build of torch (the lock's is the CPU one).  ARGS: overrides for every run.
 gpu-check: install ## on a GPU machine: tiny end-to-end runs of every family + the decoding benchmark, --device cuda
-	@$(PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'gpu-check: torch sees no CUDA device (no GPU, or the CPU build of torch: $(PY) -m pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128)')"
-	set -e; for run in $(GPU_CHECK_RUNS); do \
-	  echo "== gpu-check: $$run"; \
-	  $(PY) -m genretr.run debug=tiny trainer=gpu $$run hydra.run.dir=gpu_check/$$(echo $$run | tr ' =' '_-') $(ARGS); \
-	  $(PY) -c "import json, sys; p = json.load(open(sys.argv[1]))['provenance']; \
-	    assert str(p['stage_device']).startswith('cuda') and (p['cuda_peak_mb'] or 0) > 0, p" \
-	    gpu_check/$$(echo $$run | tr ' =' '_-')/results.json; \
-	done
-	$(PY) -m genretr.bench decoding --quick --device cuda
+	PY=$(PY) GPU_CHECK_ARGS="$(ARGS)" experiments/hardware/gpu_check.sh
 
 bench-training: install ## training throughput of the default models, fp32 vs bf16, 1 vs 2 threads (ARGS=--quick: smoke); bench_out/training/
 	$(PY) -m genretr.bench training $(ARGS)

@@ -74,3 +74,20 @@ def test_run_device_reads_the_trainer(monkeypatch):
     from omegaconf import OmegaConf  # as a composed trainer.devices=[2,5] hands it over
 
     assert run_device("gpu", OmegaConf.create({"d": [2, 5]}).d) == torch.device("cuda", 5)
+
+
+def test_gpu_check_runs_compose_with_the_gpu_trainer(make_cfg):
+    """experiments/hardware/gpu_check.sh (`make gpu-check`) is run only on GPU machines: here its runs must at least
+    compose with `trainer=gpu` as it passes them, and the script must parse."""
+    import re
+    import shlex
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "experiments" / "hardware" / "gpu_check.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    runs = shlex.split(re.search(r"^RUNS=\((.*?)\)$", script.read_text(), re.S | re.M).group(1))
+    assert len(runs) == 6 and "experiment=cart_base" in runs
+    for run in runs:
+        cfg = make_cfg("trainer=gpu", "encoder=scratch", *run.split())
+        assert cfg.trainer.accelerator == "gpu", run
