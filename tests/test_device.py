@@ -41,13 +41,13 @@ def spy(monkeypatch):
 
 
 def test_cart_run_puts_every_model_on_the_run_device(make_cfg, spy):
-    """CART: the encoder embeds, the RQ-VAE trains and encodes, the captioner trains and writes, the decoder
+    """CART: MiniLM makes the text features, the encoder embeds, the RQ-VAE trains and encodes, the captioner trains and writes, the decoder
     searches -- each on the run's device."""
     moved, fits = spy
     cfg = make_cfg("experiment=cart_base")
     Pipeline(cfg, cfg.hydra.runtime.output_dir).run()
-    # the captioner's model is a T5PrefixDecoder; CART's decoder a CartSeq2Seq
-    assert set(moved) >= {"ContrastiveEncoder", "RQVAE", "T5PrefixDecoder", "CartSeq2Seq"}
+    # the captioner's model is a T5PrefixDecoder; CART's decoder a CartSeq2Seq; MiniLM's a BertModel
+    assert set(moved) >= {"BertModel", "ContrastiveEncoder", "RQVAE", "T5PrefixDecoder", "CartSeq2Seq"}
     assert {name for name, device in fits if device == SENTINEL} == {"genretr.captioner", "genretr.quantizers.rqvae"}
 
 

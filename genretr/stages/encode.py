@@ -132,19 +132,22 @@ def embed(encoder, ds: RetrievalDataset, items, queries, texts, text_inputs, bat
     return item_vecs, query_vecs, parts
 
 
-def prepare_texts(encoder, texts: list[str], fit_texts: list[str], store=None) -> torch.Tensor:
+def prepare_texts(encoder, texts: list[str], fit_texts: list[str], store=None, device="cpu") -> torch.Tensor:
     """The text tower's inputs for `texts`.  A tower whose preparation depends on the texts alone
-    (``fixed_preparation``: frozen MiniLM features) computes them once: they are kept in `store` (an
-    `ArtifactStore`, stage ``text-features``, keyed by the tower, its code and the texts) and reused by
-    every seed and every run over the same texts."""
+    (``fixed_preparation``: frozen MiniLM features) computes them once, on `device`: they are kept in `store` (an
+    `ArtifactStore`, stage ``text-features``, keyed by the tower, its code, its dtype on `device` and the texts)
+    and reused by every seed and every run over the same texts.  Such a tower's ``prepare(texts, fit_texts,
+    shard_dir=…, device=…)`` writes its work in shards under the stage's work dir, so that a killed run
+    restarted with the same command resumes the featurisation where it stopped."""
     tower = encoder.text_tower
     if store is None or not getattr(tower, "fixed_preparation", False):
         return encoder.prepare_texts(texts, fit_texts)
     digest = hashlib.sha1("\n".join(texts).encode()).hexdigest()
-    key = keys.text_features(tower, digest)
+    key = keys.text_features(tower, digest, device)
 
     def write(tmp: Path):
-        torch.save(encoder.prepare_texts(texts, fit_texts), tmp / "features.pt")
+        features = tower.prepare(texts, fit_texts, shard_dir=store.work("text-features", key), device=device)
+        torch.save(features, tmp / "features.pt")
 
     return torch.load(store.produce("text-features", key, write) / "features.pt")
 
@@ -163,7 +166,7 @@ def fit_and_embed(cfg, ds: RetrievalDataset, splits, seed: int, instructions: bo
                    | {s[1] for pair in sides for s in pair[:2] if s[1]})
     row = {t: i for i, t in enumerate(texts)}
     image_index, train_caps = caption_groups(ds)
-    text_inputs = prepare_texts(encoder, texts, [c for cs in train_caps for c in cs], store)
+    text_inputs = prepare_texts(encoder, texts, [c for cs in train_caps for c in cs], store, device)
     if int(cfg.fit.max_epochs) > 0 and not encoder.trains_embeddings():
         log.warning("encoder: both towers are frozen, so training would move only the temperature, which changes "
                     "no ranking: encoder.fit.max_epochs=%s skipped (unfreeze a tower to fine-tune)", cfg.fit.max_epochs)

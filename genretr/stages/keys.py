@@ -56,10 +56,10 @@ def encode(ctx: RunContext, splits: list[str], mode) -> str:
                       stage_fingerprint("encode", cfg))
 
 
-def text_features(tower, digest: str) -> str:
-    """A frozen text tower's features of a text list (`digest`), shared by every run and seed: keyed by the
-    tower, its preparation and its own module."""
-    return config_key("text-features", type(tower).__qualname__, tower.preparation_id(), digest,
+def text_features(tower, digest: str, device="cpu") -> str:
+    """A frozen text tower's features of a text list (`digest`) made on `device`, shared by every run and seed:
+    keyed by the tower, its preparation there and its own module."""
+    return config_key("text-features", type(tower).__qualname__, tower.preparation_id(device), digest,
                       code_fingerprint(type(tower).__module__))
 
 
