@@ -226,11 +226,11 @@ class CartStepDecoder:
         return self.model.memories(torch.as_tensor(src, device=self.device))
 
     def new_cache(self, rows: int, T: int):
-        from genretr.backbones.t5_step import KVCache
+        from genretr.backbones.t5_step import kv_cache
 
         if T > self.model.hparams.max_tgt_len:
             raise GenretrError(f"identifiers of {T} tokens exceed CART's max_tgt_len={self.model.hparams.max_tgt_len}")
-        return KVCache(len(self.model.decoder), rows, T, self.heads, self.dk, self.device, self.dtype)
+        return kv_cache(len(self.model.decoder), rows, T, self.heads, self.dk, self.device, self.dtype)
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor, t: int, N: int, S: int, state, cache, T: int) -> torch.Tensor:

@@ -3,6 +3,8 @@ both for the `genretr.decoding.protocol.StepDecoder` protocol (where its inputs 
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 
@@ -47,6 +49,38 @@ class KVCache:
             for k, v in buf:
                 torch._dynamo.mark_static_address(k)
                 torch._dynamo.mark_static_address(v)
+
+
+_POOL: dict = {}  # the caches `kv_cache` made inside `kv_cache_pool()`, by shape (kept across searches)
+_POOLING = [False]
+
+
+@contextmanager
+def kv_cache_pool(enabled: bool = True):
+    """Within it, `kv_cache` hands back the cache made before for the same shape (its contents are stale, as a
+    new cache's are zeros: the search masks what it has not written).  A compiled search on CUDA opens it, so
+    that its graphs, captured over the cache's fixed addresses, replay in the next search instead of being
+    recorded again.  Keeps at most 4 caches."""
+    before = _POOLING[0]
+    _POOLING[0] = before or bool(enabled)
+    try:
+        yield
+    finally:
+        _POOLING[0] = before
+
+
+def kv_cache(layers: int, rows: int, T: int, heads: int, dk: int, device, dtype=torch.float32) -> KVCache:
+    """A `KVCache` (the pooled one of its shape inside `kv_cache_pool`)."""
+    if not _POOLING[0]:
+        return KVCache(layers, rows, T, heads, dk, device, dtype)
+    key = (layers, rows, T, heads, dk, str(device), dtype)
+    if key not in _POOL:
+        if len(_POOL) >= 4:
+            _POOL.pop(next(iter(_POOL)))
+        _POOL[key] = KVCache(layers, rows, T, heads, dk, device, dtype)
+    cache = _POOL[key]
+    cache.cur = 0
+    return cache
 
 
 def reorder_kv_cache(cache, rows: torch.Tensor, upto: int) -> None:
@@ -162,7 +196,7 @@ class T5StepDecoder:
 
     def new_cache(self, rows: int, T: int) -> KVCache:
         self.position_bias(T)  # built here, so a (compiled) step only looks it up
-        return KVCache(self.L, rows, T, self.H, self.dk, self.device, self.dtype)
+        return kv_cache(self.L, rows, T, self.H, self.dk, self.device, self.dtype)
 
     def step(self, tokens: torch.Tensor, t: int, N: int, S: int, state, cache: KVCache, T: int) -> torch.Tensor:
         """Logits (N*S, V) of the next token for N queries x S beam slots at position t (rows n*S + s)."""

@@ -55,7 +55,7 @@ from genretr.decoding import queries as Q
 from genretr.decoding.csr_trie import CSRTrie
 from genretr.decoding.hf import TrieLogitsProcessor, hf_generate  # noqa: F401  (re-export)
 from genretr.decoding.protocol import missing_members
-from genretr.backbones.t5_step import KVCache, T5StepDecoder, reorder_kv_cache  # noqa: F401  (re-export)
+from genretr.backbones.t5_step import KVCache, T5StepDecoder, kv_cache_pool, reorder_kv_cache  # noqa: F401  (re-export)
 from genretr.identifiers.base import EOS, PAD, IdTable
 
 NEG_INF = float("-inf")
@@ -100,7 +100,10 @@ def compile_options(device, compile) -> dict | None:
         return None
     if isinstance(compile, dict):
         return dict(compile)
-    return {"fullgraph": True, **({"mode": "reduce-overhead"} if torch.device(device).type == "cuda" else {})}
+    # static shapes: one graph per step position and batch shape, never a symbolic one (the step's shapes are
+    # fixed by the search plan)
+    return {"fullgraph": True, "dynamic": False,
+            **({"mode": "reduce-overhead"} if torch.device(device).type == "cuda" else {})}
 
 
 @torch.no_grad()
@@ -149,8 +152,11 @@ def beam_search(model, query_vecs, trie: CSRTrie | None, num_beams: int, length_
     # one cache for the whole search, sized for the largest batch: its buffers keep their addresses across
     # batches, so CUDA graphs captured on the first batch replay on the next ones
     n_queries, widest = Q.count(query_vecs), max((s for s, _, _ in plan), default=1)
-    cache = sd.new_cache(min(int(batch_size), n_queries) * widest, T) if n_queries else None
-    if opts is not None and torch.device(sd.device).type == "cuda" and hasattr(cache, "mark_static"):
+    # (compiled on CUDA: the pooled cache of this shape, so that the next search replays these graphs too)
+    graphs = opts is not None and torch.device(sd.device).type == "cuda"
+    with kv_cache_pool(enabled=graphs):
+        cache = sd.new_cache(min(int(batch_size), n_queries) * widest, T) if n_queries else None
+    if graphs and hasattr(cache, "mark_static"):
         cache.mark_static()
     for s in starts:
         z = Q.to_device(Q.take(query_vecs, s, s + batch_size), sd.device)

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -53,6 +55,7 @@ def test_bench_runs_the_cart_fusion_decoder(tmp_path):
     assert all(float(r["q_per_s"]) > 0 for r in rows)
 
 
+@pytest.mark.slow  # 35 s; the compiled step itself is one graph and exact in tests/decoding/test_engine_bf16.py
 def test_bench_compile_path_traces_the_whole_step(tmp_path):
     """`--compile` (here with the eager backend: the tracing, without inductor's minutes of C++ on a CPU) runs the
     engine rows through torch.compile with fullgraph=True, for the T5 and the CART step decoders."""

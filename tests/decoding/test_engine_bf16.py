@@ -174,3 +174,29 @@ def test_bf16_self_attention_matches_sdpa_on_the_same_inputs(trained):
     assert out.dtype == torch.bfloat16 and out.shape == (NS, H, dk)
     ref = sd32.attend_cache(q.float(), k.float(), v.float(), bias.float())
     torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=2e-2)
+
+
+def test_pooled_caches_are_reused_by_shape_and_change_no_result():
+    """A compiled CUDA search takes its KV cache from `kv_cache_pool` (its graphs then replay in the next search
+    instead of being recorded again): the pool hands back one cache per shape, and a search over a reused,
+    dirty cache returns what a fresh one does."""
+    from genretr.backbones.t5_step import kv_cache, kv_cache_pool
+
+    assert kv_cache(2, 4, 3, 2, 8, "cpu") is not kv_cache(2, 4, 3, 2, 8, "cpu")  # outside the pool: new ones
+    with kv_cache_pool():
+        a = kv_cache(2, 4, 3, 2, 8, "cpu")
+        a.cur = 1
+        assert kv_cache(2, 4, 3, 2, 8, "cpu") is a and a.cur == 0 and kv_cache(2, 5, 3, 2, 8, "cpu") is not a
+    with kv_cache_pool(enabled=False):
+        assert kv_cache(2, 4, 3, 2, 8, "cpu") is not a
+    seqs, V = code_table(60, codes=(4, 8, 8))
+    trie = CSRTrie.from_sequences(seqs, V)
+    torch.manual_seed(2)
+    m = T5PrefixDecoder(vocab_size=V, input_dim=8, d_model=32, num_layers=2, num_heads=2, d_ff=64, dropout=0.0,
+                        prefix_len=2, prefix_hidden=16).eval()
+    z = torch.randn(6, 8, generator=torch.Generator().manual_seed(3))
+    fresh = beam_search(m, z, trie, 4, batch_size=3)
+    with kv_cache_pool():
+        beam_search(m, torch.randn(6, 8), trie, 4, batch_size=3)  # leaves the pooled cache dirty
+        again = beam_search(m, z, trie, 4, batch_size=3)
+    assert torch.equal(fresh.tokens, again.tokens) and torch.equal(fresh.scores, again.scores)
