@@ -97,7 +97,8 @@ class MiniLMText(nn.Module):
             task = bar.add_task("MiniLM text features", total=len(texts))
             for first in range(0, len(texts), shard):
                 rows = torch.as_tensor(order[first:first + shard])
-                path = shard_dir / f"shard-{first // shard:06d}.pt" if shard_dir is not None else None
+                # the size in the name: shards cut at other boundaries (another batch size) are not read
+                path = shard_dir / f"shard-{first // shard:06d}-size{shard}.pt" if shard_dir is not None else None
                 if path is not None and path.is_file():
                     out[rows] = torch.load(path)
                     bar.advance(task, len(rows))

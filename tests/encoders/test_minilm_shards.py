@@ -38,7 +38,7 @@ def test_shards_give_the_unsharded_features_bit_for_bit(tower, tmp_path):
     whole = tower.prepare(TEXTS)
     sharded = tower.prepare(TEXTS, shard_dir=tmp_path)
     assert torch.equal(whole, sharded)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f"shard-{i:06d}.pt" for i in range(4)]  # 15 texts / 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"shard-{i:06d}-size4.pt" for i in range(4)]  # 15 texts / 4
 
 
 def test_a_killed_featurisation_resumes_from_its_shards(tower, tmp_path):
@@ -46,13 +46,16 @@ def test_a_killed_featurisation_resumes_from_its_shards(tower, tmp_path):
     tower.batches, tower.kill_at = 0, 6  # killed in the third shard (batches 5-6): two shards written
     with pytest.raises(Killed):
         tower.prepare(TEXTS, shard_dir=tmp_path)
-    assert sorted(p.name for p in tmp_path.glob("shard-*")) == ["shard-000000.pt", "shard-000001.pt"]
+    assert sorted(p.name for p in tmp_path.glob("shard-*")) == ["shard-000000-size4.pt", "shard-000001-size4.pt"]
     tower.batches, tower.kill_at = 0, None
     assert torch.equal(tower.prepare(TEXTS, shard_dir=tmp_path), reference)
     assert tower.batches == 4  # shards 2 and 3 only (2 + 2 batches), not the 8 of the whole
     tower.batches = 0
     tower.prepare(TEXTS, shard_dir=tmp_path)
     assert tower.batches == 0  # every shard there: MiniLM is not even loaded
+    tower.batch_size = 3  # shards of 3: none of the size-4 shards is read
+    assert torch.allclose(tower.prepare(TEXTS, shard_dir=tmp_path), reference, atol=1e-5)
+    assert tower.batches == 5
 
 
 def test_the_text_features_stage_resumes_and_leaves_no_work(tower, tmp_path):
@@ -62,7 +65,7 @@ def test_the_text_features_stage_resumes_and_leaves_no_work(tower, tmp_path):
     with pytest.raises(Killed):
         prepare_texts(encoder, TEXTS, TEXTS, store)
     work = list((tmp_path / "cache" / "text-features").glob("*/work"))
-    assert len(work) == 1 and [p.name for p in work[0].glob("shard-*")] == ["shard-000000.pt"]
+    assert len(work) == 1 and [p.name for p in work[0].glob("shard-*")] == ["shard-000000-size4.pt"]
     assert not list((tmp_path / "cache" / "text-features").glob("*/artifact"))  # nothing half-written
     tower.batches, tower.kill_at = 0, None
     features = prepare_texts(encoder, TEXTS, TEXTS, store)
