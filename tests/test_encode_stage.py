@@ -161,3 +161,24 @@ def test_embed_assembles_image_text_and_fused_rows_blockwise_as_row_by_row(monke
         torch.testing.assert_close(torch.from_numpy(v), torch.stack([row(image, None), row(None, text)]))
     with pytest.raises(GenretrError, match="item 'e0' has neither"):
         E.embed(_Arithmetic(), ds, [*items, Item("e0", "text")], queries, texts, features, batch_size=2)
+
+
+def test_an_image_to_caption_dataset_trains_the_encoder_on_the_same_captions(make_cfg, tmp_path):
+    """i2t queries alone (image -> its captions) give the encoder the (image, caption) pairs that t2i queries give:
+    the same images, the same captions.  (They gave none, and the encoder silently stayed untrained.)"""
+    both = Pipeline(make_cfg("method=embedding", run="both"), tmp_path / "both").dataset()
+    i2t = Pipeline(make_cfg("method=embedding", "dataset.tasks=[i2t]", "eval.tasks=[i2t]", run="i2t"),
+                   tmp_path / "i2t").dataset()
+    (a_index, a_caps), (b_index, b_caps) = E.caption_groups(both), E.caption_groups(i2t)
+    assert len(a_index) > 0 and np.array_equal(a_index, b_index)
+    assert [sorted(c) for c in a_caps] == [sorted(c) for c in b_caps]
+
+
+def test_training_without_pairs_is_one_clear_error(make_cfg, tmp_path):
+    import pytest
+
+    from genretr.errors import GenretrError
+
+    p = Pipeline(make_cfg("method=embedding", "dataset.tasks=[i2i]", "eval.tasks=[i2i]"), tmp_path / "run")
+    with pytest.raises(GenretrError, match="^encoder: no training pairs"):
+        p.run()

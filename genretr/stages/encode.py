@@ -46,11 +46,18 @@ def split_members(ds: RetrievalDataset, splits):
 
 
 def caption_groups(ds: RetrievalDataset):
-    """Training images and, for each, its captions (from the train split's t2i queries)."""
+    """Training images and, for each, its captions: from the train split's caption queries (t2i: caption ->
+    image), then from its image -> caption queries (i2t: the relevant captions of the query image, each caption
+    once), so that a dataset of i2t queries alone trains the encoder too."""
     groups: dict[int, list[str]] = {}
     for q in ds.splits["train"].queries:
         if q.task in CAPTION_TASKS and q.text:
             groups.setdefault(ds.items[q.relevant[0]].image, []).append(q.text)
+    for q in ds.splits["train"].queries:
+        if q.task == "i2t" and q.image is not None:
+            captions = groups.setdefault(q.image, [])
+            captions += [t for r in q.relevant if (t := ds.items[r].text) and t not in captions]
+    groups = {image: captions for image, captions in groups.items() if captions}
     index = np.array(sorted(groups), dtype=np.int64)
     return index, [groups[i] for i in index]
 
@@ -176,6 +183,10 @@ def fit_and_embed(cfg, ds: RetrievalDataset, splits, seed: int, instructions: bo
             pairs = QueryTargetPairs(ds.images, sides, text_inputs, row)
         else:
             pairs = CaptionPairs(ds.images, image_index, [[row[c] for c in cs] for cs in train_caps], text_inputs)
+        if len(pairs) == 0:
+            raise GenretrError("encoder: no training pairs: the train split has no caption -> image (t2i, t2a, t2v) "
+                               "or image -> caption (i2t) queries; encoder.fit.tasks=all trains on every task's "
+                               "pairs, encoder.fit.max_epochs=0 embeds without training")
         log.info("encoder: %d training pairs (%s)", len(pairs), "every task" if all_tasks else "captions")
         fit(encoder, ContrastiveDataModule(pairs, int(cfg.fit.batch_size), seed, workers))
         del pairs
