@@ -24,6 +24,15 @@ def code_table(n, codes=(8, 8, 8), seed=0):
     return seqs, 2 + 8 * len(codes)
 
 
+def tiny_setting(n, codes, layers, seed, z_seed):
+    """(trie, a small random eval-mode T5PrefixDecoder over it, 6 query vectors of 8 dims)."""
+    seqs, V = code_table(n, codes=codes)
+    torch.manual_seed(seed)
+    m = T5PrefixDecoder(vocab_size=V, input_dim=8, d_model=32, num_layers=layers, num_heads=2, d_ff=64, dropout=0.0,
+                        prefix_len=2, prefix_hidden=16).eval()
+    return CSRTrie.from_sequences(seqs, V), m, torch.randn(6, 8, generator=torch.Generator().manual_seed(z_seed))
+
+
 @pytest.fixture(scope="module")
 def trained():
     """A small T5PrefixDecoder fitted for 150 steps to map item vectors to their identifiers (peaked, as trained
@@ -124,12 +133,7 @@ def test_compiled_step_is_one_graph_and_equal(which):
 
 def test_exit_check_does_not_change_results():
     """The early-exit test is the only host sync; never testing (exit_every=0) runs every step, same result."""
-    seqs, V = code_table(40, codes=(3, 4, 8))
-    trie = CSRTrie.from_sequences(seqs, V)
-    torch.manual_seed(1)
-    m = T5PrefixDecoder(vocab_size=V, input_dim=8, d_model=32, num_layers=1, num_heads=2, d_ff=64, dropout=0.0,
-                        prefix_len=2, prefix_hidden=16).eval()
-    z = torch.randn(6, 8, generator=torch.Generator().manual_seed(5))
+    trie, m, z = tiny_setting(40, (3, 4, 8), layers=1, seed=1, z_seed=5)
     for es in (True, False, "never"):
         a = beam_search(m, z, trie, 3, 1.0, early_stopping=es, exit_every=1)
         b = beam_search(m, z, trie, 3, 1.0, early_stopping=es, exit_every=0)
@@ -189,12 +193,7 @@ def test_pooled_caches_are_reused_by_shape_and_change_no_result():
         assert kv_cache(2, 4, 3, 2, 8, "cpu") is a and a.cur == 0 and kv_cache(2, 5, 3, 2, 8, "cpu") is not a
     with kv_cache_pool(enabled=False):
         assert kv_cache(2, 4, 3, 2, 8, "cpu") is not a
-    seqs, V = code_table(60, codes=(4, 8, 8))
-    trie = CSRTrie.from_sequences(seqs, V)
-    torch.manual_seed(2)
-    m = T5PrefixDecoder(vocab_size=V, input_dim=8, d_model=32, num_layers=2, num_heads=2, d_ff=64, dropout=0.0,
-                        prefix_len=2, prefix_hidden=16).eval()
-    z = torch.randn(6, 8, generator=torch.Generator().manual_seed(3))
+    trie, m, z = tiny_setting(60, (4, 8, 8), layers=2, seed=2, z_seed=3)
     fresh = beam_search(m, z, trie, 4, batch_size=3)
     with kv_cache_pool():
         beam_search(m, torch.randn(6, 8), trie, 4, batch_size=3)  # leaves the pooled cache dirty
