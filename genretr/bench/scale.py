@@ -44,7 +44,6 @@ def add_arguments(p):
                         "continue from their shards): the figures then cover this process's part only")
     p.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # the child process of one size
     p.add_argument("--pool", type=int, default=0, help=argparse.SUPPRESS)  # ... of the text-pool run
-    p.add_argument("--child-resume", action="store_true", help=argparse.SUPPRESS)
 
 
 class AnonPeak:
@@ -158,8 +157,7 @@ def one_size(n: int, out: Path, threads: int, text_pool: int = 0, resume: bool =
     metrics = timed("evaluate", base.evaluate, ds, emb)
     pools = {t: len(ds.splits["test"].pools[t]) for t in tasks}
     return {"images": n, "text_pool": text_pool, "resumed": resume, "items": len(ds.items), "test_pools": pools,
-            "stages": rows,
-            "R@10": {t: round(m["R@10"], 4) for t, m in metrics.items()}}
+            "stages": rows, "R@10": {t: round(m["R@10"], 4) for t, m in metrics.items()}}
 
 
 def growth(results: list[dict]) -> list[dict]:
@@ -177,7 +175,7 @@ def growth(results: list[dict]) -> list[dict]:
 def child(n: int, out: Path, threads: int, text_pool: int = 0, resume: bool = False) -> dict | None:
     """One size (or the text-pool run) in its own process, so that peak memory is its own."""
     cmd = [sys.executable, "-m", "genretr.bench", "scale", "--one", str(n), "--pool", str(text_pool), "--out",
-           str(out), "--threads", str(threads), *(["--child-resume"] if resume else [])]
+           str(out), "--threads", str(threads), *(["--resume"] if resume else [])]
     start = time.perf_counter()
     done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
     if done.returncode != 0:
@@ -192,7 +190,7 @@ def run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.one is not None:  # the child: one size, its figures as one JSON line on stdout
-        print(json.dumps(one_size(args.one, out, args.threads, args.pool, args.child_resume)))
+        print(json.dumps(one_size(args.one, out, args.threads, args.pool, args.resume)))
         return 0
     sizes = [200, 800] if args.quick else [int(s) for s in str(args.sizes).split(",") if s.strip()]
     results = []
