@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from genretr.data.mapped import gather_rows
+
 
 @dataclass
 class TowerParts:
@@ -50,12 +52,19 @@ class Embeddings:
     def __post_init__(self):
         self._item_index = {k: i for i, k in enumerate(self.item_ids)}
         self._query_index = {k: i for i, k in enumerate(self.query_ids)}
+        self._mapped: dict[str, np.ndarray] = {}  # the memory-mapped arrays behind the tensors (`load`)
 
     def items(self, ids) -> torch.Tensor:
-        return self.item_vecs[[self._item_index[i] for i in ids]]
+        """The vectors of items `ids`, a new tensor (read through the file when loaded: `gather_rows`)."""
+        return self._rows("item_vecs", [self._item_index[i] for i in ids])
 
     def queries(self, ids) -> torch.Tensor:
-        return self.query_vecs[[self._query_index[i] for i in ids]]
+        return self._rows("query_vecs", [self._query_index[i] for i in ids])
+
+    def _rows(self, name: str, rows: list[int]) -> torch.Tensor:
+        if name in self._mapped:
+            return torch.from_numpy(gather_rows(self._mapped[name], rows))
+        return getattr(self, name)[rows]
 
     def save(self, path: Path) -> None:
         path = Path(path)
@@ -73,11 +82,13 @@ class Embeddings:
         """The saved vectors, memory-mapped copy-on-write: a run reads the rows it looks up."""
         path = Path(path)
         ids = json.loads((path / "ids.json").read_text())
-        vecs = {name: torch.from_numpy(np.load(path / f"{name}.npy", mmap_mode="c"))
-                for name in ("item_vecs", "query_vecs")}
+        mapped = {name: np.load(path / f"{name}.npy", mmap_mode="c") for name in ("item_vecs", "query_vecs")}
+        vecs = {name: torch.from_numpy(array) for name, array in mapped.items()}
         parts = None
         if (path / "parts.json").exists():
             keys = json.loads((path / "parts.json").read_text())
             parts = TowerParts(keys["images"], torch.from_numpy(np.load(path / "part_images.npy", mmap_mode="c")),
                                keys["texts"], torch.from_numpy(np.load(path / "part_texts.npy", mmap_mode="c")))
-        return cls(ids["item_ids"], vecs["item_vecs"], ids["query_ids"], vecs["query_vecs"], parts)
+        emb = cls(ids["item_ids"], vecs["item_vecs"], ids["query_ids"], vecs["query_vecs"], parts)
+        emb._mapped = mapped
+        return emb

@@ -57,6 +57,20 @@ def fusion_inputs(vectors: np.ndarray, sides: list[tuple], pair_parts) -> np.nda
     return out
 
 
+class FusionBlocks:
+    """`fusion_inputs(vectors, sides, pair_parts)` built a block at a time: `blocks[s:e]` is the (e - s, 2, d)
+    tensor of rows s..e-1, so that coding a million items never holds their (n, 2, d) inputs at once."""
+
+    def __init__(self, vectors: np.ndarray, sides: list[tuple], pair_parts):
+        self.vectors, self.sides, self.pair_parts = vectors, sides, pair_parts
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    def __getitem__(self, rows: slice) -> torch.Tensor:
+        return torch.from_numpy(fusion_inputs(self.vectors[rows], self.sides[rows], self.pair_parts))
+
+
 class GeniusIdentifier:
     code_tree = True  # items sharing a code prefix are alike (residual codes): results.html draws the tree
 
@@ -117,15 +131,21 @@ class GeniusIdentifier:
         seed = int(self.seed if self.seed is not None else ctx.seed)
         every_pair = len(q_rows) == len(qv)  # then q_rows is 0..n-1 in order: no copy of the query vectors
         qv = qv if every_pair else qv[q_rows]
+        fit_items, fit_rows, fit_modalities = x, t_rows, modalities
+        vectors = torch.from_numpy(x)
         if ctx.pair_parts is not None:  # h(image, text) of Sec. 4.2.1 on the encoder's unfused vectors
-            x = fusion_inputs(x, [item_side(it) for it in items], ctx.pair_parts)
+            # (n, 2, d) inputs of the training targets only; every item's a block at a time (`FusionBlocks`)
+            targets, fit_rows = np.unique(t_rows, return_inverse=True)
+            sides = [item_side(it) for it in items]
+            fit_items = fusion_inputs(x[targets], [sides[r] for r in targets], ctx.pair_parts)
+            fit_modalities = [modalities[r] for r in targets]
             qv = fusion_inputs(qv, [ctx.train_query_sides[j] for j in q_rows], ctx.pair_parts)
-        model = fit_modality_decoupled(qv, t_rows, x, modalities,
+            vectors = FusionBlocks(x, sides, ctx.pair_parts)
+        model = fit_modality_decoupled(qv, fit_rows, fit_items, fit_modalities,
                                        query_groups=groups, seed=seed, max_epochs=self.epochs,
                                        batch_size=self.batch_size, progress=bool(ctx.progress),
                                        device=ctx.device, **self.quantizer_kwargs)
         self.model = model
-        vectors = torch.from_numpy(x)
         codes = model.to(ctx.device).encode_items(vectors, modalities)  # on the run's device
         m = model.metrics(vectors, modalities, codes)
         model.cpu()
@@ -142,7 +162,7 @@ class GeniusIdentifier:
         workdir = ctx.workdir
         if workdir is not None:
             torch.save({"hparams": dict(model.hparams), "state_dict": model.state_dict(),
-                        "fused_parts": x.ndim == 3}, workdir / "genius_quantizer.pt")
+                        "fused_parts": ctx.pair_parts is not None}, workdir / "genius_quantizer.pt")
             (workdir / "genius_stats.json").write_text(json.dumps(self.stats, indent=1) + "\n")
         return table
 

@@ -25,6 +25,7 @@ from hydra.utils import instantiate
 
 from genretr.data.datamodules import CaptionPairs, ContrastiveDataModule, QueryTargetPairs
 from genretr.data.embeddings import Embeddings, TowerParts
+from genretr.data.mapped import row_blocks
 from genretr.data.schema import CAPTION_TASKS, Query, RetrievalDataset, query_side, query_text
 from genretr.errors import GenretrError
 from genretr.hardware import release_freed_memory
@@ -86,20 +87,22 @@ def embed(encoder, ds: RetrievalDataset, items, queries, texts, text_inputs, bat
     `text_inputs` (the text tower's inputs of `texts`) handed over in a one-element list is emptied, so that
     the inputs are freed once the texts are embedded."""
     encoder.to(device).eval()
-    images = torch.from_numpy(ds.images)
 
-    def batches(fn, x, n):
-        out = None
-        for s in range(0, n, batch_size):
-            v = fn(x[s:s + batch_size].to(device)).float().cpu()
+    def batches(fn, blocks, n):
+        out, s = None, 0
+        for block in blocks:
+            v = fn(torch.as_tensor(block).to(device)).float().cpu()
             out = v.new_empty(n, v.shape[1]) if out is None else out
             out[s:s + len(v)] = v
+            s += len(v)
         return out
 
-    img = batches(encoder.embed_images, images, len(images))
+    # the images read from the dataset's file a batch at a time: a pass over them leaves none resident
+    img = batches(encoder.embed_images, row_blocks(ds.images, batch_size), len(ds.images))
     if isinstance(text_inputs, list):  # handed over in a one-element list: freed once embedded
         text_inputs = text_inputs.pop()
-    txt = batches(encoder.embed_texts, text_inputs, len(texts))
+    txt = batches(encoder.embed_texts, (text_inputs[s:s + batch_size] for s in range(0, len(texts), batch_size)),
+                  len(texts))
     del text_inputs
     release_freed_memory()
     row = {t: i for i, t in enumerate(texts)}

@@ -179,7 +179,7 @@ def test_pair_items_are_fused_from_their_parts_and_added_alike(data, tmp_path):
     scheme = GeniusIdentifier(**SMALL)
     table = scheme.build(items, x, ctx(data, tmp_path, pair_parts=pair_parts,
                                        train_query_sides=[(None, "q")] * len(targets)))
-    assert calls == [N // 3]  # the pair items (every third); queries are text only
+    assert set(calls) == {N // 3}  # the pair items (every third), for training and coding; queries are text only
     assert torch.load(tmp_path / "genius_quantizer.pt")["fused_parts"] is True
     added = scheme.assign(items, x, IdentifierContext(workdir=tmp_path, pair_parts=pair_parts), table)
     assert [added.text(it.id) for it in items] == [table.text(it.id) for it in items]
@@ -226,3 +226,39 @@ def test_decoder_space_is_the_space_the_identifiers_were_learned_in(data, tmp_pa
     assert GeniusIdentifier(**{**SMALL, "decoder_input": "encoder"}).decoder_space(tmp_path) is None
     with pytest.raises(GenretrError, match="decoder_input=prefix is not one of fused, encoder"):
         GeniusIdentifier(**{**SMALL, "decoder_input": "prefix"})
+
+
+def test_quantizer_trained_on_the_targets_inputs_is_the_one_trained_on_every_items(data, tmp_path):
+    """Issue 16's memory: build() makes the (n, 2, d) fusion inputs of the training targets only, and codes every
+    item a block at a time; the quantizer and the codes are those of the inputs of every item at once."""
+    from genretr.identifiers.genius import FusionBlocks, fusion_inputs
+    from genretr.quantizers.modality_decoupled import fit_modality_decoupled
+
+    items, x, q, targets = data
+    g = np.random.default_rng(3)
+    parts = {i: np.stack([x[i] + 0.2 * g.normal(size=D), x[i] - 0.2 * g.normal(size=D)]).astype(np.float32)
+             for i in range(N)}
+    items = [SimpleNamespace(id=it.id, modality=it.modality, image=i if i % 3 != 1 else None,
+                             text=f"text {i}" if i % 3 != 0 else None) for i, it in enumerate(items)]
+    keep = slice(5, None, 7)  # queries whose targets are a scattered subset of the items
+    qv, qt = q[keep], targets[keep]
+
+    def pair_parts(sides):
+        return np.stack([parts[int(text.split()[1])] for _, text in sides])
+
+    scheme = GeniusIdentifier(**SMALL)
+    table = scheme.build(items, x, IdentifierContext(
+        train_texts=[], workdir=tmp_path, seed=0, progress=False, train_query_vecs=qv, train_query_items=qt,
+        train_query_tasks=["t2i"] * len(qt), pair_parts=pair_parts, train_query_sides=[(None, "q")] * len(qt)))
+    sides = [item_side(it) for it in items]
+    every = fusion_inputs(x, sides, pair_parts)
+    assert torch.equal(FusionBlocks(x, sides, pair_parts)[10:50], torch.from_numpy(every[10:50]))
+    rows = np.array([int(t[2:]) for t in qt])
+    ref = fit_modality_decoupled(fusion_inputs(qv, [(None, "q")] * len(qv), pair_parts), rows, every, [it.modality for it in items], seed=0, max_epochs=SMALL["epochs"],
+                                 batch_size=SMALL["batch_size"], **scheme.quantizer_kwargs)
+    saved = torch.load(tmp_path / "genius_quantizer.pt")["state_dict"]
+    assert saved.keys() == ref.state_dict().keys()
+    assert all(torch.equal(saved[k], v) for k, v in ref.state_dict().items())
+    codes = ref.encode_items(torch.from_numpy(every), [it.modality for it in items]).tolist()
+    assert [table.text(it.id) for it in items] == [scheme._table(items, np.array(codes), None).text(it.id)
+                                                   for it in items]
