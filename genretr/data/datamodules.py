@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from genretr.data.mapped import read_rows
 from genretr.errors import GenretrError
 
 
@@ -54,12 +55,18 @@ class EpochShuffle(Sampler):
         return iter([picks[i] for i in torch.randperm(len(picks), generator=g).tolist()])
 
 
+def image_row(images: np.ndarray, i: int) -> torch.Tensor:
+    """Image `i` of the dataset's images, read from their file when memory-mapped (`genretr.data.mapped`): epochs
+    over 100k training images leave none of their pages resident."""
+    return torch.from_numpy(read_rows(images, i, i + 1)[0])
+
+
 class CaptionPairs(Dataset):
     """(image, caption) training pairs for the contrastive encoder; `groups` lists each image's pairs."""
 
     def __init__(self, images: np.ndarray, image_index: np.ndarray, caption_rows: list[list[int]],
                  text_inputs: torch.Tensor):
-        self.images, self.text_inputs = torch.from_numpy(images), text_inputs
+        self.images, self.text_inputs = images, text_inputs
         self.pairs = [(int(img), row) for img, rows in zip(image_index, caption_rows) for row in rows]
         self.groups, k = [], 0
         for rows in caption_rows:
@@ -71,7 +78,7 @@ class CaptionPairs(Dataset):
 
     def __getitem__(self, i):
         img, row = self.pairs[i]
-        return self.images[img], self.text_inputs[row]
+        return image_row(self.images, img), self.text_inputs[row]
 
 
 class QueryTargetPairs(Dataset):
@@ -85,7 +92,7 @@ class QueryTargetPairs(Dataset):
     groups = None
 
     def __init__(self, images: np.ndarray, sides: list, text_inputs: torch.Tensor, row: dict[str, int]):
-        self.images, self.text_inputs = torch.from_numpy(images), text_inputs
+        self.images, self.text_inputs = images, text_inputs
         qids, tids = {}, {}
         image = lambda i: -1 if i is None else int(i)
         text = lambda t: row[t] if t else -1
@@ -96,7 +103,7 @@ class QueryTargetPairs(Dataset):
         return len(self.rows)
 
     def _side(self, image: int, text: int, prefix: str) -> dict:
-        return {f"{prefix}_image": self.images[max(image, 0)], f"{prefix}_has_image": image >= 0,
+        return {f"{prefix}_image": image_row(self.images, max(image, 0)), f"{prefix}_has_image": image >= 0,
                 f"{prefix}_text": self.text_inputs[max(text, 0)], f"{prefix}_has_text": text >= 0}
 
     def __getitem__(self, i):

@@ -79,7 +79,9 @@ class Embeddings:
 
     @classmethod
     def load(cls, path: Path) -> "Embeddings":
-        """The saved vectors, memory-mapped copy-on-write: a run reads the rows it looks up."""
+        """The saved vectors, memory-mapped copy-on-write (a write never reaches the artifact).  `items` and
+        `queries` read their rows from the files (`genretr.data.mapped`), so a pass over every item leaves none
+        resident; they never see a write into `item_vecs` / `query_vecs`, which a run must not make."""
         path = Path(path)
         ids = json.loads((path / "ids.json").read_text())
         mapped = {name: np.load(path / f"{name}.npy", mmap_mode="c") for name in ("item_vecs", "query_vecs")}

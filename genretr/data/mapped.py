@@ -9,6 +9,8 @@ not mapped (built in memory, or a view of a mapped one) are indexed as they are.
 from __future__ import annotations
 
 import mmap
+import os
+import weakref
 from collections.abc import Iterator
 
 import numpy as np
@@ -24,14 +26,36 @@ def is_mapped(array) -> bool:
 
 
 def _row_bytes(array: np.ndarray) -> int:
-    return int(np.prod(array.shape[1:], dtype=np.int64)) * array.itemsize
+    return int(array.strides[0]) if array.ndim else array.itemsize  # C-ordered: a row's bytes
 
 
-def _read(f, array: np.ndarray, start: int, count: int) -> np.ndarray:
-    """Rows start..start+count of mapped `array` from its open file `f`."""
-    f.seek(array.offset + start * _row_bytes(array))
-    out = np.fromfile(f, dtype=array.dtype, count=count * (_row_bytes(array) // array.itemsize))
-    return out.reshape(count, *array.shape[1:])
+_DESCRIPTORS: dict[int, int] = {}  # id(mapped array) -> its file, opened once and closed with the array
+
+
+def _descriptor(array: np.ndarray) -> int:
+    """The open file of mapped `array` (opened at its first read, kept until the array is collected)."""
+    fd = _DESCRIPTORS.get(id(array))
+    if fd is None:
+        fd = _DESCRIPTORS[id(array)] = os.open(array.filename, os.O_RDONLY)
+        weakref.finalize(array, lambda key=id(array): os.close(_DESCRIPTORS.pop(key)))
+    return fd
+
+
+def _read_into(out: np.ndarray, array: np.ndarray, start: int) -> np.ndarray:
+    """Fill C-ordered `out` with rows start..start+len(out) of mapped `array`, read from its file."""
+    view, fd = memoryview(out).cast("B"), _descriptor(array)
+    offset, done = array.offset + start * _row_bytes(array), 0
+    while done < len(view):  # a read may return fewer bytes than asked
+        got = os.preadv(fd, [view[done:]], offset + done)
+        if got == 0:
+            raise OSError(f"{array.filename}: the file ends before row {start + len(out)}")
+        done += got
+    return out
+
+
+def _read(array: np.ndarray, start: int, count: int) -> np.ndarray:
+    """Rows start..start+count of mapped `array`, read from its file into a new array."""
+    return _read_into(np.empty((count, *array.shape[1:]), dtype=array.dtype), array, start)
 
 
 def read_rows(array: np.ndarray, start: int, stop: int) -> np.ndarray:
@@ -39,8 +63,7 @@ def read_rows(array: np.ndarray, start: int, stop: int) -> np.ndarray:
     stop = min(stop, len(array))
     if not is_mapped(array):
         return np.array(array[start:stop])
-    with open(array.filename, "rb") as f:
-        return _read(f, array, start, max(0, stop - start))
+    return _read(array, start, max(0, stop - start))
 
 
 def row_blocks(array: np.ndarray, rows_per_block: int) -> Iterator[np.ndarray]:
@@ -63,14 +86,16 @@ def gather_rows(array: np.ndarray, rows) -> np.ndarray:
     ordered = rows[order]
     per_block = max(1, BLOCK_BYTES // max(1, _row_bytes(array)))
     gap = max(1, (64 << 10) // max(1, _row_bytes(array)))  # rows closer than 64 KB apart share a read
-    runs = np.split(np.arange(len(ordered)), np.flatnonzero(np.diff(ordered) > gap) + 1) if len(ordered) else []
-    with open(array.filename, "rb") as f:
-        for run in runs:
-            lo, end = int(run[0]), int(run[-1]) + 1
-            while lo < end:  # a long run, a block of at most `per_block` rows at a time
-                first = int(ordered[lo])
-                hi = lo + int(np.searchsorted(ordered[lo:end], first + per_block, side="left"))
-                block = _read(f, array, first, int(ordered[hi - 1]) + 1 - first)
-                out[order[lo:hi]] = block[ordered[lo:hi] - first]
-                lo = hi
+    starts = (np.flatnonzero(np.diff(ordered) > gap) + 1).tolist()
+    for lo, end in zip([0, *starts], [*starts, len(ordered)]):
+        if end - lo == 1:  # a row alone (a scattered lookup): read straight into its place
+            _read_into(out[order[lo]:order[lo] + 1], array, int(ordered[lo]))
+            continue
+        while lo < end:  # a run of nearby rows, a block of at most `per_block` rows at a time
+            first = int(ordered[lo])
+            hi = end if ordered[end - 1] < first + per_block else \
+                lo + int(np.searchsorted(ordered[lo:end], first + per_block, side="left"))
+            block = _read(array, first, int(ordered[hi - 1]) + 1 - first)
+            out[order[lo:hi]] = block[ordered[lo:hi] - first]
+            lo = hi
     return out

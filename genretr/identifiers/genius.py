@@ -59,16 +59,26 @@ def fusion_inputs(vectors: np.ndarray, sides: list[tuple], pair_parts) -> np.nda
 
 class FusionBlocks:
     """`fusion_inputs(vectors, sides, pair_parts)` built a block at a time: `blocks[s:e]` is the (e - s, 2, d)
-    tensor of rows s..e-1, so that coding a million items never holds their (n, 2, d) inputs at once."""
+    tensor of rows s..e-1, so that coding a million items never holds their (n, 2, d) inputs at once.  The
+    parts of the rows with both sides are asked of `pair_parts` once, here."""
 
     def __init__(self, vectors: np.ndarray, sides: list[tuple], pair_parts):
-        self.vectors, self.sides, self.pair_parts = vectors, sides, pair_parts
+        self.vectors, self.sides = vectors, sides
+        self.pair_rows = np.array([r for r, (image, text) in enumerate(sides) if image is not None and text is not None],
+                                  dtype=np.int64)
+        self.pair_inputs = (np.asarray(pair_parts([sides[r] for r in self.pair_rows]), dtype=np.float32)
+                            if len(self.pair_rows) else None)  # (pairs, 2, d)
 
     def __len__(self) -> int:
         return len(self.vectors)
 
     def __getitem__(self, rows: slice) -> torch.Tensor:
-        return torch.from_numpy(fusion_inputs(self.vectors[rows], self.sides[rows], self.pair_parts))
+        start, stop, step = rows.indices(len(self))
+        if step != 1:
+            raise IndexError("FusionBlocks: a block of consecutive rows only")
+        lo, hi = np.searchsorted(self.pair_rows, [start, stop])
+        return torch.from_numpy(fusion_inputs(self.vectors[start:stop], self.sides[start:stop],
+                                              lambda _: self.pair_inputs[lo:hi]))
 
 
 class GeniusIdentifier:

@@ -46,7 +46,8 @@ def save(ds: RetrievalDataset, path: Path) -> None:
 
 
 def load(path: Path) -> RetrievalDataset:
-    """The saved dataset, its images memory-mapped copy-on-write (writable views, never written back)."""
+    """The saved dataset, its images memory-mapped copy-on-write (never written back); passes over them read the
+    file instead (`genretr.data.mapped`), so a run must not write into them."""
     with open(path / "dataset.pkl", "rb") as f:
         ds = pickle.load(f)
     ds.images = np.load(path / "images.npy", mmap_mode="c")

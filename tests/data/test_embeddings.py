@@ -16,8 +16,9 @@ def test_saved_vectors_load_memory_mapped_and_equal(tmp_path):
     assert again.item_ids == emb.item_ids and again.query_ids == emb.query_ids
     assert torch.equal(again.items(["c", "a"]), emb.items(["c", "a"])) and torch.equal(again.queries(["q2"]),
                                                                                        emb.queries(["q2"]))
-    again.item_vecs[0, 0] = 99.0  # copy-on-write: a run may write, the artifact stays
+    again.item_vecs[0, 0] = 99.0  # copy-on-write: a stray write never reaches the artifact
     assert torch.equal(Embeddings.load(tmp_path).item_vecs, emb.item_vecs)
+    assert torch.equal(again.items(["a"]), emb.items(["a"]))  # items() reads the file
 
 
 def test_tower_parts_are_saved_and_loaded(tmp_path):

@@ -2,8 +2,6 @@
 page of the file left resident (issue 16's peak RSS)."""
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 
@@ -18,10 +16,22 @@ def saved(tmp_path):
     return array, np.load(tmp_path / "a.npy", mmap_mode="c")
 
 
-def test_only_a_whole_mapped_array_is_read_through_its_file(saved):
+def test_only_a_whole_mapped_array_is_read_through_its_file(saved, tmp_path):
     array, on_disk = saved
     assert mapped.is_mapped(on_disk)
     assert not mapped.is_mapped(array) and not mapped.is_mapped(on_disk[3:]) and not mapped.is_mapped(on_disk.T)
+    np.save(tmp_path / "f.npy", np.asfortranarray(array))
+    fortran = np.load(tmp_path / "f.npy", mmap_mode="c")
+    assert not mapped.is_mapped(fortran) and np.array_equal(mapped.gather_rows(fortran, [7, 3]), array[[7, 3]])
+
+
+def test_images_read_through_their_file_equal_the_pixels(tmp_path):
+    pixels = np.random.default_rng(2).integers(0, 256, (50, 8, 8, 3), dtype=np.uint8)
+    np.save(tmp_path / "images.npy", pixels)
+    on_disk = np.load(tmp_path / "images.npy", mmap_mode="c")
+    assert np.array_equal(np.concatenate(list(mapped.row_blocks(on_disk, 16))), pixels)
+    assert np.array_equal(mapped.gather_rows(on_disk, [49, 0, 49]), pixels[[49, 0, 49]])
+    assert np.array_equal(mapped.read_rows(on_disk, 3, 4)[0], pixels[3])
 
 
 @pytest.mark.parametrize("block_bytes", [mapped.BLOCK_BYTES, 1000])
@@ -39,7 +49,7 @@ def test_gathered_and_read_rows_equal_indexing(saved, monkeypatch, block_bytes):
         mapped.gather_rows(on_disk, [5000])
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads RssFile from /proc/self/status")
+@pytest.mark.skipif(status_mb("RssFile") is None, reason="reads RssFile from /proc/self/status (Linux)")
 def test_a_pass_over_a_mapped_file_leaves_its_pages_out_of_the_process(tmp_path):
     array = np.ones(((64 << 20) // 1024, 256), dtype=np.float32)  # 64 MB of 1 KB rows
     np.save(tmp_path / "big.npy", array)

@@ -179,7 +179,7 @@ def test_pair_items_are_fused_from_their_parts_and_added_alike(data, tmp_path):
     scheme = GeniusIdentifier(**SMALL)
     table = scheme.build(items, x, ctx(data, tmp_path, pair_parts=pair_parts,
                                        train_query_sides=[(None, "q")] * len(targets)))
-    assert set(calls) == {N // 3}  # the pair items (every third), for training and coding; queries are text only
+    assert calls == [N // 3, N // 3]  # the pair items (every third): as targets, then to code; queries text only
     assert torch.load(tmp_path / "genius_quantizer.pt")["fused_parts"] is True
     added = scheme.assign(items, x, IdentifierContext(workdir=tmp_path, pair_parts=pair_parts), table)
     assert [added.text(it.id) for it in items] == [table.text(it.id) for it in items]
@@ -240,8 +240,9 @@ def test_quantizer_trained_on_the_targets_inputs_is_the_one_trained_on_every_ite
              for i in range(N)}
     items = [SimpleNamespace(id=it.id, modality=it.modality, image=i if i % 3 != 1 else None,
                              text=f"text {i}" if i % 3 != 0 else None) for i, it in enumerate(items)]
-    keep = slice(5, None, 7)  # queries whose targets are a scattered subset of the items
-    qv, qt = q[keep], targets[keep]
+    keep = np.random.default_rng(4).permutation(len(targets))[:40]  # unsorted targets, some twice
+    qv, qt = q[keep], [targets[k] for k in keep]
+    assert len(set(qt)) < len(qt) < N and sorted(qt) != qt
 
     def pair_parts(sides):
         return np.stack([parts[int(text.split()[1])] for _, text in sides])
@@ -252,7 +253,8 @@ def test_quantizer_trained_on_the_targets_inputs_is_the_one_trained_on_every_ite
         train_query_tasks=["t2i"] * len(qt), pair_parts=pair_parts, train_query_sides=[(None, "q")] * len(qt)))
     sides = [item_side(it) for it in items]
     every = fusion_inputs(x, sides, pair_parts)
-    assert torch.equal(FusionBlocks(x, sides, pair_parts)[10:50], torch.from_numpy(every[10:50]))
+    blocks = FusionBlocks(x, sides, pair_parts)
+    assert all(torch.equal(blocks[s:s + 7], torch.from_numpy(every[s:s + 7])) for s in range(0, N, 7))
     rows = np.array([int(t[2:]) for t in qt])
     ref = fit_modality_decoupled(fusion_inputs(qv, [(None, "q")] * len(qv), pair_parts), rows, every, [it.modality for it in items], seed=0, max_epochs=SMALL["epochs"],
                                  batch_size=SMALL["batch_size"], **scheme.quantizer_kwargs)
@@ -260,5 +262,6 @@ def test_quantizer_trained_on_the_targets_inputs_is_the_one_trained_on_every_ite
     assert saved.keys() == ref.state_dict().keys()
     assert all(torch.equal(saved[k], v) for k, v in ref.state_dict().items())
     codes = ref.encode_items(torch.from_numpy(every), [it.modality for it in items]).tolist()
+    assert ref.encode_items(blocks, [it.modality for it in items], batch_size=7).tolist() == codes
     assert [table.text(it.id) for it in items] == [scheme._table(items, np.array(codes), None).text(it.id)
                                                    for it in items]
