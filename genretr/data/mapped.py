@@ -20,9 +20,10 @@ BLOCK_BYTES = 64 << 20  # read from the file at a time
 
 def is_mapped(array) -> bool:
     """Whether `array` is a whole C-ordered array memory-mapped from a file (np.load(mmap_mode=…)): its rows can
-    be read from the file at its offset; a view of one (a slice, a transpose) cannot and is indexed instead."""
-    return (isinstance(array, np.memmap) and isinstance(array.base, mmap.mmap) and array.flags.c_contiguous
-            and bool(getattr(array, "filename", None)))
+    be read from the file at its offset; a view of one (a slice, a transpose) cannot and is indexed instead, as is
+    every array where the OS has no `preadv` (Windows, older macOS)."""
+    return (hasattr(os, "preadv") and isinstance(array, np.memmap) and isinstance(array.base, mmap.mmap)
+            and array.flags.c_contiguous and bool(getattr(array, "filename", None)))
 
 
 def _row_bytes(array: np.ndarray) -> int:

@@ -64,8 +64,8 @@ class FusionBlocks:
 
     def __init__(self, vectors: np.ndarray, sides: list[tuple], pair_parts):
         self.vectors, self.sides = vectors, sides
-        self.pair_rows = np.array([r for r, (image, text) in enumerate(sides) if image is not None and text is not None],
-                                  dtype=np.int64)
+        both = [r for r, (image, text) in enumerate(sides) if image is not None and text is not None]
+        self.pair_rows = np.array(both, dtype=np.int64)
         self.pair_inputs = (np.asarray(pair_parts([sides[r] for r in self.pair_rows]), dtype=np.float32)
                             if len(self.pair_rows) else None)  # (pairs, 2, d)
 

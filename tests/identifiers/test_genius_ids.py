@@ -256,7 +256,8 @@ def test_quantizer_trained_on_the_targets_inputs_is_the_one_trained_on_every_ite
     blocks = FusionBlocks(x, sides, pair_parts)
     assert all(torch.equal(blocks[s:s + 7], torch.from_numpy(every[s:s + 7])) for s in range(0, N, 7))
     rows = np.array([int(t[2:]) for t in qt])
-    ref = fit_modality_decoupled(fusion_inputs(qv, [(None, "q")] * len(qv), pair_parts), rows, every, [it.modality for it in items], seed=0, max_epochs=SMALL["epochs"],
+    ref = fit_modality_decoupled(fusion_inputs(qv, [(None, "q")] * len(qv), pair_parts), rows, every,
+                                 [it.modality for it in items], seed=0, max_epochs=SMALL["epochs"],
                                  batch_size=SMALL["batch_size"], **scheme.quantizer_kwargs)
     saved = torch.load(tmp_path / "genius_quantizer.pt")["state_dict"]
     assert saved.keys() == ref.state_dict().keys()
