@@ -27,7 +27,7 @@ def is_mapped(array) -> bool:
 
 
 def _row_bytes(array: np.ndarray) -> int:
-    return int(array.strides[0]) if array.ndim else array.itemsize  # C-ordered: a row's bytes
+    return int(array.strides[0])  # C-ordered: a row's bytes
 
 
 _DESCRIPTORS: dict[int, int] = {}  # id(mapped array) -> its file, opened once and closed with the array
