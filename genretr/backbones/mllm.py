@@ -128,7 +128,9 @@ class MLLMRetriever(TrainableStateCheckpoints, L.LightningModule):
         self._set_trainable(lora, freeze_vision)
         self.identifiers = IdentifierVocabulary(self, identifier_tokens, number_ids, identifier_head)
         if gradient_checkpointing:
-            self.hf.gradient_checkpointing_enable()
+            # renamed activation_checkpointing_enable in transformers 5 (the old name warns, and goes in v6)
+            enable = getattr(self.hf, "activation_checkpointing_enable", None) or self.hf.gradient_checkpointing_enable
+            enable()
             self.hf.enable_input_require_grads()
 
     # -- family hooks -------------------------------------------------------------------------------------

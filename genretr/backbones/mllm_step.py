@@ -3,6 +3,7 @@
 cache reordered by beam (`genretr.backbones.mllm` says how decoding ids map to the LLM's)."""
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +18,17 @@ class PromptState:
     mask: torch.Tensor
     next_pos: torch.Tensor
     extras: dict
+
+
+def cache_argument(hf) -> str:
+    """The name under which `hf.forward` takes a KV cache: ``cache`` since transformers renamed
+    ``past_key_values`` (the old name warns, and goes in 5.40), ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
+
+
+def returned_cache(out) -> object:
+    """The KV cache in an HF forward's output, under either name (see `cache_argument`)."""
+    return out["cache"] if "cache" in out.keys() else out["past_key_values"]
 
 
 class BeamCache:
@@ -38,6 +50,7 @@ class MLLMStepDecoder:
 
     def __init__(self, model):  # a genretr.backbones.mllm.MLLMRetriever
         self.model = model
+        self.cache_arg = cache_argument(model.hf)
         self.device = next(model.parameters()).device
         self.vocab_size = model.decoding_vocab_size
         self.autocast: torch.dtype | None = None
@@ -55,7 +68,7 @@ class MLLMStepDecoder:
         batch = {k: v.to(self.device) for k, v in m.batch(list(queries), False).items()}
         with self._autocast():
             out = m.hf(**m.model_inputs(batch), use_cache=True, logits_to_keep=1)
-        return PromptState(out.logits[:, -1].float(), out.past_key_values, batch["attention_mask"],
+        return PromptState(out.logits[:, -1].float(), returned_cache(out), batch["attention_mask"],
                            m.next_positions(batch), m.step_extras(batch, out))
 
     def new_cache(self, rows: int, T: int) -> BeamCache:
@@ -70,8 +83,8 @@ class MLLMStepDecoder:
         extras = self.model.step_inputs({k: v[q] for k, v in state.extras.items()})
         with self._autocast():
             out = self.model.hf(input_ids=llm_tokens[:, None], attention_mask=mask, position_ids=pos,
-                                past_key_values=cache.kv, use_cache=True, **extras)
-        cache.kv = out.past_key_values
+                                use_cache=True, **{self.cache_arg: cache.kv}, **extras)
+        cache.kv = returned_cache(out)
         return out.logits[:, -1].float()
 
     def step(self, tokens: torch.Tensor, t: int, N: int, S: int, state: PromptState, cache: BeamCache,
