@@ -54,8 +54,9 @@ run: install ## the default experiment: shapes, embedding baseline + string IDs 
 	$(PY) -m genretr.run $(ARGS)
 
 # One pytest-xdist worker per core (at most 4), each pinned to its core (tests/conftest.py), a test file per
-# worker at a time so that a module's fixtures are built once.
-XDIST := -n auto --maxprocesses 4 --dist loadfile
+# worker at a time so that a module's fixtures are built once, the longest files first (tests/conftest.py's
+# LONGEST_FIRST; --no-loadscope-reorder keeps that order: xdist would sort the files by their number of tests).
+XDIST := -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder
 
 test: install ## the test suite (no network, < 10 min on 2 cores)
 	$(PY) -m pytest -q -m "not slow" $(XDIST) $(ARGS)

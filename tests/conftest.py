@@ -47,10 +47,17 @@ def compose_cfg(overrides: list[str], run_dir: Path, cache_dir: Path):
     return cfg
 
 
-# The longest test files (minutes on one core), started first: pytest-xdist hands out whole files in collection
-# order, and a long file started last leaves the other workers idle at the end.
-LONGEST_FIRST = ("test_ddp.py", "test_run_cli.py", "test_sweeps.py", "test_pipeline.py", "test_pipeline_variants.py",
-                 "test_golden_results.py", "bench/test_bench_quick.py", "test_inspect_run.py", "test_rationale.py")
+# The longest test files, longest first (their summed durations in `pytest --durations=0` on a 2-core AVX2-only
+# machine at e3de6e9; update the list when a file grows): `make test` hands out whole files in collection order
+# (pytest-xdist `--dist loadfile --no-loadscope-reorder`; without that flag xdist orders files by their number of
+# tests), and a long file started last leaves the other worker idle at the end.
+LONGEST_FIRST = ("test_run_cli.py", "test_sweeps.py", "test_pipeline_variants.py", "test_pipeline.py",
+                 "test_golden_results.py", "test_inspect_run.py", "test_encode_stage.py", "test_ddp.py",
+                 "decoding/test_engine_bf16.py", "bench/test_bench_quick.py", "test_validate.py",
+                 "bench/test_bench_stability.py", "test_rationale.py", "test_device.py", "test_provenance.py",
+                 "test_presets_real_data.py", "test_configs.py", "evaluation/test_multilingual.py",
+                 "backbones/test_mllm_identifier_vocab.py", "backbones/test_mllm_checkpoints.py", "test_early_stop.py",
+                 "evaluation/test_embedding_index.py", "bench/test_bench_training.py", "test_extension.py")
 
 
 def pytest_collection_modifyitems(config, items):
