@@ -56,12 +56,13 @@ def _jobs_side_by_side() -> int:
 
 def execute(cfg: DictConfig, run_dir: Path, extra_callbacks=()) -> dict | None:
     """Run the pipeline for `cfg`, writing into `run_dir`; returns the metrics (None if stopped early)."""
+    from genretr.validate import validate
+
+    validate(cfg)  # a bad option is one line before any stage runs, and before Lightning is imported (~4 s)
     import lightning as L
 
     from genretr.pipeline import Pipeline
-    from genretr.validate import validate
 
-    validate(cfg)  # a bad option is one line before any stage runs
     git = git_state()  # the code this run starts from, before anyone edits or commits during it
     fingerprint.snapshot()  # and the stage keys' code fingerprints of that same code
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,6 @@ from genretr.data.schema import TASK_TARGET, UNIVERSAL
 from genretr.errors import GenretrError
 from genretr.hardware import PRECISIONS
 from genretr.stages import STAGES
-from genretr.training import EARLY_STOP_MONITORS
 from genretr.rationale import MODES as REASON_MODES
 
 ABSENT = object()
@@ -42,7 +41,7 @@ CHOICES = {  # key -> allowed values (checked when the key is set)
     "backbone.input": ("prefix", "tokens"),
     "encoder.model.schedule": ("constant", "cosine"),
     "backbone.model.schedule": ("constant", "cosine"),
-    "backbone.fit.early_stop.monitor": tuple(EARLY_STOP_MONITORS),
+    "backbone.fit.early_stop.monitor": ("exact", "loss"),  # genretr.training.EARLY_STOP_MONITORS
     "backbone.model.query_mix": ("paper", "authors_code"),
 }
 INTS = {  # key -> (minimum, null allowed)

@@ -48,21 +48,43 @@ def compose_cfg(overrides: list[str], run_dir: Path, cache_dir: Path):
 
 
 # The longest test files, longest first (their summed durations in `pytest --durations=0` on a 2-core AVX2-only
-# machine at e3de6e9; update the list when a file grows): `make test` hands out whole files in collection order
-# (pytest-xdist `--dist loadfile --no-loadscope-reorder`; without that flag xdist orders files by their number of
-# tests), and a long file started last leaves the other worker idle at the end.
-LONGEST_FIRST = ("test_run_cli.py", "test_sweeps.py", "test_pipeline_variants.py", "test_pipeline.py",
-                 "test_golden_results.py", "test_inspect_run.py", "test_encode_stage.py", "test_ddp.py",
-                 "decoding/test_engine_bf16.py", "bench/test_bench_quick.py", "test_validate.py",
-                 "bench/test_bench_stability.py", "test_rationale.py", "test_device.py", "test_provenance.py",
-                 "test_presets_real_data.py", "test_configs.py", "evaluation/test_multilingual.py",
-                 "backbones/test_mllm_identifier_vocab.py", "backbones/test_mllm_checkpoints.py", "test_early_stop.py",
-                 "evaluation/test_embedding_index.py", "bench/test_bench_training.py", "test_extension.py")
+# machine, with `minilm_batches_once`; update the list when a file grows): `make test` hands out whole files in
+# collection order (pytest-xdist `--dist loadfile --no-loadscope-reorder`; without that flag xdist orders files by
+# their number of tests), and a long file started last leaves the other worker idle at the end.
+LONGEST_FIRST = ("test_sweeps.py", "test_run_cli.py", "test_inspect_run.py", "test_golden_results.py",
+                 "test_pipeline_variants.py", "test_ddp.py", "test_encode_stage.py", "bench/test_bench_quick.py",
+                 "decoding/test_engine_bf16.py", "test_pipeline.py", "test_validate.py",
+                 "bench/test_bench_stability.py", "test_presets_real_data.py", "test_rationale.py", "test_configs.py",
+                 "test_device.py", "test_provenance.py", "backbones/test_mllm_identifier_vocab.py",
+                 "evaluation/test_multilingual.py", "backbones/test_mllm_checkpoints.py", "data/test_tiny_datasets.py",
+                 "bench/test_bench_training.py")
 
 
 def pytest_collection_modifyitems(config, items):
     order = {f"tests/{name}": i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: order.get(item.nodeid.split("::")[0], len(order)))  # stable: the rest as collected
+
+
+@pytest.fixture(scope="session", autouse=True)
+def minilm_batches_once():
+    """Each distinct batch of texts goes through MiniLM once per test process: the pipeline tests' tiny shapes
+    runs each featurise the same 419 texts (~6 s of a 2-core machine each: 41 runs, a quarter of the suite's CPU
+    time, measured at e3de6e9).  MiniLM is frozen and its pass deterministic for one batch, dtype, device and
+    thread count, so a remembered batch is the batch computed again, bit for bit; everything around `_embed`
+    (loading the weights, shards, the text-features stage and its cache) runs as in a real run."""
+    from genretr.encoders.towers import MiniLMText
+
+    embed, remembered = MiniLMText._embed, {}
+
+    def embed_once(self, tok, model, texts, device, dtype):
+        key = (str(self.model_path()), str(device), dtype, torch.get_num_threads(), tuple(texts))
+        if key not in remembered:
+            remembered[key] = embed(self, tok, model, texts, device, dtype)
+        return remembered[key].clone()
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(MiniLMText, "_embed", embed_once)
+        yield
 
 
 @pytest.fixture

@@ -183,3 +183,20 @@ def test_wandb_offline_flag_must_be_a_boolean(make_cfg, no_wandb_key):
 def test_a_generative_method_names_its_decoder_and_the_embedding_one_none(make_cfg, overrides):
     with pytest.raises(GenretrError, match=r"a generative method names its decoder"):
         validate(make_cfg(*overrides))
+
+
+def test_early_stop_choices_are_the_training_monitors():
+    from genretr.training import EARLY_STOP_MONITORS
+    from genretr.validate import CHOICES
+
+    assert sorted(CHOICES["backbone.fit.early_stop.monitor"]) == sorted(EARLY_STOP_MONITORS)
+
+
+def test_validation_imports_no_lightning():
+    """`genretr.run` validates before it imports Lightning (~4 s), so that a typo is answered in about two seconds."""
+    import subprocess
+    import sys
+
+    code = "import sys, genretr.run, genretr.validate; print(sorted(m for m in sys.modules if m.startswith('lightning')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
