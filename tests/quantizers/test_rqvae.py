@@ -91,5 +91,9 @@ def test_metrics_summed_in_blocks_equal_one_block():
     assert blocks["usage"] == one["usage"]
     for k in ("recon_mse", "recon_rel_error", "latent_rel_error"):
         assert blocks[k] == pytest.approx(one[k], rel=1e-6) and one[k] > 0
+    with torch.no_grad():  # the relative error against the spread around the mean of all of x, computed whole
+        recon = model.eval()(x)[0].double()
+    spread = (x.double() - x.double().mean(0)).pow(2).sum()
+    assert blocks["recon_rel_error"] == pytest.approx(float((x.double() - recon).pow(2).sum() / spread), rel=1e-6)
     constant = torch.ones(20, x.shape[1])
     assert model.metrics(constant, batch_size=7)["recon_rel_error"] is None  # no spread to compare with
