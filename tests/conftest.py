@@ -74,10 +74,14 @@ def minilm_batches_once():
     (loading the weights, shards, the text-features stage and its cache) runs as in a real run."""
     from genretr.encoders.towers import MiniLMText
 
+    import functools
+
     embed, remembered = MiniLMText._embed, {}
 
+    @functools.wraps(embed)  # the real pass stays reachable as `MiniLMText._embed.__wrapped__`
     def embed_once(self, tok, model, texts, device, dtype):
-        key = (str(self.model_path()), str(device), dtype, torch.get_num_threads(), tuple(texts))
+        weights = (getattr(model.config, "_name_or_path", None), next(model.parameters()).dtype)
+        key = (str(self.model_path()), weights, str(device), dtype, torch.get_num_threads(), tuple(texts))
         if key not in remembered:
             remembered[key] = embed(self, tok, model, texts, device, dtype)
         return remembered[key].clone()

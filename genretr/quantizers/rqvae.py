@@ -98,7 +98,7 @@ class RQVAE(L.LightningModule):
         # the mean summed a block at a time: x.mean(0, dtype=torch.float64) casts all of x to float64 first
         # (2 GB at CART's 1M-caption pool, the identify stage's peak)
         mean = sum((x[s:s + batch_size].sum(0, dtype=torch.float64) for s in range(0, len(x), batch_size)),
-                   torch.zeros(x.shape[1], dtype=torch.float64)) / max(len(x), 1)
+                   torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)) / max(len(x), 1)
         sums = dict(recon=0.0, spread=0.0, latent=0.0, norm=0.0)
         codes = []
         for s in range(0, len(x), batch_size):
