@@ -1,6 +1,7 @@
 """Shared fixtures: compose genretr's Hydra config outside `python -m genretr.run`."""
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -73,8 +74,6 @@ def minilm_batches_once():
     thread count, so a remembered batch is the batch computed again, bit for bit; everything around `_embed`
     (loading the weights, shards, the text-features stage and its cache) runs as in a real run."""
     from genretr.encoders.towers import MiniLMText
-
-    import functools
 
     embed, remembered = MiniLMText._embed, {}
 

@@ -191,12 +191,9 @@ def fit_and_embed(cfg, ds: RetrievalDataset, splits, seed: int, instructions: bo
                                "or image -> caption (i2t) queries; encoder.fit.tasks=all trains on every task's "
                                "pairs, encoder.fit.max_epochs=0 embeds without training")
         log.info("encoder: %d training pairs (%s)", len(pairs), "every task" if all_tasks else "captions")
-        fit(encoder, ContrastiveDataModule(pairs, int(cfg.fit.batch_size), seed, workers))
-        # Lightning leaves the trainer attached to the module, and through it the datamodule, the pairs and the
-        # text features: detached, they go before the embedding pass (1.55 GB at the 1M-caption pool)
-        encoder.trainer = None
+        fit(encoder, ContrastiveDataModule(pairs, int(cfg.fit.batch_size), seed, workers))  # leaves no trainer on it
         del pairs
-        release_freed_memory()  # the trainer's reference cycles and its freed activations
+        release_freed_memory()  # the trainer's reference cycles (they hold the pairs) and its freed activations
     inputs = [text_inputs]  # embed() frees the text features once the texts are embedded (1M captions: 1.5 GB)
     del text_inputs
     item_vecs, query_vecs, parts = embed(encoder, ds, items, queries, texts, inputs, int(cfg.fit.batch_size),
