@@ -29,7 +29,7 @@ from genretr.backbones.t5_prefix import T5PrefixDecoder
 from genretr.data.captioning import item_images, join_words, wants_pixels, words  # noqa: F401 (also this module's API)
 from genretr.errors import GenretrError
 from genretr.identifiers.base import EOS, PAD, SPECIAL_TOKENS
-from genretr.training import small_fit_trainer
+from genretr.training import small_fit
 
 UNK = 2
 VOCAB_SPECIALS = [*SPECIAL_TOKENS, "<unk>"]
@@ -153,6 +153,6 @@ def fit_captioner(vecs, captions_per_vec: list[list[str]], cfg: Mapping, seed: i
     model.train()
     with warnings.catch_warnings():  # every pair trains the captioner: the decoder's validation_step has no use here
         warnings.filterwarnings("ignore", message="You defined a `validation_step` but have no `val_dataloader`")
-        small_fit_trainer(int(fit["max_epochs"]), progress, device).fit(model, train_dataloaders=loader)
+        small_fit(model, loader, int(fit["max_epochs"]), progress, device=device)
     cap.model = model.to(device).eval()
     return cap

@@ -254,9 +254,10 @@ class StopAfterEpochs(Callback):
             raise SimulatedKill(f"simulated kill after {self.n} epochs")
 
 
-def small_fit_trainer(max_epochs: int, progress: bool = False, device="cpu") -> L.Trainer:
-    """A one-process Trainer on `device` (the run's, `genretr.hardware.run_device`) without logger or checkpoints,
-    for the small fits inside a stage (quantizers, captioner)."""
+def small_fit(model: L.LightningModule, loader, max_epochs: int, progress: bool = False, device="cpu") -> None:
+    """Train `model` on `loader` for `max_epochs` in one process on `device` (the run's,
+    `genretr.hardware.run_device`), without logger or checkpoints: the small fits inside a stage (quantizers,
+    captioner).  The trainer is detached afterwards, so the returned model holds neither it nor the loader's data."""
     device = torch.device(device)
     accelerator = {"cuda": "gpu", "mps": "mps"}.get(device.type, "cpu")
     callbacks = []
@@ -264,10 +265,12 @@ def small_fit_trainer(max_epochs: int, progress: bool = False, device="cpu") -> 
         from lightning.pytorch.callbacks import RichProgressBar
 
         callbacks.append(RichProgressBar(leave=False))
-    return L.Trainer(max_epochs=max_epochs, accelerator=accelerator,
-                     devices=[device.index or 0] if accelerator == "gpu" else 1, logger=False,
-                     enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
-                     num_sanity_val_steps=0, callbacks=callbacks)
+    trainer = L.Trainer(max_epochs=max_epochs, accelerator=accelerator,
+                        devices=[device.index or 0] if accelerator == "gpu" else 1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
+                        num_sanity_val_steps=0, callbacks=callbacks)
+    trainer.fit(model, train_dataloaders=loader)
+    model.trainer = None
 
 
 def fit(module: L.LightningModule, datamodule: L.LightningDataModule, cfg, workdir: Path, max_epochs: int,

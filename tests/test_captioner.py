@@ -37,6 +37,8 @@ def test_learns_to_reproduce_the_captions(captioner):
         assert np.mean([o == join_words(words(TEMPLATES[b])) for o, b in zip(out, label)]) > 0.8, out[:4]
     ws = captioner.describe_words(x[:1])
     assert ws == [words(TEMPLATES[label[0]])]
+    with pytest.raises(RuntimeError, match="not attached"):  # the fitted model keeps no trainer, nor its loader's pairs
+        captioner.model.trainer
 
 
 def test_pad_is_no_word(captioner, monkeypatch):

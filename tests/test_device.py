@@ -33,10 +33,10 @@ def spy(monkeypatch):
     import genretr.quantizers.modality_decoupled
     import genretr.quantizers.rqvae
     for module in (genretr.captioner, genretr.quantizers.rqvae, genretr.quantizers.modality_decoupled):
-        def recording(*args, _real=module.small_fit_trainer, _name=module.__name__, **kwargs):
-            fits.append((_name, kwargs.get("device", args[2] if len(args) > 2 else "cpu")))
+        def recording(*args, _real=module.small_fit, _name=module.__name__, **kwargs):
+            fits.append((_name, kwargs.get("device", args[4] if len(args) > 4 else "cpu")))
             return _real(*args, **kwargs)
-        monkeypatch.setattr(module, "small_fit_trainer", recording)
+        monkeypatch.setattr(module, "small_fit", recording)
     return moved, fits
 
 

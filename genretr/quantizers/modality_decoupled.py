@@ -48,7 +48,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 from genretr.data.schema import IMAGE, PAIR, TEXT
 from genretr.errors import GenretrError
 from genretr.quantizers.residual import ResidualQuantizer
-from genretr.training import small_fit_trainer
+from genretr.training import small_fit
 
 MODALITIES = (IMAGE, TEXT, PAIR)  # first-level codes 0, 1, 2 (GENIUS Fig. 3)
 MODALITY_CODES = ("learned", "given", "classifier", "none")  # Table 8's strategies (+ genretr's `given`)
@@ -251,7 +251,7 @@ def fit_modality_decoupled(query_vecs: np.ndarray, target_rows: np.ndarray, item
         batches = BatchSampler(RandomSampler(range(len(rows)), generator=shuffle), batch_size, drop_last=False)
         loader = DataLoader(PairBatches(queries, items, modality, rows, groups), sampler=batches, batch_size=None,
                             generator=shuffle)
-        small_fit_trainer(max_epochs, progress, device).fit(model, loader)
+        small_fit(model, loader, max_epochs, progress, device=device)
     return model.cpu().eval()
 
 

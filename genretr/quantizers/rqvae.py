@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from genretr.quantizers.residual import ResidualQuantizer
-from genretr.training import small_fit_trainer
+from genretr.training import small_fit
 
 
 def mlp(sizes: Sequence[int]) -> nn.Sequential:
@@ -135,6 +135,6 @@ def fit_rqvae(vectors: np.ndarray, *, seed: int = 0, max_epochs: int = 100, batc
         model = RQVAE(input_dim=x.shape[1], warmup_steps=int(warmup_epochs * steps_per_epoch), **model_kwargs)
         loader = DataLoader(TensorDataset(x), batch_size=batch_size, shuffle=True,
                             generator=torch.Generator().manual_seed(seed))
-        small_fit_trainer(max_epochs, progress, device).fit(model, loader)
+        small_fit(model, loader, max_epochs, progress, device=device)
     codes = model.to(device).encode(x)
     return model.cpu(), codes.numpy()

@@ -59,6 +59,8 @@ def test_given_first_code_is_the_modality_by_construction():
     model = fit_modality_decoupled(q, rows, items, mods, seed=0, max_epochs=2, batch_size=32, modality_code="given",
                                    **SMALL)
     assert modality_accuracy(model.encode_items(torch.from_numpy(items), mods), mods) == 1.0
+    with pytest.raises(RuntimeError, match="not attached"):  # the fitted model keeps no trainer, nor its batches
+        model.trainer
     # the modality codewords are learned as each modality's mean fused target vector (EMA)
     assert getattr(model.quantizer, "ready_0").all()
     with pytest.raises(GenretrError, match="modality"):

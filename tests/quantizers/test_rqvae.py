@@ -72,6 +72,8 @@ def test_fit_rqvae_returns_codes_and_is_deterministic():
     rng_before = torch.get_rng_state()
     model, codes = fit_rqvae(x, seed=3, **kw)
     assert torch.equal(torch.get_rng_state(), rng_before)  # the caller's RNG is left alone
+    with pytest.raises(RuntimeError, match="not attached"):  # no trainer, so not its loader's copy of x either
+        model.trainer
     assert codes.shape == (len(x), 2) and codes.min() >= 0 and codes.max() < 8
     assert np.array_equal(codes, model.encode(torch.from_numpy(x)).numpy())
     again_model, again = fit_rqvae(x, seed=3, **kw)
