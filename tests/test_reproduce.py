@@ -62,7 +62,7 @@ OLD_MAKEFILE = {
         "rm -rf multirun/cart_vs_grace",
         f"{RUN} experiment=cart_vs_grace hydra.sweep.dir=multirun/cart_vs_grace",
         f"{RUN} experiment=cart_vs_grace identifier=structured,string backbone=t5 train.memorize=true"
-        " train.pseudo_queries=false train.pseudo_queries_for=missing"
+        " train.pseudo_queries_for=missing"
         " hydra.sweep.dir=multirun/cart_vs_grace/grace_recipe",
         f"{REPORT} multirun/cart_vs_grace {CART.format('table3')} --out multirun/cart_vs_grace/table.md"],
     "reproduce-genius-table1": [
