@@ -257,7 +257,7 @@ class StopAfterEpochs(Callback):
 def small_fit(model: L.LightningModule, loader, max_epochs: int, progress: bool = False, device="cpu") -> None:
     """Train `model` on `loader` for `max_epochs` in one process on `device` (the run's,
     `genretr.hardware.run_device`), without logger or checkpoints: the small fits inside a stage (quantizers,
-    captioner).  The trainer is detached afterwards, so the returned model holds neither it nor the loader's data."""
+    captioner).  The trainer is detached afterwards, so the model holds neither it nor the loader's data."""
     device = torch.device(device)
     accelerator = {"cuda": "gpu", "mps": "mps"}.get(device.type, "cpu")
     callbacks = []
