@@ -147,7 +147,7 @@ reproduce-cart: $(CART_TABLES) ## every CART table above, in turn
 # With 3 seeds, two jobs side by side (21c80af): decoder-input 16.9 min from a cold cache, then table8 11.0 min
 # and table4 8.7 min (table8 alone from a cold cache: 18.8 min at 4ad0563); at 2720213: table1 18.8 min from a
 # cold cache, then table2 4.6 and table9 2.2; at be3dcb8 (AVX2-only, fp32): table5 31.4 min from a cold cache, then
-# table11 10.2.
+# table11 10.2; at 462078a table3 50.9 min from a cold cache (its GRACE rows train the T5 default 30 epochs).
 GENIUS := experiments/genius
 
 reproduce-genius-table1: ## GENIUS Table 1 on shapes: eight tasks, each in its own pool; GENIUS, GENIUS_R, embedding
