@@ -101,13 +101,14 @@ def test_generator_backbone_needs_an_mllm_backbone(tmp_path):
 # Presets whose comments say they reuse another table's trained models through the cache: that holds only if
 # everything the models are trained from composes the same (a preset that trains another recipe silently
 # retrains, and its rows are not the other table's). grace_poolsize has its own data, so only its recipe.
-REUSE = [("grace_table3", "grace_table1", ["identifier=structured"]),
-         ("grace_table3", "grace_table1", ["identifier=image_tokens"]),
-         ("grace_beam", "grace_table1", ["identifier=string"]),
-         ("ssid_table1", "grace_table1", ["identifier=semantic"]),
-         ("ssid_table2", "grace_table1", ["identifier=atomic"]),
+REUSE = [*((p, "grace_table1", [f"identifier={i}"]) for p, ids in
+           [("grace_table3", "structured,image_tokens,atomic"), ("grace_beam", "numeric,string,semantic,structured"),
+            ("ssid_table1", "numeric,string,semantic,structured"), ("ssid_table2", "atomic,image_tokens")]
+           for i in ids.split(",")),
          ("ssid_table3", "ssid_table1", ["identifier=ssid", "train.reason=both"])]
-TRAINED_FROM = ["dataset", "encoder", "identifier", "backbone", "train", "captioner", "generator"]
+# what the identify and train stage keys read (genretr/stages/keys.py)
+TRAINED_FROM = ["dataset", "encoder", "identifier", "backbone", "train", "captioner", "generator", "trainer", "seed",
+                "eval.tasks", "eval.query_texts"]
 
 
 @pytest.mark.parametrize("preset,source,overrides", REUSE, ids=[f"{p}-{o[0]}" for p, _, o in REUSE])
@@ -115,7 +116,9 @@ def test_presets_reuse_the_models_they_say(preset, source, overrides, tmp_path):
     cfg = compose_cfg([f"experiment={preset}", *overrides], tmp_path, tmp_path / "cache")
     ref = compose_cfg([f"experiment={source}", *overrides], tmp_path, tmp_path / "cache")
     for key in TRAINED_FROM:
-        assert cfg.get(key) == ref.get(key), f"experiment={preset} trains {key} unlike experiment={source}"
+        assert OmegaConf.select(ref, key, default="absent") != "absent", key
+        assert OmegaConf.select(cfg, key) == OmegaConf.select(ref, key), \
+            f"experiment={preset} trains {key} unlike experiment={source}"
 
 
 def test_grace_poolsize_trains_grace_recipe(tmp_path):
