@@ -100,11 +100,14 @@ def test_generator_backbone_needs_an_mllm_backbone(tmp_path):
 
 # Presets whose comments say they reuse another table's trained models through the cache: that holds only if
 # everything the models are trained from composes the same (a preset that trains another recipe silently
-# retrains, and its rows are not the other table's). grace_poolsize has its own data, so only its recipe.
+# retrains, and its rows are not the other table's). They share conf/experiment/grace_recipe.yaml, which a preset
+# could still override after it. grace_poolsize has its own data, so only its recipe.
 REUSE = [*((p, "grace_table1", [f"identifier={i}"]) for p, ids in
            [("grace_table3", "structured,image_tokens,atomic"), ("grace_beam", "numeric,string,semantic,structured"),
             ("ssid_table1", "numeric,string,semantic,structured"), ("ssid_table2", "atomic,image_tokens")]
            for i in ids.split(",")),
+         *(("grace_table2", "grace_table1", [f"identifier={i}", "train.memorize=true"])
+           for i in "numeric,string,semantic,structured".split(",")),
          ("ssid_table3", "ssid_table1", ["identifier=ssid", "train.reason=both"])]
 # what the identify and train stage keys read (genretr/stages/keys.py)
 TRAINED_FROM = ["dataset", "encoder", "identifier", "backbone", "train", "captioner", "generator", "trainer", "seed",

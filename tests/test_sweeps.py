@@ -34,6 +34,7 @@ def covering_jobs(params: dict[str, str]) -> list[list[str]]:
 SLOW_PRESETS = {
     "ssid_table2_mllm": "tests/test_golden_results.py[mllm_qwen_ssid] runs SSID on a tiny Qwen2.5-VL",
     "genius_ablation": "genius_base's job here and tests/test_golden_results.py[t5_prefix_genius_rerank] run GENIUS",
+    "grace_recipe": "the recipe alone: grace_table1's and ssid_table1's jobs here run it (with their identifiers)",
 }
 
 JOBS = []
