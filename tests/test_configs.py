@@ -63,7 +63,7 @@ def test_experiment_presets_define_sweeps(tmp_path):
         text = (CONF / "experiment" / f"{name}.yaml").read_text()
         assert text.startswith("# @package _global_") or "\n# @package _global_" in text.split("\n\n")[0]
         # a preset either sweeps, or is a shared setting other presets build on (their defaults list it)
-        shared = any(f"- {name}\n" in (CONF / "experiment" / f"{o}.yaml").read_text()
+        shared = any(name in OmegaConf.load(CONF / "experiment" / f"{o}.yaml").get("defaults", [])
                      for o in options("experiment") if o != name)
         assert cfg.hydra.sweeper.params or shared, f"experiment={name} sweeps nothing and no preset builds on it"
 
