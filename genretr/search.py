@@ -283,6 +283,9 @@ def main(argv=None) -> int:
             continue
         print(f"{task} query: {q.text or ''}{' [image ' + args.image + ']' if args.image else ''}")
         for h in hits:
+            if h.item_id is None:  # decoding.constrained=false: a sequence that is no pool identifier
+                print(f"  {h.rank:>3}. {'':9}  (miss: no identifier of the pool)")
+                continue
             item = run.ds.items[h.item_id]
             what = item.text or f"[image {item.image}]"
             ident = f"  id {h.identifier}" if h.identifier is not None else ""

@@ -125,6 +125,30 @@ def test_the_page_shows_relevance_identifiers_and_images_as_the_run_has_them(run
         assert Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).size == (size, size)
 
 
+def test_a_free_generation_page_shows_its_misses_at_their_ranks(runs, capsys):
+    """decoding.constrained=false: a beam that is no pool identifier is a miss at its rank (GRACE Sec. 4.3), on the
+    page as in per_query.json, and `genretr.search` prints it there too."""
+    # string IDs: one number token and EOS, so free beams are pool IDs, train images' IDs or no ID
+    run = tiny_run(runs, "free", ["method=generative", "identifier=string", "decoding.num_beams=10",
+                                  "decoding.constrained=false"])
+    page = Page((run / "results.html").read_text())
+    per_query = json.loads((run / "per_query.json").read_text())["t2i"]
+    ranks = dict(zip(per_query["query_ids"], per_query["rank"]))
+    hits = [h for q in page.queries.values() for h in q]
+    assert any(h["item"] == "" for h in hits) and any(h["item"] for h in hits)  # misses beside pool items
+    for qid, q in page.queries.items():
+        assert next((i + 1 for i, h in enumerate(q) if h["relevant"]), 0) == ranks[qid]
+        assert all("miss" in h["text"] for h in q if h["item"] == "")
+    from genretr.search import LoadedRun
+
+    loaded = LoadedRun(run)
+    queries = [q for q in loaded.ds.queries("test", "t2i") if q.id in page.queries]
+    for q, found in zip(queries, loaded.search(queries, 10)):
+        assert [h.item_id or "" for h in found] == [h["item"] for h in page.queries[q.id]]
+    code, out, _ = search(capsys, run, "a shape", "--k", 10)
+    assert code == 0 and out.count("\n") == 11  # the query line and 10 ranks, misses among them
+
+
 def test_the_embedding_page_scores_by_cosine_and_draws_no_tree(runs):
     text = (runs / "embedding" / "results.html").read_text()
     page = Page(text)

@@ -59,6 +59,7 @@ from genretr.backbones.t5_step import KVCache, T5StepDecoder, kv_cache_pool, reo
 from genretr.identifiers.base import EOS, PAD, IdTable
 
 NEG_INF = float("-inf")
+MISS = None  # a ranking's entry for a freely generated sequence that is no pool item's identifier (`rank_items`)
 STEP_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
 
@@ -324,11 +325,13 @@ def _search_batch(sd, z, trie, B: int, T: int, lp: float, early_stopping, plan, 
     return BeamResult(fin_tok.cpu(), fin_scores.cpu(), fin_len.cpu(), fin_node.cpu())
 
 
-def rank_items(result: BeamResult, table: IdTable | None, trie: CSRTrie | None, top_k: int):
+def rank_items(result: BeamResult, table: IdTable | None, trie: CSRTrie | None, top_k: int, misses: bool = False):
     """Per query: items of the finished identifiers in score order (distinct, <= top_k) and their scores.
 
     Items come from `table.items_of(identifier)` (as the HF path), or -- without a table -- from the
-    trie's leaves (rows of the table the trie was built from)."""
+    trie's leaves (rows of the table the trie was built from).  `misses` (free generation, GRACE Sec. 4.3): a
+    finished sequence that is no identifier of the table keeps its rank as `MISS` (it was the model's answer
+    there), instead of being skipped so that the identifiers below it move up."""
     rankings, scores = [], []
     sc = result.scores.tolist()
     if table is not None:
@@ -344,6 +347,9 @@ def rank_items(result: BeamResult, table: IdTable | None, trie: CSRTrie | None, 
             if s == NEG_INF:
                 break
             items = table.items_of(toks[q][b][: lens[q][b]]) if table is not None else trie.items_of_node(nodes[q][b])
+            if misses and not items:  # the model's answer at this rank is no item: a miss, not a skip
+                ranked.append(MISS)
+                rs.append(s)
             for iid in items:
                 if iid not in seen:
                     seen.add(iid)
@@ -365,7 +371,7 @@ def constrained_beam_search(model, query_vecs: torch.Tensor, trie, table: IdTabl
     """Ranked item ids (<= top_k) per query and the throughput in queries/s (+ their scores if asked).
 
     `constrained=False` runs the same search over the full vocabulary for `max_len` (default: the
-    trie's) tokens; identifiers that are not in `table` then map to no item.  `step_dtype`, `compile`:
+    trie's) tokens; a sequence that is no identifier of `table` then holds its rank as `MISS` (`rank_items`).  `step_dtype`, `compile`:
     as `beam_search`."""
     t0 = time.perf_counter()
     if not constrained:
@@ -373,7 +379,8 @@ def constrained_beam_search(model, query_vecs: torch.Tensor, trie, table: IdTabl
         trie = None
     result = beam_search(model, query_vecs, trie, num_beams, length_penalty, max_len, early_stopping, batch_size,
                          progress, step_dtype=step_dtype, compile=compile)
-    rankings, scores = rank_items(result, table, None if trie is None else CSRTrie.coerce(trie), top_k)
+    rankings, scores = rank_items(result, table, None if trie is None else CSRTrie.coerce(trie), top_k,
+                                  misses=not constrained)
     qps = Q.count(query_vecs) / max(time.perf_counter() - t0, 1e-9)
     return (rankings, scores, qps) if return_scores else (rankings, qps)
 

@@ -75,6 +75,10 @@ def _fmt(v) -> str:
 def query_block(ds: RetrievalDataset, thumbs: Thumbnails, query, hits: list[Hit], score_name: str) -> str:
     items = []
     for h in hits:
+        if h.item_id is None:  # a free generation's miss
+            items.append(f'<div class="hit miss" data-item=""><div>#{h.rank} miss</div>'
+                         "<div>generated no identifier of the pool</div></div>")
+            continue
         item = ds.items[h.item_id]
         ident = f"<div>id <code>{_e(h.identifier)}</code></div>" if h.identifier is not None else ""
         items.append(f'<div class="hit{" relevant" if h.relevant else ""}" data-item="{_e(h.item_id)}">'

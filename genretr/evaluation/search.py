@@ -2,8 +2,8 @@
 
 * embedding: faiss exact cosine over the task's pool (the two-tower baseline);
 * generative: beam search with the genretr engine (default) or HF `generate`, trie-constrained or free
-  (``decoding.constrained=false``: GRACE Table 2's "w/o constrained generation" -- generated sequences
-  that are not identifiers of the pool map to no item, i.e. a miss);
+  (``decoding.constrained=false``: GRACE Table 2's "w/o constrained generation" -- a generated sequence
+  that is no identifier of the pool is a miss at its rank, `genretr.decoding.engine.MISS`);
 * classifier: GRACE's atomic identifiers read from a classifier head -- one decoder step, the pool's
   item tokens ranked by their logit (no beam search: an atomic identifier is one token);
 
@@ -82,7 +82,8 @@ class SearchAddOn:
 
 
 class FreeGeneration(SearchAddOn):
-    """GRACE Table 2's "w/o constrained generation": generated sequences that are no pool identifier are a miss."""
+    """GRACE Table 2's "w/o constrained generation" (Sec. 4.3): the beams ranked as generated; one that is no pool
+    identifier (another split's image's, or no identifier at all) is a miss at its rank (`MISS`)."""
     engines, option = ("genretr",), "decoding.constrained=false"
 
     def engine_options(self):
@@ -91,7 +92,8 @@ class FreeGeneration(SearchAddOn):
 
 class Rerank(SearchAddOn):
     """GENIUS_R (Sec. 4.4): every beam's items re-sorted by cosine(query vector, item vector) in the encoder's space
-    (the authors re-rank with CLIP-SF's vectors), then cut to top_k.  `item_vecs(ids) -> vectors`."""
+    (the authors re-rank with CLIP-SF's vectors), then cut to top_k.  `item_vecs(ids) -> vectors`.  A free
+    generation's misses have no vector: the items found are re-sorted without them."""
     option = "decoding.rerank=true"
 
     def __init__(self, item_vecs):
@@ -101,10 +103,12 @@ class Rerank(SearchAddOn):
         return max(k, beams)
 
     def rankings(self, rankings, queries, top_k):
+        from genretr.decoding.engine import MISS
         from genretr.decoding.queries import encoder_vectors
         from genretr.decoding.rerank import rerank
 
-        return rerank(rankings, encoder_vectors(queries), self.item_vecs, top_k)
+        found = [[i for i in r if i is not MISS] for r in rankings]
+        return rerank(found, encoder_vectors(queries), self.item_vecs, top_k)
 
 
 class ReasonAfterIdentifier(SearchAddOn):

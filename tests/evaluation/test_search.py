@@ -4,9 +4,11 @@ from omegaconf import OmegaConf
 
 from genretr.backbones.t5_prefix import T5PrefixDecoder
 from genretr.decoding.csr_trie import CSRTrie
+from genretr.decoding.engine import MISS, BeamResult, beam_search, rank_items
+from genretr.evaluation.metrics import first_hit_ranks
 from genretr.evaluation.search import (FreeGeneration, Rerank, classifier_search, embedding_searcher,
                                        generative_searcher)
-from genretr.identifiers.base import IdTable
+from genretr.identifiers.base import EOS, IdTable
 
 DEC = OmegaConf.create({"engine": "genretr", "num_beams": 4, "batch_size": 8, "length_penalty": 0.0,
                         "constrained": True})
@@ -24,10 +26,35 @@ def test_free_generation_never_invents_items():
     m, table, trie, z = setup()
     free = generative_searcher(m, trie, table, DEC, 4, False, add_ons=[FreeGeneration()])
     rankings, _ = free(z)
-    assert all(set(r) <= {"a", "b", "c"} for r in rankings)
+    assert all(set(r) <= {"a", "b", "c", MISS} for r in rankings)
     constrained, _ = generative_searcher(m, trie, table, DEC, 4, False)(z)
     assert all(len(r) == 3 for r in constrained)  # every beam is a pool identifier
-    assert sum(map(len, rankings)) <= sum(map(len, constrained))
+    assert any(MISS in r for r in rankings)  # this random decoder writes sequences that are no identifier
+
+
+def test_free_generation_ranks_every_beam_as_generated():
+    """GRACE Sec. 4.3: without the trie, a beam that is no pool identifier is the model's answer at its rank, a
+    miss there; the identifiers below it keep their ranks (a skip would move them up and count R@1 hits that
+    the model did not rank first)."""
+    m, table, trie, z = setup()
+    result = beam_search(m, z, None, 4, max_len=trie.max_len)
+    rankings, _ = generative_searcher(m, trie, table, DEC, 4, False, add_ons=[FreeGeneration()])(z)
+    for q, ranked in enumerate(rankings):
+        beams = [result.tokens[q, b, : result.lengths[q, b]].tolist() for b in range(4)
+                 if result.scores[q, b] > float("-inf")]
+        assert ranked == [(table.items_of(seq) or [MISS])[0] for seq in beams]  # one item per identifier here
+    # beams by hand: no identifier, then c (relevant), then a -- c is the answer at rank 2, not 1
+    seqs = [[4, 4, EOS], list(table.tokens("c")), list(table.tokens("a"))]
+    tokens = torch.zeros(1, 3, 3, dtype=torch.long)
+    for b, seq in enumerate(seqs):
+        tokens[0, b, : len(seq)] = torch.tensor(seq)
+    beams = BeamResult(tokens, torch.tensor([[-1.0, -2.0, -3.0]]), torch.tensor([[len(x) for x in seqs]]),
+                       torch.full((1, 3), -1))
+    held, scores = rank_items(beams, table, None, 10, misses=True)
+    assert held == [[MISS, "c", "a"]] and scores == [[-1.0, -2.0, -3.0]]
+    assert first_hit_ranks(held, [("c",)]).tolist() == [2]
+    skipped, _ = rank_items(beams, table, None, 10)  # misses dropped: what a constrained search's table lookup does
+    assert skipped == [["c", "a"]] and first_hit_ranks(skipped, [("c",)]).tolist() == [1]
 
 
 def test_rerank_orders_beam_items_by_cosine():
