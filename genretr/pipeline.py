@@ -72,15 +72,19 @@ class Pipeline:
         """The identifiers as the decoder spells them (an MLLM's: its LLM tokens)."""
         return self.ctx.decoder().decoding_table(model, table)
 
-    def task_rankings(self, task: str = "t2i"):
-        """(dataset, queries, rankings) of one generative run's `task` on the eval split, every stage run or
-        reused from the cache: what the analysis scripts under experiments/ bucket and compare."""
+    def trained(self):
+        """(dataset, embeddings, decoding table, model, tries) of one generative run, every stage up to the index run
+        or reused from the cache: what the analysis scripts under experiments/ search with."""
         ds = self.dataset()
         emb = self.encode(ds)
         table = self.identify(ds, emb)
         model = self.train(ds, emb, table)
         table = self.decoding_table(model, table)
-        tries = self.index(ds, table)
+        return ds, emb, table, model, self.index(ds, table)
+
+    def task_rankings(self, task: str = "t2i"):
+        """(dataset, queries, rankings) of one generative run's `task` on the eval split (`trained`)."""
+        ds, emb, table, model, tries = self.trained()
         queries = ds.queries(self.cfg.eval.split, task)
         rankings, _ = self.searcher(ds, emb, task, model, table, tries)(self.ctx.queries_of(ds, emb, queries, table))
         return ds, queries, rankings

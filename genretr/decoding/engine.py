@@ -371,8 +371,8 @@ def constrained_beam_search(model, query_vecs: torch.Tensor, trie, table: IdTabl
     """Ranked item ids (<= top_k) per query and the throughput in queries/s (+ their scores if asked).
 
     `constrained=False` runs the same search over the full vocabulary for `max_len` (default: the
-    trie's) tokens; a sequence that is no identifier of `table` then holds its rank as `MISS` (`rank_items`).  `step_dtype`, `compile`:
-    as `beam_search`."""
+    trie's) tokens; a sequence that is no identifier of `table` then holds its rank as `MISS` (`rank_items`).
+    `step_dtype`, `compile`: as `beam_search`."""
     t0 = time.perf_counter()
     if not constrained:
         max_len = max_len or (trie.max_len if trie is not None else None)
