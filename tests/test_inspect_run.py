@@ -146,7 +146,12 @@ def test_a_free_generation_page_shows_its_misses_at_their_ranks(runs, capsys):
     for q, found in zip(queries, loaded.search(queries, 10)):
         assert [h.item_id or "" for h in found] == [h["item"] for h in page.queries[q.id]]
     code, out, _ = search(capsys, run, "a shape", "--k", 10)
-    assert code == 0 and out.count("\n") == 11  # the query line and 10 ranks, misses among them
+    code_json, out_json, _ = search(capsys, run, "a shape", "--k", 10, "--json")
+    hits = json.loads(out_json)["hits"]
+    assert code == code_json == 0 and len(hits) == 10 and out.count("\n") == 11  # the query line and 10 ranks
+    misses = [h["rank"] for h in hits if h["item_id"] is None]
+    assert misses and all(h["score"] is None for h in hits if h["item_id"] is None)  # JSON null, not NaN
+    assert [int(line.split(".")[0]) for line in out.splitlines()[1:] if "(miss" in line] == misses
 
 
 def test_the_embedding_page_scores_by_cosine_and_draws_no_tree(runs):

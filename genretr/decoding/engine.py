@@ -329,9 +329,11 @@ def rank_items(result: BeamResult, table: IdTable | None, trie: CSRTrie | None, 
     """Per query: items of the finished identifiers in score order (distinct, <= top_k) and their scores.
 
     Items come from `table.items_of(identifier)` (as the HF path), or -- without a table -- from the
-    trie's leaves (rows of the table the trie was built from).  `misses` (free generation, GRACE Sec. 4.3): a
-    finished sequence that is no identifier of the table keeps its rank as `MISS` (it was the model's answer
-    there), instead of being skipped so that the identifiers below it move up."""
+    trie's leaves (rows of the table the trie was built from).  `misses` (free generation, GRACE Table 2): a
+    finished sequence that adds no item of the table (no identifier of it, or one of an item ranked above) keeps
+    its rank as `MISS` -- it was the model's answer there -- instead of being skipped so that the identifiers
+    below it move up (our reading of GRACE Sec. 4.3, whose free generation ranks out-of-corpus and training-set
+    identifiers)."""
     rankings, scores = [], []
     sc = result.scores.tolist()
     if table is not None:
@@ -347,14 +349,14 @@ def rank_items(result: BeamResult, table: IdTable | None, trie: CSRTrie | None, 
             if s == NEG_INF:
                 break
             items = table.items_of(toks[q][b][: lens[q][b]]) if table is not None else trie.items_of_node(nodes[q][b])
-            if misses and not items:  # the model's answer at this rank is no item: a miss, not a skip
+            new = [iid for iid in items if iid not in seen]
+            if misses and not new:  # the model's answer at this rank adds no item: a miss, not a skip
                 ranked.append(MISS)
                 rs.append(s)
-            for iid in items:
-                if iid not in seen:
-                    seen.add(iid)
-                    ranked.append(iid)
-                    rs.append(s)
+            for iid in new:
+                seen.add(iid)
+                ranked.append(iid)
+                rs.append(s)
             if len(ranked) >= top_k:
                 break
         rankings.append(ranked[:top_k])

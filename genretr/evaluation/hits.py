@@ -2,7 +2,6 @@
 its identifier as the decoder spells it, its score (`genretr.evaluation.scoring`) and whether it is relevant."""
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -18,14 +17,14 @@ class Hit:
     rank: int  # 1-based
     item_id: str | None  # None: a free generation's miss (a sequence that is no pool item's identifier)
     identifier: str | None  # its tokens as the decoder spells them (IdTable.text); None without identifiers
-    score: float  # log p(identifier | query) (generative) or cosine (embedding); NaN for a miss
+    score: float | None  # log p(identifier | query) (generative) or cosine (embedding); None for a miss
     relevant: bool
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def scored_hits(rankings: list[list[str]], relevant: list[tuple[str, ...]], query_inputs, *, model=None,
+def scored_hits(rankings: list[list[str | None]], relevant: list[tuple[str, ...]], query_inputs, *, model=None,
                 table: IdTable | None = None, item_vecs=None, length_penalty: float = 0.0,
                 step_dtype="float32", first_token: bool = False) -> list[list[Hit]]:
     """Each query's ranking as `Hit`s.  Generative runs (`model` and `table`) score identifiers teacher-forced;
@@ -53,7 +52,7 @@ def scored_hits(rankings: list[list[str]], relevant: list[tuple[str, ...]], quer
         else:
             scores = cosine_scores(torch.as_tensor(Q.encoder_vectors(one))[0], torch.as_tensor(item_vecs(found)))
         score = dict(zip(found, map(float, scores)))
-        out.append([Hit(r + 1, None, None, math.nan, False) if iid is MISS else
+        out.append([Hit(r + 1, None, None, None, False) if iid is MISS else
                     Hit(r + 1, iid, table.text(iid) if table is not None else None, score[iid], iid in relevant[q])
                     for r, iid in enumerate(ranked)])
     return out

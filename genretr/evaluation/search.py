@@ -82,8 +82,8 @@ class SearchAddOn:
 
 
 class FreeGeneration(SearchAddOn):
-    """GRACE Table 2's "w/o constrained generation" (Sec. 4.3): the beams ranked as generated; one that is no pool
-    identifier (another split's image's, or no identifier at all) is a miss at its rank (`MISS`)."""
+    """GRACE Table 2's "w/o constrained generation": the beams ranked as generated; one that is no pool identifier
+    (another split's image's, or no identifier at all: Sec. 4.3's two reasons) is a miss at its rank (`MISS`)."""
     engines, option = ("genretr",), "decoding.constrained=false"
 
     def engine_options(self):

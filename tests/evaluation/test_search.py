@@ -52,6 +52,8 @@ def test_free_generation_ranks_every_beam_as_generated():
                        torch.full((1, 3), -1))
     held, scores = rank_items(beams, table, None, 10, misses=True)
     assert held == [[MISS, "c", "a"]] and scores == [[-1.0, -2.0, -3.0]]
+    repeat = BeamResult(beams.tokens[:, [1, 1, 2]], beams.scores, beams.lengths[:, [1, 1, 2]], beams.nodes)
+    assert rank_items(repeat, table, None, 10, misses=True)[0] == [["c", MISS, "a"]]  # a repeat adds no item
     assert first_hit_ranks(held, [("c",)]).tolist() == [2]
     skipped, _ = rank_items(beams, table, None, 10)  # misses dropped: what a constrained search's table lookup does
     assert skipped == [["c", "a"]] and first_hit_ranks(skipped, [("c",)]).tolist() == [1]
@@ -64,6 +66,13 @@ def test_rerank_orders_beam_items_by_cosine():
     q = torch.tensor([[0.0, 0.2, 1.0, 0.0]] * 2)
     rankings, _ = generative_searcher(m, trie, table, DEC, 2, False, add_ons=[Rerank(lookup)])(q)
     assert rankings == [["c", "b"], ["c", "b"]]
+
+
+def test_rerank_sorts_the_items_a_free_generation_found_without_its_misses():
+    vecs = {"a": torch.tensor([1.0, 0, 0, 0]), "b": torch.tensor([0, 1.0, 0, 0])}
+    rerank = Rerank(lambda ids: torch.stack([vecs[i] for i in ids]))
+    q = torch.tensor([[0.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
+    assert rerank.rankings([[MISS, "a", MISS, "b"], [MISS, MISS]], q, 10) == [["b", "a"], []]
 
 
 def test_classifier_head_ranks_pool_tokens_by_first_step_logit():
