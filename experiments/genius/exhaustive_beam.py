@@ -40,17 +40,12 @@ def search(overrides: list[str], seed: int, task: str, beams: int | None):
                                            "progress=false", "logger=none"])
     torch.set_num_threads(auto_threads(cfg.get("threads", "auto")))
     run = Pipeline(cfg, Path("outputs/exhaustive_beam"))
-    ds = run.dataset()
-    emb = run.encode(ds)
-    table = run.identify(ds, emb)
-    model = run.train(ds, emb, table)
-    table = run.decoding_table(model, table)
+    ds, emb, table, model, tries = run.trained()
     codes = {it.id: table.tokens(it.id) for it in ds.pool(cfg.eval.split, task)}
     width = beams or len(set(codes.values()))
     run.cfg.decoding.num_beams = width
     queries = ds.queries(cfg.eval.split, task)
-    rankings, _ = run.searcher(ds, emb, task, model, table, run.index(ds, table))(
-        run.ctx.queries_of(ds, emb, queries, table))
+    rankings, _ = run.searcher(ds, emb, task, model, table, tries)(run.ctx.queries_of(ds, emb, queries, table))
     return queries, rankings, codes, width
 
 

@@ -7,7 +7,6 @@ from dataclasses import asdict, dataclass
 import torch
 
 from genretr.decoding import queries as Q
-from genretr.decoding.engine import MISS
 from genretr.evaluation.scoring import cosine_scores, identifier_scores
 from genretr.identifiers.base import IdTable
 
@@ -32,6 +31,8 @@ def scored_hits(rankings: list[list[str | None]], relevant: list[tuple[str, ...]
     vector; `first_token`: the classifier head's score, log p of the identifier's one token.  `query_inputs`:
     what the searcher read for these queries, in its order.  A free generation's miss (`MISS`) keeps its rank as a
     Hit without an item."""
+    from genretr.decoding.engine import MISS  # here, as the step decoder: the engine imports transformers
+
     sd = None
     if model is not None:  # one step decoder for every query (it folds, casts or copies the weights)
         from genretr.decoding.engine import step_decoder_of
