@@ -9,6 +9,7 @@ run it natively, fp32 elsewhere; one torch thread per job when jobs share the ma
 * `step_dtype(precision, device)`: the dtype of the search's model step (its scores stay fp32).
 * `auto_threads(threads, n_jobs)`: torch's intra-op threads for a run.
 * `run_device(accelerator, devices)`: the one device a run's stages put their models and tensors on.
+* `cpu_vendor()`: the CPU's vendor.
 """
 from __future__ import annotations
 
@@ -21,15 +22,26 @@ PRECISIONS = ("auto", "bf16", "fp32")
 
 
 @functools.lru_cache(maxsize=None)
-def _cpu_flags() -> frozenset:
+def _cpuinfo_field(name: str) -> str | None:
+    """The first CPU's `name` line of /proc/cpuinfo (Linux), or None."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return frozenset()
+        return None
     for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
+        key, _, value = line.partition(":")
+        if key.strip() == name:
+            return value.strip()
+    return None
+
+
+def _cpu_flags() -> frozenset:
+    return frozenset((_cpuinfo_field("flags") or "").split())
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor (``GenuineIntel``, ``AuthenticAMD``…), or ``unknown`` where /proc/cpuinfo is not."""
+    return _cpuinfo_field("vendor_id") or "unknown"
 
 
 @functools.lru_cache(maxsize=None)

@@ -21,19 +21,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from genretr.hardware import cpu_bf16_kind
+from genretr.hardware import cpu_bf16_kind, cpu_vendor
 from genretr.run import execute
 
-
-def _vendor() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return "unknown"
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("vendor_id")), "unknown")
-
-
-CPU_KIND = f"{_vendor()}/{torch.backends.cpu.get_cpu_capability()}/{cpu_bf16_kind()}"
+CPU_KIND = f"{cpu_vendor()}/{torch.backends.cpu.get_cpu_capability()}/{cpu_bf16_kind()}"
 RECORD = Path(__file__).with_name("golden") / "results_tiny.json"
 COMMON = ["threads=1", "precision=fp32"]
 CONFIGS = {
