@@ -57,28 +57,40 @@ def fusion_inputs(vectors: np.ndarray, sides: list[tuple], pair_parts) -> np.nda
     return out
 
 
-class FusionBlocks:
-    """`fusion_inputs(vectors, sides, pair_parts)` built a block at a time: `blocks[s:e]` is the (e - s, 2, d)
-    tensor of rows s..e-1, so that coding a million items never holds their (n, 2, d) inputs at once.  The
-    parts of the rows with both sides are asked of `pair_parts` once, here."""
+class FusionRows:
+    """`fusion_inputs(vectors[rows], sides, pair_parts)` made a few rows at a time: `inputs[s:e]` or
+    `inputs[index list]` is the (k, 2, d) tensor of those rows, so that neither training on a million query pairs
+    nor coding a million items holds their (n, 2, d) inputs at once.  `rows[j]` (default j) is the row of
+    `vectors` that entry j reads, `sides[j]` its (image, text); the parts of the entries with both sides are asked
+    of `pair_parts` once, here."""
 
-    def __init__(self, vectors: np.ndarray, sides: list[tuple], pair_parts):
-        self.vectors, self.sides = vectors, sides
-        both = [r for r, (image, text) in enumerate(sides) if image is not None and text is not None]
-        self.pair_rows = np.array(both, dtype=np.int64)
+    def __init__(self, vectors: np.ndarray, sides: list[tuple], pair_parts, rows: np.ndarray | None = None):
+        self.vectors = vectors
+        self.rows = np.arange(len(sides)) if rows is None else np.asarray(rows, dtype=np.int64)
+        if len(self.rows) != len(sides):
+            raise GenretrError(f"GENIUS: {len(sides)} sides for {len(self.rows)} rows")
+        self.has = np.array([[image is not None, text is not None] for image, text in sides],
+                            dtype=bool).reshape(-1, 2)  # (n, 2): has an image, has a text
+        self.pair_rows = np.flatnonzero(self.has.all(1))
         self.pair_inputs = (np.asarray(pair_parts([sides[r] for r in self.pair_rows]), dtype=np.float32)
                             if len(self.pair_rows) else None)  # (pairs, 2, d)
 
     def __len__(self) -> int:
-        return len(self.vectors)
+        return len(self.rows)
 
-    def __getitem__(self, rows: slice) -> torch.Tensor:
-        start, stop, step = rows.indices(len(self))
-        if step != 1:
-            raise IndexError("FusionBlocks: a block of consecutive rows only")
-        lo, hi = np.searchsorted(self.pair_rows, [start, stop])
-        return torch.from_numpy(fusion_inputs(self.vectors[start:stop], self.sides[start:stop],
-                                              lambda _: self.pair_inputs[lo:hi]))
+    def __getitem__(self, entries) -> torch.Tensor:
+        if isinstance(entries, slice):
+            entries = np.arange(*entries.indices(len(self)))
+        entries = np.asarray(entries, dtype=np.int64)
+        x = np.asarray(self.vectors[self.rows[entries]], dtype=np.float32)  # (k, d)
+        out = np.zeros((len(x), 2, x.shape[1]), dtype=np.float32)
+        has = self.has[entries]
+        out[has[:, 0] & ~has[:, 1], 0] = x[has[:, 0] & ~has[:, 1]]
+        out[has[:, 1] & ~has[:, 0], 1] = x[has[:, 1] & ~has[:, 0]]
+        both = has.all(1)
+        if both.any():
+            out[both] = self.pair_inputs[np.searchsorted(self.pair_rows, entries[both])]
+        return torch.from_numpy(out)
 
 
 class GeniusIdentifier:
@@ -139,19 +151,20 @@ class GeniusIdentifier:
         groups = np.asarray([group_of.setdefault(query_ids[j], len(group_of)) for j in q_rows])
         modalities = [it.modality for it in items]
         seed = int(self.seed if self.seed is not None else ctx.seed)
-        every_pair = len(q_rows) == len(qv)  # then q_rows is 0..n-1 in order: no copy of the query vectors
-        qv = qv if every_pair else qv[q_rows]
         fit_items, fit_rows, fit_modalities = x, t_rows, modalities
-        vectors = torch.from_numpy(x)
-        if ctx.pair_parts is not None:  # h(image, text) of Sec. 4.2.1 on the encoder's unfused vectors
-            # (n, 2, d) inputs of the training targets only; every item's a block at a time (`FusionBlocks`)
+        if ctx.pair_parts is None:  # the encoder's fused vectors
+            every_pair = len(q_rows) == len(qv)  # then q_rows is 0..n-1 in order: no copy of the query vectors
+            fit_queries, vectors = qv if every_pair else qv[q_rows], torch.from_numpy(x)
+        else:  # h(image, text) of Sec. 4.2.1 on the encoder's unfused vectors
+            # (n, 2, d) inputs of the training targets only; the queries' a batch at a time and every item's a
+            # block at a time (`FusionRows`)
             targets, fit_rows = np.unique(t_rows, return_inverse=True)
             sides = [item_side(it) for it in items]
             fit_items = fusion_inputs(x[targets], [sides[r] for r in targets], ctx.pair_parts)
             fit_modalities = [modalities[r] for r in targets]
-            qv = fusion_inputs(qv, [ctx.train_query_sides[j] for j in q_rows], ctx.pair_parts)
-            vectors = FusionBlocks(x, sides, ctx.pair_parts)
-        model = fit_modality_decoupled(qv, fit_rows, fit_items, fit_modalities,
+            fit_queries = FusionRows(qv, [ctx.train_query_sides[j] for j in q_rows], ctx.pair_parts, rows=q_rows)
+            vectors = FusionRows(x, sides, ctx.pair_parts)
+        model = fit_modality_decoupled(fit_queries, fit_rows, fit_items, fit_modalities,
                                        query_groups=groups, seed=seed, max_epochs=self.epochs,
                                        batch_size=self.batch_size, progress=bool(ctx.progress),
                                        device=ctx.device, **self.quantizer_kwargs)

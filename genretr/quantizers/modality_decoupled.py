@@ -226,7 +226,9 @@ def fit_modality_decoupled(query_vecs: np.ndarray, target_rows: np.ndarray, item
                            max_epochs: int = 20, batch_size: int = 256, progress: bool = False, device="cpu",
                            **model_kwargs) -> ModalityDecoupledQuantizer:
     """Train on (query, target item) pairs: `target_rows[j]` is the row in `item_vecs` of pair j's target,
-    vectors (n, d) or image and text parts (n, 2, d) (`ModalityDecoupledQuantizer.embed`),
+    vectors (n, d) or image and text parts (n, 2, d) (`ModalityDecoupledQuantizer.embed`); `query_vecs` such an
+    array or any sized object whose `[pair index list]` is their tensor, read a batch at a time
+    (`genretr.identifiers.genius.FusionRows`),
     `query_groups[j]` the index of its query (pairs of one query share it: its other targets are not negatives;
     default: every pair its own query).
 
@@ -234,7 +236,8 @@ def fit_modality_decoupled(query_vecs: np.ndarray, target_rows: np.ndarray, item
     `seed` on a CPU, caller's RNG untouched.
     """
     items = torch.as_tensor(np.asarray(item_vecs, dtype=np.float32))
-    queries = torch.as_tensor(np.asarray(query_vecs, dtype=np.float32))
+    queries = (torch.as_tensor(np.asarray(query_vecs, dtype=np.float32))
+               if isinstance(query_vecs, (np.ndarray, torch.Tensor, list)) else query_vecs)  # else rows on demand
     rows = torch.as_tensor(np.asarray(target_rows, dtype=np.int64))
     if len(queries) != len(rows) or len(queries) == 0:
         raise GenretrError(f"GENIUS quantizer needs query-target pairs: {len(queries)} queries, {len(rows)} targets")
@@ -260,7 +263,7 @@ class PairBatches(Dataset):
     relevance[i, j] says whether pair j's target is a relevant item of pair i's query (any pair of that query
     has it), so that `info_nce` does not count it as a negative."""
 
-    def __init__(self, queries: torch.Tensor, items: torch.Tensor, modality: torch.Tensor, rows: torch.Tensor,
+    def __init__(self, queries, items: torch.Tensor, modality: torch.Tensor, rows: torch.Tensor,
                  groups: torch.Tensor):
         self.queries, self.items, self.modality, self.rows, self.groups = queries, items, modality, rows, groups
         self.n_items = len(items)
@@ -270,6 +273,17 @@ class PairBatches(Dataset):
         return len(self.rows)
 
     def __getitem__(self, pairs: list[int]):
-        rows = self.rows[pairs]
-        relevant = torch.isin(self.groups[pairs][:, None] * self.n_items + rows[None, :], self.known)
-        return self.queries[pairs], self.items[rows], self.modality[rows], relevant
+        rows, groups = self.rows[pairs], self.groups[pairs]
+        keys = groups[:, None] * self.n_items + rows[None, :]  # (b, b): (query group of i, target of j)
+        known = self.batch_known(torch.unique(groups))
+        found = torch.searchsorted(known, keys).clamp_(max=len(known) - 1)
+        return self.queries[pairs], self.items[rows], self.modality[rows], known[found] == keys
+
+    def batch_known(self, groups: torch.Tensor) -> torch.Tensor:
+        """The sorted known keys of the query groups `groups` (sorted, distinct): their segments
+        [g * n_items, (g + 1) * n_items) of `known`, so that a batch searches its own queries' pairs and not every
+        pair (which made an epoch grow as pairs²)."""
+        lo = torch.searchsorted(self.known, groups * self.n_items)
+        counts = torch.searchsorted(self.known, (groups + 1) * self.n_items) - lo
+        starts = torch.repeat_interleave(lo - (torch.cumsum(counts, 0) - counts), counts)
+        return self.known[starts + torch.arange(int(counts.sum()))]

@@ -229,9 +229,10 @@ def test_decoder_space_is_the_space_the_identifiers_were_learned_in(data, tmp_pa
 
 
 def test_quantizer_trained_on_the_targets_inputs_is_the_one_trained_on_every_items(data, tmp_path):
-    """Issue 16's memory: build() makes the (n, 2, d) fusion inputs of the training targets only, and codes every
-    item a block at a time; the quantizer and the codes are those of the inputs of every item at once."""
-    from genretr.identifiers.genius import FusionBlocks, fusion_inputs
+    """Issue 16's memory: build() makes the (n, 2, d) fusion inputs of the training targets only, gathers the
+    queries' a batch at a time and codes every item a block at a time; the quantizer and the codes are those of
+    the inputs of every query and item at once."""
+    from genretr.identifiers.genius import FusionRows, fusion_inputs
     from genretr.quantizers.modality_decoupled import fit_modality_decoupled
 
     items, x, q, targets = data
@@ -253,8 +254,13 @@ def test_quantizer_trained_on_the_targets_inputs_is_the_one_trained_on_every_ite
         train_query_tasks=["t2i"] * len(qt), pair_parts=pair_parts, train_query_sides=[(None, "q")] * len(qt)))
     sides = [item_side(it) for it in items]
     every = fusion_inputs(x, sides, pair_parts)
-    blocks = FusionBlocks(x, sides, pair_parts)
+    blocks = FusionRows(x, sides, pair_parts)
     assert all(torch.equal(blocks[s:s + 7], torch.from_numpy(every[s:s + 7])) for s in range(0, N, 7))
+    picked = [5, 0, 4, 4, 13]  # any entries, in any order; entry j reading row rows[j] of the vectors
+    assert torch.equal(blocks[picked], torch.from_numpy(every[picked]))
+    rows_of = np.array([3, 1, 4, 1, 5])
+    mapped = FusionRows(x, [sides[r] for r in rows_of], pair_parts, rows=rows_of)
+    assert torch.equal(mapped[[4, 2, 0]], torch.from_numpy(every[rows_of[[4, 2, 0]]]))
     rows = np.array([int(t[2:]) for t in qt])
     ref = fit_modality_decoupled(fusion_inputs(qv, [(None, "q")] * len(qv), pair_parts), rows, every,
                                  [it.modality for it in items], seed=0, max_epochs=SMALL["epochs"],
