@@ -156,11 +156,11 @@ class GeniusIdentifier:
             every_pair = len(q_rows) == len(qv)  # then q_rows is 0..n-1 in order: no copy of the query vectors
             fit_queries, vectors = qv if every_pair else qv[q_rows], torch.from_numpy(x)
         else:  # h(image, text) of Sec. 4.2.1 on the encoder's unfused vectors
-            # (n, 2, d) inputs of the training targets only; the queries' a batch at a time and every item's a
-            # block at a time (`FusionRows`)
+            # (n, 2, d) inputs gathered a batch at a time (`FusionRows`): the training targets' and queries' while
+            # the quantizer trains, then every item's while it codes them
             targets, fit_rows = np.unique(t_rows, return_inverse=True)
             sides = [item_side(it) for it in items]
-            fit_items = fusion_inputs(x[targets], [sides[r] for r in targets], ctx.pair_parts)
+            fit_items = FusionRows(x, [sides[r] for r in targets], ctx.pair_parts, rows=targets)
             fit_modalities = [modalities[r] for r in targets]
             fit_queries = FusionRows(qv, [ctx.train_query_sides[j] for j in q_rows], ctx.pair_parts, rows=q_rows)
             vectors = FusionRows(x, sides, ctx.pair_parts)

@@ -226,18 +226,15 @@ def fit_modality_decoupled(query_vecs: np.ndarray, target_rows: np.ndarray, item
                            max_epochs: int = 20, batch_size: int = 256, progress: bool = False, device="cpu",
                            **model_kwargs) -> ModalityDecoupledQuantizer:
     """Train on (query, target item) pairs: `target_rows[j]` is the row in `item_vecs` of pair j's target,
-    vectors (n, d) or image and text parts (n, 2, d) (`ModalityDecoupledQuantizer.embed`); `query_vecs` such an
-    array or any sized object whose `[pair index list]` is their tensor, read a batch at a time
-    (`genretr.identifiers.genius.FusionRows`),
     `query_groups[j]` the index of its query (pairs of one query share it: its other targets are not negatives;
-    default: every pair its own query).
+    default: every pair its own query).  `query_vecs` and `item_vecs`: vectors (n, d) or image and text parts
+    (n, 2, d) (`ModalityDecoupledQuantizer.embed`), as arrays or as any sized object whose `[index list]` is those
+    rows' tensor, read a batch at a time (`genretr.identifiers.genius.FusionRows`).
 
     Lightning Trainer on `device` (the model comes back on the CPU), no logger or checkpoints; deterministic given
     `seed` on a CPU, caller's RNG untouched.
     """
-    items = torch.as_tensor(np.asarray(item_vecs, dtype=np.float32))
-    queries = (torch.as_tensor(np.asarray(query_vecs, dtype=np.float32))
-               if isinstance(query_vecs, (np.ndarray, torch.Tensor, list)) else query_vecs)  # else rows on demand
+    items, queries = rows_source(item_vecs), rows_source(query_vecs)
     rows = torch.as_tensor(np.asarray(target_rows, dtype=np.int64))
     if len(queries) != len(rows) or len(queries) == 0:
         raise GenretrError(f"GENIUS quantizer needs query-target pairs: {len(queries)} queries, {len(rows)} targets")
@@ -247,7 +244,7 @@ def fit_modality_decoupled(query_vecs: np.ndarray, target_rows: np.ndarray, item
     modality = modality_index(item_modalities)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = ModalityDecoupledQuantizer(dim=items.shape[-1], **model_kwargs)
+        model = ModalityDecoupledQuantizer(dim=items[[0]].shape[-1], **model_kwargs)
         # Batches gathered from the item rows (no per-pair copy of the targets); the same order as
         # DataLoader(shuffle=True, generator=...) over a TensorDataset of the pairs.
         shuffle = torch.Generator().manual_seed(seed)  # the loader's and the sampler's, as DataLoader shares it
@@ -256,6 +253,14 @@ def fit_modality_decoupled(query_vecs: np.ndarray, target_rows: np.ndarray, item
                             generator=shuffle)
         small_fit(model, loader, max_epochs, progress, device=device)
     return model.cpu().eval()
+
+
+def rows_source(vectors):
+    """An array's float32 tensor (no copy when it is one); any other object as it is, its rows asked for a batch at
+    a time."""
+    if isinstance(vectors, (np.ndarray, torch.Tensor, list)):
+        return torch.as_tensor(np.asarray(vectors, dtype=np.float32))
+    return vectors
 
 
 class PairBatches(Dataset):
