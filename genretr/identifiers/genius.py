@@ -66,7 +66,7 @@ class FusionRows:
 
     def __init__(self, vectors: np.ndarray, sides: list[tuple], pair_parts, rows: np.ndarray | None = None):
         self.vectors = vectors
-        self.rows = np.arange(len(sides)) if rows is None else np.asarray(rows, dtype=np.int64)
+        self.rows = np.arange(len(vectors)) if rows is None else np.asarray(rows, dtype=np.int64)
         if len(self.rows) != len(sides):
             raise GenretrError(f"GENIUS: {len(sides)} sides for {len(self.rows)} rows")
         self.has = np.array([[image is not None, text is not None] for image, text in sides],
@@ -82,6 +82,8 @@ class FusionRows:
         if isinstance(entries, slice):
             entries = np.arange(*entries.indices(len(self)))
         entries = np.asarray(entries, dtype=np.int64)
+        if len(entries) and (entries.min() < 0 or entries.max() >= len(self)):
+            raise IndexError(f"FusionRows: entries from {entries.min()} to {entries.max()} of {len(self)}")
         x = np.asarray(self.vectors[self.rows[entries]], dtype=np.float32)  # (k, d)
         out = np.zeros((len(x), 2, x.shape[1]), dtype=np.float32)
         has = self.has[entries]

@@ -221,7 +221,7 @@ class ModalityDecoupledQuantizer(L.LightningModule):
                 "modality_agreement": None if none else modality_agreement(codes, modalities)}
 
 
-def fit_modality_decoupled(query_vecs: np.ndarray, target_rows: np.ndarray, item_vecs: np.ndarray,
+def fit_modality_decoupled(query_vecs, target_rows: np.ndarray, item_vecs,
                            item_modalities: Sequence[str], *, query_groups: np.ndarray | None = None, seed: int = 0,
                            max_epochs: int = 20, batch_size: int = 256, progress: bool = False, device="cpu",
                            **model_kwargs) -> ModalityDecoupledQuantizer:
@@ -258,7 +258,7 @@ def fit_modality_decoupled(query_vecs: np.ndarray, target_rows: np.ndarray, item
 def rows_source(vectors):
     """An array's float32 tensor (no copy when it is one); any other object as it is, its rows asked for a batch at
     a time."""
-    if isinstance(vectors, (np.ndarray, torch.Tensor, list)):
+    if isinstance(vectors, (np.ndarray, torch.Tensor, list, tuple)):
         return torch.as_tensor(np.asarray(vectors, dtype=np.float32))
     return vectors
 
@@ -268,7 +268,7 @@ class PairBatches(Dataset):
     relevance[i, j] says whether pair j's target is a relevant item of pair i's query (any pair of that query
     has it), so that `info_nce` does not count it as a negative."""
 
-    def __init__(self, queries, items: torch.Tensor, modality: torch.Tensor, rows: torch.Tensor,
+    def __init__(self, queries, items, modality: torch.Tensor, rows: torch.Tensor,
                  groups: torch.Tensor):
         self.queries, self.items, self.modality, self.rows, self.groups = queries, items, modality, rows, groups
         self.n_items = len(items)

@@ -228,7 +228,7 @@ def test_decoder_space_is_the_space_the_identifiers_were_learned_in(data, tmp_pa
         GeniusIdentifier(**{**SMALL, "decoder_input": "prefix"})
 
 
-def test_quantizer_trained_on_the_targets_inputs_is_the_one_trained_on_every_items(data, tmp_path):
+def test_quantizer_trained_on_inputs_gathered_by_batch_is_the_one_trained_on_every_input(data, tmp_path):
     """Issue 16's memory: build() gathers the (n, 2, d) fusion inputs of the training pairs a batch at a time and
     codes every item a block at a time; the quantizer and the codes are those of the inputs of every query and
     item made at once."""

@@ -184,6 +184,23 @@ def test_pair_batches_mark_every_item_relevant_to_a_query():
     assert batch[3].tolist() == [[True, True, False], [False, True, True], [False, True, True]]
 
 
+def test_pair_batches_relevance_is_every_pair_of_the_batch_queries():
+    """Against a set of every (query, item) pair: queries with many items each, their keys in the middle of the
+    sorted keys, batches with repeated pairs."""
+    from genretr.quantizers.modality_decoupled import PairBatches
+
+    g = torch.Generator().manual_seed(0)
+    n_items, n_pairs = 50, 600
+    rows, groups = torch.randint(0, n_items, (n_pairs,), generator=g), torch.randint(0, 40, (n_pairs,), generator=g)
+    every = set(zip(groups.tolist(), rows.tolist()))
+    data = PairBatches(torch.randn(n_pairs, D), torch.randn(n_items, D), torch.zeros(n_items, dtype=torch.long),
+                       rows, groups)
+    for _ in range(20):
+        pairs = torch.randint(0, n_pairs, (33,), generator=g).tolist()
+        want = [[(int(groups[i]), int(rows[j])) in every for j in pairs] for i in pairs]
+        assert data[pairs][3].tolist() == want
+
+
 def test_shared_codebooks_and_paper_defaults():
     m = ModalityDecoupledQuantizer(D, shared=True, **SMALL)
     assert m.quantizer.level_book == [0, 1, 1]
