@@ -43,18 +43,8 @@ DECODER_INPUTS = ("fused", "encoder")
 def fusion_inputs(vectors: np.ndarray, sides: list[tuple], pair_parts) -> np.ndarray:
     """(n, 2, d) inputs of h(x, y) (Sec. 4.2.1): a row with one side is its vector there and zeros on the other
     (the authors' masked Combiner); a row with both an image and a text gets the encoder's two vectors from
-    `pair_parts(its sides)`, as the encoder's own vector is already fused."""
-    x = np.asarray(vectors, dtype=np.float32)
-    out = np.zeros((len(x), 2, x.shape[1]), dtype=np.float32)
-    has = np.array([[image is not None, text is not None] for image, text in sides], dtype=bool).reshape(-1, 2)
-    if len(has) != len(x):
-        raise GenretrError(f"GENIUS: {len(sides)} sides for {len(x)} vectors")
-    out[has[:, 0] & ~has[:, 1], 0] = x[has[:, 0] & ~has[:, 1]]
-    out[has[:, 1] & ~has[:, 0], 1] = x[has[:, 1] & ~has[:, 0]]
-    both = np.flatnonzero(has.all(1))
-    if len(both):
-        out[both] = np.asarray(pair_parts([sides[r] for r in both]), dtype=np.float32)
-    return out
+    `pair_parts(its sides)`, as the encoder's own vector is already fused.  Every row at once: `FusionRows`."""
+    return FusionRows(vectors, sides, pair_parts)[:].numpy()
 
 
 class FusionRows:
