@@ -36,3 +36,22 @@ def test_the_pickle_does_not_grow_with_the_pixels(make_cfg, tmp_path):
     (pkl32, npy32, n), (pkl64, npy64, _) = sizes[32], sizes[64]
     assert abs(pkl64 - pkl32) < 64  # the image shape in the empty placeholder's header, nothing more
     assert npy64 - npy32 == n * (64 * 64 - 32 * 32) * 3
+
+
+def test_the_pickle_grows_with_the_items_not_with_their_pixels(make_cfg, tmp_path):
+    """Issue 16: the artifact a run loads grows by each image's metadata (its captions, ids), the same at 32 and
+    64 px, and its images come back memory-mapped at any count: memory independent of the pixels' size."""
+    growth = {}
+    for px in (32, 64):
+        sizes = []
+        for n in (40, 160):
+            cfg = make_cfg("stage=dataset", f"dataset.image_size={px}", f"dataset.splits={{train:{n},val:5,test:10}}",
+                           run=f"run{px}_{n}")
+            Pipeline(cfg, cfg.hydra.runtime.output_dir).dataset()
+            ds = Pipeline(cfg, cfg.hydra.runtime.output_dir).dataset()  # read back from the cache
+            assert isinstance(ds.images, np.memmap)
+            sizes.append(((artifact_dir(tmp_path, ds) / "dataset.pkl").stat().st_size, len(ds.images)))
+        (small, n_small), (large, n_large) = sizes
+        growth[px] = (large - small) / (n_large - n_small)  # pickle bytes per added image
+    assert 0 < growth[32] < 32 * 32 * 3  # less than one image's pixels at 32 px
+    assert abs(growth[64] - growth[32]) < 1  # four times the pixels: the same metadata per image

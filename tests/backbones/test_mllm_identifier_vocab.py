@@ -1,5 +1,5 @@
 """MLLM backbones with every identifier scheme (genretr.backbones.mllm_vocab): a scheme's own tokens
-(`IdTable.new_tokens`: structured, atomic, image-token IDs) become one new token each of the MLLM's
+(`IdTable.new_tokens`: structured, atomic, image-token, CART and GENIUS IDs) become one new token each of the MLLM's
 tokenizer with trainable embedding and LM-head rows (under LoRA too), saved and loaded with the model;
 string and numeric IDs stay the LLM's own digits; the atomic classifier head ranks the items."""
 from types import SimpleNamespace
@@ -17,6 +17,8 @@ from genretr.evaluation.metrics import retrieval_metrics
 from genretr.evaluation.search import classifier_search
 from genretr.identifiers.atomic import AtomicIdentifier
 from genretr.identifiers.base import IdentifierContext, IdTable
+from genretr.identifiers.cart import CartIdentifier
+from genretr.identifiers.genius import GeniusIdentifier
 from genretr.identifiers.image_tokens import ImageTokenIdentifier
 from genretr.identifiers.numeric import NumericIdentifier
 from genretr.identifiers.string import StringIdentifier
@@ -37,15 +39,21 @@ def vectors(n, d=8, seed=0):
     return np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
 
 
-def cart_style_table(n):
-    """CART's token layout (Sec. 3.2: coarse `c*`, fine `a{level}_*`, unique `u*`) with its tokens marked as the
-    scheme's own vocabulary (`IdTable.new_tokens`; genretr.identifiers.cart and .genius do not mark theirs yet,
-    so on an MLLM their tables are still read as text)."""
-    seqs = [[f"c{k % 2}", f"a1_{k % 3}", f"a2_{k // 3}", "u0"] for k in range(n)]
-    vocab = ["<pad>", "</s>"] + sorted({t for s in seqs for t in s})
-    index = {t: i for i, t in enumerate(vocab)}
-    return IdTable.from_lists([f"i{k}" for k in range(n)], [[index[t] for t in s] for s in seqs], vocab,
-                              new_tokens=vocab[2:])
+def cart_table(n):
+    """CART's own identifiers (Sec. 3.2: coarse `c*`, fine `a{level}_*`, unique `u*`) from a tiny K-Means + RQ-VAE."""
+    scheme = CartIdentifier(k=2, num_codebooks=2, codebook_size=3, latent_dim=4, hidden=[8], epochs=2,
+                            warmup_epochs=1, batch_size=4)
+    return scheme.build(items(n), vectors(n), CTX)
+
+
+def genius_table(n):
+    """GENIUS's own identifiers (Sec. 4.2: modality `m*`, then `q{level}_*`) from a tiny quantizer trained on
+    one query per item."""
+    scheme = GeniusIdentifier(num_levels=3, codebook_size=3, fusion_hidden=8, epochs=1, batch_size=4,
+                              modality_code="given")
+    ctx = IdentifierContext(train_query_vecs=vectors(n, seed=1), train_query_items=[f"i{k}" for k in range(n)],
+                            train_query_tasks=["t2i"] * n)
+    return scheme.build(items(n), vectors(n), ctx)
 
 
 TABLES = {
@@ -53,7 +61,8 @@ TABLES = {
     "atomic": lambda n: AtomicIdentifier().build(items(n), None, CTX),
     "image_tokens": lambda n: ImageTokenIdentifier(levels=2, codebook_size=3, disambiguate=True).build(
         items(n), vectors(n), CTX),
-    "cart_style": cart_style_table,
+    "cart": cart_table,
+    "genius": genius_table,
 }
 
 
