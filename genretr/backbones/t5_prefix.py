@@ -1,4 +1,5 @@
-"""`T5PrefixDecoder`: a randomly initialised T5 decoder conditioned on a query vector.
+"""`T5PrefixDecoder`: a T5 decoder conditioned on a query vector, randomly initialised or (``pretrained=DIR``)
+with a T5 checkpoint's blocks (t5-small for GENIUS Sec. 5.1), its token rows new: identifiers are not T5's words.
 
 GENIUS Sec. 4.3.1, Eq. 9–10: an MLP maps the query embedding z_q to N prefix vectors,
 P(z_q) = Reshape(MLP(z_q)) ∈ R^{N×d'}, which the decoder reads through cross-attention
@@ -27,6 +28,7 @@ from transformers import T5Config, T5ForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput
 
 from genretr.backbones.tied_source import embed_source, target_index
+from genretr.errors import MissingWeightsError
 from genretr.identifiers.base import EOS, PAD
 from genretr.training import log_heldout, lr_factor, stepping_batches
 
@@ -43,6 +45,29 @@ def generation_cache():
     from transformers import DynamicCache, EncoderDecoderCache
 
     return EncoderDecoderCache(DynamicCache(), DynamicCache())
+
+
+def load_pretrained_t5(path: str) -> T5ForConditionalGeneration:
+    """A T5 checkpoint written by `save_pretrained`, from a local directory or the HF cache, never downloaded."""
+    try:
+        return T5ForConditionalGeneration.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError) as e:
+        cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise MissingWeightsError(
+            f"backbone.model.pretrained={path}: no T5 checkpoint there (not a checkpoint directory, not in the HF "
+            f"cache: {cause}). Fetch one where there is network, e.g. `huggingface-cli download t5-small "
+            f"--local-dir DIR`, and set backbone.model.pretrained=DIR") from None
+
+
+def pretrained_blocks(model: T5ForConditionalGeneration, source: T5ForConditionalGeneration) -> int:
+    """Copy into `model` every weight of `source` of the same name and shape except the token embeddings and the LM
+    head (the identifiers' tokens are new rows); returns how many tensors were copied."""
+    skip = ("shared.", "encoder.embed_tokens.", "decoder.embed_tokens.", "lm_head.")
+    own = model.state_dict()
+    taken = {k: v for k, v in source.state_dict().items()
+             if k in own and own[k].shape == v.shape and not k.startswith(skip)}
+    model.load_state_dict(taken, strict=False)
+    return len(taken)
 
 
 class PrefixMLP(nn.Module):
@@ -67,7 +92,7 @@ class T5PrefixDecoder(L.LightningModule):
                  lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: int = 100, schedule: str = "constant",
                  query_mix_alpha: float = 0.0, query_mix: str = "paper",
                  tie_embeddings: bool = True, input: str = "prefix", encoder_layers: int = 2,
-                 src_vocab_size: int | None = None, tied_src_tokens: list | None = None):
+                 src_vocab_size: int | None = None, tied_src_tokens: list | None = None, pretrained: str | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["tied_src_tokens"])  # rebuilt by the builder (one pair per ID token)
         if query_mix not in QUERY_MIXES:
@@ -77,11 +102,25 @@ class T5PrefixDecoder(L.LightningModule):
         if input == "tokens" and not src_vocab_size:
             raise ValueError("backbone.model.input=tokens needs src_vocab_size (the query tokenizer's vocabulary)")
         self.tokens_input = input == "tokens"
-        config = T5Config(vocab_size=vocab_size, d_model=d_model, d_kv=d_model // num_heads, d_ff=d_ff,
-                          num_layers=encoder_layers if self.tokens_input else 0, num_decoder_layers=num_layers, num_heads=num_heads, dropout_rate=dropout,
-                          feed_forward_proj="gated-gelu", tie_word_embeddings=tie_embeddings,
-                          pad_token_id=PAD, eos_token_id=EOS, decoder_start_token_id=PAD)
+        source = load_pretrained_t5(pretrained) if pretrained else None
+        if source is None:  # the shape the config gives
+            shape = dict(d_model=d_model, d_kv=d_model // num_heads, d_ff=d_ff, num_decoder_layers=num_layers,
+                         num_heads=num_heads, feed_forward_proj="gated-gelu",
+                         num_layers=encoder_layers if self.tokens_input else 0)
+        else:  # the checkpoint's shape (d_model, num_layers, ... of the config are not read)
+            c = source.config
+            shape = dict(d_model=c.d_model, d_kv=c.d_kv, d_ff=c.d_ff, num_decoder_layers=c.num_decoder_layers,
+                         num_heads=c.num_heads, feed_forward_proj=c.feed_forward_proj,
+                         relative_attention_num_buckets=c.relative_attention_num_buckets,
+                         relative_attention_max_distance=c.relative_attention_max_distance,
+                         layer_norm_epsilon=c.layer_norm_epsilon, num_layers=c.num_layers if self.tokens_input else 0)
+            d_model = c.d_model
+        config = T5Config(vocab_size=vocab_size, dropout_rate=dropout, tie_word_embeddings=tie_embeddings,
+                          pad_token_id=PAD, eos_token_id=EOS, decoder_start_token_id=PAD, **shape)
         self.t5 = T5ForConditionalGeneration(config)
+        if source is not None:
+            pretrained_blocks(self.t5, source)
+            del source
         if self.tokens_input:
             self.src_embed = nn.Embedding(src_vocab_size, d_model, padding_idx=PAD)
             nn.init.normal_(self.src_embed.weight, std=1.0)  # T5's embedding scale (no sqrt(d) multiplier)

@@ -1,0 +1,71 @@
+"""`T5PrefixDecoder(pretrained=DIR)` (issue 16): a T5 checkpoint written by `save_pretrained` gives the decoder its
+shape and its blocks, the identifier tokens new rows; a missing checkpoint is one clear error."""
+import json
+
+import pytest
+import torch
+from transformers import T5Config, T5ForConditionalGeneration
+
+from genretr.backbones.t5_prefix import T5PrefixDecoder
+from genretr.errors import MissingWeightsError
+from genretr.identifiers.base import EOS
+from genretr.run import execute
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny random T5 in t5-small's layout (relu feed-forward, 2 + 2 layers), saved as the hub's are."""
+    torch.manual_seed(0)
+    config = T5Config(vocab_size=100, d_model=24, d_kv=6, d_ff=40, num_layers=2, num_decoder_layers=2, num_heads=4,
+                      relative_attention_num_buckets=8, feed_forward_proj="relu")
+    path = tmp_path_factory.mktemp("t5-tiny")
+    T5ForConditionalGeneration(config).save_pretrained(path)
+    return path
+
+
+def test_the_checkpoint_gives_the_shape_and_the_blocks(checkpoint):
+    source = T5ForConditionalGeneration.from_pretrained(checkpoint).state_dict()
+    m = T5PrefixDecoder(vocab_size=12, input_dim=6, d_model=256, num_layers=6, d_ff=1024, prefix_len=3,
+                        prefix_hidden=16, pretrained=str(checkpoint))
+    c = m.t5.config
+    assert (c.d_model, c.d_ff, c.num_decoder_layers, c.num_heads, c.feed_forward_proj) == (24, 40, 2, 4, "relu")
+    assert c.num_layers == 0 and c.vocab_size == 12  # prefix mode: no encoder layers; the identifiers' vocabulary
+    own = m.t5.state_dict()
+    blocks = [k for k in source if k.startswith("decoder.block.")]
+    assert blocks and all(torch.equal(own[k], source[k]) for k in blocks)
+    assert torch.equal(own["decoder.final_layer_norm.weight"], source["decoder.final_layer_norm.weight"])
+    assert own["shared.weight"].shape == (12, 24) and m.prefix(torch.randn(2, 6)).shape == (2, 3, 24)
+    tokens = T5PrefixDecoder(vocab_size=12, input_dim=6, input="tokens", src_vocab_size=9, pretrained=str(checkpoint))
+    enc = [k for k in source if k.startswith("encoder.block.")]
+    assert tokens.t5.config.num_layers == 2 and all(torch.equal(tokens.t5.state_dict()[k], source[k]) for k in enc)
+
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-2)  # it trains: the loss of one batch falls
+    z, labels = torch.randn(8, 6), torch.tensor([[3, 4, EOS]] * 4 + [[5, 6, EOS]] * 4)
+    losses = []
+    for _ in range(5):
+        loss = m(z, labels)
+        losses.append(float(loss))
+        opt.zero_grad(), loss.backward(), opt.step()
+    assert losses[-1] < losses[0]
+
+
+def test_a_missing_checkpoint_is_one_clear_error(tmp_path):
+    with pytest.raises(MissingWeightsError, match=r"backbone.model.pretrained=.*no T5 checkpoint there"):
+        T5PrefixDecoder(vocab_size=12, input_dim=6, pretrained=str(tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MissingWeightsError, match="no T5 checkpoint there"):
+        T5PrefixDecoder(vocab_size=12, input_dim=6, pretrained=str(tmp_path / "empty"))
+
+
+def test_a_run_decodes_with_the_pretrained_decoder(checkpoint, make_cfg, tmp_path):
+    """The config path: `backbone.model.pretrained=DIR` through the train and evaluate stages."""
+    cfg = make_cfg(f"backbone.model.pretrained={checkpoint}", cache=tmp_path / "cache")
+    metrics = execute(cfg, tmp_path / "run")
+    assert f"backbone.model.pretrained={checkpoint}" in json.loads((tmp_path / "run" / "results.json").read_text())[
+        "overrides"]
+    (trained,) = (tmp_path / "cache").glob("train/*/artifact/model.pt")
+    state = torch.load(trained, map_location="cpu")
+    assert state["t5.decoder.block.0.layer.0.SelfAttention.q.weight"].shape == (24, 24)  # the checkpoint's width
+    assert metrics["t2i"]["R@10"] > 0
