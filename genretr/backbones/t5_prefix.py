@@ -1,5 +1,6 @@
-"""`T5PrefixDecoder`: a T5 decoder conditioned on a query vector, randomly initialised or (``pretrained=DIR``)
-with a T5 checkpoint's blocks (t5-small for GENIUS Sec. 5.1), its token rows new: identifiers are not T5's words.
+"""`T5PrefixDecoder`: a T5 decoder conditioned on a query vector, randomly initialised (as GENIUS Sec. 5.1 does
+its T5-small) or, ``pretrained=DIR``, with a T5 checkpoint's shape and blocks, its token rows new: identifiers
+are not T5's words.
 
 GENIUS Sec. 4.3.1, Eq. 9–10: an MLP maps the query embedding z_q to N prefix vectors,
 P(z_q) = Reshape(MLP(z_q)) ∈ R^{N×d'}, which the decoder reads through cross-attention
