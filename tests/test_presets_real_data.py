@@ -18,7 +18,8 @@ from tests.encoders.test_clip import write_tiny_clip
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
-EXPERIMENTS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "experiment").glob("*.yaml"))
+CONF = Path(__file__).resolve().parents[1] / "conf"
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 SHAPES_ONLY = ("splits", "tasks", "universal", "captions_per_image", "max_objects", "edit_fraction")
 
 
@@ -32,9 +33,14 @@ def data_root(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_no_shapes_key_reaches_another_dataset(experiment, make_cfg):
-    cfg = make_cfg(f"experiment={experiment}", "dataset=flickr30k")
-    leaked = [k for k in SHAPES_ONLY if k in cfg.dataset]
-    assert not leaked, f"experiment={experiment} dataset=flickr30k: shapes keys {leaked}"
+    """A shapes-only key appears on another dataset only where that dataset has it (M-BEIR's `splits`, its
+    `universal` pool), with the dataset's own value unless the preset has a `preset_data/<preset>/<dataset>.yaml`."""
+    for dataset in ("flickr30k", "coco", "mbeir", "precomputed"):
+        cfg, plain = make_cfg(f"experiment={experiment}", f"dataset={dataset}"), make_cfg(f"dataset={dataset}")
+        own = (CONF / "preset_data" / cfg.hydra.runtime.choices["preset_data"] / f"{dataset}.yaml").is_file()
+        leaked = [k for k in SHAPES_ONLY if k in cfg.dataset and (
+            k not in plain.dataset or (cfg.dataset[k] != plain.dataset[k] and not own))]
+        assert not leaked, f"experiment={experiment} dataset={dataset}: shapes keys {leaked}"
 
 
 def test_presets_size_shapes_as_before(make_cfg, tmp_path):
@@ -78,6 +84,19 @@ def test_grace_on_flickr30k(make_cfg, data_root):
 def test_ssid_on_coco(make_cfg, data_root):
     karpathy_fx.Fixture(data_root / "coco", "dataset_coco.json", ".", karpathy_fx.COCO, coco=True)
     run(make_cfg, "experiment=ssid_table1", "identifier=ssid", "dataset=coco")
+
+
+@pytest.mark.parametrize("preset,identifier,dataset", [("grace_table1", "atomic", "coco"),
+                                                        ("ssid_table1", "ssid", "flickr30k"),
+                                                        ("cart_base", "cart", "coco")])
+def test_presets_on_the_other_karpathy_dataset(make_cfg, data_root, preset, identifier, dataset):
+    """GRACE and SSID on flickr30k and coco, CART on both (issue 16): the pairs the tests above leave out."""
+    if dataset == "coco":
+        karpathy_fx.Fixture(data_root / "coco", "dataset_coco.json", ".", karpathy_fx.COCO, coco=True)
+    else:
+        flickr_fixture(data_root)
+    cfg, metrics = run(make_cfg, f"experiment={preset}", f"identifier={identifier}", f"dataset={dataset}")
+    assert cfg.dataset.name == dataset and set(metrics) == set(cfg.eval.tasks)
 
 
 def test_cart_caption_enhancement_on_precomputed_features(make_cfg, data_root, caplog):
