@@ -14,6 +14,7 @@ from tests.conftest import compose_cfg
 from tests.data import test_karpathy as karpathy_fx
 from tests.data import test_mbeir as mbeir_fx
 from tests.data.test_tiny_datasets import flickr_fixture, mbeir_fixture, precomputed_fixture
+from tests.backbones.checkpoints import write_checkpoint
 from tests.encoders.test_clip import write_tiny_clip
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -137,3 +138,15 @@ def test_genius_universal_pool_on_mbeir(make_cfg, data_root):
     cfg, metrics = run(make_cfg, "experiment=genius_table2", "dataset=mbeir",
                        f"+dataset.universal.test={mbeir_fx.UNION}")
     assert cfg.eval.pool == "universal" and set(metrics) == {"t2i", "i2t"}
+
+
+@pytest.mark.parametrize("family", ["qwen25vl", "llava", "idefics"])
+def test_mllm_checkpoint_on_flickr30k(make_cfg, data_root, tmp_path, family):
+    """SSID on the Flickr30K miniature with a tiny checkpoint written by `save_pretrained` (the real load path,
+    its processor reading the dataset's images): each family writes the identifiers and learns them."""
+    flickr_fixture(data_root)
+    path = write_checkpoint(family, tmp_path / family)
+    cfg, metrics = run(make_cfg, "identifier=ssid", f"backbone={family}", f"backbone.model.pretrained={path}",
+                       "dataset=flickr30k", "train.memorize_repeat=1", "backbone.fit.max_epochs=1",
+                       "decoding.num_beams=5", "eval.tasks=[t2i]")
+    assert cfg.generator._target_.endswith("MLLMGenerator") and cfg.generator.pretrained == str(path)
