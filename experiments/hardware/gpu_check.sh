@@ -27,7 +27,7 @@ EXTRA=${GPU_CHECK_ARGS:-}
 LIMIT=${STEP_TIMEOUT:-300}
 STEPS=${*:-runs bench beam30 default}
 RUNS=("method=embedding" "identifier=string" "identifier=genius decoding.rerank=true" "experiment=cart_base"
-      "identifier=structured backbone=qwen25vl" "identifier=ssid backbone=llava")
+      "identifier=structured backbone=qwen25vl" "identifier=ssid backbone=llava" "identifier=atomic backbone=idefics")
 mkdir -p "$DIR"
 export PYTHONUNBUFFERED=1
 # a fresh artifact cache: a run whose stages all came from an earlier check's cache allocates nothing on the GPU
