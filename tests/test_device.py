@@ -108,8 +108,8 @@ def test_gpu_check_runs_compose_with_the_gpu_trainer(make_cfg):
 
 
 def test_mllm_run_puts_the_generator_and_the_decoder_on_the_run_device(make_cfg, spy):
-    """An MLLM backbone (tiny Qwen2.5-VL): it writes SSID's identifiers (the generator), learns and searches them,
-    each on the run's device."""
+    """An MLLM backbone (tiny Qwen2.5-VL): the generator that writes SSID's identifiers is put on the run's device
+    when it loads, the decoder when the train stage builds it (it then learns and searches there)."""
     _, _, callers = spy
     cfg = make_cfg("identifier=ssid", "backbone=qwen25vl", "train.memorize_repeat=1", "backbone.fit.max_epochs=1",
                    "decoding.num_beams=5", "eval.max_queries=5")

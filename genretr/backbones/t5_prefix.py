@@ -11,7 +11,8 @@ interpolation towards its target's vector (GENIUS Sec. 4.3.2, Eq. 11 as written,
 per dimension and z' = sqrt(mu) z_q + sqrt(1 - mu) z_c).  The T5 encoder is built with zero layers and its unused
 final norm frozen, so every trained parameter is used (DDP needs that); the token embeddings stay shared and trained.
 
-With `input="tokens"` (GRACE Sec. 3.4 on T5, DSI-style) a T5 encoder of `encoder_layers` layers reads
+With `input="tokens"` (GRACE Sec. 3.4 on T5, DSI-style) a T5 encoder of `encoder_layers` layers (a checkpoint's own
+under ``pretrained``) reads
 the query as tokens (`src`, its own vocabulary); samples without text (memorize: an image) enter that
 encoder as their prefix vectors instead.  Queries are a Tensor of vectors (prefix mode) or a dict
 ``{"z": vectors, "src": token ids}``; `encode(queries)` gives what the decoder cross-attends to.
@@ -48,10 +49,13 @@ def generation_cache():
     return EncoderDecoderCache(DynamicCache(), DynamicCache())
 
 
-def load_pretrained_t5(path: str) -> T5ForConditionalGeneration:
-    """A T5 checkpoint written by `save_pretrained`, from a local directory or the HF cache, never downloaded."""
+def load_pretrained_t5(path: str) -> tuple[T5ForConditionalGeneration, set[str]]:
+    """(a T5 checkpoint written by `save_pretrained`, from a local directory or the HF cache, never downloaded;
+    the names of the weights it lacked, left at random by transformers)."""
     try:
-        return T5ForConditionalGeneration.from_pretrained(str(path), local_files_only=True)
+        model, info = T5ForConditionalGeneration.from_pretrained(str(path), local_files_only=True,
+                                                                 output_loading_info=True)
+        return model, set(info.get("missing_keys", ()))
     except (OSError, ValueError) as e:
         cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise MissingWeightsError(
@@ -60,13 +64,18 @@ def load_pretrained_t5(path: str) -> T5ForConditionalGeneration:
             f"--local-dir DIR`, and set backbone.model.pretrained=DIR") from None
 
 
-def pretrained_blocks(model: T5ForConditionalGeneration, source: T5ForConditionalGeneration) -> int:
-    """Copy into `model` every weight of `source` of the same name and shape except the token embeddings and the LM
-    head (the identifiers' tokens are new rows); returns how many tensors were copied."""
+def pretrained_blocks(model: T5ForConditionalGeneration, source: T5ForConditionalGeneration, missing: set[str],
+                      path: str) -> int:
+    """Copy into `model` every weight the checkpoint `source` held (not in `missing`) of the same name and shape,
+    except the token embeddings and the LM head (the identifiers' tokens are new rows); returns how many tensors
+    were copied, refusing none."""
     skip = ("shared.", "encoder.embed_tokens.", "decoder.embed_tokens.", "lm_head.")
     own = model.state_dict()
     taken = {k: v for k, v in source.state_dict().items()
-             if k in own and own[k].shape == v.shape and not k.startswith(skip)}
+             if k in own and k not in missing and own[k].shape == v.shape and not k.startswith(skip)}
+    if not any(k.startswith("decoder.block.") for k in taken):
+        raise MissingWeightsError(f"backbone.model.pretrained={path}: none of its weights is a T5 decoder block "
+                                  "of the shape its config gives; is it a T5 checkpoint?")
     model.load_state_dict(taken, strict=False)
     return len(taken)
 
@@ -103,7 +112,7 @@ class T5PrefixDecoder(L.LightningModule):
         if input == "tokens" and not src_vocab_size:
             raise ValueError("backbone.model.input=tokens needs src_vocab_size (the query tokenizer's vocabulary)")
         self.tokens_input = input == "tokens"
-        source = load_pretrained_t5(pretrained) if pretrained else None
+        source, missing = load_pretrained_t5(pretrained) if pretrained else (None, set())
         if source is None:  # the shape the config gives
             shape = dict(d_model=d_model, d_kv=d_model // num_heads, d_ff=d_ff, num_decoder_layers=num_layers,
                          num_heads=num_heads, feed_forward_proj="gated-gelu",
@@ -120,7 +129,7 @@ class T5PrefixDecoder(L.LightningModule):
                           pad_token_id=PAD, eos_token_id=EOS, decoder_start_token_id=PAD, **shape)
         self.t5 = T5ForConditionalGeneration(config)
         if source is not None:
-            pretrained_blocks(self.t5, source)
+            pretrained_blocks(self.t5, source, missing, pretrained)
             del source
         if self.tokens_input:
             self.src_embed = nn.Embedding(src_vocab_size, d_model, padding_idx=PAD)

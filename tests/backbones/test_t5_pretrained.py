@@ -41,6 +41,10 @@ def test_the_checkpoint_gives_the_shape_and_the_blocks(checkpoint):
     enc = [k for k in source if k.startswith("encoder.block.")]
     assert tokens.t5.config.num_layers == 2 and all(torch.equal(tokens.t5.state_dict()[k], source[k]) for k in enc)
 
+    wide = T5PrefixDecoder(vocab_size=100, input_dim=6, pretrained=str(checkpoint))  # T5's own vocabulary size:
+    for key in ("shared.weight", "lm_head.weight"):  # the token rows stay new all the same
+        assert not torch.equal(wide.t5.state_dict()[key], source[key])
+
     opt = torch.optim.AdamW(m.parameters(), lr=1e-2)  # it trains: the loss of one batch falls
     z, labels = torch.randn(8, 6), torch.tensor([[3, 4, EOS]] * 4 + [[5, 6, EOS]] * 4)
     losses = []
@@ -57,6 +61,12 @@ def test_a_missing_checkpoint_is_one_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(MissingWeightsError, match="no T5 checkpoint there"):
         T5PrefixDecoder(vocab_size=12, input_dim=6, pretrained=str(tmp_path / "empty"))
+    from transformers import T5EncoderModel
+
+    T5EncoderModel(T5Config(vocab_size=50, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4)).save_pretrained(
+        tmp_path / "encoder-only")  # loads as a T5, but without a decoder to take
+    with pytest.raises(MissingWeightsError, match="none of its weights is a T5 decoder block"):
+        T5PrefixDecoder(vocab_size=12, input_dim=6, pretrained=str(tmp_path / "encoder-only"))
 
 
 def test_a_run_decodes_with_the_pretrained_decoder(checkpoint, make_cfg, tmp_path):

@@ -152,16 +152,18 @@ def test_bad_context_and_input(data, tmp_path):
 def test_fusion_inputs_put_each_side_in_its_place():
     from genretr.identifiers.genius import fusion_inputs
 
-    v = np.arange(6, dtype=np.float32).reshape(3, 2) + 1
+    v = np.arange(10, dtype=np.float32).reshape(5, 2) + 1
     asked = []
 
-    def pair_parts(sides):
+    def pair_parts(sides):  # each pair's parts, told apart by its image index
         asked.append(sides)
-        return np.full((len(sides), 2, 2), 9.0)
+        return np.array([[[image, image], [-image, -image]] for image, _ in sides], dtype=np.float32)
 
-    out = fusion_inputs(v, [(0, None), (None, "a cat"), (4, "a dog")], pair_parts)
-    assert out.tolist() == [[[1, 2], [0, 0]], [[0, 0], [3, 4]], [[9, 9], [9, 9]]]
-    assert asked == [[(4, "a dog")]]  # only the row with both sides is embedded again
+    sides = [(7, "a fox"), (0, None), (None, "a cat"), (4, "a dog"), (None, "an owl")]
+    out = fusion_inputs(v, sides, pair_parts)
+    assert out.tolist() == [[[7, 7], [-7, -7]], [[3, 4], [0, 0]], [[0, 0], [5, 6]], [[4, 4], [-4, -4]],
+                            [[0, 0], [9, 10]]]
+    assert asked == [[(7, "a fox"), (4, "a dog")]]  # only the rows with both sides are embedded again
 
 
 def test_pair_items_are_fused_from_their_parts_and_added_alike(data, tmp_path):
