@@ -10,7 +10,7 @@ import pytest
 
 from genretr.pipeline import Pipeline
 from genretr.validate import validate
-from tests.conftest import compose_cfg
+from tests.conftest import TINY, compose_cfg
 from tests.data import test_karpathy as karpathy_fx
 from tests.data import test_mbeir as mbeir_fx
 from tests.data.test_tiny_datasets import flickr_fixture, mbeir_fixture, precomputed_fixture
@@ -21,6 +21,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+REAL_DATASETS = ("flickr30k", "coco", "mbeir", "precomputed")
 SHAPES_ONLY = ("splits", "tasks", "universal", "captions_per_image", "max_objects", "edit_fraction")
 
 
@@ -32,15 +33,22 @@ def data_root(tmp_path, monkeypatch):
     return tmp_path / "data"
 
 
+@pytest.fixture(scope="module")
+def plain_datasets(tmp_path_factory):
+    """Each real dataset's config without a preset."""
+    root = tmp_path_factory.mktemp("plain")
+    return {d: compose_cfg([*TINY, f"dataset={d}"], root / "run", root / "cache").dataset for d in REAL_DATASETS}
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_no_shapes_key_reaches_another_dataset(experiment, make_cfg):
+def test_no_shapes_key_reaches_another_dataset(experiment, make_cfg, plain_datasets):
     """A shapes-only key appears on another dataset only where that dataset has it (M-BEIR's `splits`, its
     `universal` pool), with the dataset's own value unless the preset has a `preset_data/<preset>/<dataset>.yaml`."""
-    for dataset in ("flickr30k", "coco", "mbeir", "precomputed"):
-        cfg, plain = make_cfg(f"experiment={experiment}", f"dataset={dataset}"), make_cfg(f"dataset={dataset}")
+    for dataset, plain in plain_datasets.items():
+        cfg = make_cfg(f"experiment={experiment}", f"dataset={dataset}")
         own = (CONF / "preset_data" / cfg.hydra.runtime.choices["preset_data"] / f"{dataset}.yaml").is_file()
-        leaked = [k for k in SHAPES_ONLY if k in cfg.dataset and (
-            k not in plain.dataset or (cfg.dataset[k] != plain.dataset[k] and not own))]
+        leaked = [k for k in SHAPES_ONLY
+                  if k in cfg.dataset and (k not in plain or (cfg.dataset[k] != plain[k] and not own))]
         assert not leaked, f"experiment={experiment} dataset={dataset}: shapes keys {leaked}"
 
 
@@ -140,7 +148,8 @@ def test_genius_universal_pool_on_mbeir(make_cfg, data_root):
     assert cfg.eval.pool == "universal" and set(metrics) == {"t2i", "i2t"}
 
 
-@pytest.mark.parametrize("family", ["qwen25vl", "llava", "idefics"])
+@pytest.mark.parametrize("family", ["qwen25vl", pytest.param("llava", marks=pytest.mark.slow),
+                                    pytest.param("idefics", marks=pytest.mark.slow)])
 def test_mllm_checkpoint_on_flickr30k(make_cfg, data_root, tmp_path, family):
     """SSID on the Flickr30K miniature with a tiny checkpoint written by `save_pretrained` (the real load path,
     its processor reading the dataset's images): each family writes the identifiers and learns them."""
