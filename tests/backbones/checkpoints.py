@@ -82,11 +82,26 @@ def corpus() -> list[str]:
 
 
 def train_bpe(kind: str, vocab_size: int, specials: list[str]) -> tuple[dict, list]:
-    """(vocab, merges) of a BPE trained on `corpus()`: ``bytelevel`` (GPT-2 / Qwen) or ``metaspace`` (Llama:
-    "▁" word starts, with the 256 ``<0xNN>`` byte-fallback tokens after the specials, as sentencepiece has)."""
+    """(vocab, merges) of a BPE trained on `corpus()`: ``bytelevel`` (GPT-2 / Qwen), ``clip`` (byte-level on
+    lowercased words, word-final tokens ending in ``</w>``, every byte alone and word-final in the vocabulary, the
+    specials last as OpenAI's CLIP has them: its text pooling reads the EOS as the largest id) or
+    ``metaspace`` (Llama: "▁" word starts, with the 256 ``<0xNN>`` byte-fallback tokens after the specials, as
+    sentencepiece has)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-    tok = Tokenizer(models.BPE())
+    tok = Tokenizer(models.BPE(**({"end_of_word_suffix": "</w>"} if kind == "clip" else {})))
+    if kind == "clip":
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(),
+                                                     pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False, initial_alphabet=alphabet,
+                                      end_of_word_suffix="</w>")
+        tok.train_from_iterator((text.lower() for text in corpus()), trainer)
+        model = json.loads(tok.to_str())["model"]
+        vocab = dict(model["vocab"])
+        for t in alphabet + [c + "</w>" for c in alphabet] + specials:  # bytes the corpus never ends a word with
+            vocab.setdefault(t, len(vocab))
+        return vocab, [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
     if kind == "bytelevel":
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,

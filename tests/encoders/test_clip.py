@@ -23,18 +23,16 @@ def clip_dir(tmp_path_factory) -> Path:
 
 def write_tiny_clip(d: Path) -> Path:
     """A tiny random CLIPModel, its tokenizer and image processor saved to `d` by save_pretrained."""
-    from tokenizers import pre_tokenizers
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    from tests.backbones.checkpoints import train_bpe
     try:
         from transformers import CLIPImageProcessorPil as Processor  # transformers 5 without torchvision
     except ImportError:  # pragma: no cover
         from transformers import CLIPImageProcessor as Processor
 
-    # A byte-level vocab with no merges: every character is a token (word-final ones with </w>).
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {t: i for i, t in enumerate(alphabet + [c + "</w>" for c in alphabet]
-                                        + ["<|startoftext|>", "<|endoftext|>"])}
-    tok = CLIPTokenizer(vocab=vocab, merges=[])
+    vocab, merges = train_bpe("clip", 700, ["<|startoftext|>", "<|endoftext|>"])  # CLIP's layout, trained offline
+    tok = CLIPTokenizer(vocab=vocab, merges=merges)
     tok.save_pretrained(d)
     torch.manual_seed(0)
     config = CLIPConfig(
