@@ -143,20 +143,14 @@ class GeniusIdentifier:
         groups = np.asarray([group_of.setdefault(query_ids[j], len(group_of)) for j in q_rows])
         modalities = [it.modality for it in items]
         seed = int(self.seed if self.seed is not None else ctx.seed)
-        fit_items, fit_rows, fit_modalities = x, t_rows, modalities
         if ctx.pair_parts is None:  # the encoder's fused vectors
             every_pair = len(q_rows) == len(qv)  # then q_rows is 0..n-1 in order: no copy of the query vectors
             fit_queries, vectors = qv if every_pair else qv[q_rows], torch.from_numpy(x)
-        else:  # h(image, text) of Sec. 4.2.1 on the encoder's unfused vectors
-            # (n, 2, d) inputs gathered a batch at a time (`FusionRows`): the training targets' and queries' while
-            # the quantizer trains, then every item's while it codes them
-            targets, fit_rows = np.unique(t_rows, return_inverse=True)
-            sides = [item_side(it) for it in items]
-            fit_items = FusionRows(x, [sides[r] for r in targets], ctx.pair_parts, rows=targets)
-            fit_modalities = [modalities[r] for r in targets]
+        else:  # h(image, text) of Sec. 4.2.1 on the encoder's unfused vectors, (n, 2, d) inputs gathered a batch
+            # at a time (`FusionRows`): the queries' and targets' while the quantizer trains, every item's to code
             fit_queries = FusionRows(qv, [ctx.train_query_sides[j] for j in q_rows], ctx.pair_parts, rows=q_rows)
-            vectors = FusionRows(x, sides, ctx.pair_parts)
-        model = fit_modality_decoupled(fit_queries, fit_rows, fit_items, fit_modalities,
+            vectors = FusionRows(x, [item_side(it) for it in items], ctx.pair_parts)
+        model = fit_modality_decoupled(fit_queries, t_rows, vectors, modalities,
                                        query_groups=groups, seed=seed, max_epochs=self.epochs,
                                        batch_size=self.batch_size, progress=bool(ctx.progress),
                                        device=ctx.device, **self.quantizer_kwargs)

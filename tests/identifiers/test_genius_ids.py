@@ -181,7 +181,7 @@ def test_pair_items_are_fused_from_their_parts_and_added_alike(data, tmp_path):
     scheme = GeniusIdentifier(**SMALL)
     table = scheme.build(items, x, ctx(data, tmp_path, pair_parts=pair_parts,
                                        train_query_sides=[(None, "q")] * len(targets)))
-    assert calls == [N // 3, N // 3]  # the pair items (every third): as targets, then to code; queries text only
+    assert calls == [N // 3]  # the pair items (every third), asked once for training and coding; queries text only
     assert torch.load(tmp_path / "genius_quantizer.pt")["fused_parts"] is True
     added = scheme.assign(items, x, IdentifierContext(workdir=tmp_path, pair_parts=pair_parts), table)
     assert [added.text(it.id) for it in items] == [table.text(it.id) for it in items]
