@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
+from canonical_words import fitted_generator, train_captions, true_captions  # experiments/ssid/
 from genretr.stages.captions import captions_for
 from genretr.pipeline import Pipeline
 
@@ -42,16 +42,10 @@ def main(overrides):
     p = Pipeline(cfg, Path("outputs/describer_quality"))
     ds = p.dataset()
     emb = p.encode(ds)
-    train = collections.defaultdict(list)
-    for q in ds.splits["train"].queries:
-        if q.task == "t2i":
-            train[next(iter(q.relevant))].append(q.text)
-    true = collections.defaultdict(list)
-    for q in ds.queries(cfg.eval.split, "t2i"):
-        true[next(iter(q.relevant))].append(q.text)
+    train = train_captions(ds)
+    true = true_captions(ds, cfg.eval.split)
     test = sorted(true)
-    gen = instantiate(cfg.generator)
-    gen.fit([t for g in train.values() for t in g], list(train.values()))
+    gen = fitted_generator(cfg, ds)
     truth = {i: {w for t in true[i] for w in gen.words(t)} for i in test}
     ids = sorted(train)
     nearest = np.argmax(emb.items(test).numpy() @ emb.items(ids).numpy().T, 1)

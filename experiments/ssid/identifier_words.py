@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
+from canonical_words import fitted_generator, true_captions  # experiments/ssid/
 from genretr.identifiers.base import IdTable
 from genretr.pipeline import Pipeline
 
@@ -74,17 +74,9 @@ def main(sweep: Path) -> None:
             cfg = compose("config", overrides=[*overrides, f"paths.cache_dir={CACHE}", "progress=false"])
         ds = Pipeline(cfg, Path("outputs/identifier_words")).dataset()
         if "gen" not in fitted:  # one canonical vocabulary for every row
-            train = collections.defaultdict(list)
-            for q in ds.splits["train"].queries:
-                if q.task == "t2i":
-                    train[next(iter(q.relevant))].append(q.text)
-            gen = instantiate(cfg.generator)
-            gen.fit([t for g in train.values() for t in g], list(train.values()))
-            fitted["gen"] = gen
+            fitted["gen"] = fitted_generator(cfg, ds)
         gen = fitted["gen"]
-        true = collections.defaultdict(list)
-        for q in ds.queries(cfg.eval.split, "t2i"):
-            true[next(iter(q.relevant))].append(q.text)
+        true = true_captions(ds, cfg.eval.split)
         truth = {i: {w for t in true[i] for w in gen.words(t)} for i in true}
         identify = Path(json.loads((run / "artifacts.json").read_text())["identify"])
         table = IdTable.load(identify)
