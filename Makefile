@@ -171,7 +171,7 @@ reproduce-genius-table11: ## GENIUS Table 11 on shapes: larger codebooks and cod
 # reproduce-grace-table1's models for GRACE's identifiers (run it first, or they are trained here).
 # Measured per run (2-core Intel Xeon with AMX, bf16-mixed, one thread, two runs side by side, d4a0e8e): SSID with
 # its rationale 47-49 min, SSID without it (table3's none) 16 min, semantic IDs 34 min, atomic 4.8, image tokens
-# 7.1; the fewshot preset 42 min at N = 10,000, 14.5 at 3,000, 5 at 1,000 (~70 min a seed). So with 3 seeds from a
+# 7.1; the fewshot preset 33-41 min at N = 10,000, 14.5 at 3,000, 5 at 1,000 (60-70 min a seed). So with 3 seeds from a
 # cold cache each of table1, table2, table3 and ssid-fewshot takes 1.5-3.2 h, over the 40-minute budget.
 reproduce-table1: ## SSID Table I on shapes: numeric, string, semantic, structured and SSID identifiers (T5)
 reproduce-table2: ## SSID Table II on shapes: SSID vs atomic and image tokenization (T5), SSID on tiny MLLMs
