@@ -169,10 +169,11 @@ reproduce-genius-table11: ## GENIUS Table 11 on shapes: larger codebooks and cod
 # --- SSID tables on shapes (the users' `make reproduce-table1` is SSID's Table I). SSID's identifiers and
 # rationales come from generator=keywords, the offline stand-in for an MLLM. Tables I and II reuse
 # reproduce-grace-table1's models for GRACE's identifiers (run it first, or they are trained here).
-# Measured per run (2-core Intel Xeon with AMX, bf16-mixed, one thread, two runs side by side, d4a0e8e): SSID with
-# its rationale 47-49 min, SSID without it (table3's none) 16 min, semantic IDs 34 min, atomic 4.8, image tokens
-# 7.1; the fewshot preset 33-41 min at N = 10,000, 14.5 at 3,000, 5 at 1,000 (60-70 min a seed). So with 3 seeds from a
-# cold cache each of table1, table2, table3 and ssid-fewshot takes 1.5-3.2 h, over the 40-minute budget.
+# Measured per run (2-core Intel Xeon with AMX, bf16-mixed, one thread, two runs side by side, 72c9b0c/d4a0e8e):
+# SSID with its rationale 47-49 min, SSID without it (table3's none) 16 min, semantic IDs 34 min, atomic 4.8, image
+# tokens 7.1, numeric/string/structured ~4-5 (README, GRACE Table 1); the fewshot preset 34-42 min at N = 10,000,
+# 10-14.5 at 3,000, 3.5-5 at 1,000 (58-65 min a seed). So with 3 seeds from a cold cache each of table1, table2,
+# table3 and ssid-fewshot takes ~1.6-3.2 h (plus the cold cache's dataset and encoder stages), over the 40-minute budget.
 reproduce-table1: ## SSID Table I on shapes: numeric, string, semantic, structured and SSID identifiers (T5)
 reproduce-table2: ## SSID Table II on shapes: SSID vs atomic and image tokenization (T5), SSID on tiny MLLMs
 reproduce-table3: ## SSID Table III on shapes: the rationale in training and inference, training only, neither
