@@ -23,11 +23,14 @@ the identifier, as GENIUS Sec. 4.4.
 """
 from __future__ import annotations
 
+import logging
+
 import lightning as L
 import torch
 from torch import nn
-from transformers import T5Config, T5ForConditionalGeneration
+from transformers import GenerationConfig, T5Config, T5ForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput
+from transformers.utils import logging as hf_logging
 
 from genretr.backbones.tied_source import embed_source, target_index
 from genretr.errors import MissingWeightsError
@@ -35,6 +38,7 @@ from genretr.identifiers.base import EOS, PAD
 from genretr.training import log_heldout, lr_factor, stepping_batches
 
 
+log = logging.getLogger(__name__)
 QUERY_MIXES = ("paper", "authors_code")  # GENIUS Eq. 11 as written | as the authors' code draws it
 
 
@@ -49,35 +53,49 @@ def generation_cache():
     return EncoderDecoderCache(DynamicCache(), DynamicCache())
 
 
-def load_pretrained_t5(path: str) -> tuple[T5ForConditionalGeneration, set[str]]:
-    """(a T5 checkpoint written by `save_pretrained`, from a local directory or the HF cache, never downloaded;
-    the names of the weights it lacked, left at random by transformers)."""
+def pretrained_t5_config(path: str) -> T5Config:
+    """The config of a T5 checkpoint written by `save_pretrained`, from a local directory or the HF cache, never
+    downloaded; a missing one is one `MissingWeightsError`."""
     try:
-        model, info = T5ForConditionalGeneration.from_pretrained(str(path), local_files_only=True,
-                                                                 output_loading_info=True)
-        return model, set(info.get("missing_keys", ()))
+        return T5Config.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as e:
-        cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise MissingWeightsError(
-            f"backbone.model.pretrained={path}: no T5 checkpoint there (not a checkpoint directory, not in the HF "
-            f"cache: {cause}). Fetch one where there is network, e.g. `huggingface-cli download t5-small "
-            f"--local-dir DIR`, and set backbone.model.pretrained=DIR") from None
+        raise missing_checkpoint(path, e) from None
 
 
-def pretrained_blocks(model: T5ForConditionalGeneration, source: T5ForConditionalGeneration, missing: set[str],
-                      path: str) -> int:
-    """Copy into `model` every weight the checkpoint `source` held (not in `missing`) of the same name and shape,
-    except the token embeddings and the LM head (the identifiers' tokens are new rows); returns how many tensors
-    were copied, refusing none."""
-    skip = ("shared.", "encoder.embed_tokens.", "decoder.embed_tokens.", "lm_head.")
-    own = model.state_dict()
-    taken = {k: v for k, v in source.state_dict().items()
-             if k in own and k not in missing and own[k].shape == v.shape and not k.startswith(skip)}
-    if not any(k.startswith("decoder.block.") for k in taken):
+def missing_checkpoint(path: str, e: Exception) -> MissingWeightsError:
+    cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return MissingWeightsError(
+        f"backbone.model.pretrained={path}: no T5 checkpoint there (not a checkpoint directory, not in the HF "
+        f"cache: {cause}). Fetch one where there is network, e.g. `huggingface-cli download t5-small "
+        f"--local-dir DIR`, and set backbone.model.pretrained=DIR")
+
+
+def load_pretrained_t5(path: str, config: T5Config) -> T5ForConditionalGeneration:
+    """A T5 of `config` (the identifiers' vocabulary, its own encoder depth) holding every weight of the checkpoint
+    at `path` of the same name and shape, loaded straight into it (one copy in memory), except the token
+    embeddings and the LM head: the identifiers' tokens are new rows, drawn as T5 draws them."""
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the report of the encoder blocks a prefix decoder leaves out: expected
+    try:
+        model, info = T5ForConditionalGeneration.from_pretrained(
+            str(path), config=config, local_files_only=True, ignore_mismatched_sizes=True, dtype=torch.float32,
+            output_loading_info=True)
+    except (OSError, ValueError) as e:
+        raise missing_checkpoint(path, e) from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    left = set(info["missing_keys"]) | {k[0] for k in info["mismatched_keys"]}
+    blocks = [k for k in model.state_dict() if k.startswith("decoder.block.")]
+    if all(k in left for k in blocks):
         raise MissingWeightsError(f"backbone.model.pretrained={path}: none of its weights is a T5 decoder block "
                                   "of the shape its config gives; is it a T5 checkpoint?")
-    model.load_state_dict(taken, strict=False)
-    return len(taken)
+    nn.init.normal_(model.shared.weight, std=config.initializer_factor)
+    if not config.tie_word_embeddings:
+        nn.init.normal_(model.lm_head.weight, std=config.initializer_factor)
+    model.generation_config = GenerationConfig.from_model_config(config)  # our PAD / EOS, not the checkpoint's
+    log.info("backbone.model.pretrained=%s: %d of %d tensors from the checkpoint", path,
+             sum(k not in left for k in model.state_dict()), len(model.state_dict()))
+    return model.train()
 
 
 class PrefixMLP(nn.Module):
@@ -112,13 +130,13 @@ class T5PrefixDecoder(L.LightningModule):
         if input == "tokens" and not src_vocab_size:
             raise ValueError("backbone.model.input=tokens needs src_vocab_size (the query tokenizer's vocabulary)")
         self.tokens_input = input == "tokens"
-        source, missing = load_pretrained_t5(pretrained) if pretrained else (None, set())
+        source = pretrained_t5_config(pretrained) if pretrained else None
         if source is None:  # the shape the config gives
             shape = dict(d_model=d_model, d_kv=d_model // num_heads, d_ff=d_ff, num_decoder_layers=num_layers,
                          num_heads=num_heads, feed_forward_proj="gated-gelu",
                          num_layers=encoder_layers if self.tokens_input else 0)
         else:  # the checkpoint's shape (d_model, num_layers, ... of the config are not read)
-            c = source.config
+            c = source
             shape = dict(d_model=c.d_model, d_kv=c.d_kv, d_ff=c.d_ff, num_decoder_layers=c.num_decoder_layers,
                          num_heads=c.num_heads, feed_forward_proj=c.feed_forward_proj,
                          relative_attention_num_buckets=c.relative_attention_num_buckets,
@@ -127,10 +145,7 @@ class T5PrefixDecoder(L.LightningModule):
             d_model = c.d_model
         config = T5Config(vocab_size=vocab_size, dropout_rate=dropout, tie_word_embeddings=tie_embeddings,
                           pad_token_id=PAD, eos_token_id=EOS, decoder_start_token_id=PAD, **shape)
-        self.t5 = T5ForConditionalGeneration(config)
-        if source is not None:
-            pretrained_blocks(self.t5, source, missing, pretrained)
-            del source
+        self.t5 = T5ForConditionalGeneration(config) if source is None else load_pretrained_t5(pretrained, config)
         if self.tokens_input:
             self.src_embed = nn.Embedding(src_vocab_size, d_model, padding_idx=PAD)
             nn.init.normal_(self.src_embed.weight, std=1.0)  # T5's embedding scale (no sqrt(d) multiplier)

@@ -8,7 +8,7 @@ from transformers import T5Config, T5ForConditionalGeneration
 
 from genretr.backbones.t5_prefix import T5PrefixDecoder
 from genretr.errors import MissingWeightsError
-from genretr.identifiers.base import EOS
+from genretr.identifiers.base import EOS, PAD
 from genretr.run import execute
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -53,6 +53,24 @@ def test_the_checkpoint_gives_the_shape_and_the_blocks(checkpoint):
         losses.append(float(loss))
         opt.zero_grad(), loss.backward(), opt.step()
     assert losses[-1] < losses[0]
+
+
+def test_the_checkpoint_loads_into_the_decoder_once(checkpoint, tmp_path, monkeypatch):
+    """One T5 is built (HF loads the checkpoint straight into it, no second copy in memory), and it generates with
+    the identifiers' PAD and EOS even where the checkpoint's generation config names other tokens."""
+    from transformers import GenerationConfig
+
+    odd = tmp_path / "odd-generation-config"
+    T5ForConditionalGeneration.from_pretrained(checkpoint).save_pretrained(odd)
+    GenerationConfig(decoder_start_token_id=7, eos_token_id=8, pad_token_id=9, max_length=3).save_pretrained(odd)
+    built = []
+    init = T5ForConditionalGeneration.__init__
+    monkeypatch.setattr(T5ForConditionalGeneration, "__init__", lambda self, *a, **k: built.append(1) or init(
+        self, *a, **k))
+    m = T5PrefixDecoder(vocab_size=12, input_dim=6, prefix_len=3, prefix_hidden=16, pretrained=str(odd))
+    assert len(built) == 1 and m.t5.training
+    g = m.t5.generation_config
+    assert (g.decoder_start_token_id, g.eos_token_id, g.pad_token_id) == (PAD, EOS, PAD)
 
 
 def test_a_missing_checkpoint_is_one_clear_error(tmp_path):
