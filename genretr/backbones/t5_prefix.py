@@ -39,6 +39,7 @@ from genretr.training import log_heldout, lr_factor, stepping_batches
 
 
 log = logging.getLogger(__name__)
+TOKEN_ROWS = ("shared.", "encoder.embed_tokens.", "decoder.embed_tokens.", "lm_head.")  # new rows: not T5's words
 QUERY_MIXES = ("paper", "authors_code")  # GENIUS Eq. 11 as written | as the authors' code draws it
 
 
@@ -70,15 +71,18 @@ def missing_checkpoint(path: str, e: Exception) -> MissingWeightsError:
         f"--local-dir DIR`, and set backbone.model.pretrained=DIR")
 
 
-def load_pretrained_t5(path: str, config: T5Config) -> T5ForConditionalGeneration:
+def load_pretrained_t5(path: str, config: T5Config, checkpoint_vocab: int) -> T5ForConditionalGeneration:
     """A T5 of `config` (the identifiers' vocabulary, its own encoder depth) holding every weight of the checkpoint
     at `path` of the same name and shape, loaded straight into it (one copy in memory), except the token
-    embeddings and the LM head: the identifiers' tokens are new rows, drawn as T5 draws them."""
+    embeddings and the LM head: the identifiers' tokens are new rows, drawn as T5 draws them.  The checkpoint loads
+    at its own vocabulary (`checkpoint_vocab`), so that its rows, with or without an LM head of their own (t5-v1_1,
+    flan-t5), load as transformers expects; they are then replaced."""
+    loading = T5Config.from_dict({**config.to_dict(), "vocab_size": checkpoint_vocab})
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the report of the encoder blocks a prefix decoder leaves out: expected
     try:
         model, info = T5ForConditionalGeneration.from_pretrained(
-            str(path), config=config, local_files_only=True, ignore_mismatched_sizes=True, dtype=torch.float32,
+            str(path), config=loading, local_files_only=True, ignore_mismatched_sizes=True, dtype=torch.float32,
             output_loading_info=True)
     except (OSError, ValueError) as e:
         raise missing_checkpoint(path, e) from None
@@ -89,12 +93,16 @@ def load_pretrained_t5(path: str, config: T5Config) -> T5ForConditionalGeneratio
     if all(k in left for k in blocks):
         raise MissingWeightsError(f"backbone.model.pretrained={path}: none of its weights is a T5 decoder block "
                                   "of the shape its config gives; is it a T5 checkpoint?")
-    nn.init.normal_(model.shared.weight, std=config.initializer_factor)
-    if not config.tie_word_embeddings:
-        nn.init.normal_(model.lm_head.weight, std=config.initializer_factor)
+    taken = sum(k not in left and not k.startswith(TOKEN_ROWS) for k in model.state_dict())
+    rows = nn.Embedding(config.vocab_size, config.d_model)
+    nn.init.normal_(rows.weight, std=config.initializer_factor)
+    model.set_input_embeddings(rows)  # shared and both stacks' embed_tokens
+    model.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+    model.lm_head.weight = rows.weight  # tied, as transformers 5 ties every T5's
+    model.config.vocab_size = config.vocab_size
     model.generation_config = GenerationConfig.from_model_config(config)  # our PAD / EOS, not the checkpoint's
-    log.info("backbone.model.pretrained=%s: %d of %d tensors from the checkpoint", path,
-             sum(k not in left for k in model.state_dict()), len(model.state_dict()))
+    log.info("backbone.model.pretrained=%s: %d of %d tensors from the checkpoint, the token rows new", path, taken,
+             len(model.state_dict()))
     return model.train()
 
 
@@ -145,7 +153,8 @@ class T5PrefixDecoder(L.LightningModule):
             d_model = c.d_model
         config = T5Config(vocab_size=vocab_size, dropout_rate=dropout, tie_word_embeddings=tie_embeddings,
                           pad_token_id=PAD, eos_token_id=EOS, decoder_start_token_id=PAD, **shape)
-        self.t5 = T5ForConditionalGeneration(config) if source is None else load_pretrained_t5(pretrained, config)
+        self.t5 = (T5ForConditionalGeneration(config) if source is None
+                   else load_pretrained_t5(pretrained, config, source.vocab_size))
         if self.tokens_input:
             self.src_embed = nn.Embedding(src_vocab_size, d_model, padding_idx=PAD)
             nn.init.normal_(self.src_embed.weight, std=1.0)  # T5's embedding scale (no sqrt(d) multiplier)
@@ -153,8 +162,9 @@ class T5PrefixDecoder(L.LightningModule):
             self.register_buffer("src_targets", target_index(src_vocab_size, tied_src_tokens), persistent=False)
         else:
             self.t5.encoder.final_layer_norm.requires_grad_(False)  # unused (the encoder has no layers)
-        if not tie_embeddings:  # HF draws an untied lm_head from N(0, 1): logits of std ~sqrt(d) stall training
-            nn.init.normal_(self.t5.lm_head.weight, std=d_model**-0.5)
+        if not tie_embeddings:  # an output layer of its own (transformers 5 ties T5's to the token embeddings whatever
+            self.t5.lm_head = nn.Linear(d_model, vocab_size, bias=False)  # the config says), drawn at std d^-0.5:
+            nn.init.normal_(self.t5.lm_head.weight, std=d_model**-0.5)  # N(0, 1) gives logits ~sqrt(d), stalling it
         self.prefix = PrefixMLP(input_dim, d_model, prefix_len, prefix_hidden)
 
     def encode(self, queries) -> tuple[torch.Tensor, torch.Tensor | None]:

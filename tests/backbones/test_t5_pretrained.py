@@ -73,6 +73,35 @@ def test_the_checkpoint_loads_into_the_decoder_once(checkpoint, tmp_path, monkey
     assert (g.decoder_start_token_id, g.eos_token_id, g.pad_token_id) == (PAD, EOS, PAD)
 
 
+def test_a_checkpoint_with_a_head_of_its_own_loads_without_its_token_rows(checkpoint, tmp_path):
+    """t5-v1_1 / flan-t5 (and old .bin files) store the LM head and the stacks' embed_tokens beside `shared`: at the
+    identifiers' vocabulary or at the checkpoint's own, the decoder takes none of them and keeps its rows tied."""
+    from safetensors.torch import save_file
+
+    own_head = tmp_path / "own-head"
+    T5ForConditionalGeneration.from_pretrained(checkpoint).save_pretrained(own_head)
+    rows = {k: v.clone().contiguous() for k, v in T5ForConditionalGeneration.from_pretrained(checkpoint).state_dict()
+            .items()}
+    rows["lm_head.weight"] = torch.randn(100, 24)
+    save_file(rows, own_head / "model.safetensors", metadata={"format": "pt"})
+    for vocab in (12, 100):
+        t5 = T5PrefixDecoder(vocab_size=vocab, input_dim=6, pretrained=str(own_head)).t5
+        assert t5.lm_head.weight is t5.shared.weight is t5.decoder.embed_tokens.weight is t5.encoder.embed_tokens.weight
+        assert t5.shared.weight.shape == (vocab, 24) and t5.config.vocab_size == vocab
+        assert vocab == 12 or not any(torch.equal(t5.shared.weight, rows[k]) for k in ("shared.weight", "lm_head.weight"))
+        assert torch.equal(t5.state_dict()["decoder.block.1.layer.2.DenseReluDense.wo.weight"],
+                           rows["decoder.block.1.layer.2.DenseReluDense.wo.weight"])
+
+
+def test_an_untied_decoder_has_an_output_layer_of_its_own(checkpoint):
+    """`tie_embeddings=False` (GRACE's atomic IDs through a classifier head): transformers 5 ties T5's LM head to
+    its token embeddings whatever the config says, so the decoder gives it its own."""
+    for pretrained in (None, str(checkpoint)):
+        t5 = T5PrefixDecoder(vocab_size=12, input_dim=6, tie_embeddings=False, pretrained=pretrained).t5
+        assert t5.lm_head.weight is not t5.shared.weight and t5.lm_head.weight.shape == (12, t5.config.d_model)
+        assert t5.decoder.embed_tokens.weight is t5.shared.weight
+
+
 def test_a_missing_checkpoint_is_one_clear_error(tmp_path):
     with pytest.raises(MissingWeightsError, match=r"backbone.model.pretrained=.*no T5 checkpoint there"):
         T5PrefixDecoder(vocab_size=12, input_dim=6, pretrained=str(tmp_path / "nowhere"))
