@@ -92,7 +92,7 @@ class CartSeq2Seq(L.LightningModule):
         if int(src.max()) >= self.hparams.src_vocab_size or int(src.min()) < 0:
             raise GenretrError(f"CART src token ids must lie in [0, {self.hparams.src_vocab_size})")
         mask = (src != SRC_PAD)[:, None, None, :]
-        x = embed_source(self.src_embed, self.tgt_embed, self.src_targets, src.long())
+        x = embed_source(self.src_embed, self.tgt_embed.weight, self.src_targets, src.long())
         x = self.drop(x * self.scale + self.src_pos[: src.shape[1]])
         layers = []
         for layer in self.encoder:

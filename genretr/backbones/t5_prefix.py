@@ -177,7 +177,7 @@ class T5PrefixDecoder(L.LightningModule):
         has_text = (src != PAD).any(1)
         # a sample with text is read from its tokens; one without (an image) from its prefix vectors
         mask = torch.cat([(~has_text)[:, None].expand(-1, prefix.shape[1]), src != PAD], 1)
-        x = torch.cat([prefix, embed_source(self.src_embed, self.t5.shared, self.src_targets, src)], 1)
+        x = torch.cat([prefix, embed_source(self.src_embed, self.t5.lm_head.weight, self.src_targets, src)], 1)
         states = self.t5.encoder(inputs_embeds=x, attention_mask=mask.long()).last_hidden_state
         return states, mask
 

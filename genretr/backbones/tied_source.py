@@ -24,11 +24,12 @@ def target_index(src_vocab_size: int, pairs) -> torch.Tensor | None:
     return index
 
 
-def embed_source(src_embed: nn.Embedding, tgt_embed: nn.Embedding, index: torch.Tensor | None,
+def embed_source(src_embed: nn.Embedding, tgt_rows: torch.Tensor, index: torch.Tensor | None,
                  src: torch.Tensor) -> torch.Tensor:
-    """(N, L, d) embeddings of query words `src` (N, L): a word in `index` reads its token's `tgt_embed` row."""
+    """(N, L, d) embeddings of query words `src` (N, L): a word in `index` reads its token's row of `tgt_rows`
+    (V, d), the decoder's rows that its targets train (its output layer's where that has rows of its own)."""
     x = src_embed(src)
     if index is None:
         return x
     token = index[src]  # (N, L), -1 for plain words
-    return torch.where((token >= 0)[..., None], tgt_embed(token.clamp(min=0)), x)
+    return torch.where((token >= 0)[..., None], tgt_rows[token.clamp(min=0)], x)

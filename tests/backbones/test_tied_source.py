@@ -15,20 +15,24 @@ def test_a_tied_word_reads_its_tokens_row_and_trains_it():
     index = target_index(6, [[4, 2], [5, 3]])
     assert index.tolist() == [-1, -1, -1, -1, 2, 3] and target_index(6, []) is None
     src = torch.tensor([[1, 4, 5, 2]])
-    x = embed_source(src_embed, tgt_embed, index, src)
+    x = embed_source(src_embed, tgt_embed.weight, index, src)
     assert torch.equal(x[0, 1], tgt_embed.weight[2]) and torch.equal(x[0, 2], tgt_embed.weight[3])
     assert torch.equal(x[0, 0], src_embed.weight[1]) and torch.equal(x[0, 3], src_embed.weight[2])
     x.sum().backward()
     assert src_embed.weight.grad[4:].abs().sum() == 0  # the tied words' own rows are never read
     assert tgt_embed.weight.grad[2:4].abs().sum() > 0
-    assert torch.equal(embed_source(src_embed, tgt_embed, None, src), src_embed(src))
+    assert torch.equal(embed_source(src_embed, tgt_embed.weight, None, src), src_embed(src))
 
 
-def t5(tied):
+def t5(tied, tie_embeddings=True):
     torch.manual_seed(0)
     return T5PrefixDecoder(vocab_size=8, input_dim=4, d_model=16, num_layers=1, num_heads=2, d_ff=32, dropout=0.0,
                            prefix_len=2, prefix_hidden=8, input="tokens", encoder_layers=1, src_vocab_size=10,
-                           tied_src_tokens=tied).eval()
+                           tied_src_tokens=tied, tie_embeddings=tie_embeddings).eval()
+
+
+def t5_own_head(tied):  # GRACE's classifier head: the ID tokens' trained rows are the output layer's
+    return t5(tied, tie_embeddings=False)
 
 
 def cart(tied):
@@ -39,7 +43,8 @@ def cart(tied):
 
 @pytest.mark.parametrize("build,decoder_embedding,states", [
     (t5, lambda m: m.t5.shared, lambda m, src: m.encode({"z": torch.zeros(len(src), 4), "src": src})[0]),
-    (cart, lambda m: m.tgt_embed, lambda m, src: m.encode(src)[0][-1])], ids=["t5_tokens", "cart"])
+    (t5_own_head, lambda m: m.t5.lm_head, lambda m, src: m.encode({"z": torch.zeros(len(src), 4), "src": src})[0]),
+    (cart, lambda m: m.tgt_embed, lambda m, src: m.encode(src)[0][-1])], ids=["t5_tokens", "t5_own_head", "cart"])
 def test_decoders_read_a_tied_word_through_their_token_embedding(build, decoder_embedding, states):
     """Moving the decoder's embedding of token 3 changes what the encoder makes of a query holding word 9 (tied to
     3), and nothing else; untied, word 9 keeps its own row."""
