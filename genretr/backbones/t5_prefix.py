@@ -177,9 +177,15 @@ class T5PrefixDecoder(L.LightningModule):
         has_text = (src != PAD).any(1)
         # a sample with text is read from its tokens; one without (an image) from its prefix vectors
         mask = torch.cat([(~has_text)[:, None].expand(-1, prefix.shape[1]), src != PAD], 1)
-        x = torch.cat([prefix, embed_source(self.src_embed, self.t5.lm_head.weight, self.src_targets, src)], 1)
+        x = torch.cat([prefix, embed_source(self.src_embed, self.id_rows(), self.src_targets, src)], 1)
         states = self.t5.encoder(inputs_embeds=x, attention_mask=mask.long()).last_hidden_state
         return states, mask
+
+    def id_rows(self) -> torch.Tensor:
+        """The rows describe's ID words read (`genretr.backbones.tied_source`): the output layer's, which the targets
+        train; an own head's are drawn at std d^-0.5, so they are scaled to the query words' std 1."""
+        rows = self.t5.lm_head.weight
+        return rows if rows is self.t5.shared.weight else rows * self.t5.config.d_model ** 0.5
 
     def encoder_outputs(self, queries) -> BaseModelOutput:
         return BaseModelOutput(last_hidden_state=self.encode(queries)[0])
