@@ -138,13 +138,13 @@ class T5PrefixDecoder(L.LightningModule):
         if input == "tokens" and not src_vocab_size:
             raise ValueError("backbone.model.input=tokens needs src_vocab_size (the query tokenizer's vocabulary)")
         self.tokens_input = input == "tokens"
-        source = pretrained_t5_config(pretrained) if pretrained else None
-        if source is None:  # the shape the config gives
+        checkpoint = pretrained_t5_config(pretrained) if pretrained else None
+        if checkpoint is None:  # the shape the config gives
             shape = dict(d_model=d_model, d_kv=d_model // num_heads, d_ff=d_ff, num_decoder_layers=num_layers,
                          num_heads=num_heads, feed_forward_proj="gated-gelu",
                          num_layers=encoder_layers if self.tokens_input else 0)
         else:  # the checkpoint's shape (d_model, num_layers, ... of the config are not read)
-            c = source
+            c = checkpoint
             shape = dict(d_model=c.d_model, d_kv=c.d_kv, d_ff=c.d_ff, num_decoder_layers=c.num_decoder_layers,
                          num_heads=c.num_heads, feed_forward_proj=c.feed_forward_proj,
                          relative_attention_num_buckets=c.relative_attention_num_buckets,
@@ -153,18 +153,20 @@ class T5PrefixDecoder(L.LightningModule):
             d_model = c.d_model
         config = T5Config(vocab_size=vocab_size, dropout_rate=dropout, tie_word_embeddings=tie_embeddings,
                           pad_token_id=PAD, eos_token_id=EOS, decoder_start_token_id=PAD, **shape)
-        self.t5 = (T5ForConditionalGeneration(config) if source is None
-                   else load_pretrained_t5(pretrained, config, source.vocab_size))
+        self.t5 = (T5ForConditionalGeneration(config) if checkpoint is None
+                   else load_pretrained_t5(pretrained, config, checkpoint.vocab_size))
         if self.tokens_input:
             self.src_embed = nn.Embedding(src_vocab_size, d_model, padding_idx=PAD)
             nn.init.normal_(self.src_embed.weight, std=1.0)  # T5's embedding scale (no sqrt(d) multiplier)
-            # describe's ID words read the decoder's embedding of their token (genretr.backbones.tied_source)
+            # describe's ID words read the decoder's rows of their token (`id_rows`, genretr.backbones.tied_source)
             self.register_buffer("src_targets", target_index(src_vocab_size, tied_src_tokens), persistent=False)
         else:
             self.t5.encoder.final_layer_norm.requires_grad_(False)  # unused (the encoder has no layers)
-        if not tie_embeddings:  # an output layer of its own (transformers 5 ties T5's to the token embeddings whatever
-            self.t5.lm_head = nn.Linear(d_model, vocab_size, bias=False)  # the config says), drawn at std d^-0.5:
-            nn.init.normal_(self.t5.lm_head.weight, std=d_model**-0.5)  # N(0, 1) gives logits ~sqrt(d), stalling it
+        if not tie_embeddings:
+            # no d^-0.5 scaling of the decoder's output, and the head drawn at std d^-0.5 (N(0, 1) gives logits of std
+            # ~sqrt(d), which stall training); transformers 5 ties T5's head to the token embeddings whatever the
+            # config says, so this draws them too: the head is not a layer of its own (the golden record holds it)
+            nn.init.normal_(self.t5.lm_head.weight, std=d_model**-0.5)
         self.prefix = PrefixMLP(input_dim, d_model, prefix_len, prefix_hidden)
 
     def encode(self, queries) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -183,9 +185,8 @@ class T5PrefixDecoder(L.LightningModule):
 
     def id_rows(self) -> torch.Tensor:
         """The rows describe's ID words read (`genretr.backbones.tied_source`): the output layer's, which the targets
-        train; an own head's are drawn at std d^-0.5, so they are scaled to the query words' std 1."""
-        rows = self.t5.lm_head.weight
-        return rows if rows is self.t5.shared.weight else rows * self.t5.config.d_model ** 0.5
+        train (the token embeddings too: transformers 5 ties every T5's)."""
+        return self.t5.lm_head.weight
 
     def encoder_outputs(self, queries) -> BaseModelOutput:
         return BaseModelOutput(last_hidden_state=self.encode(queries)[0])

@@ -1,11 +1,11 @@
-"""Query words that stand for identifier tokens, read through the decoder's own embedding of the token.
+"""Query words that stand for identifier tokens, read through the decoder's own rows of the token.
 
 GRACE Sec. 4.5 asks a model that memorised an image under <ID> to "describe image <ID>".  With a token-input
 decoder (`backbone.input=tokens`, `backbone=cart`) the prompt's ID words are query words; given their own
 embedding rows they learn only from the describe samples of train images, so describing a test image could
-not show anything memorising taught the decoder.  Tied, each such word is read through the embedding the
-decoder gives its identifier token, which every sample whose target holds that token trains (memorise samples
-on T5; CART, which reads text only, learns it from its retrieve and pseudo-query targets).
+not show anything memorising taught the decoder.  Tied, each such word is read through the row the decoder
+gives its identifier token, which every sample whose target holds that token trains: on T5 the output layer's
+(`T5PrefixDecoder.id_rows`), from memorise samples; on CART, which reads text only, its target embedding, from its retrieve and pseudo-query targets.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def target_index(src_vocab_size: int, pairs) -> torch.Tensor | None:
 def embed_source(src_embed: nn.Embedding, tgt_rows: torch.Tensor, index: torch.Tensor | None,
                  src: torch.Tensor) -> torch.Tensor:
     """(N, L, d) embeddings of query words `src` (N, L): a word in `index` reads its token's row of `tgt_rows`
-    (V, d), the decoder's rows that its targets train (its output layer's where that has rows of its own)."""
+    (V, d), rows of the decoder that its targets train (the module docstring says which)."""
     x = src_embed(src)
     if index is None:
         return x
