@@ -5,7 +5,8 @@ decoder (`backbone.input=tokens`, `backbone=cart`) the prompt's ID words are que
 embedding rows they learn only from the describe samples of train images, so describing a test image could
 not show anything memorising taught the decoder.  Tied, each such word is read through the row the decoder
 gives its identifier token, which every sample whose target holds that token trains: on T5 the output layer's
-(`T5PrefixDecoder.id_rows`), from memorise samples; on CART, which reads text only, its target embedding, from its retrieve and pseudo-query targets.
+(`T5PrefixDecoder.id_rows`), from memorise samples; on CART, which reads text only, its target embedding, from
+its retrieve and pseudo-query targets.
 """
 from __future__ import annotations
 
