@@ -7,6 +7,9 @@ import pytest
 from hydra.utils import get_object
 from omegaconf import OmegaConf
 
+from genretr.identifiers.base import IdTable
+from genretr.stages import keys
+from genretr.stages.context import RunContext
 from tests.conftest import CONF, compose_cfg
 
 GROUPS = ["dataset", "encoder", "identifier", "backbone", "method", "trainer", "logger", "experiment", "debug"]
@@ -109,19 +112,35 @@ REUSE = [*((p, "grace_table1", [f"identifier={i}"]) for p, ids in
          *(("grace_table2", "grace_table1", [f"identifier={i}", "train.memorize=true"])
            for i in "numeric,string,semantic,structured".split(",")),
          ("ssid_table3", "ssid_table1", ["identifier=ssid", "train.reason=both"])]
-# what the identify and train stage keys read (genretr/stages/keys.py)
-TRAINED_FROM = ["dataset", "encoder", "identifier", "backbone", "train", "captioner", "generator", "trainer", "seed",
-                "eval.tasks", "eval.query_texts"]
+def trained_from(cfg, run_dir: Path) -> dict[str, str]:
+    """The cache keys of the stages a trained model comes from, made by genretr/stages/keys.py as a run makes
+    them (one IdTable with a rationale stands in for the identify stage's, alike on both sides)."""
+    ctx = RunContext(cfg=cfg, run_dir=run_dir)
+    ctx.keys["dataset"] = keys.dataset(ctx)
+    ctx.keys["encode"] = keys.encode(ctx, ctx.splits(), None)
+    ctx.keys["identify"] = keys.identify(ctx)
+    table = IdTable(["i0", "i1"], [[3, 1], [4, 1]], ["<pad>", "</s>", "<unk>", "a", "b"], reasons={"i0": "a b"})
+    return {**ctx.keys, "identify-cache": keys.identify_cache(ctx), "captions": keys.captions(ctx, ["i0", "i1"]),
+            "train": keys.train(ctx, table)}
 
 
 @pytest.mark.parametrize("preset,source,overrides", REUSE, ids=[f"{p}-{o[0]}" for p, _, o in REUSE])
 def test_presets_reuse_the_models_they_say(preset, source, overrides, tmp_path):
-    cfg = compose_cfg([f"experiment={preset}", *overrides], tmp_path, tmp_path / "cache")
-    ref = compose_cfg([f"experiment={source}", *overrides], tmp_path, tmp_path / "cache")
-    for key in TRAINED_FROM:
-        assert OmegaConf.select(ref, key, default="absent") != "absent", key
-        assert OmegaConf.select(cfg, key) == OmegaConf.select(ref, key), \
-            f"experiment={preset} trains {key} unlike experiment={source}"
+    ref = trained_from(compose_cfg([f"experiment={source}", *overrides], tmp_path, tmp_path / "cache"), tmp_path)
+    cfg = trained_from(compose_cfg([f"experiment={preset}", *overrides], tmp_path, tmp_path / "cache"), tmp_path)
+    for stage, key in ref.items():
+        assert cfg[stage] == key, f"experiment={preset} keys its {stage} stage unlike experiment={source}"
+
+
+def test_trained_from_sees_what_the_keys_read(tmp_path):
+    """The check above fails when a preset changes anything a model is trained from (here, each stage's)."""
+    base = trained_from(compose_cfg(["experiment=grace_table1", "identifier=string"], tmp_path, tmp_path / "c"),
+                        tmp_path)
+    for override, stage in [("dataset.splits.train=100", "dataset"), ("encoder.fit.max_epochs=1", "encode"),
+                            ("identifier=numeric", "identify"), ("captioner.max_len=9", "captions"),
+                            ("train.memorize_repeat=1", "train"), ("seed=5", "train"), ("trainer.precision=32", "train")]:
+        other = compose_cfg(["experiment=grace_table1", "identifier=string", override], tmp_path, tmp_path / "c")
+        assert trained_from(other, tmp_path)[stage] != base[stage], override
 
 
 def test_grace_poolsize_trains_grace_recipe(tmp_path):
