@@ -131,7 +131,7 @@ reproduce-cart-vs-grace-full: reproduce-grace-table1 ## CART vs GRACE's IDs at s
 	rm -rf multirun/cart_vs_grace_large
 	$(SWEEP) experiment=cart_vs_grace identifier=cart,structured backbone=cart dataset.splits.train=2000 \
 		dataset.splits.val=200 dataset.splits.test=500 hydra.sweep.dir=multirun/cart_vs_grace_large $(ARGS)
-	$(REPORT) multirun/cart_vs_grace_large multirun/grace_table1 --reference experiments/cart/table3_flickr30k.yaml \
+	$(REPORT) multirun/cart_vs_grace_large multirun/grace_table1 --reference experiments/cart/table3_full_flickr30k.yaml \
 		--metrics R@1,R@5,R@10,MRR@10 --out multirun/cart_vs_grace_large/table.md
 
 CART_TABLES := reproduce-cart-table4 reproduce-cart-table5 reproduce-cart-table6 reproduce-cart-table7 \

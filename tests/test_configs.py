@@ -138,7 +138,8 @@ def test_trained_from_sees_what_the_keys_read(tmp_path):
                         tmp_path)
     for override, stage in [("dataset.splits.train=100", "dataset"), ("encoder.fit.max_epochs=1", "encode"),
                             ("identifier=numeric", "identify"), ("captioner.max_len=9", "captions"),
-                            ("train.memorize_repeat=1", "train"), ("seed=5", "train"), ("trainer.precision=32", "train")]:
+                            ("train.memorize_repeat=1", "train"), ("seed=5", "train"),
+                            ("trainer.precision=32", "train")]:
         other = compose_cfg(["experiment=grace_table1", "identifier=string", override], tmp_path, tmp_path / "c")
         assert trained_from(other, tmp_path)[stage] != base[stage], override
 

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from genretr import reproduce
+from genretr.report import group_rows, load_reference
 from genretr.reproduce import ReproduceError, commands, main, report_block
 
 REPO = Path(__file__).resolve().parents[1]
@@ -189,6 +190,32 @@ def test_every_reproduce_target_is_listed_and_runs_something():
     calls = [driver_call(t, "ARGS=") for t in targets]
     served = {call[0] for call in calls if call}
     assert served == {p.stem for p in reproduce.PRESETS.glob("*.yaml") if "report" in yaml.safe_load(p.read_text())}
+
+
+@needs_make
+def test_cart_vs_grace_full_reference_rows_get_their_runs():
+    """Each paper row of `reproduce-cart-vs-grace-full`'s reference matches runs with the overrides they record:
+    CART's row the target's sweep with identifier=cart, GRACE's rows reproduce-grace-table1's runs; structured IDs
+    on CART's decoder match no paper row."""
+    line = next(ln for ln in make_dry("reproduce-cart-vs-grace-full", "ARGS=").replace("\\\n", " ").splitlines()
+                if "hydra.sweep.dir=multirun/cart_vs_grace_large" in ln)
+    sweep = [a for a in shlex.split(line) if "=" in a and not a.startswith(("seed=", "hydra"))]
+    ids = next(a for a in sweep if a.startswith("identifier=")).split("=", 1)[1].split(",")
+    runs = [{"overrides": ["seed=0", *(f"identifier={i}" if a.startswith("identifier=") else a for a in sweep)],
+             "choices": {"experiment": "cart_vs_grace", "identifier": i, "backbone": "cart"}} for i in ids]
+    runs += [{"overrides": ["seed=0", "experiment=grace_table1", f"identifier={i}"],
+              "choices": {"experiment": "grace_table1", "identifier": i, "backbone": "t5"}}
+             for i in ("structured", "string", "atomic")]
+    reference = load_reference(REPO / "experiments/cart/table3_full_flickr30k.yaml")["rows"]
+    matched = {}
+    for row in group_rows(runs, reference):
+        c = row.runs[0]["choices"]
+        matched.setdefault(row.ref_key, []).append(f"{c['experiment']}/{c['identifier']}")
+    assert {k: sorted(v) for k, v in matched.items()} == {
+        "identifier=cart, backbone=cart, experiment=cart_vs_grace": ["cart_vs_grace/cart"],
+        "identifier=structured, experiment=grace_table1": ["grace_table1/structured"],
+        "identifier=string, experiment=grace_table1": ["grace_table1/string"],
+        None: ["cart_vs_grace/structured", "grace_table1/atomic"]}
 
 
 @pytest.mark.parametrize("preset", sorted(p.stem for p in reproduce.PRESETS.glob("*.yaml")
