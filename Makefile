@@ -127,7 +127,7 @@ reproduce-cart-table11: ## CART Table 11 on shapes: codebook dimension 32, 64, 1
 reproduce-cart-vs-grace: ## CART Table 3 on shapes: cart/structured/string IDs x cart/t5 decoders, + GRACE's recipe
 
 # Not a preset's table: cart_vs_grace at other sizes, reported beside reproduce-grace-table1's runs.
-reproduce-cart-vs-grace-full: reproduce-grace-table1 ## CART vs GRACE's IDs at shapes' full size (2,000 + 500 images; ~1 h)
+reproduce-cart-vs-grace-full: reproduce-grace-table1 ## CART vs GRACE's IDs at shapes' full size (2,000 + 500 images; ~40 min after it on an AMX CPU)
 	rm -rf multirun/cart_vs_grace_large
 	$(SWEEP) experiment=cart_vs_grace identifier=cart,structured backbone=cart dataset.splits.train=2000 \
 		dataset.splits.val=200 dataset.splits.test=500 hydra.sweep.dir=multirun/cart_vs_grace_large $(ARGS)
