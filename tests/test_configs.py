@@ -102,8 +102,8 @@ def test_generator_backbone_needs_an_mllm_backbone(tmp_path):
 
 
 # Presets whose comments say they reuse another table's trained models through the cache: that holds only if
-# everything the models are trained from composes the same (a preset that trains another recipe silently
-# retrains, and its rows are not the other table's). They share conf/experiment/grace_recipe.yaml, which a preset
+# the stage keys of those models are equal (a preset that trains another recipe silently retrains, and its rows
+# are not the other table's). They share conf/experiment/grace_recipe.yaml, which a preset
 # could still override after it. grace_poolsize has its own data, so only its recipe.
 REUSE = [*((p, "grace_table1", [f"identifier={i}"]) for p, ids in
            [("grace_table3", "structured,image_tokens,atomic"), ("grace_beam", "numeric,string,semantic,structured"),
@@ -114,7 +114,8 @@ REUSE = [*((p, "grace_table1", [f"identifier={i}"]) for p, ids in
          ("ssid_table3", "ssid_table1", ["identifier=ssid", "train.reason=both"])]
 def trained_from(cfg, run_dir: Path) -> dict[str, str]:
     """The cache keys of the stages a trained model comes from, made by genretr/stages/keys.py as a run makes
-    them (one IdTable with a rationale stands in for the identify stage's, alike on both sides)."""
+    them (one IdTable with a rationale stands in for the identify stage's, alike on both sides: `train.reason`
+    resolves against it, so `auto` keys as `both` here, where a scheme that writes no rationale makes it `none`)."""
     ctx = RunContext(cfg=cfg, run_dir=run_dir)
     ctx.keys["dataset"] = keys.dataset(ctx)
     ctx.keys["encode"] = keys.encode(ctx, ctx.splits(), None)

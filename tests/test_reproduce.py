@@ -192,30 +192,45 @@ def test_every_reproduce_target_is_listed_and_runs_something():
     assert served == {p.stem for p in reproduce.PRESETS.glob("*.yaml") if "report" in yaml.safe_load(p.read_text())}
 
 
+def recorded_runs(argv: list[str], choices: dict, sweeper: dict | None = None) -> list[dict]:
+    """The runs a sweep command records (seed 0): its overrides, list values and the preset's sweeper params
+    expanded one run each (`sweeper`: {key: "a,b"}), with the config group `choices` Hydra adds."""
+    given = [a for a in argv if "=" in a and not a.startswith(("seed=", "hydra"))]
+    axes = {**(sweeper or {}), **{a.split("=", 1)[0]: a.split("=", 1)[1] for a in given if "," in a}}
+    fixed = [a for a in given if a.split("=", 1)[0] not in axes]
+    runs = [[]]
+    for key, values in axes.items():
+        runs = [run + [f"{key}={v}"] for run in runs for v in str(values).split(",")]
+    return [{"overrides": ["seed=0", *fixed, *run], "choices": {**choices, **dict(o.split("=", 1) for o in run
+                                                                                  if o.startswith("identifier="))}}
+            for run in runs]
+
+
 @needs_make
 def test_cart_vs_grace_full_reference_rows_get_their_runs():
-    """Each paper row of `reproduce-cart-vs-grace-full`'s reference matches runs with the overrides they record:
-    CART's row the target's sweep with identifier=cart, GRACE's rows reproduce-grace-table1's runs; structured IDs
-    on CART's decoder match no paper row."""
-    line = next(ln for ln in make_dry("reproduce-cart-vs-grace-full", "ARGS=").replace("\\\n", " ").splitlines()
-                if "hydra.sweep.dir=multirun/cart_vs_grace_large" in ln)
-    sweep = [a for a in shlex.split(line) if "=" in a and not a.startswith(("seed=", "hydra"))]
-    ids = next(a for a in sweep if a.startswith("identifier=")).split("=", 1)[1].split(",")
-    runs = [{"overrides": ["seed=0", *(f"identifier={i}" if a.startswith("identifier=") else a for a in sweep)],
-             "choices": {"experiment": "cart_vs_grace", "identifier": i, "backbone": "cart"}} for i in ids]
-    runs += [{"overrides": ["seed=0", "experiment=grace_table1", f"identifier={i}"],
-              "choices": {"experiment": "grace_table1", "identifier": i, "backbone": "t5"}}
-             for i in ("structured", "string", "atomic")]
-    reference = load_reference(REPO / "experiments/cart/table3_full_flickr30k.yaml")["rows"]
+    """The reference `make reproduce-cart-vs-grace-full` reports with gives each paper row its runs (the overrides
+    and choices they record): CART's row the target's sweep with identifier=cart, GRACE's rows
+    reproduce-grace-table1's runs; structured IDs on CART's decoder and the embedding baseline match none."""
+    lines = make_dry("reproduce-cart-vs-grace-full", "ARGS=").replace("\\\n", " ").splitlines()
+    sweep = shlex.split(next(ln for ln in lines if "hydra.sweep.dir=multirun/cart_vs_grace_large" in ln))
+    report = shlex.split(next(ln for ln in lines if "genretr.report multirun/cart_vs_grace_large" in ln))
+    runs = recorded_runs(sweep, {"experiment": "cart_vs_grace", "backbone": "cart"})
+    grace = yaml.safe_load((reproduce.PRESETS / "grace_table1.yaml").read_text())["hydra"]["sweeper"]["params"]
+    for argv in commands("grace_table1", 1, 1, python="PY")[1:-1]:  # its sweeps
+        preset = "experiment=grace_table1" in argv
+        runs += recorded_runs(argv, {"backbone": "t5", "identifier": "string",
+                                     **({"experiment": "grace_table1"} if preset else {})}, grace if preset else None)
+    reference = load_reference(REPO / report[report.index("--reference") + 1])["rows"]
     matched = {}
     for row in group_rows(runs, reference):
         c = row.runs[0]["choices"]
-        matched.setdefault(row.ref_key, []).append(f"{c['experiment']}/{c['identifier']}")
+        matched.setdefault(row.ref_key, []).append(f"{c.get('experiment', 'embedding')}/{c['identifier']}")
     assert {k: sorted(v) for k, v in matched.items()} == {
         "identifier=cart, backbone=cart, experiment=cart_vs_grace": ["cart_vs_grace/cart"],
         "identifier=structured, experiment=grace_table1": ["grace_table1/structured"],
         "identifier=string, experiment=grace_table1": ["grace_table1/string"],
-        None: ["cart_vs_grace/structured", "grace_table1/atomic"]}
+        None: ["cart_vs_grace/structured", "embedding/string", *(f"grace_table1/{i}" for i in
+                                                                 ["atomic", "image_tokens", "numeric", "semantic"])]}
 
 
 @pytest.mark.parametrize("preset", sorted(p.stem for p in reproduce.PRESETS.glob("*.yaml")
