@@ -112,6 +112,8 @@ REUSE = [*((p, "grace_table1", [f"identifier={i}"]) for p, ids in
          *(("grace_table2", "grace_table1", [f"identifier={i}", "train.memorize=true"])
            for i in "numeric,string,semantic,structured".split(",")),
          ("ssid_table3", "ssid_table1", ["identifier=ssid", "train.reason=both"])]
+
+
 def trained_from(cfg, run_dir: Path) -> dict[str, str]:
     """The cache keys of the stages a trained model comes from, made by genretr/stages/keys.py as a run makes
     them (one IdTable with a rationale stands in for the identify stage's, alike on both sides: `train.reason`

@@ -201,9 +201,11 @@ def recorded_runs(argv: list[str], choices: dict, sweeper: dict | None = None) -
     runs = [[]]
     for key, values in axes.items():
         runs = [run + [f"{key}={v}"] for run in runs for v in str(values).split(",")]
-    return [{"overrides": ["seed=0", *fixed, *run], "choices": {**choices, **dict(o.split("=", 1) for o in run
-                                                                                  if o.startswith("identifier="))}}
-            for run in runs]
+    out = []
+    for run in runs:
+        chosen = dict(o.split("=", 1) for o in run if o.startswith("identifier="))  # a config group: a choice too
+        out.append({"overrides": ["seed=0", *fixed, *run], "choices": {**choices, **chosen}})
+    return out
 
 
 @needs_make
