@@ -24,12 +24,11 @@ def test_a_tied_word_reads_its_tokens_row_and_trains_it():
     assert torch.equal(embed_source(src_embed, tgt_embed.weight, None, src), src_embed(src))
 
 
-def t5(tied, tie_embeddings=True):
+def t5(tied):
     torch.manual_seed(0)
     return T5PrefixDecoder(vocab_size=8, input_dim=4, d_model=16, num_layers=1, num_heads=2, d_ff=32, dropout=0.0,
                            prefix_len=2, prefix_hidden=8, input="tokens", encoder_layers=1, src_vocab_size=10,
-                           tied_src_tokens=tied, tie_embeddings=tie_embeddings).eval()
-
+                           tied_src_tokens=tied).eval()
 
 
 def cart(tied):
