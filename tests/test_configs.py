@@ -135,6 +135,25 @@ def test_presets_reuse_the_models_they_say(preset, source, overrides, tmp_path):
         assert cfg[stage] == key, f"experiment={preset} keys its {stage} stage unlike experiment={source}"
 
 
+# cart_recipe's rows (`change`) and what each stands for: grace_table1 with CART's IDs and these overrides, the
+# commands of the README's table
+CART_RECIPE_ROWS = {"none": [], "no_memorize": ["train.memorize=false"],
+                    "pseudo_queries_all": ["train.pseudo_queries_for=all"],
+                    "epochs10_batch32": ["backbone.fit.max_epochs=10", "backbone.fit.batch_size=32"],
+                    "epochs10": ["backbone.fit.max_epochs=10"], "d_model128": ["backbone.model.d_model=128"],
+                    "warmup20": ["backbone.model.warmup_steps=20"]}
+
+
+@pytest.mark.parametrize("change,decoder", [*((c, []) for c in CART_RECIPE_ROWS), ("no_memorize", ["backbone=cart"])])
+def test_cart_recipe_rows_train_what_their_overrides_train(change, decoder, tmp_path):
+    cfg = compose_cfg(["experiment=cart_recipe", f"change={change}", *decoder], tmp_path, tmp_path / "cache")
+    assert set(cfg.changes) == set(CART_RECIPE_ROWS)
+    epochs = ["backbone.fit.max_epochs=30"] if decoder else []  # CART's decoder: its own 10 epochs otherwise
+    ref = compose_cfg(["experiment=grace_table1", "identifier=cart", *decoder, *CART_RECIPE_ROWS[change], *epochs],
+                      tmp_path, tmp_path / "cache")
+    assert trained_from(cfg, tmp_path) == trained_from(ref, tmp_path)
+
+
 def test_trained_from_sees_what_the_keys_read(tmp_path):
     """The check above fails when a preset changes anything a model is trained from (here, each stage's)."""
     base = trained_from(compose_cfg(["experiment=grace_table1", "identifier=string"], tmp_path, tmp_path / "c"),

@@ -100,6 +100,8 @@ REACHES = {
     "decoding.num_beams": lambda run, v: check_beams(run, v) is None,
     "train.limit": lambda run, v: check_samples(run, limit=v) is None,
     "train.memorize": lambda run, v: check_samples(run, memorize=v) is None,
+    # cart_recipe's rows (debug=tiny sets epochs and batch; tests/test_configs.py checks each row's stage keys)
+    "change": lambda run, v: check_samples(run, memorize=str(run.cfg.changes[v].memorize).lower()) is None,
     "train.reason": lambda run, v: (run.model.hparams.vocab_size > run.table.vocab_size) == (v != "none"),
     "method": lambda run, v: ("train" in run.p.ctx.keys) == (v != "embedding"),  # the train stage ran
     "identifier.decoder_input": lambda run, v: (run.p.ctx.decoder_space(run.p.dataset(), run.p.encode(run.p.dataset()))
