@@ -134,7 +134,7 @@ reproduce-cart-vs-grace-full: reproduce-grace-table1 ## CART vs GRACE's IDs at s
 	$(REPORT) multirun/cart_vs_grace_large multirun/grace_table1 --reference experiments/cart/table3_full_flickr30k.yaml \
 		--metrics R@1,R@5,R@10,MRR@10 --out multirun/cart_vs_grace_large/table.md
 # Why CART's IDs do better on grace_table1's recipe than on cart_base's at full size (conf/experiment/cart_recipe.yaml).
-reproduce-cart-recipe: ## CART's IDs at full size: grace_table1's recipe, one cart_base setting at a time (~2.5 h)
+reproduce-cart-recipe: ## CART's IDs at full size: grace_table1's recipe, one cart_base setting at a time (~3 h)
 
 CART_TABLES := reproduce-cart-table4 reproduce-cart-table5 reproduce-cart-table6 reproduce-cart-table7 \
 	reproduce-cart-table10 reproduce-cart-table11 reproduce-cart-vs-grace
