@@ -15,6 +15,7 @@ import yaml
 from genretr import reproduce
 from genretr.report import group_rows, load_reference
 from genretr.reproduce import ReproduceError, commands, main, report_block
+from tests.conftest import compose_cfg
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = "PY -m genretr.run -m seed=0,1,2 hydra/launcher=parallel hydra.launcher.n_jobs=2"
@@ -233,6 +234,21 @@ def test_cart_vs_grace_full_reference_rows_get_their_runs():
         "identifier=string, experiment=grace_table1": ["grace_table1/string"],
         None: ["cart_vs_grace/structured", "embedding/string", *(f"grace_table1/{i}" for i in
                                                                  ["atomic", "image_tokens", "numeric", "semantic"])]}
+
+
+@needs_make
+def test_cart_vs_grace_full_trains_cart_decoder_at_the_papers_batch(tmp_path):
+    """At shapes' full size both of the target's rows train CART's decoder at CART's batch of 256 (Sec. 4.2), not
+    cart_base's 32 (chosen for its 450-image tables); read from the configs its sweep composes."""
+    lines = make_dry("reproduce-cart-vs-grace-full", "ARGS=").replace("\\\n", " ").splitlines()
+    sweep = shlex.split(next(ln for ln in lines if "hydra.sweep.dir=multirun/cart_vs_grace_large" in ln))
+    runs = recorded_runs(sweep, {})
+    assert sorted(c for r in runs for c in r["overrides"] if c.startswith("identifier=")) == [
+        "identifier=cart", "identifier=structured"]
+    for run in runs:
+        cfg = compose_cfg(run["overrides"], tmp_path / "run", tmp_path / "cache")
+        assert (cfg.backbone.model._target_.rsplit(".", 1)[-1], cfg.backbone.fit.batch_size) == ("CartSeq2Seq", 256)
+        assert (cfg.dataset.splits.train, cfg.dataset.splits.test) == (2000, 500)
 
 
 @pytest.mark.parametrize("preset", sorted(p.stem for p in reproduce.PRESETS.glob("*.yaml")
