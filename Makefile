@@ -129,7 +129,7 @@ reproduce-cart-vs-grace: ## CART Table 3 on shapes: cart/structured/string IDs x
 # Not a preset's table: cart_vs_grace at other sizes, reported beside reproduce-grace-table1's runs. At this size
 # CART's decoder trains at its paper's batch of 256 (Sec. 4.2; cart_base's 32 is for the 450-image tables, where
 # 256 leaves ~10 steps an epoch): +3.8 R@1 and +5.1 R@10 over 32 here, every seed (README).
-reproduce-cart-vs-grace-full: reproduce-grace-table1 ## CART vs GRACE's IDs at shapes' full size (2,000 + 500 images; ~50 min after it on an AMX CPU)
+reproduce-cart-vs-grace-full: reproduce-grace-table1 ## CART vs GRACE's IDs at shapes' full size (2,000 + 500 images; ~40-50 min after it on an AMX CPU)
 	rm -rf multirun/cart_vs_grace_large
 	$(SWEEP) experiment=cart_vs_grace identifier=cart,structured backbone=cart dataset.splits.train=2000 \
 		dataset.splits.val=200 dataset.splits.test=500 backbone.fit.batch_size=256 \
@@ -184,8 +184,8 @@ reproduce-table2: ## SSID Table II on shapes: SSID vs atomic and image tokenizat
 reproduce-table3: ## SSID Table III on shapes: the rationale in training and inference, training only, neither
 reproduce-ssid-fewshot: ## SSID Fig. 3 on shapes: fine-tuning on N samples, test identifiers unseen; table + PNG
 
-# Its 6 settings x SEEDS runs go one after another (one process): with 3 seeds 9 semantic-ID runs (~34 min) and 9
-# SSID runs with rationales (47-49 min), ~12 h estimated from those run costs; never run with seeds (README).
+# Its 6 settings x SEEDS runs go one after another (one process): with 3 seeds 9 semantic-ID runs (~34 min each) and 9
+# SSID runs with rationales (47-49 min each), ~12 h estimated from those run costs; never run with seeds (README).
 DESCRIBER = $(PY) experiments/ssid/describer_oracle.py --seeds $(SEED_LIST) experiment=ssid_table1
 reproduce-ssid-describer: install ## SSID vs semantic IDs under three describers of the images (~12 h with 3 seeds, one run at a time)
 	$(DESCRIBER) --captioner identifier=semantic $(ARGS)

@@ -197,7 +197,9 @@ def recorded_runs(argv: list[str], choices: dict, sweeper: dict | None = None) -
     """The runs a sweep command records (seed 0): its overrides, list values and the preset's sweeper params
     expanded one run each (`sweeper`: {key: "a,b"}), with the config group `choices` Hydra adds."""
     given = [a for a in argv if "=" in a and not a.startswith(("seed=", "hydra"))]
-    axes = {**(sweeper or {}), **{a.split("=", 1)[0]: a.split("=", 1)[1] for a in given if "," in a}}
+    keys = {a.split("=", 1)[0] for a in given}  # a command-line value replaces the preset's axis of that key
+    axes = {**{k: v for k, v in (sweeper or {}).items() if k not in keys},
+            **{a.split("=", 1)[0]: a.split("=", 1)[1] for a in given if "," in a}}
     fixed = [a for a in given if a.split("=", 1)[0] not in axes]
     runs = [[]]
     for key, values in axes.items():
@@ -242,7 +244,8 @@ def test_cart_vs_grace_full_trains_cart_decoder_at_the_papers_batch(tmp_path):
     cart_base's 32 (chosen for its 450-image tables); read from the configs its sweep composes."""
     lines = make_dry("reproduce-cart-vs-grace-full", "ARGS=").replace("\\\n", " ").splitlines()
     sweep = shlex.split(next(ln for ln in lines if "hydra.sweep.dir=multirun/cart_vs_grace_large" in ln))
-    runs = recorded_runs(sweep, {})
+    preset = yaml.safe_load((reproduce.PRESETS / "cart_vs_grace.yaml").read_text())["hydra"]["sweeper"]["params"]
+    runs = recorded_runs(sweep, {}, preset)  # the preset's own sweep axes too, as Hydra runs them
     assert sorted(c for r in runs for c in r["overrides"] if c.startswith("identifier=")) == [
         "identifier=cart", "identifier=structured"]
     for run in runs:
