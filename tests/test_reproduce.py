@@ -211,14 +211,19 @@ def recorded_runs(argv: list[str], choices: dict, sweeper: dict | None = None) -
     return out
 
 
+def cart_vs_grace_full_line(marker: str) -> list[str]:
+    """The argv of the line `make -n reproduce-cart-vs-grace-full` prints that contains `marker`."""
+    lines = make_dry("reproduce-cart-vs-grace-full", "ARGS=").replace("\\\n", " ").splitlines()
+    return shlex.split(next(ln for ln in lines if marker in ln))
+
+
 @needs_make
 def test_cart_vs_grace_full_reference_rows_get_their_runs():
     """The reference `make reproduce-cart-vs-grace-full` reports with gives each paper row its runs (the overrides
     and choices they record): CART's row the target's sweep with identifier=cart, GRACE's rows
     reproduce-grace-table1's runs; structured IDs on CART's decoder and the embedding baseline match none."""
-    lines = make_dry("reproduce-cart-vs-grace-full", "ARGS=").replace("\\\n", " ").splitlines()
-    sweep = shlex.split(next(ln for ln in lines if "hydra.sweep.dir=multirun/cart_vs_grace_large" in ln))
-    report = shlex.split(next(ln for ln in lines if "genretr.report multirun/cart_vs_grace_large" in ln))
+    sweep, report = (cart_vs_grace_full_line(marker) for marker in (
+        "hydra.sweep.dir=multirun/cart_vs_grace_large", "genretr.report multirun/cart_vs_grace_large"))
     runs = recorded_runs(sweep, {"experiment": "cart_vs_grace", "backbone": "cart"})
     grace = yaml.safe_load((reproduce.PRESETS / "grace_table1.yaml").read_text())["hydra"]["sweeper"]["params"]
     for argv in commands("grace_table1", 1, 1, python="PY")[1:-1]:  # its sweeps
@@ -242,8 +247,7 @@ def test_cart_vs_grace_full_reference_rows_get_their_runs():
 def test_cart_vs_grace_full_trains_cart_decoder_at_the_papers_batch(tmp_path):
     """At shapes' full size both of the target's rows train CART's decoder at CART's batch of 256 (Sec. 4.2), not
     cart_base's 32 (chosen for its 450-image tables); read from the configs its sweep composes."""
-    lines = make_dry("reproduce-cart-vs-grace-full", "ARGS=").replace("\\\n", " ").splitlines()
-    sweep = shlex.split(next(ln for ln in lines if "hydra.sweep.dir=multirun/cart_vs_grace_large" in ln))
+    sweep = cart_vs_grace_full_line("hydra.sweep.dir=multirun/cart_vs_grace_large")
     preset = yaml.safe_load((reproduce.PRESETS / "cart_vs_grace.yaml").read_text())["hydra"]["sweeper"]["params"]
     runs = recorded_runs(sweep, {}, preset)  # the preset's own sweep axes too, as Hydra runs them
     assert sorted(c for r in runs for c in r["overrides"] if c.startswith("identifier=")) == [
