@@ -184,15 +184,29 @@ reproduce-table2: ## SSID Table II on shapes: SSID vs atomic and image tokenizat
 reproduce-table3: ## SSID Table III on shapes: the rationale in training and inference, training only, neither
 reproduce-ssid-fewshot: ## SSID Fig. 3 on shapes: fine-tuning on N samples, test identifiers unseen; table + PNG
 
-# Its 6 settings x SEEDS runs go one after another (one process): with 3 seeds 9 semantic-ID runs (~34 min each) and 9
-# SSID runs with rationales (47-49 min each), ~12 h estimated from those run costs; never run with seeds (README).
-DESCRIBER = $(PY) experiments/ssid/describer_oracle.py --seeds $(SEED_LIST) experiment=ssid_table1
-reproduce-ssid-describer: install ## SSID vs semantic IDs under three describers of the images (~12 h with 3 seeds, one run at a time)
-	$(DESCRIBER) --captioner identifier=semantic $(ARGS)
-	$(DESCRIBER) --captioner identifier=semantic identifier.train_caption=generated $(ARGS)
-	$(DESCRIBER) identifier=semantic $(ARGS)
+# Its 6 settings run JOBS at a time (GNU make's -j; SEEDS runs one after another within a setting), one torch
+# thread each with JOBS=2 on 2 cores; their shared stages (dataset, encoder, captioner) are built once (stage locks).
+# With 3 seeds: 9 semantic-ID runs (~34 min each) and 9 SSID runs with rationales (47-49 min each), ~12 h of runs,
+# ~6.5 h with JOBS=2, estimated from those run costs (README: not yet run with seeds).  Each setting prints its
+# mean ± std when its seeds are done (output grouped by setting).  Semantic IDs take SSID's "#j" counters (as
+# reproduce-table1's like-for-like row), so each describer's pair differs in the identifier scheme alone.
+DESCRIBER = $(PY) experiments/ssid/describer_oracle.py --seeds $(SEED_LIST) --jobs $(JOBS) experiment=ssid_table1
+SEMANTIC_COUNTERS = identifier=semantic identifier.collisions=disambiguate
+DESCRIBER_SETTINGS = captioner-semantic captioner-all-semantic pair-caption-semantic \
+	captioner-ssid captioner-all-ssid pair-caption-ssid
+reproduce-ssid-describer: install ## SSID vs semantic IDs under three describers of the images (~6.5 h with 3 seeds, JOBS=2)
+	$(MAKE) --no-print-directory -j$(JOBS) --output-sync=target $(addprefix ssid-describer-,$(DESCRIBER_SETTINGS))
+ssid-describer-captioner-semantic:
+	$(DESCRIBER) --captioner $(SEMANTIC_COUNTERS) $(ARGS)
+ssid-describer-captioner-all-semantic:
+	$(DESCRIBER) --captioner $(SEMANTIC_COUNTERS) identifier.train_caption=generated $(ARGS)
+ssid-describer-pair-caption-semantic:
+	$(DESCRIBER) $(SEMANTIC_COUNTERS) $(ARGS)
+ssid-describer-captioner-ssid:
 	$(DESCRIBER) --captioner identifier=ssid $(ARGS)
+ssid-describer-captioner-all-ssid:
 	$(DESCRIBER) --captioner identifier=ssid identifier.describe=all $(ARGS)
+ssid-describer-pair-caption-ssid:
 	$(DESCRIBER) identifier=ssid $(ARGS)
 
 reproduce-efficiency: install ## q/s vs number of candidates: embedding baseline and generative decoders (CSV + PNG)
@@ -207,4 +221,5 @@ clean-cache: ## remove the artifact cache (.cache/genretr)
 
 # The preset tables (reproduce-grace-table1 ...) are not here: see the pattern rule reproduce-% above.
 .PHONY: help install lock run test test-slow bench-decoding gpu-check reproduce-smoke clean clean-cache reproduce-efficiency \
-	reproduce-cart-vs-grace-full reproduce-cart reproduce-genius-table7 reproduce-ssid-describer
+	reproduce-cart-vs-grace-full reproduce-cart reproduce-genius-table7 reproduce-ssid-describer \
+	$(addprefix ssid-describer-,$(DESCRIBER_SETTINGS))

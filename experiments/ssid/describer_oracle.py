@@ -8,13 +8,17 @@ is reported on the other four (unseen paraphrases of the scene) as well as on al
 stage artifacts (`captioner.describer=pair-caption` enters the stage keys) and are cached like any other.
 
     .venv/bin/python experiments/ssid/describer_oracle.py experiment=ssid_table1 identifier=ssid
-    .venv/bin/python experiments/ssid/describer_oracle.py experiment=ssid_table1 identifier=semantic
-    .venv/bin/python experiments/ssid/describer_oracle.py --captioner experiment=ssid_table1 identifier=semantic
+    .venv/bin/python experiments/ssid/describer_oracle.py experiment=ssid_table1 identifier=semantic \
+        identifier.collisions=disambiguate
+    .venv/bin/python experiments/ssid/describer_oracle.py --captioner experiment=ssid_table1 identifier=semantic \
+        identifier.collisions=disambiguate
 
 `--captioner` evaluates the usual run (the captioner describes) the same way, for the comparison; with
 `identifier.describe=all` (SSID) or `identifier.train_caption=generated` (semantic) the captioner describes
-every image, train images too.  `--seeds 0,1,2` runs each seed and prints mean ± std over them;
-`make reproduce-ssid-describer` runs the six over SEEDS seeds.
+every image, train images too.  `--seeds 0,1,2` runs each seed and prints mean ± std over them; `--jobs N` says
+that N such processes run side by side (threads=auto then gives each the cores // N torch threads);
+`make reproduce-ssid-describer` runs the six over SEEDS seeds, semantic IDs with SSID's "#j" counters (like for
+like, as reproduce-table1's pair).
 """
 import os
 import sys
@@ -44,13 +48,13 @@ class PairCaptionPipeline(Pipeline):
         return ctx
 
 
-def evaluate(overrides: list[str], oracle: bool, seed: int) -> dict[str, list[float]]:
+def evaluate(overrides: list[str], oracle: bool, seed: int, jobs: int = 1) -> dict[str, list[float]]:
     """R@1/5/10 (%) of one seed's run on all five t2i queries and on the four that are not the pair caption."""
     extra = ["+captioner.describer=pair-caption"] if oracle else []
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
         cfg = compose("config", overrides=[*overrides, *extra, f"seed={seed}", f"paths.cache_dir={CACHE}",
                                            "progress=false"])
-    torch.set_num_threads(auto_threads(cfg.get("threads", "auto")))
+    torch.set_num_threads(auto_threads(cfg.get("threads", "auto"), jobs))
     p = (PairCaptionPipeline if oracle else Pipeline)(cfg, Path("outputs/describer_oracle"))
     ds, queries, rankings = p.task_rankings("t2i")
     pair_caption = {it.image: it.text for it in ds.items.values() if it.modality == PAIR}
@@ -66,16 +70,24 @@ def evaluate(overrides: list[str], oracle: bool, seed: int) -> dict[str, list[fl
 ALL, UNSEEN = "all five queries", "the four non-pair-caption queries"
 
 
+def option(args: list[str], flag: str, default: str) -> tuple[str, list[str]]:
+    """(the value after `flag`, or `default`; `args` without the two)."""
+    if flag not in args:
+        return default, args
+    i = args.index(flag)
+    if i + 1 == len(args):
+        raise SystemExit(f"describer_oracle.py: {flag} needs a value")
+    return args[i + 1], args[:i] + args[i + 2:]
+
+
 def main(args):
     oracle = "--captioner" not in args
-    seeds = [0]
-    if "--seeds" in args:  # --seeds 0,1,2: one run per seed, then mean ± std over them
-        i = args.index("--seeds")
-        seeds = [int(s) for s in args[i + 1].split(",") if s]
-        args = args[:i] + args[i + 2:]
+    seeds, args = option(args, "--seeds", "0")  # --seeds 0,1,2: one run per seed, then mean ± std over them
+    jobs, args = option(args, "--jobs", "1")
+    seeds = [int(s) for s in seeds.split(",") if s]
     overrides = [a for a in args if a != "--captioner"]
     name = f"{' '.join(overrides)} ({'pair-caption describer' if oracle else 'captioner describer'})"
-    per_seed = [evaluate(overrides, oracle, s) for s in seeds]
+    per_seed = [evaluate(overrides, oracle, s, int(jobs)) for s in seeds]
     for seed, found in zip(seeds, per_seed):
         for label in (ALL, UNSEEN):
             rec = found[label]
