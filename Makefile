@@ -188,26 +188,28 @@ reproduce-ssid-fewshot: ## SSID Fig. 3 on shapes: fine-tuning on N samples, test
 # thread each with JOBS=2 on 2 cores; their shared stages (dataset, encoder, captioner) are built once (stage locks).
 # With 3 seeds: 9 semantic-ID runs (~34 min each) and 9 SSID runs with rationales (47-49 min each), ~12 h of runs,
 # ~6.5 h with JOBS=2, estimated from those run costs (README: not yet run with seeds).  Each setting prints its
-# mean ± std when its seeds are done (output grouped by setting).  Semantic IDs take SSID's "#j" counters (as
-# reproduce-table1's like-for-like row), so each describer's pair differs in the identifier scheme alone.
+# mean ± std when its seeds are done (output grouped by setting) and writes each seed's first-hit ranks under
+# multirun/ssid_describer/<setting>; then SSID is tested against semantic IDs under each describer (paired test,
+# Holm over the family).  Semantic IDs take SSID's "#j" counters (as reproduce-table1's like-for-like row), so
+# each describer's pair differs in the identifier scheme alone.
+DESCRIBED = multirun/ssid_describer
 DESCRIBER = $(PY) experiments/ssid/describer_oracle.py --seeds $(SEED_LIST) --jobs $(JOBS) experiment=ssid_table1
 SEMANTIC_COUNTERS = identifier=semantic identifier.collisions=disambiguate
-DESCRIBER_SETTINGS = captioner-semantic captioner-all-semantic pair-caption-semantic \
-	captioner-ssid captioner-all-ssid pair-caption-ssid
+DESCRIBER_ARGS.captioner-semantic = --captioner $(SEMANTIC_COUNTERS)
+DESCRIBER_ARGS.captioner-all-semantic = --captioner $(SEMANTIC_COUNTERS) identifier.train_caption=generated
+DESCRIBER_ARGS.pair-caption-semantic = $(SEMANTIC_COUNTERS)
+DESCRIBER_ARGS.captioner-ssid = --captioner identifier=ssid
+DESCRIBER_ARGS.captioner-all-ssid = --captioner identifier=ssid identifier.describe=all
+DESCRIBER_ARGS.pair-caption-ssid = identifier=ssid
+DESCRIBERS = captioner captioner-all pair-caption
 reproduce-ssid-describer: install ## SSID vs semantic IDs under three describers of the images (~6.5 h with 3 seeds, JOBS=2)
-	$(MAKE) --no-print-directory -j$(JOBS) --output-sync=target $(addprefix ssid-describer-,$(DESCRIBER_SETTINGS))
-ssid-describer-captioner-semantic:
-	$(DESCRIBER) --captioner $(SEMANTIC_COUNTERS) $(ARGS)
-ssid-describer-captioner-all-semantic:
-	$(DESCRIBER) --captioner $(SEMANTIC_COUNTERS) identifier.train_caption=generated $(ARGS)
-ssid-describer-pair-caption-semantic:
-	$(DESCRIBER) $(SEMANTIC_COUNTERS) $(ARGS)
-ssid-describer-captioner-ssid:
-	$(DESCRIBER) --captioner identifier=ssid $(ARGS)
-ssid-describer-captioner-all-ssid:
-	$(DESCRIBER) --captioner identifier=ssid identifier.describe=all $(ARGS)
-ssid-describer-pair-caption-ssid:
-	$(DESCRIBER) identifier=ssid $(ARGS)
+	$(MAKE) --no-print-directory -j$(JOBS) --output-sync=target \
+		$(foreach d,$(DESCRIBERS),ssid-describer-$(d)-ssid ssid-describer-$(d)-semantic)
+	$(PY) experiments/ssid/describer_oracle.py $(foreach d,$(DESCRIBERS),--compare $(DESCRIBED)/$(d)-ssid $(DESCRIBED)/$(d)-semantic)
+
+ssid-describer-%:  # one setting of reproduce-ssid-describer (not .PHONY: make applies pattern rules to files only)
+	rm -rf $(DESCRIBED)/$*
+	$(DESCRIBER) --out $(DESCRIBED)/$* $(DESCRIBER_ARGS.$*) $(ARGS)
 
 reproduce-efficiency: install ## q/s vs number of candidates: embedding baseline and generative decoders (CSV + PNG)
 	$(PY) -m genretr.bench decoding --shapes genius,cart,cart_fusion --skip hf,constraint,bytes --beams 30 \
@@ -221,5 +223,4 @@ clean-cache: ## remove the artifact cache (.cache/genretr)
 
 # The preset tables (reproduce-grace-table1 ...) are not here: see the pattern rule reproduce-% above.
 .PHONY: help install lock run test test-slow bench-decoding gpu-check reproduce-smoke clean clean-cache reproduce-efficiency \
-	reproduce-cart-vs-grace-full reproduce-cart reproduce-genius-table7 reproduce-ssid-describer \
-	$(addprefix ssid-describer-,$(DESCRIBER_SETTINGS))
+	reproduce-cart-vs-grace-full reproduce-cart reproduce-genius-table7 reproduce-ssid-describer

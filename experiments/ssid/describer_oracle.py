@@ -17,23 +17,37 @@ stage artifacts (`captioner.describer=pair-caption` enters the stage keys) and a
 `identifier.describe=all` (SSID) or `identifier.train_caption=generated` (semantic) the captioner describes
 every image, train images too.  `--seeds 0,1,2` runs each seed and prints mean ± std over them; `--jobs N` says
 that N such processes run side by side (threads=auto then gives each the cores // N torch threads);
+`--out DIR` writes each seed's first-hit ranks to DIR/seed<S>.json, and
+
+    .venv/bin/python experiments/ssid/describer_oracle.py --compare DIR_A DIR_B [--compare DIR_C DIR_D ...]
+
+tests A against B with genretr.report's paired sign-flip test over (seed, query) pairs, on all five queries and
+on the four, R@1/5/10 and MRR@10, Holm-adjusted over every comparison of the call; "A > B" holds (or is
+reversed) at adjusted p < 0.05 with every common seed's difference of that sign (genretr.report_stats.verdict).
 `make reproduce-ssid-describer` runs the six over SEEDS seeds, semantic IDs with SSID's "#j" counters (like for
-like, as reproduce-table1's pair).
+like, as reproduce-table1's pair), then SSID against semantic IDs under each describer.
 """
+import json
 import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 
+from genretr.artifacts import atomic_write_text
 from genretr.data.schema import PAIR
+from genretr.evaluation.metrics import first_hit_ranks, per_query_scores
 from genretr.hardware import auto_threads
 from genretr.pipeline import Pipeline
-from genretr.stats import summary
+from genretr.report_stats import fmt_p, verdict
+from genretr.stats import holm, paired_permutation_test, summary
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = os.environ.get("GENRETR_CACHE", str(ROOT / ".cache/genretr"))
+ALL, UNSEEN = "all five queries", "the four non-pair-caption queries"
+METRICS = ("R@1", "R@5", "R@10", "MRR@10")
 
 
 class PairCaptionPipeline(Pipeline):
@@ -48,8 +62,9 @@ class PairCaptionPipeline(Pipeline):
         return ctx
 
 
-def evaluate(overrides: list[str], oracle: bool, seed: int, jobs: int = 1) -> dict[str, list[float]]:
-    """R@1/5/10 (%) of one seed's run on all five t2i queries and on the four that are not the pair caption."""
+def evaluate(overrides: list[str], oracle: bool, seed: int, jobs: int = 1) -> dict:
+    """One seed's t2i run: {"seed", "query_ids", "rank" (1-based first hit, 0 for none), "pair_caption" (the
+    query is its target image's pair caption)}."""
     extra = ["+captioner.describer=pair-caption"] if oracle else []
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
         cfg = compose("config", overrides=[*overrides, *extra, f"seed={seed}", f"paths.cache_dir={CACHE}",
@@ -58,19 +73,67 @@ def evaluate(overrides: list[str], oracle: bool, seed: int, jobs: int = 1) -> di
     p = (PairCaptionPipeline if oracle else Pipeline)(cfg, Path("outputs/describer_oracle"))
     ds, queries, rankings = p.task_rankings("t2i")
     pair_caption = {it.image: it.text for it in ds.items.values() if it.modality == PAIR}
-    rows = [(next(iter(q.relevant)), list(r), q.text == pair_caption.get(ds.items[next(iter(q.relevant))].image))
-            for q, r in zip(queries, rankings)]
-    found = {}
-    for label, sel in ((ALL, rows), (UNSEEN, [r for r in rows if not r[2]])):
-        found[label] = [100 * sum(g in r[:k] for g, r, _ in sel) / len(sel) for k in (1, 5, 10)]
-        found[label + " n"] = len(sel)
-    return found
+    ranks = first_hit_ranks(rankings, [q.relevant for q in queries])
+    return {"seed": seed, "query_ids": [q.id for q in queries], "rank": [int(r) for r in ranks],
+            "pair_caption": [q.text == pair_caption.get(ds.items[next(iter(q.relevant))].image) for q in queries]}
 
 
-ALL, UNSEEN = "all five queries", "the four non-pair-caption queries"
+def subsets(record: dict) -> dict[str, np.ndarray]:
+    """label -> the query positions of that subset of a record."""
+    unseen = ~np.asarray(record["pair_caption"], dtype=bool)
+    return {ALL: np.arange(len(unseen)), UNSEEN: np.flatnonzero(unseen)}
 
 
-def option(args: list[str], flag: str, default: str) -> tuple[str, list[str]]:
+def scores(record: dict) -> dict[str, list[float]]:
+    """label -> R@1/5/10 and MRR@10 (%) of the record on that subset, and label + " n" -> its size."""
+    ranks, out = np.asarray(record["rank"]), {}
+    for label, sel in subsets(record).items():
+        out[label] = [100 * float(per_query_scores(ranks[sel], m).mean()) for m in METRICS]
+        out[label + " n"] = len(sel)
+    return out
+
+
+def load(directory: str) -> dict[int, dict]:
+    """seed -> record of a `--out` directory."""
+    files = sorted(Path(directory).glob("seed*.json"))
+    if not files:
+        raise SystemExit(f"describer_oracle.py: {directory}: no seed*.json records (run with --out {directory})")
+    return {r["seed"]: r for r in (json.loads(f.read_text()) for f in files)}
+
+
+def compare(pairs: list[tuple[str, str]]) -> list[str]:
+    """Lines: each (A, B) pair's paired tests of A - B per subset and metric, Holm over all of them."""
+    rows = []
+    for a_dir, b_dir in pairs:
+        a, b = load(a_dir), load(b_dir)
+        seeds = sorted(set(a) & set(b))
+        if not seeds:
+            raise SystemExit(f"describer_oracle.py: {a_dir} and {b_dir} have no seed in common")
+        for label in (ALL, UNSEEN):
+            sa, sb, seed_of = {m: [] for m in METRICS}, {m: [] for m in METRICS}, []
+            for s in seeds:
+                ra, rb = a[s], b[s]
+                b_rank = dict(zip(rb["query_ids"], rb["rank"]))
+                keep = [i for i in subsets(ra)[label] if ra["query_ids"][i] in b_rank]
+                pa = np.asarray([ra["rank"][i] for i in keep])
+                pb = np.asarray([b_rank[ra["query_ids"][i]] for i in keep])
+                for m in METRICS:
+                    sa[m].append(per_query_scores(pa, m))
+                    sb[m].append(per_query_scores(pb, m))
+                seed_of += [s] * len(keep)
+            seed_of = np.asarray(seed_of)
+            for m in METRICS:
+                x, y = np.concatenate(sa[m]), np.concatenate(sb[m])
+                per_seed = [float(np.mean(x[seed_of == s] - y[seed_of == s])) for s in seeds]
+                rows.append((a_dir, b_dir, label, m, paired_permutation_test(x, y), per_seed))
+    adjusted = holm([r[4].p_value for r in rows])
+    return [f"{a_dir} - {b_dir}, {label}, {m}: {100 * t.mean_diff:+.1f} (seeds "
+            f"{' / '.join(f'{100 * d:+.1f}' for d in per_seed)}; {t.n_pairs} pairs), {fmt_p(t.p_value)}, "
+            f"Holm over {len(rows)}: {fmt_p(p)}: A > B {verdict(t, per_seed, p)}"
+            for (a_dir, b_dir, label, m, t, per_seed), p in zip(rows, adjusted)]
+
+
+def option(args: list[str], flag: str, default: str | None) -> tuple[str | None, list[str]]:
     """(the value after `flag`, or `default`; `args` without the two)."""
     if flag not in args:
         return default, args
@@ -81,23 +144,39 @@ def option(args: list[str], flag: str, default: str) -> tuple[str, list[str]]:
 
 
 def main(args):
+    if "--compare" in args:
+        pairs = []
+        while "--compare" in args:
+            i = args.index("--compare")
+            if len(args) < i + 3:
+                raise SystemExit("describer_oracle.py: --compare needs two --out directories")
+            pairs.append((args[i + 1], args[i + 2]))
+            args = args[:i] + args[i + 3:]
+        print("\n".join(compare(pairs)), flush=True)
+        return
     oracle = "--captioner" not in args
     seeds, args = option(args, "--seeds", "0")  # --seeds 0,1,2: one run per seed, then mean ± std over them
     jobs, args = option(args, "--jobs", "1")
+    out, args = option(args, "--out", None)
     seeds = [int(s) for s in seeds.split(",") if s]
     overrides = [a for a in args if a != "--captioner"]
     name = f"{' '.join(overrides)} ({'pair-caption describer' if oracle else 'captioner describer'})"
-    per_seed = [evaluate(overrides, oracle, s, int(jobs)) for s in seeds]
-    for seed, found in zip(seeds, per_seed):
+    per_seed = []
+    for seed in seeds:
+        record = evaluate(overrides, oracle, seed, int(jobs))
+        if out:
+            Path(out).mkdir(parents=True, exist_ok=True)
+            atomic_write_text(Path(out) / f"seed{seed}.json", json.dumps({"name": name, **record}) + "\n")
+        found = scores(record)
+        per_seed.append(found)
         for label in (ALL, UNSEEN):
-            rec = found[label]
-            print(f"{name} seed {seed}: {label} ({found[label + ' n']}): R@1 {rec[0]:.1f}  R@5 {rec[1]:.1f}  "
-                  f"R@10 {rec[2]:.1f}", flush=True)
+            print(f"{name} seed {seed}: {label} ({found[label + ' n']}): " + "  ".join(
+                f"{m} {v:.1f}" for m, v in zip(METRICS, found[label])), flush=True)
     if len(seeds) > 1:
         for label in (ALL, UNSEEN):
-            cols = [summary([f[label][k] for f in per_seed]) for k in range(3)]
+            cols = [summary([f[label][k] for f in per_seed]) for k in range(len(METRICS))]
             print(f"{name}: {label}, mean ± std over seeds {','.join(map(str, seeds))}: " + "  ".join(
-                f"R@{k} {c.mean:.1f} ± {c.std:.1f}" for k, c in zip((1, 5, 10), cols)), flush=True)
+                f"{m} {c.mean:.1f} ± {c.std:.1f}" for m, c in zip(METRICS, cols)), flush=True)
 
 
 if __name__ == "__main__":
