@@ -184,14 +184,16 @@ reproduce-table2: ## SSID Table II on shapes: SSID vs atomic and image tokenizat
 reproduce-table3: ## SSID Table III on shapes: the rationale in training and inference, training only, neither
 reproduce-ssid-fewshot: ## SSID Fig. 3 on shapes: fine-tuning on N samples, test identifiers unseen; table + PNG
 
-# Its 6 settings run JOBS at a time (GNU make's -j; SEEDS runs one after another within a setting), one torch
-# thread each with JOBS=2 on 2 cores; their shared stages (dataset, encoder, captioner) are built once (stage locks).
-# With 3 seeds: 9 semantic-ID runs (~34 min each) and 9 SSID runs with rationales (47-49 min each), ~12 h of runs,
-# ~6.5 h with JOBS=2, estimated from those run costs (README: not yet run with seeds).  Each setting prints its
-# mean ± std when its seeds are done (output grouped by setting) and writes each seed's first-hit ranks under
-# multirun/ssid_describer/<setting>; then SSID is tested against semantic IDs under each describer (paired test,
-# Holm over the family).  Semantic IDs take SSID's "#j" counters (as reproduce-table1's like-for-like row), so
-# each describer's pair differs in the identifier scheme alone.
+# Its 6 settings run JOBS at a time (a sub-make's -j; SEEDS runs one after another within a setting), one torch
+# thread each with JOBS=2 on 2 cores; their shared stages (dataset, encoder, captioner) are built once (stage locks),
+# a second setting waiting for the first's.  With 3 seeds, at the run costs measured on the 2-core Xeon above (one
+# thread, two runs side by side): 9 semantic-ID runs (~34 min each) and 9 SSID runs with rationales (47-49 min
+# each), ~12 h of runs, ~6.5 h with JOBS=2, plus the cold cache's shared stages (README: not yet run with seeds).
+# Each setting's lines name it (all of its output also in multirun/ssid_describer/<setting>.log), its mean ± std
+# printed when its seeds are done, each seed's first-hit ranks under multirun/ssid_describer/<setting>/; then SSID
+# is tested against semantic IDs under each describer (paired test, Holm over the call's 24 tests; compare.txt).
+# Semantic IDs take SSID's "#j" counters (as reproduce-table1's like-for-like row), so each describer's pair
+# differs in the identifier scheme alone.
 DESCRIBED = multirun/ssid_describer
 DESCRIBER = $(PY) experiments/ssid/describer_oracle.py --seeds $(SEED_LIST) --jobs $(JOBS) experiment=ssid_table1
 SEMANTIC_COUNTERS = identifier=semantic identifier.collisions=disambiguate
@@ -202,14 +204,16 @@ DESCRIBER_ARGS.captioner-ssid = --captioner identifier=ssid
 DESCRIBER_ARGS.captioner-all-ssid = --captioner identifier=ssid identifier.describe=all
 DESCRIBER_ARGS.pair-caption-ssid = identifier=ssid
 DESCRIBERS = captioner captioner-all pair-caption
+DESCRIBER_SETTINGS = $(foreach d,$(DESCRIBERS),$(d)-ssid $(d)-semantic)
 reproduce-ssid-describer: install ## SSID vs semantic IDs under three describers of the images (~6.5 h with 3 seeds, JOBS=2)
-	$(MAKE) --no-print-directory -j$(JOBS) --output-sync=target \
-		$(foreach d,$(DESCRIBERS),ssid-describer-$(d)-ssid ssid-describer-$(d)-semantic)
-	$(PY) experiments/ssid/describer_oracle.py $(foreach d,$(DESCRIBERS),--compare $(DESCRIBED)/$(d)-ssid $(DESCRIBED)/$(d)-semantic)
+	$(MAKE) --no-print-directory -j$(JOBS) $(addprefix ssid-describer-,$(DESCRIBER_SETTINGS))
+	set -o pipefail; $(PY) experiments/ssid/describer_oracle.py \
+		$(foreach d,$(DESCRIBERS),--compare $(DESCRIBED)/$(d)-ssid $(DESCRIBED)/$(d)-semantic) | tee $(DESCRIBED)/compare.txt
 
-ssid-describer-%:  # one setting of reproduce-ssid-describer (not .PHONY: make applies pattern rules to files only)
-	rm -rf $(DESCRIBED)/$*
-	$(DESCRIBER) --out $(DESCRIBED)/$* $(DESCRIBER_ARGS.$*) $(ARGS)
+ssid-describer-%: install  # one setting of reproduce-ssid-describer (not .PHONY: make applies pattern rules to files only)
+	$(if $(DESCRIBER_ARGS.$*),,$(error ssid-describer-$*: no such setting; one of: $(DESCRIBER_SETTINGS)))
+	rm -rf $(DESCRIBED)/$* && mkdir -p $(DESCRIBED)
+	set -o pipefail; $(DESCRIBER) --out $(DESCRIBED)/$* $(DESCRIBER_ARGS.$*) $(ARGS) 2>&1 | tee $(DESCRIBED)/$*.log
 
 reproduce-efficiency: install ## q/s vs number of candidates: embedding baseline and generative decoders (CSV + PNG)
 	$(PY) -m genretr.bench decoding --shapes genius,cart,cart_fusion --skip hf,constraint,bytes --beams 30 \

@@ -86,14 +86,27 @@ def paired_ranks(a: Row, b: Row, task: str):
     common = [s for s in seeds_a if s in seeds_b]
     if not common:
         return "no seeds in common"
-    ra, rb, seed_of = [], [], []
+    per_seed_a, per_seed_b = {}, {}
     for s in common:
         pa, pb = load_per_query(seeds_a[s]), load_per_query(seeds_b[s])
         for row, data in ((a, pa), (b, pb)):
             if not data or task not in data:
                 return f"no per-query data for {row.label}" + (f" (seed {s})" if len(common) > 1 else "")
-        b_rank = dict(zip(_keyed(pb[task]["query_ids"]), pb[task]["rank"]))
-        for key, r in zip(_keyed(pa[task]["query_ids"]), pa[task]["rank"]):
+        per_seed_a[s], per_seed_b[s] = pa[task], pb[task]
+    return pair_by_seed(per_seed_a, per_seed_b)
+
+
+def pair_by_seed(per_seed_a: dict, per_seed_b: dict):
+    """Two runs' first-hit ranks, each seed -> {"query_ids", "rank"}, paired by (seed, query id) over their
+    common seeds (repeated ids pair in order): (ranks_a, ranks_b, seed of each pair), or why there are none."""
+    common = [s for s in per_seed_a if s in per_seed_b]
+    if not common:
+        return "no seeds in common"
+    ra, rb, seed_of = [], [], []
+    for s in common:
+        pa, pb = per_seed_a[s], per_seed_b[s]
+        b_rank = dict(zip(_keyed(pb["query_ids"]), pb["rank"]))
+        for key, r in zip(_keyed(pa["query_ids"]), pa["rank"]):
             if key in b_rank:
                 ra.append(r)
                 rb.append(b_rank[key])
@@ -107,9 +120,12 @@ def paired_test(a: Row, b: Row, task: str, metric: str) -> tuple[PairedTest, lis
     """The paired permutation test of a - b on `metric`'s per-query outcome and the mean difference within
     each common seed, or why it cannot run."""
     paired = paired_ranks(a, b, task)
-    if isinstance(paired, str):
-        return paired
-    ra, rb, seed_of = paired
+    return paired if isinstance(paired, str) else paired_ranks_test(*paired, metric)
+
+
+def paired_ranks_test(ra, rb, seed_of, metric: str) -> tuple[PairedTest, list[float]] | str:
+    """`paired_test` on ranks already paired (`pair_by_seed`): the test of a - b on `metric`'s per-query
+    outcome and the mean difference within each seed that has pairs, or why it cannot run."""
     try:
         sa, sb = per_query_scores(ra, metric), per_query_scores(rb, metric)
         test = paired_permutation_test(sa, sb)

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from genretr.data.schema import Item, RetrievalDataset, Split
+from genretr.data.schema import Item, Query, RetrievalDataset, Split
 from genretr.pipeline import Pipeline
 
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments/ssid/describer_oracle.py"
@@ -23,6 +23,7 @@ def oracle():
 
 
 def test_caption_less_images_read_their_pair_caption(oracle, make_cfg, tmp_path, monkeypatch):
+    """The pair-caption describer: an image without a caption of its own reads its image-text pair's."""
     items = {"i0": Item("i0", "image", image=0), "i1": Item("i1", "image", image=1),
              "i2": Item("i2", "image", image=2), "p1": Item("p1", "image,text", image=1, text="a red square"),
              "p2": Item("p2", "image,text", image=2, text="a blue circle")}
@@ -43,12 +44,15 @@ def record(seed: int, ranks: list[int]) -> dict:
 
 
 def test_recall_on_all_five_and_on_the_four(oracle):
+    """R@K and MRR@10 from first-hit ranks (0: not found), on all five queries and on the four that are not
+    the image's pair caption."""
     found = oracle.scores(record(0, [1, 2, 0, 11, 1]))  # the pair caption (rank 1) counts in "all" only
     assert found[oracle.ALL] == pytest.approx([40.0, 60.0, 60.0, 50.0]) and found[oracle.ALL + " n"] == 5
     assert found[oracle.UNSEEN] == pytest.approx([25.0, 50.0, 50.0, 37.5]) and found[oracle.UNSEEN + " n"] == 4
 
 
 def test_seeds_jobs_and_out_reach_every_run_and_the_mean_is_printed(oracle, monkeypatch, capsys, tmp_path):
+    """Each seed's run gets the overrides and --jobs; --out holds a record per seed; mean ± std over seeds."""
     calls = []
 
     def evaluate(overrides, is_oracle, seed, jobs=1):
@@ -68,39 +72,89 @@ def test_seeds_jobs_and_out_reach_every_run_and_the_mean_is_printed(oracle, monk
 
 
 def test_compare_pairs_queries_by_seed_and_id(oracle, tmp_path, capsys):
+    """A - B pairs each query of A with B's of the same seed and id (B lists its queries in another order; a seed
+    only A has is left out), on A's subsets; a run against itself is not separated."""
     a, b = tmp_path / "a", tmp_path / "b"
     for d in (a, b):
         d.mkdir()
     rng = np.random.default_rng(0)
-    for seed in (0, 1):
-        ranks = rng.integers(1, 20, 200).tolist()
-        (a / f"seed{seed}.json").write_text(json.dumps(record(seed, [1] * 200)))  # A finds every image first
-        rb = record(seed, ranks)
-        order = rng.permutation(200)  # B's queries in another order: paired by id, not position
-        rb = {**rb, "query_ids": [rb["query_ids"][i] for i in order], "rank": [rb["rank"][i] for i in order]}
-        (b / f"seed{seed}.json").write_text(json.dumps(rb))
+    by_id = {}
+    for seed in (0, 1, 2):
+        rb = record(seed, rng.integers(1, 4, 200).tolist())
+        ra = {**rb, "rank": [max(1, r - 1) for r in rb["rank"]]}  # A ranks each query's image one place higher
+        (a / f"seed{seed}.json").write_text(json.dumps(ra))
+        if seed == 2:
+            continue  # only A has seed 2
+        by_id[seed] = (np.asarray(ra["rank"]), np.asarray(rb["rank"]), ~np.asarray(rb["pair_caption"]))
+        order = rng.permutation(200)
+        (b / f"seed{seed}.json").write_text(json.dumps({k: [v[i] for i in order] if isinstance(v, list) else v
+                                                        for k, v in rb.items()}))
     oracle.main(["--compare", str(a), str(b), "--compare", str(b), str(b)])
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 * 2 * 4  # two comparisons x two subsets x four metrics
-    first = next(ln for ln in lines if ln.startswith(f"{a} - {b}, all five queries, R@1:"))
-    expected = 100 * (1 - np.mean([r == 1 for r in json.loads((b / "seed0.json").read_text())["rank"]
-                                   + json.loads((b / "seed1.json").read_text())["rank"]]))
-    assert f"{expected:+.1f} (seeds" in first and "400 pairs" in first and first.endswith("A > B holds")
+    for label, unseen_only in ((oracle.ALL, False), (oracle.UNSEEN, True)):
+        diffs = [100 * ((ra[sel] == 1).mean() - (rb[sel] == 1).mean()) for ra, rb, unseen in by_id.values()
+                 for sel in [unseen if unseen_only else slice(None)]]
+        pairs = sum(int(unseen.sum()) if unseen_only else 200 for _, _, unseen in by_id.values())
+        line = next(ln for ln in lines if ln.startswith(f"{a} - {b}, {label}, R@1:"))
+        assert f"(seeds {diffs[0]:+.1f} / {diffs[1]:+.1f}; {pairs} pairs)" in line, line
+        assert "Holm over 16" in line and line.endswith("A > B holds")
     assert all(ln.endswith("A > B not separated") for ln in lines if ln.startswith(f"{b} - {b}"))
 
 
+def test_compare_refuses_records_of_two_datasets(oracle, tmp_path):
+    """B's records must mark the same queries as pair captions as A's (the subsets are A's)."""
+    for name, flags in (("a", [True, False]), ("b", [False, True])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "seed0.json").write_text(json.dumps({"seed": 0, "query_ids": ["q0", "q1"],
+                                                                 "rank": [1, 2], "pair_caption": flags}))
+    with pytest.raises(SystemExit, match="disagree on which queries are pair captions"):
+        oracle.main(["--compare", str(tmp_path / "a"), str(tmp_path / "b")])
+
+
 def test_bad_arguments_are_one_line(oracle, tmp_path):
-    with pytest.raises(SystemExit, match="--jobs needs a value"):
-        oracle.main(["experiment=ssid_table1", "--jobs"])
-    with pytest.raises(SystemExit, match="--compare needs two"):
-        oracle.main(["--compare", str(tmp_path)])
-    with pytest.raises(SystemExit, match=f"{tmp_path}: no seed"):
-        oracle.main(["--compare", str(tmp_path), str(tmp_path)])
+    """A flag without its value, a flag twice, --compare with other arguments, a directory without records."""
+    for args, message in ((["experiment=ssid_table1", "--jobs"], "--jobs needs a value"),
+                          (["--out", "--captioner", "experiment=ssid_table1"], "--out needs a value"),
+                          (["--seeds", "0", "--seeds", "1"], "--seeds is given twice"),
+                          (["--compare", str(tmp_path)], "--compare takes two"),
+                          (["--compare", "a", "b", "--seeds", "0,1"], "--compare takes two"),
+                          (["--compare", "a", "--compare", "b", "c"], "--compare takes two"),
+                          (["--compare", str(tmp_path), str(tmp_path)], f"{tmp_path}: no seed")):
+        with pytest.raises(SystemExit, match=message):
+            oracle.main(args)
 
 
 def test_one_seed_and_one_job_by_default(oracle, monkeypatch):
+    """Without flags: seed 0, one job, the pair-caption describer."""
     calls = []
     monkeypatch.setattr(oracle, "evaluate", lambda o, is_oracle, seed, jobs=1:
                         calls.append((is_oracle, seed, jobs)) or record(seed, [1, 0, 0, 0, 0]))
     oracle.main(["experiment=ssid_table1"])
     assert calls == [(True, 0, 1)]
+
+
+def test_a_run_records_its_first_hit_ranks_and_pair_captions(oracle, monkeypatch, tmp_path):
+    """evaluate(): each t2i query's id, the 1-based rank of its image in the search's ranking (0: not in it) and
+    whether the query is its image's pair caption; the run composes the given overrides and seed."""
+    items = {"i0": Item("i0", "image", image=0), "i1": Item("i1", "image", image=1),
+             "p0": Item("p0", "image,text", image=0, text="a red square")}
+    queries = [Query("q0", "t2i", ("i0",), text="a red square"), Query("q1", "t2i", ("i0",), text="red block"),
+               Query("q2", "t2i", ("i1",), text="a circle")]
+    ds = RetrievalDataset("toy", np.zeros((2, 4, 4, 3), np.uint8), items, {"train": Split(), "test": Split()})
+    seen = {}
+
+    def task_rankings(self, task):
+        seen.update(task=task, seed=self.cfg.seed, collisions=self.cfg.identifier.collisions,
+                    pipeline=type(self).__name__, cache=self.cfg.paths.cache_dir)
+        return ds, queries, [["i1", "i0"], ["i0", "i1"], ["i0"]]
+
+    monkeypatch.setattr(Pipeline, "task_rankings", task_rankings)
+    monkeypatch.setattr(oracle, "CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    rec = oracle.evaluate(["experiment=ssid_table1", "identifier=semantic", "identifier.collisions=disambiguate",
+                           "threads=1"], True, 3)
+    assert rec == {"seed": 3, "query_ids": ["q0", "q1", "q2"], "rank": [2, 1, 0],
+                   "pair_caption": [True, False, False]}
+    assert seen == {"task": "t2i", "seed": 3, "collisions": "disambiguate", "pipeline": "PairCaptionPipeline",
+                    "cache": str(tmp_path / "cache")}

@@ -2,6 +2,7 @@
 commands its hand-written Makefile rule ran before, from the preset's `report:` block.  No training."""
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shlex
@@ -211,10 +212,14 @@ def recorded_runs(argv: list[str], choices: dict, sweeper: dict | None = None) -
     return out
 
 
+@functools.cache
+def cart_vs_grace_full_lines() -> tuple[str, ...]:
+    return tuple(make_dry("reproduce-cart-vs-grace-full", "ARGS=").replace("\\\n", " ").splitlines())
+
+
 def cart_vs_grace_full_line(marker: str) -> list[str]:
     """The argv of the line `make -n reproduce-cart-vs-grace-full` prints that contains `marker`."""
-    lines = make_dry("reproduce-cart-vs-grace-full", "ARGS=").replace("\\\n", " ").splitlines()
-    return shlex.split(next(ln for ln in lines if marker in ln))
+    return shlex.split(next(ln for ln in cart_vs_grace_full_lines() if marker in ln))
 
 
 @needs_make
@@ -256,6 +261,36 @@ def test_cart_vs_grace_full_trains_cart_decoder_at_the_papers_batch(tmp_path):
         cfg = compose_cfg(run["overrides"], tmp_path / "run", tmp_path / "cache")
         assert (cfg.backbone.model._target_.rsplit(".", 1)[-1], cfg.backbone.fit.batch_size) == ("CartSeq2Seq", 256)
         assert (cfg.dataset.splits.train, cfg.dataset.splits.test) == (2000, 500)
+
+
+@needs_make
+def test_ssid_describer_runs_six_settings_then_ssid_against_semantic_ids():
+    """`make reproduce-ssid-describer`: three describers x (SSID, semantic IDs with SSID's counters), each setting
+    over the seeds with --jobs and its own --out directory (removed first), then SSID against semantic IDs under
+    each describer."""
+    lines = make_dry("reproduce-ssid-describer", "SEEDS=2", "JOBS=3", "ARGS=x=1", "PY=PY").replace("\\\n", " ")
+    runs = {}
+    for line in lines.splitlines():
+        if "describer_oracle.py" in line and "--out" in line:
+            argv = shlex.split(line.split("; ", 1)[1].split(" 2>&1 | tee ")[0])
+            out = argv[argv.index("--out") + 1]
+            assert f"rm -rf {out} && mkdir -p multirun/ssid_describer" in lines
+            assert argv[:6] == ["PY", "experiments/ssid/describer_oracle.py", "--seeds", "0,1", "--jobs", "3"]
+            runs[out.removeprefix("multirun/ssid_describer/")] = argv[6:argv.index("--out")] + argv[argv.index(
+                "--out") + 2:]
+    semantic = ["identifier=semantic", "identifier.collisions=disambiguate"]
+    assert runs == {
+        "captioner-ssid": ["experiment=ssid_table1", "--captioner", "identifier=ssid", "x=1"],
+        "captioner-semantic": ["experiment=ssid_table1", "--captioner", *semantic, "x=1"],
+        "captioner-all-ssid": ["experiment=ssid_table1", "--captioner", "identifier=ssid", "identifier.describe=all",
+                               "x=1"],
+        "captioner-all-semantic": ["experiment=ssid_table1", "--captioner", *semantic,
+                                   "identifier.train_caption=generated", "x=1"],
+        "pair-caption-ssid": ["experiment=ssid_table1", "identifier=ssid", "x=1"],
+        "pair-caption-semantic": ["experiment=ssid_table1", *semantic, "x=1"]}
+    compare = shlex.split(next(ln for ln in lines.splitlines() if "--compare" in ln).split("; ", 1)[1].split(" | ")[0])
+    assert compare[2:] == [a for d in ("captioner", "captioner-all", "pair-caption") for a in (
+        "--compare", f"multirun/ssid_describer/{d}-ssid", f"multirun/ssid_describer/{d}-semantic")]
 
 
 @pytest.mark.parametrize("preset", sorted(p.stem for p in reproduce.PRESETS.glob("*.yaml")

@@ -41,8 +41,8 @@ from genretr.data.schema import PAIR
 from genretr.evaluation.metrics import first_hit_ranks, per_query_scores
 from genretr.hardware import auto_threads
 from genretr.pipeline import Pipeline
-from genretr.report_stats import fmt_p, verdict
-from genretr.stats import holm, paired_permutation_test, summary
+from genretr.report_stats import fmt_p, pair_by_seed, paired_ranks_test, verdict
+from genretr.stats import holm, summary
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = os.environ.get("GENRETR_CACHE", str(ROOT / ".cache/genretr"))
@@ -102,30 +102,27 @@ def load(directory: str) -> dict[int, dict]:
 
 
 def compare(pairs: list[tuple[str, str]]) -> list[str]:
-    """Lines: each (A, B) pair's paired tests of A - B per subset and metric, Holm over all of them."""
+    """Lines: each (A, B) pair's paired test of A - B (genretr.report_stats) per subset of A's queries and per
+    metric, Holm over all of them."""
     rows = []
     for a_dir, b_dir in pairs:
         a, b = load(a_dir), load(b_dir)
-        seeds = sorted(set(a) & set(b))
-        if not seeds:
-            raise SystemExit(f"describer_oracle.py: {a_dir} and {b_dir} have no seed in common")
+        for s in set(a) & set(b):  # the subsets come from A's records: B's must agree on them
+            b_flag = dict(zip(b[s]["query_ids"], b[s]["pair_caption"]))
+            if any(b_flag.get(q, f) != f for q, f in zip(a[s]["query_ids"], a[s]["pair_caption"])):
+                raise SystemExit(f"describer_oracle.py: {a_dir} and {b_dir} disagree on which queries are "
+                                 f"pair captions (seed {s}): not runs of one dataset")
         for label in (ALL, UNSEEN):
-            sa, sb, seed_of = {m: [] for m in METRICS}, {m: [] for m in METRICS}, []
-            for s in seeds:
-                ra, rb = a[s], b[s]
-                b_rank = dict(zip(rb["query_ids"], rb["rank"]))
-                keep = [i for i in subsets(ra)[label] if ra["query_ids"][i] in b_rank]
-                pa = np.asarray([ra["rank"][i] for i in keep])
-                pb = np.asarray([b_rank[ra["query_ids"][i]] for i in keep])
-                for m in METRICS:
-                    sa[m].append(per_query_scores(pa, m))
-                    sb[m].append(per_query_scores(pb, m))
-                seed_of += [s] * len(keep)
-            seed_of = np.asarray(seed_of)
+            subset = {s: {"query_ids": [r["query_ids"][i] for i in sel], "rank": [r["rank"][i] for i in sel]}
+                      for s, r in a.items() for sel in [subsets(r)[label]]}
+            paired = pair_by_seed(subset, b)
+            if isinstance(paired, str):
+                raise SystemExit(f"describer_oracle.py: {a_dir} and {b_dir}: {paired}")
             for m in METRICS:
-                x, y = np.concatenate(sa[m]), np.concatenate(sb[m])
-                per_seed = [float(np.mean(x[seed_of == s] - y[seed_of == s])) for s in seeds]
-                rows.append((a_dir, b_dir, label, m, paired_permutation_test(x, y), per_seed))
+                result = paired_ranks_test(*paired, m)
+                if isinstance(result, str):
+                    raise SystemExit(f"describer_oracle.py: {a_dir} and {b_dir}, {label}, {m}: {result}")
+                rows.append((a_dir, b_dir, label, m, *result))
     adjusted = holm([r[4].p_value for r in rows])
     return [f"{a_dir} - {b_dir}, {label}, {m}: {100 * t.mean_diff:+.1f} (seeds "
             f"{' / '.join(f'{100 * d:+.1f}' for d in per_seed)}; {t.n_pairs} pairs), {fmt_p(t.p_value)}, "
@@ -138,21 +135,25 @@ def option(args: list[str], flag: str, default: str | None) -> tuple[str | None,
     if flag not in args:
         return default, args
     i = args.index(flag)
-    if i + 1 == len(args):
+    if i + 1 == len(args) or args[i + 1].startswith("--"):
         raise SystemExit(f"describer_oracle.py: {flag} needs a value")
+    if flag in args[i + 1:]:
+        raise SystemExit(f"describer_oracle.py: {flag} is given twice")
     return args[i + 1], args[:i] + args[i + 2:]
+
+
+def compare_pairs(args: list[str]) -> list[tuple[str, str]]:
+    """The (A, B) directories of `--compare A B [--compare C D ...]`, which takes nothing else."""
+    if len(args) % 3 or any(args[i] != "--compare" or args[i + 1].startswith("--") or args[i + 2].startswith("--")
+                            for i in range(0, len(args), 3)):
+        raise SystemExit("describer_oracle.py: --compare takes two --out directories per --compare, and no "
+                         f"other arguments: {' '.join(args)}")
+    return [(args[i + 1], args[i + 2]) for i in range(0, len(args), 3)]
 
 
 def main(args):
     if "--compare" in args:
-        pairs = []
-        while "--compare" in args:
-            i = args.index("--compare")
-            if len(args) < i + 3:
-                raise SystemExit("describer_oracle.py: --compare needs two --out directories")
-            pairs.append((args[i + 1], args[i + 2]))
-            args = args[:i] + args[i + 3:]
-        print("\n".join(compare(pairs)), flush=True)
+        print("\n".join(compare(compare_pairs(args))), flush=True)
         return
     oracle = "--captioner" not in args
     seeds, args = option(args, "--seeds", "0")  # --seeds 0,1,2: one run per seed, then mean ± std over them
