@@ -70,7 +70,7 @@ bench-decoding: install ## the decoding benchmark (add ARGS=--quick for a 3-minu
 # The tiny end-to-end configs of every model family, the decoding benchmark and issue 18's beam-30 figure on the
 # GPU, then the default experiment at full size (issues 16, 18): run it on a GPU machine whenever one is available
 # and report it.  Needs a CUDA build of torch (the lock's is the CPU one).  ARGS: overrides for every run.
-gpu-check: install ## on a GPU machine: tiny end-to-end runs of every family + the decoding benchmark, --device cuda
+gpu-check: install ## on a GPU machine: tiny runs of every family, the decoding bench, beam 30, the default at full size
 	PY=$(PY) GPU_CHECK_ARGS="$(ARGS)" experiments/hardware/gpu_check.sh
 
 bench-training: install ## training throughput of the default models, fp32 vs bf16, 1 vs 2 threads (ARGS=--quick: smoke); bench_out/training/
@@ -112,12 +112,13 @@ reproduce-grace-table3: ## GRACE Table 3 on shapes: image tokenization beside st
 reproduce-grace-poolsize: ## GRACE: identifiers as the test pool grows (200 and 2,000 images), table + PNG
 
 # --- CART paper tables on shapes ---
-# Every preset builds on conf/experiment/cart_base.yaml (shrunk: 450 train / 100 test shapes images, a
-# d_model 128 decoder, 10 epochs), so the base CART model is trained once and reused by every table
-# through the artifact cache.
+# Every cart_table* and cart_vs_grace preset builds on conf/experiment/cart_base.yaml (shrunk: 450 train / 100 test
+# shapes images, a d_model 128 decoder, 10 epochs), so the base CART model is trained once and reused by every table
+# through the artifact cache (cart_recipe builds on grace_table1 instead).
 # Paper numbers (Flickr30K) print in parentheses; MRR@10 beside the recalls as CART reports it.
-# A model takes ~4 min on an idle 2-core CPU, so a table costs ~4 min per new model (table6: 8, table4: 5;
-# on a busy machine two torch threads were ~10x slower than one: prefer `OMP_NUM_THREADS=1 make ...` there).
+# A model takes ~4 min on an idle 2-core CPU.  With 3 seeds (README): table4 ~49 min, table5 ~40, table6 ~59,
+# table10 ~42, table11 ~31 (AVX2-only or beside other runs), table7 16 (AMX, two jobs); on a busy machine two torch
+# threads were ~10x slower than one: prefer `OMP_NUM_THREADS=1 make ...` there.
 reproduce-cart-table4: ## CART Table 4 on shapes: w/o K-Means, RQ-VAE, fusion, consistency, caption enhancement
 reproduce-cart-table5: ## CART Table 5 on shapes: 1-5 encoder layers, table + PNG
 reproduce-cart-table6: ## CART Table 6 on shapes: K-Means K x codebook size, table + PNG
@@ -141,13 +142,13 @@ reproduce-cart-recipe: ## CART's IDs at full size: grace_table1's recipe, one ca
 
 CART_TABLES := reproduce-cart-table4 reproduce-cart-table5 reproduce-cart-table6 reproduce-cart-table7 \
 	reproduce-cart-table10 reproduce-cart-table11 reproduce-cart-vs-grace
-reproduce-cart: $(CART_TABLES) ## every CART table above, in turn
+reproduce-cart: $(CART_TABLES) ## every 450-image CART table above (not -full, -recipe), in turn
 
 # --- GENIUS paper tables on shapes.
 # Presets: conf/experiment/genius_*.yaml; paper numbers: experiments/genius/*.yaml. Tables 1, 2, 4, 5, 9, 11 share one
-# trained model (genius_mbeir; tables 4/5/11 retrain only their variants) through the artifact cache: run table1
-# first. Table 3 reuses reproduce-grace-table1's encoder and structured / image-token models.
-# Measured costs on this 2-core CPU while busy (1 thread): table1 ~11 min from a cold cache, then table2 ~3,
+# trained model (genius_mbeir; tables 4/5/8/11 and the decoder-input table retrain only their variants) through the
+# artifact cache: run table1 first. Table 3 reuses reproduce-grace-table1's encoder and structured / image-token models.
+# One seed, before SEEDS=3, on this 2-core CPU while busy (1 thread): table1 ~11 min from a cold cache, then table2 ~3,
 # table4 ~18, table5 ~19, table9 ~2, table11 ~10; table3 ~7 after reproduce-grace-table1; table7 < 1.
 # With 3 seeds, two jobs side by side (21c80af): decoder-input 16.9 min from a cold cache, then table8 11.0 min
 # and table4 8.7 min (table8 alone from a cold cache: 18.8 min at 4ad0563); at 2720213: table1 18.8 min from a
@@ -179,7 +180,7 @@ reproduce-genius-table11: ## GENIUS Table 11 on shapes: larger codebooks and cod
 # tokens 7.1, numeric/string/structured ~4-5 (README, GRACE Table 1); the fewshot preset 34-42 min at N = 10,000,
 # 10-14.5 at 3,000, 3.5-5 at 1,000 (58-65 min a seed). So with 3 seeds from a cold cache each of table1, table2,
 # table3 and ssid-fewshot takes ~1.6-3.2 h (plus the cold cache's dataset and encoder stages), over the 40-minute budget.
-reproduce-table1: ## SSID Table I on shapes: numeric, string, semantic, structured and SSID identifiers (T5)
+reproduce-table1: ## SSID Table I on shapes: GRACE's four ID types, SSID, semantic IDs with SSID's counters (T5)
 reproduce-table2: ## SSID Table II on shapes: SSID vs atomic and image tokenization (T5), SSID on tiny MLLMs
 reproduce-table3: ## SSID Table III on shapes: the rationale in training and inference, training only, neither
 reproduce-ssid-fewshot: ## SSID Fig. 3 on shapes: fine-tuning on N samples, test identifiers unseen; table + PNG
