@@ -117,8 +117,8 @@ reproduce-grace-poolsize: ## GRACE: identifiers as the test pool grows (200 and 
 # through the artifact cache (cart_recipe builds on grace_table1 instead).
 # Paper numbers (Flickr30K) print in parentheses; MRR@10 beside the recalls as CART reports it.
 # A model takes ~4 min on an idle 2-core CPU.  With 3 seeds (README): table4 ~49 min, table5 ~40, table6 ~59,
-# table10 ~42, table11 ~31 (AVX2-only or beside other runs), table7 16 (AMX, two jobs); on a busy machine two torch
-# threads were ~10x slower than one: prefer `OMP_NUM_THREADS=1 make ...` there.
+# table10 ~42, table11 ~31 (AVX2-only or beside other runs; table6 and table10 reusing the default row), table7 16
+# (AMX, two jobs); on a busy machine two torch threads were ~10x slower than one: prefer `OMP_NUM_THREADS=1 make ...`.
 reproduce-cart-table4: ## CART Table 4 on shapes: w/o K-Means, RQ-VAE, fusion, consistency, caption enhancement
 reproduce-cart-table5: ## CART Table 5 on shapes: 1-5 encoder layers, table + PNG
 reproduce-cart-table6: ## CART Table 6 on shapes: K-Means K x codebook size, table + PNG
@@ -145,9 +145,9 @@ CART_TABLES := reproduce-cart-table4 reproduce-cart-table5 reproduce-cart-table6
 reproduce-cart: $(CART_TABLES) ## every 450-image CART table above (not -full, -recipe), in turn
 
 # --- GENIUS paper tables on shapes.
-# Presets: conf/experiment/genius_*.yaml; paper numbers: experiments/genius/*.yaml. Tables 1, 2, 4, 5, 9, 11 share one
-# trained model (genius_mbeir; tables 4/5/8/11 and the decoder-input table retrain only their variants) through the
-# artifact cache: run table1 first. Table 3 reuses reproduce-grace-table1's encoder and structured / image-token models.
+# Presets: conf/experiment/genius_*.yaml; paper numbers: experiments/genius/*.yaml. Tables 1, 2, 4, 5, 8, 9, 11 and the
+# decoder-input table share one trained model (genius_mbeir; 4/5/8/11 and decoder-input retrain only their variants)
+# through the artifact cache: run table1 first. Table 3 reuses reproduce-grace-table1's encoder and structured / image-token models.
 # One seed, before SEEDS=3, on this 2-core CPU while busy (1 thread): table1 ~11 min from a cold cache, then table2 ~3,
 # table4 ~18, table5 ~19, table9 ~2, table11 ~10; table3 ~7 after reproduce-grace-table1; table7 < 1.
 # With 3 seeds, two jobs side by side (21c80af): decoder-input 16.9 min from a cold cache, then table8 11.0 min
