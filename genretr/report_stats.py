@@ -83,9 +83,7 @@ def paired_ranks(a: Row, b: Row, task: str):
     """First-hit ranks of the queries both rows answered, paired by (seed, task, query id) over their
     common seeds: (ranks_a, ranks_b, seed of each pair), or a string saying why there are none."""
     seeds_a, seeds_b = a.by_seed(), b.by_seed()
-    common = [s for s in seeds_a if s in seeds_b]
-    if not common:
-        return "no seeds in common"
+    common = [s for s in seeds_a if s in seeds_b]  # none: pair_by_seed says so
     per_seed_a, per_seed_b = {}, {}
     for s in common:
         pa, pb = load_per_query(seeds_a[s]), load_per_query(seeds_b[s])

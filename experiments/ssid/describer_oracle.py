@@ -101,6 +101,12 @@ def load(directory: str) -> dict[int, dict]:
     return {r["seed"]: r for r in (json.loads(f.read_text()) for f in files)}
 
 
+def subset(record: dict, label: str) -> dict:
+    """A seed's record restricted to the queries of one subset (ALL or UNSEEN): {"query_ids", "rank"}."""
+    keep = subsets(record)[label]
+    return {"query_ids": [record["query_ids"][i] for i in keep], "rank": [record["rank"][i] for i in keep]}
+
+
 def compare(pairs: list[tuple[str, str]]) -> list[str]:
     """Lines: each (A, B) pair's paired test of A - B (genretr.report_stats) per subset of A's queries and per
     metric, Holm over all of them."""
@@ -113,9 +119,7 @@ def compare(pairs: list[tuple[str, str]]) -> list[str]:
                 raise SystemExit(f"describer_oracle.py: {a_dir} and {b_dir} disagree on which queries are "
                                  f"pair captions (seed {s}): not runs of one dataset")
         for label in (ALL, UNSEEN):
-            subset = {s: {"query_ids": [r["query_ids"][i] for i in sel], "rank": [r["rank"][i] for i in sel]}
-                      for s, r in a.items() for sel in [subsets(r)[label]]}
-            paired = pair_by_seed(subset, b)
+            paired = pair_by_seed({s: subset(r, label) for s, r in a.items()}, b)
             if isinstance(paired, str):
                 raise SystemExit(f"describer_oracle.py: {a_dir} and {b_dir}: {paired}")
             for m in METRICS:
