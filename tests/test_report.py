@@ -306,6 +306,13 @@ def test_compare_pairs_by_query_id_over_common_seeds(tmp_path, capsys):
         "per seed +2.5, +2.5"]
 
 
+def test_compare_rows_without_a_common_seed_says_so(tmp_path, capsys):
+    make_ranked_run(tmp_path / "a", ["identifier=atomic"], 0, hits(30))
+    make_ranked_run(tmp_path / "b", ["identifier=string"], 1, hits(20))
+    assert main([str(tmp_path), "--metrics", "R@1", "--compare", "atomic", "string"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "- t2i R@1: no seeds in common"
+
+
 def test_compare_unknown_or_ambiguous_row(tmp_path, capsys):
     make_ranked_run(tmp_path / "a", ["identifier=atomic"], 0, hits(3))
     make_ranked_run(tmp_path / "b", ["identifier=string"], 0, hits(2))
