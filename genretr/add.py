@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from genretr.additions import Additions
 from genretr.captioner import Captioner
 from genretr.data.captioning import train_caption_texts, train_captions
 from genretr.data.schema import IMAGE, PAIR, TEXT, Item
+from genretr.data.textfile import one_line, read_jsonl, text_lines
 from genretr.errors import DataError, GenretrError
 from genretr.identifiers.base import IdentifierContext, IdTable
 
@@ -43,35 +43,31 @@ def read_items(path: Path, size) -> list[tuple[str, str | None, np.ndarray | Non
         try:
             return load_image(str(file), size() if callable(size) else size)
         except DECODE_ERRORS as e:
-            raise GenretrError(f"{where}: {file} is not a readable image ({' '.join(str(e).split())})") from None
+            raise GenretrError(f"{where}: {file} is not a readable image ({one_line(e)})") from None
 
     path = Path(path)
     out = []
     if path.is_dir():
         for f in sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
             caption = f.with_suffix(".txt")
-            out.append((f.stem, caption.read_text().strip() if caption.is_file() else None, image(f, str(f)), str(f)))
+            lines = text_lines(str(caption), "the image's caption") if caption.is_file() else ()
+            text = "\n".join(line for _, line in lines)
+            out.append((f.stem, text.strip() or None, image(f, str(f)), str(f)))
         if not out:
             raise GenretrError(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)}) in it")
         return out
     if not path.is_file():
         raise GenretrError(f"{path}: no such file or folder")
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path} [line {n}]"
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(path, f"line {n}", f"malformed JSON: {e.msg} (column {e.colno})") from None
-        if not isinstance(entry, dict) or not isinstance(entry.get("id"), str) or not entry["id"]:
-            raise DataError(path, f"line {n}", "an item needs a non-empty string \"id\"")
+    for line, entry in read_jsonl(str(path), "one JSON object a line: id, text and/or image"):
+        where = f"{path} [{line}]"
+        if not isinstance(entry.get("id"), str) or not entry["id"]:
+            raise DataError(path, line, "an item needs a non-empty string \"id\"")
         text, file = entry.get("text"), entry.get("image")
         for key, value in (("text", text), ("image", file)):
             if value is not None and not isinstance(value, str):
-                raise DataError(path, f"line {n}", f"item {entry['id']!r}: \"{key}\" must be a string")
+                raise DataError(path, line, f"item {entry['id']!r}: \"{key}\" must be a string")
         if not text and not file:
-            raise DataError(path, f"line {n}", f"item {entry['id']!r} has neither \"image\" nor \"text\"")
+            raise DataError(path, line, f"item {entry['id']!r} has neither \"image\" nor \"text\"")
         out.append((entry["id"], text or None, image(path.parent / file, where) if file else None, where))
     if not out:
         raise GenretrError(f"{path}: no items in it")

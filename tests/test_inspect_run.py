@@ -325,23 +325,25 @@ def test_ssid_describes_an_added_image_as_it_described_the_pool(ssid_run, tmp_pa
     assert "copy" in hits and hits["copy"].score == pytest.approx(hits[original].score)
 
 
-@pytest.mark.parametrize("case", ["corpus_id", "twice", "no_side", "bad_json", "other_content"])
+@pytest.mark.parametrize("case", ["corpus_id", "twice", "no_side", "bad_json", "not_utf8", "other_content"])
 def test_bad_additions_are_one_line_and_write_nothing(runs, tmp_path, capsys, case):
     run = copy_of(runs / "genius", tmp_path)
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "x.png")
     lines = {"corpus_id": ['{"id": "test/img0", "image": "x.png"}'],
              "twice": ['{"id": "a", "image": "x.png"}', '{"id": "a", "image": "x.png"}'],
              "no_side": ['{"id": "a"}'], "bad_json": ['{"id": "a", '],
+             "not_utf8": ['{"id": "a", "image": "x.png"}', b'{"id": "b", "text": "caf\xe9"}'],  # Latin-1 text
              "other_content": ['{"id": "a", "image": "x.png"}']}[case]
     want = {"corpus_id": "items.jsonl [line 1]: item id 'test/img0' is already in the run's corpus",
             "twice": "items.jsonl [line 2]: item id 'a' appears twice", "no_side": "has neither \"image\" nor \"text\"",
-            "bad_json": "items.jsonl [line 1]: malformed JSON", "other_content": "item id 'a' is already in"}[case]
+            "bad_json": "items.jsonl [line 1]: malformed JSON", "not_utf8": "items.jsonl [line 2]: not UTF-8 text",
+            "other_content": "item id 'a' is already in"}[case]
     if case == "other_content":  # first added as a black image, then offered as a white one
         (tmp_path / "items.jsonl").write_text(lines[0] + "\n")
         assert search_add(capsys, run, tmp_path / "items.jsonl")[0] == 0
         Image.fromarray(np.full((8, 8, 3), 255, np.uint8)).save(tmp_path / "x.png")
     before = sorted(p.name for p in run.rglob("*"))
-    (tmp_path / "items.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "items.jsonl").write_bytes(b"".join((x if isinstance(x, bytes) else x.encode()) + b"\n" for x in lines))
     code, _, err = search_add(capsys, run, tmp_path / "items.jsonl")
     assert code == 2 and err.strip().splitlines()[-1].startswith("genretr: error:") and want in err, err
     assert sorted(p.name for p in run.rglob("*")) == before

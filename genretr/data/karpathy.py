@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from genretr.data.images import ImageFiles, load_image  # noqa: F401 (load_image: this module's API)
 from genretr.data.schema import INSTRUCTIONS, IMAGE, PAIR, TEXT, Item, Query, RetrievalDataset, Split
+from genretr.data.textfile import one_line
 from genretr.errors import DataError, GenretrError
 
 SPLITS = ("train", "val", "test")
@@ -38,12 +39,8 @@ class Entry:
     captions: tuple[str, ...]
 
 
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
-
-
 def _error(path: str, entry: str | None, problem: object) -> DataError:
-    return DataError(path, entry, _one_line(problem))
+    return DataError(path, entry, one_line(problem))
 
 
 def load_json(json_path: str) -> list:

@@ -46,14 +46,14 @@ file and the entry (jsonl line, TSV line) before anything is returned.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import zlib
 from dataclasses import dataclass, replace
 
+from genretr.data import textfile
 from genretr.data.images import ImageFiles
-from genretr.data.mbeir_qrels import Qrels, open_text, standard_path
+from genretr.data.mbeir_qrels import Qrels, standard_path
 from genretr.data.schema import IMAGE, INSTRUCTIONS, PAIR, TASK_TARGET, TEXT, UNIVERSAL, Item, Query, \
     RetrievalDataset, Split
 from genretr.errors import DataError, GenretrError
@@ -91,27 +91,9 @@ class RawQuery:
     instruction: str = ""
 
 
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
-
-
 def read_jsonl(path: str, limit: int | None = None):
-    """(line label, object) per non-blank line; malformed JSON is a DataError naming the line."""
-    kept = 0
-    with open_text(path, "see conf/dataset/mbeir.yaml; nothing is downloaded") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            if limit is not None and kept >= limit:
-                return
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(path, f"line {n}", f"malformed JSON: {e.msg} (column {e.colno})") from None
-            if not isinstance(raw, dict):
-                raise DataError(path, f"line {n}", "entry is not a JSON object")
-            kept += 1
-            yield f"line {n}", raw
+    """("line N", object) per non-blank line of an M-BEIR JSON-lines file (genretr.data.textfile)."""
+    return textfile.read_jsonl(path, "see conf/dataset/mbeir.yaml; nothing is downloaded", limit)
 
 
 def _field(path: str, line: str, raw: dict, key: str, needed: bool) -> str | None:
@@ -165,16 +147,9 @@ def parse_query(path: str, line: str, raw: dict) -> RawQuery:
 
 def load_instructions(path: str) -> dict[tuple[str, str, str], list[str]]:
     """(dataset id, query modality, candidate modality) → prompts, from M-BEIR's TSV (header skipped)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError:
-        raise DataError(path, None, "file not found (set dataset.instructions: null to use genretr's)") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(path, None, f"cannot read: {_one_line(e)}") from None
     prompts = {}
-    for n, line in enumerate(lines[1:], start=2):
-        if not line.strip():
+    for n, line in textfile.text_lines(path, "set dataset.instructions: null to use genretr's"):
+        if n == 1 or not line.strip():  # the header
             continue
         parts = [p.strip() for p in line.split("\t")]
         texts = [p for p in parts[4:] if p]

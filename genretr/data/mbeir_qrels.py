@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 
+from genretr.data import textfile
 from genretr.errors import DataError
 
 FORMAT = "expected 'qid 0 did relevance [task_id]', whitespace-separated"
@@ -33,43 +34,31 @@ def _show(dids) -> str:
     return ", ".join(dids[:3]) + more
 
 
-def open_text(path: str, missing: str):
-    """`path` opened for reading as UTF-8 text; a missing or unreadable file is a one-line DataError
-    (`missing`: what the file is and what to do about it)."""
-    try:
-        return open(path, encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(path, None, f"file not found ({missing})") from None
-    except OSError as e:
-        raise DataError(path, None, f"cannot read: {' '.join(str(e).split())}") from None
-
-
 class Qrels:
     """One qrels file, by qid: [its first line, relevant dids, task_id or None, the line that gave the task_id]."""
 
     def __init__(self, path: str):
         self.path, self.by_qid = path, {}
-        with open_text(path, "the source's qrels; `qrels: null` reads none") as f:
-            for n, line in enumerate(f, start=1):
-                parts = line.split()
-                if not parts:
-                    continue
-                if len(parts) not in (4, 5):
-                    raise DataError(path, f"line {n}", FORMAT)
-                qid, did = parts[0], parts[2]
-                try:
-                    relevance, task = int(parts[3]), int(parts[4]) if len(parts) == 5 else None
-                except ValueError:
-                    raise DataError(path, f"line {n} (qid={qid})",
-                                    f"relevance and task_id must be integers; {FORMAT}") from None
-                entry = self.by_qid.setdefault(qid, [n, set(), None, None])
-                if task is not None and entry[2] is None:
-                    entry[2:] = task, n
-                elif task is not None and task != entry[2]:
-                    raise DataError(path, f"line {n} (qid={qid})", f"task_id {task} differs from task_id "
-                                                                     f"{entry[2]} on line {entry[3]}")
-                if relevance > 0:
-                    entry[1].add(did)
+        for n, line in textfile.text_lines(path, "the source's qrels; `qrels: null` reads none"):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) not in (4, 5):
+                raise DataError(path, f"line {n}", FORMAT)
+            qid, did = parts[0], parts[2]
+            try:
+                relevance, task = int(parts[3]), int(parts[4]) if len(parts) == 5 else None
+            except ValueError:
+                raise DataError(path, f"line {n} (qid={qid})",
+                                f"relevance and task_id must be integers; {FORMAT}") from None
+            entry = self.by_qid.setdefault(qid, [n, set(), None, None])
+            if task is not None and entry[2] is None:
+                entry[2:] = task, n
+            elif task is not None and task != entry[2]:
+                raise DataError(path, f"line {n} (qid={qid})", f"task_id {task} differs from task_id "
+                                                                 f"{entry[2]} on line {entry[3]}")
+            if relevance > 0:
+                entry[1].add(did)
 
     def check(self, qid: str, task_id: int, positives: tuple[str, ...], where: tuple[str, str]) -> None:
         """The query (at `where`) agrees with its qrels lines."""

@@ -21,7 +21,6 @@ the file and the entry.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 
@@ -29,14 +28,11 @@ import numpy as np
 import torch
 
 from genretr.data.schema import AUDIO, INSTRUCTIONS, VIDEO, Item, Query, RetrievalDataset, Split
+from genretr.data.textfile import one_line, read_jsonl, text_lines
 from genretr.errors import DataError, GenretrError
 
 log = logging.getLogger(__name__)
 TASK_OF = {AUDIO: "t2a", VIDEO: "t2v"}
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
 
 
 def _matrix(path: str, array, what: str) -> np.ndarray:
@@ -44,20 +40,14 @@ def _matrix(path: str, array, what: str) -> np.ndarray:
     try:
         m = np.asarray(array.numpy() if isinstance(array, torch.Tensor) else array, dtype=np.float32)
     except (TypeError, ValueError) as e:
-        raise DataError(path, what, f"not a numeric array: {_one_line(e)}") from None
+        raise DataError(path, what, f"not a numeric array: {one_line(e)}") from None
     if m.ndim != 2 or 0 in m.shape:
         raise DataError(path, what, f"expected a non-empty (n, d) array, got shape {m.shape}")
     return m
 
 
 def _read_ids(path: str) -> list[str]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            ids = [line.strip() for line in f.read().splitlines()]
-    except FileNotFoundError:
-        raise DataError(path, None, "file not found (item ids, one a line, for a .npy features file)") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(path, None, f"cannot read: {_one_line(e)}") from None
+    ids = [line.strip() for _, line in text_lines(path, "item ids, one a line, for a .npy features file")]
     while ids and not ids[-1]:
         ids.pop()
     for n, i in enumerate(ids, start=1):
@@ -77,7 +67,7 @@ def load_features(path: str, ids_path: str | None) -> tuple[list[str], np.ndarra
         try:
             m = _matrix(path, np.load(path, allow_pickle=False), "embeddings")
         except (OSError, ValueError) as e:
-            raise DataError(path, None, f"cannot read .npy: {_one_line(e)}") from None
+            raise DataError(path, None, f"cannot read .npy: {one_line(e)}") from None
         ids, ids_where = _read_ids(ids_path), ids_path
     elif ext == ".pt":
         if ids_path:
@@ -85,7 +75,7 @@ def load_features(path: str, ids_path: str | None) -> tuple[list[str], np.ndarra
         try:
             data = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # torch raises many types for a bad file
-            raise DataError(path, None, f"cannot read .pt: {_one_line(e)}") from None
+            raise DataError(path, None, f"cannot read .pt: {one_line(e)}") from None
         if not isinstance(data, dict) or "item_ids" not in data or "embeddings" not in data:
             raise DataError(path, None, "expected a dict with 'item_ids' (list of str) and 'embeddings' (n, d)")
         ids, ids_where = data["item_ids"], path
@@ -120,24 +110,8 @@ def _check_rows(path: str, m: np.ndarray, labels, normalize: bool) -> np.ndarray
 
 def read_captions(path: str, known: set[str]) -> list[tuple[str, str, str, str]]:
     """(line label, item id, caption, split) per non-blank line of the captions jsonl."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError:
-        raise DataError(path, None, "file not found (see conf/dataset/precomputed.yaml)") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(path, None, f"cannot read: {_one_line(e)}") from None
     rows, split_of = [], {}
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"line {n}"
-        try:
-            raw = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(path, where, f"malformed JSON: {e.msg} (column {e.colno})") from None
-        if not isinstance(raw, dict):
-            raise DataError(path, where, "entry is not a JSON object")
+    for where, raw in read_jsonl(path, "see conf/dataset/precomputed.yaml"):
         for key in ("item_id", "caption", "split"):
             if not isinstance(raw.get(key), str) or not raw[key].strip():
                 raise DataError(path, where, f"missing or empty '{key}'")
@@ -173,7 +147,7 @@ def build_precomputed(features: str, captions: str, modality: str = AUDIO, ids: 
         except FileNotFoundError:
             raise DataError(path, None, "file not found") from None
         except (OSError, ValueError) as e:
-            raise DataError(path, None, f"cannot read .npy: {_one_line(e)}") from None
+            raise DataError(path, None, f"cannot read .npy: {one_line(e)}") from None
         if cap_vecs.shape != (len(rows), vecs.shape[1]):
             raise DataError(path, None, f"shape {cap_vecs.shape} does not match {len(rows)} captions in {captions} "
                                         f"× the items' dimension {vecs.shape[1]}")

@@ -7,7 +7,8 @@ import pytest
 
 from genretr.data.mbeir import build_mbeir
 from genretr.errors import DataError, GenretrError
-from tests.data.test_mbeir import B, C, COCO_I2T, COCO_T2I, OVEN, TRAIN, UNION, WEBQA, qrels_file, qrels_lines, tree
+from tests.data.test_mbeir import B, C, COCO_I2T, COCO_T2I, OVEN, TRAIN, TSV, UNION, WEBQA, qrels_file, qrels_lines, \
+    tree
 
 
 # ------------------------------------------------------------------ bad input: one line naming file and entry
@@ -32,7 +33,19 @@ def _raw_line(path, text, at=1):
     return edit
 
 
+def _raw_bytes(path, data: bytes, at=1):
+    """Insert a line of raw bytes before line `at` (0-based) of a file."""
+    def edit(tree):
+        lines = (tree.root / path).read_bytes().splitlines(keepends=True)
+        lines.insert(at, data + b"\n")
+        (tree.root / path).write_bytes(b"".join(lines))
+    return edit
+
+
 BAD = {
+    "query line not UTF-8": (_raw_bytes(COCO_T2I[0], b'{"qid": "caf\xe9"}'), COCO_T2I[0], "line 2",
+                             "not UTF-8 text (byte 13 of the line is e9)"),
+    "pool line not UTF-8": (_raw_bytes(COCO_I2T[1], b"\xff", 0), COCO_I2T[1], "line 1", "not UTF-8 text"),
     "malformed json": (_raw_line(COCO_T2I[0], '{"qid": "9:9", '), COCO_T2I[0], "line 2", "malformed JSON"),
     "not an object": (_raw_line(COCO_T2I[1], "[1, 2]", 0), COCO_T2I[1], "line 1", "not a JSON object"),
     "missing qid": (_edit(COCO_T2I[0], 1, qid=KeyError), COCO_T2I[0], "line 2", "'qid'"),
@@ -102,6 +115,12 @@ def test_bad_instruction_rows(tree, row, problem):
     tree.tsv.append(row)
     tree.write()
     with pytest.raises(DataError, match=rf"query_instructions.tsv \[line {len(tree.tsv)}\]: .*{problem}"):
+        tree.build()
+
+
+def test_instruction_row_not_utf8(tree):
+    _raw_bytes(TSV, b"text\timage\tMSCOCO\t9\tFind the caf\xe9.", at=2)(tree)
+    with pytest.raises(DataError, match=r"query_instructions.tsv \[line 3\]: not UTF-8 text"):
         tree.build()
 
 
@@ -213,6 +232,14 @@ def test_qrels_named_or_turned_off_per_source(tree):
     tree.build(test=((*COCO_T2I, None),), universal=False)  # null: no qrels read
     with pytest.raises(DataError, match=r"nope_qrels.txt: file not found"):
         tree.build(test=((*COCO_T2I, "nope_qrels.txt"),), universal=False)
+
+
+def test_qrels_line_not_utf8(tree):
+    write_qrels(tree, COCO_T2I)
+    _raw_bytes(qrels_file(COCO_T2I[0]), b"9:1 0 9:\xe9 1 0")(tree)
+    name = qrels_file(COCO_T2I[0]).rsplit("/", 1)[1]
+    with pytest.raises(DataError, match=rf"{name} \[line 2\]: not UTF-8 text \(byte 9 of the line is e9\)"):
+        tree.build()
 
 
 def test_qrels_of_a_query_file_read_in_part(tree):

@@ -172,6 +172,25 @@ def test_bad_pt_and_json(fx):
         fx.build(features=fx.root / "missing.npy")
 
 
+def test_a_caption_may_hold_any_unicode_line_separator(fx):
+    fx.captions[1]["caption"] = "rain\u2028on a tin\x85roof"  # written unescaped: one line each all the same
+    (fx.root / "captions.jsonl").write_text("".join(json.dumps(c, ensure_ascii=False) + "\n" for c in fx.captions),
+                                            encoding="utf-8")
+    texts = [q.text for q in fx.build().splits["train"].queries]
+    assert "rain\u2028on a tin\x85roof" in texts and len(texts) == 3
+
+
+def test_text_files_not_utf8_name_the_line(fx):
+    ids = (fx.root / "ids.txt").read_bytes()
+    (fx.root / "ids.txt").write_bytes(ids.replace(b"clip_b", b"clip_\xe9", 1))
+    with pytest.raises(DataError, match=r"ids.txt \[line 2\]: not UTF-8 text \(byte 6 of the line is e9\)"):
+        fx.build()
+    fx.write()
+    (fx.root / "captions.jsonl").write_bytes(b'{"item_id": "clip_a.wav", "caption": "caf\xe9", "split": "train"}\n')
+    with pytest.raises(DataError, match=r"captions.jsonl \[line 1\]: not UTF-8 text"):
+        fx.build()
+
+
 @pytest.mark.parametrize("kw, problem", [
     ({"modality": "image"}, "dataset.modality"),
     ({"ids": None}, "dataset.ids is required"),
