@@ -11,27 +11,26 @@ from dataclasses import replace
 from pathlib import Path
 
 from genretr.data.schema import Query
+from genretr.data.textfile import text_lines
 from genretr.errors import DataError
 
 
 def load_query_texts(path: str | Path) -> dict[str, str]:
     """{query id: text} from the TSV; a malformed line is a `DataError` naming the file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(str(path), None, "file not found (eval.query_texts)")
+    path = str(path)
     out: dict[str, str] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in text_lines(path, "eval.query_texts"):
         if not line.strip() or line.startswith("#"):
             continue
         parts = line.split("\t")
         if len(parts) != 2 or not parts[0].strip() or not parts[1].strip():
-            raise DataError(str(path), f"line {n}", "expected 'query id<TAB>text'")
+            raise DataError(path, f"line {n}", "expected 'query id<TAB>text'")
         qid = parts[0].strip()
         if qid in out:
-            raise DataError(str(path), f"line {n}", f"query {qid} is listed twice")
+            raise DataError(path, f"line {n}", f"query {qid} is listed twice")
         out[qid] = parts[1].strip()
     if not out:
-        raise DataError(str(path), None, "no queries")
+        raise DataError(path, None, "no queries")
     return out
 
 

@@ -20,10 +20,11 @@ def test_load_and_translate(tmp_path):
 
 
 @pytest.mark.parametrize("body,where", [("q1 no tab\n", "line 1"), ("q1\tx\nq1\ty\n", "line 2"),
-                                        ("q1\t \n", "line 1"), ("# only a comment\n", "no queries")])
+                                        ("q1\t \n", "line 1"), ("# only a comment\n", "no queries"),
+                                        (b"q1\tok\nq2\tun carr\xe9\n", r"line 2\]: not UTF-8 text")])
 def test_bad_files_name_the_file_and_line(tmp_path, body, where):
     f = tmp_path / "bad.tsv"
-    f.write_text(body)
+    f.write_bytes(body if isinstance(body, bytes) else body.encode())
     with pytest.raises(DataError, match=where) as e:
         load_query_texts(f)
     assert str(f) in str(e.value)
