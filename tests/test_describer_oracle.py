@@ -40,7 +40,8 @@ def test_caption_less_images_read_their_pair_caption(oracle, make_cfg, tmp_path,
 def record(seed: int, ranks: list[int]) -> dict:
     """Five queries of one image: the first is its pair caption."""
     return {"seed": seed, "query_ids": [f"q{i}" for i in range(len(ranks))], "rank": ranks,
-            "pair_caption": [i % 5 == 0 for i in range(len(ranks))]}
+            "pair_caption": [i % 5 == 0 for i in range(len(ranks))],
+            "wording": {"mentions": 10, "most_used": 0.5 + 0.1 * seed}}
 
 
 def test_recall_on_all_five_and_on_the_four(oracle):
@@ -67,6 +68,8 @@ def test_seeds_jobs_and_out_reach_every_run_and_the_mean_is_printed(oracle, monk
     printed = capsys.readouterr().out
     assert "(captioner describer): all five queries, mean ± std over seeds 0,1,2: R@1 40.0 ± 20.0" in printed
     assert "the four non-pair-caption queries, mean ± std over seeds 0,1,2: R@1 25.0 ± 25.0" in printed
+    assert "seed 2: the target images' identifiers: 0.70 of their 10 shape, colour, size and background" in printed
+    assert "identifiers, mean ± std over seeds: 0.60 ± 0.10 of their concept words" in printed
     assert sorted(p.name for p in out.iterdir()) == ["seed0.json", "seed1.json", "seed2.json"]
     assert json.loads((out / "seed2.json").read_text())["rank"] == [1, 1, 1, 0, 0]
 
@@ -150,11 +153,26 @@ def test_a_run_records_its_first_hit_ranks_and_pair_captions(oracle, monkeypatch
         return ds, queries, [["i1", "i0"], ["i0", "i1"], ["i0"]]
 
     monkeypatch.setattr(Pipeline, "task_rankings", task_rankings)
+    monkeypatch.setattr(Pipeline, "encode", lambda self, ds_: "embeddings")
+    monkeypatch.setattr(Pipeline, "identify", lambda self, ds_, emb: SimpleNamespace(
+        text={"i0": "a crimson square on a dark background", "i1": "a red circle"}.get))
     monkeypatch.setattr(oracle, "CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
     rec = oracle.evaluate(["experiment=ssid_table1", "identifier=semantic", "identifier.collisions=disambiguate",
                            "threads=1"], True, 3)
     assert rec == {"seed": 3, "query_ids": ["q0", "q1", "q2"], "rank": [2, 1, 0],
-                   "pair_caption": [True, False, False]}
+                   "pair_caption": [True, False, False],  # the targets i0 and i1: red worded two ways
+                   "wording": {"mentions": 5, "most_used": 0.8}}
     assert seen == {"task": "t2i", "seed": 3, "collisions": "disambiguate", "pipeline": "PairCaptionPipeline",
                     "cache": str(tmp_path / "cache")}
+
+
+def test_wording_counts_each_concepts_most_used_wording(oracle):
+    """The share of concept words in their concept's most used wording: longer wordings first ("plus sign" is
+    no "plus"; "deep blue" is the navy background, not the colour), a hyphenated word is one ("snow-white")."""
+    ids = ["a red plus sign on a deep blue background", "a crimson plus on a navy background",
+           "a red circle #2", "a snow-white disc on a dark background"]
+    # red 2 of 3 (crimson); cross: "plus sign" 1, "plus" 1; navy: "deep blue" 1, "navy" 1; circle 1, disc 1;
+    # white: "snow-white" 1; black: "dark" 1 -> most used 2 + 1 + 1 + 1 + 1 + 1 of 11 mentions
+    assert oracle.wording(ids) == {"mentions": 11, "most_used": pytest.approx(7 / 11)}
+    assert oracle.wording(["a red circle", "a red circle"]) == {"mentions": 4, "most_used": 1.0}

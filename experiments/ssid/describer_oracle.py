@@ -17,7 +17,9 @@ stage artifacts (`captioner.describer=pair-caption` enters the stage keys) and a
 `identifier.describe=all` (SSID) or `identifier.train_caption=generated` (semantic) the captioner describes
 every image, train images too.  `--seeds 0,1,2` runs each seed and prints mean ± std over them; `--jobs N` says
 that N such processes run side by side (threads=auto then gives each the cores // N torch threads);
-`--out DIR` writes each seed's first-hit ranks to DIR/seed<S>.json, and
+`--out DIR` writes each seed's first-hit ranks to DIR/seed<S>.json.  Each seed also prints how consistently
+the target images' identifiers word shapes' concepts (`wording`: the share of their shape, colour, size and
+background words in that concept's most used wording; shapes' captions word each concept 2-3 ways), and
 
     .venv/bin/python experiments/ssid/describer_oracle.py --compare DIR_A DIR_B [--compare DIR_C DIR_D ...]
 
@@ -29,6 +31,7 @@ like, as reproduce-table1's pair), then SSID against semantic IDs under each des
 """
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -38,6 +41,7 @@ from hydra import compose, initialize_config_dir
 
 from genretr.artifacts import atomic_write_text
 from genretr.data.schema import PAIR
+from genretr.data.shapes import BACKGROUNDS, COLOURS, SHAPES, SIZES
 from genretr.evaluation.metrics import first_hit_ranks, per_query_scores
 from genretr.hardware import auto_threads
 from genretr.pipeline import Pipeline
@@ -48,6 +52,9 @@ ROOT = Path(__file__).resolve().parents[2]
 CACHE = os.environ.get("GENRETR_CACHE", str(ROOT / ".cache/genretr"))
 ALL, UNSEEN = "all five queries", "the four non-pair-caption queries"
 METRICS = ("R@1", "R@5", "R@10", "MRR@10")
+# shapes' concepts and each one's wordings in its captions (positions left out: SSID's keywords shorten them)
+CONCEPTS = {**{("shape", k): v for k, v in SHAPES.items()}, **{("colour", k): v[1] for k, v in COLOURS.items()},
+            **{("size", k): v[1] for k, v in SIZES.items()}, **{("background", k): v[1] for k, v in BACKGROUNDS.items()}}
 
 
 class PairCaptionPipeline(Pipeline):
@@ -72,10 +79,27 @@ def evaluate(overrides: list[str], oracle: bool, seed: int, jobs: int = 1) -> di
     torch.set_num_threads(auto_threads(cfg.get("threads", "auto"), jobs))
     p = (PairCaptionPipeline if oracle else Pipeline)(cfg, Path("outputs/describer_oracle"))
     ds, queries, rankings = p.task_rankings("t2i")
+    table = p.identify(ds, p.encode(ds))  # cache hits: the identifiers as the scheme wrote them
     pair_caption = {it.image: it.text for it in ds.items.values() if it.modality == PAIR}
     ranks = first_hit_ranks(rankings, [q.relevant for q in queries])
+    targets = sorted({i for q in queries for i in q.relevant})
     return {"seed": seed, "query_ids": [q.id for q in queries], "rank": [int(r) for r in ranks],
-            "pair_caption": [q.text == pair_caption.get(ds.items[next(iter(q.relevant))].image) for q in queries]}
+            "pair_caption": [q.text == pair_caption.get(ds.items[next(iter(q.relevant))].image) for q in queries],
+            "wording": wording([table.text(i) for i in targets])}
+
+
+def wording(identifiers: list[str]) -> dict:
+    """How consistently identifiers word shapes' concepts: {"mentions": the shape, colour, size and background
+    words they hold, "most_used": the share of those in their concept's most used wording} (1.0: one wording
+    a concept; ~0.4: the captions' 2-3 wordings at random).  Longer wordings match first ("plus sign" before
+    "plus", "deep blue" before "blue"); a hyphenated word is one word ("snow-white" is no "white")."""
+    found = {c: {w: 0 for w in ws} for c, ws in CONCEPTS.items()}
+    for text in identifiers:
+        for length, concept, w in sorted(((len(w), c, w) for c, ws in CONCEPTS.items() for w in ws), reverse=True):
+            text, n = re.subn(rf"(?<![\w-]){re.escape(w)}(?![\w-])", "|", text)
+            found[concept][w] += n
+    mentions = sum(sum(c.values()) for c in found.values())
+    return {"mentions": mentions, "most_used": sum(max(c.values()) for c in found.values()) / max(mentions, 1)}
 
 
 def subsets(record: dict) -> dict[str, np.ndarray]:
@@ -166,7 +190,7 @@ def main(args):
     seeds = [int(s) for s in seeds.split(",") if s]
     overrides = [a for a in args if a != "--captioner"]
     name = f"{' '.join(overrides)} ({'pair-caption describer' if oracle else 'captioner describer'})"
-    per_seed = []
+    per_seed, most_used = [], []
     for seed in seeds:
         record = evaluate(overrides, oracle, seed, int(jobs))
         if out:
@@ -177,11 +201,18 @@ def main(args):
         for label in (ALL, UNSEEN):
             print(f"{name} seed {seed}: {label} ({found[label + ' n']}): " + "  ".join(
                 f"{m} {v:.1f}" for m, v in zip(METRICS, found[label])), flush=True)
+        w = record["wording"]
+        most_used.append(w["most_used"])
+        print(f"{name} seed {seed}: the target images' identifiers: {w['most_used']:.2f} of their {w['mentions']} "
+              "shape, colour, size and background words in the concept's most used wording", flush=True)
     if len(seeds) > 1:
         for label in (ALL, UNSEEN):
             cols = [summary([f[label][k] for f in per_seed]) for k in range(len(METRICS))]
             print(f"{name}: {label}, mean ± std over seeds {','.join(map(str, seeds))}: " + "  ".join(
                 f"{m} {c.mean:.1f} ± {c.std:.1f}" for m, c in zip(METRICS, cols)), flush=True)
+        share = summary(most_used)
+        print(f"{name}: the target images' identifiers, mean ± std over seeds: {share.mean:.2f} ± {share.std:.2f} "
+              "of their concept words in the concept's most used wording", flush=True)
 
 
 if __name__ == "__main__":
