@@ -50,9 +50,9 @@ def read_items(path: Path, size) -> list[tuple[str, str | None, np.ndarray | Non
     if path.is_dir():
         for f in sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
             caption = f.with_suffix(".txt")
-            lines = text_lines(str(caption), "the image's caption") if caption.is_file() else ()
-            text = "\n".join(line for _, line in lines)
-            out.append((f.stem, text.strip() or None, image(f, str(f)), str(f)))
+            text = "\n".join(line for _, line in text_lines(str(caption), "the image's caption")).strip() \
+                if caption.is_file() else None
+            out.append((f.stem, text, image(f, str(f)), str(f)))
         if not out:
             raise GenretrError(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)}) in it")
         return out

@@ -176,3 +176,8 @@ def test_wording_counts_each_concepts_most_used_wording(oracle):
     # white: "snow-white" 1; black: "dark" 1 -> most used 2 + 1 + 1 + 1 + 1 + 1 of 11 mentions
     assert oracle.wording(ids) == {"mentions": 11, "most_used": pytest.approx(7 / 11)}
     assert oracle.wording(["a red circle", "a red circle"]) == {"mentions": 4, "most_used": 1.0}
+    # the captions' conjunction ", plus a ..." is no cross; SSID's identifier words split "snow-white" and
+    # the keywords generator drops its hyphen: both are still the one wording "snow-white"
+    assert oracle.wording(["a red circle , plus a blue square"]) == {"mentions": 4, "most_used": 1.0}
+    assert oracle.wording(["a snow - white three - sided shape", "a snow white wedge plus",
+                           "a plus sign, plus the red plus"]) == {"mentions": 8, "most_used": 0.75}

@@ -17,9 +17,10 @@ stage artifacts (`captioner.describer=pair-caption` enters the stage keys) and a
 `identifier.describe=all` (SSID) or `identifier.train_caption=generated` (semantic) the captioner describes
 every image, train images too.  `--seeds 0,1,2` runs each seed and prints mean ± std over them; `--jobs N` says
 that N such processes run side by side (threads=auto then gives each the cores // N torch threads);
-`--out DIR` writes each seed's first-hit ranks to DIR/seed<S>.json.  Each seed also prints how consistently
-the target images' identifiers word shapes' concepts (`wording`: the share of their shape, colour, size and
-background words in that concept's most used wording; shapes' captions word each concept 2-3 ways), and
+`--out DIR` writes each seed's record (first-hit ranks, `wording`) to DIR/seed<S>.json.  Each seed also prints
+how consistently the target images' identifiers word shapes' concepts (`wording`: the share of their shape,
+colour, size and background words in that concept's most used wording; shapes' captions word each concept
+2-3 ways).  Then
 
     .venv/bin/python experiments/ssid/describer_oracle.py --compare DIR_A DIR_B [--compare DIR_C DIR_D ...]
 
@@ -55,6 +56,11 @@ METRICS = ("R@1", "R@5", "R@10", "MRR@10")
 # shapes' concepts and each one's wordings in its captions (positions left out: SSID's keywords shorten them)
 CONCEPTS = {**{("shape", k): v for k, v in SHAPES.items()}, **{("colour", k): v[1] for k, v in COLOURS.items()},
             **{("size", k): v[1] for k, v in SIZES.items()}, **{("background", k): v[1] for k, v in BACKGROUNDS.items()}}
+DETERMINERS = r"(?:a|an|the|this|that|these|those|some|any|each|every|another)\b"  # as the keywords generator's
+# (concept, wording, its pattern), longest wording first
+WORDING_PATTERNS = [(c, w, re.compile(r"(?<![\w-])" + re.escape(w).replace(r"\-", r"\s*-?\s*") + r"(?![\w-])"
+                                      + (rf"(?!\s+{DETERMINERS})" if w == "plus" else "")))
+                    for _, c, w in sorted(((len(w), c, w) for c, ws in CONCEPTS.items() for w in ws), reverse=True)]
 
 
 class PairCaptionPipeline(Pipeline):
@@ -71,7 +77,7 @@ class PairCaptionPipeline(Pipeline):
 
 def evaluate(overrides: list[str], oracle: bool, seed: int, jobs: int = 1) -> dict:
     """One seed's t2i run: {"seed", "query_ids", "rank" (1-based first hit, 0 for none), "pair_caption" (the
-    query is its target image's pair caption)}."""
+    query is its target image's pair caption), "wording" (of the target images' identifiers)}."""
     extra = ["+captioner.describer=pair-caption"] if oracle else []
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
         cfg = compose("config", overrides=[*overrides, *extra, f"seed={seed}", f"paths.cache_dir={CACHE}",
@@ -92,11 +98,12 @@ def wording(identifiers: list[str]) -> dict:
     """How consistently identifiers word shapes' concepts: {"mentions": the shape, colour, size and background
     words they hold, "most_used": the share of those in their concept's most used wording} (1.0: one wording
     a concept; ~0.4: the captions' 2-3 wordings at random).  Longer wordings match first ("plus sign" before
-    "plus", "deep blue" before "blue"); a hyphenated word is one word ("snow-white" is no "white")."""
+    "plus", "deep blue" before "blue"); a hyphenated wording also matches spelt with spaces ("snow - white",
+    "snow white": SSID's identifier words); "plus" before a determiner is the captions' conjunction, no shape."""
     found = {c: {w: 0 for w in ws} for c, ws in CONCEPTS.items()}
     for text in identifiers:
-        for length, concept, w in sorted(((len(w), c, w) for c, ws in CONCEPTS.items() for w in ws), reverse=True):
-            text, n = re.subn(rf"(?<![\w-]){re.escape(w)}(?![\w-])", "|", text)
+        for concept, w, pattern in WORDING_PATTERNS:
+            text, n = pattern.subn("|", text)
             found[concept][w] += n
     mentions = sum(sum(c.values()) for c in found.values())
     return {"mentions": mentions, "most_used": sum(max(c.values()) for c in found.values()) / max(mentions, 1)}

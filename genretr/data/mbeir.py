@@ -149,7 +149,7 @@ def load_instructions(path: str) -> dict[tuple[str, str, str], list[str]]:
     """(dataset id, query modality, candidate modality) → prompts, from M-BEIR's TSV (header skipped)."""
     prompts = {}
     for n, line in textfile.text_lines(path, "set dataset.instructions: null to use genretr's"):
-        if n == 1 or not line.strip():  # the header
+        if n == 1 or not line.strip():  # the header, or a blank line
             continue
         parts = [p.strip() for p in line.split("\t")]
         texts = [p for p in parts[4:] if p]

@@ -18,7 +18,8 @@ def one_line(text: object) -> str:
 
 
 def text_lines(path: str, missing: str) -> Iterator[tuple[int, str]]:
-    """(line number from 1, the line without its end) per line of the UTF-8 file at `path`.
+    """(line number from 1, the line without its end) per line of the UTF-8 file at `path` (a leading byte-order
+    mark dropped).
 
     `missing`: what the file is and what to do about it, said when it does not exist."""
     try:
@@ -34,22 +35,25 @@ def text_lines(path: str, missing: str) -> Iterator[tuple[int, str]]:
             except UnicodeDecodeError as e:
                 raise DataError(path, f"line {n}", f"not UTF-8 text (byte {e.start + 1} of the line is "
                                                    f"{raw[e.start:e.start + 1].hex()})") from None
-            yield n, line.rstrip("\r\n")
+            line = line.rstrip("\r\n")
+            yield n, line.removeprefix("\ufeff") if n == 1 else line
 
 
 def read_jsonl(path: str, missing: str, limit: int | None = None) -> Iterator[tuple[str, dict]]:
     """("line N", object) per non-blank line of a JSON-lines file, the first `limit` of them if set."""
+    if limit is not None and limit < 1:
+        return
     kept = 0
     for n, line in text_lines(path, missing):
         if not line.strip():
             continue
-        if limit is not None and kept >= limit:
-            return
         try:
             raw = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(path, f"line {n}", f"malformed JSON: {e.msg} (column {e.colno})") from None
         if not isinstance(raw, dict):
             raise DataError(path, f"line {n}", "entry is not a JSON object")
-        kept += 1
         yield f"line {n}", raw
+        kept += 1
+        if kept == limit:  # the lines after it are not read
+            return
