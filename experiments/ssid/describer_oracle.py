@@ -44,6 +44,7 @@ from genretr.artifacts import atomic_write_text
 from genretr.data.schema import PAIR
 from genretr.data.shapes import BACKGROUNDS, COLOURS, SHAPES, SIZES
 from genretr.evaluation.metrics import first_hit_ranks, per_query_scores
+from genretr.generators.keywords import DETERMINERS
 from genretr.hardware import auto_threads
 from genretr.pipeline import Pipeline
 from genretr.report_stats import fmt_p, pair_by_seed, paired_ranks_test, verdict
@@ -56,10 +57,10 @@ METRICS = ("R@1", "R@5", "R@10", "MRR@10")
 # shapes' concepts and each one's wordings in its captions (positions left out: SSID's keywords shorten them)
 CONCEPTS = {**{("shape", k): v for k, v in SHAPES.items()}, **{("colour", k): v[1] for k, v in COLOURS.items()},
             **{("size", k): v[1] for k, v in SIZES.items()}, **{("background", k): v[1] for k, v in BACKGROUNDS.items()}}
-DETERMINERS = r"(?:a|an|the|this|that|these|those|some|any|each|every|another)\b"  # as the keywords generator's
+CONJUNCTION = rf"(?!\s+(?:{'|'.join(sorted(DETERMINERS))})\b)"  # "plus" before one joins phrases (keywords.py)
 # (concept, wording, its pattern), longest wording first
 WORDING_PATTERNS = [(c, w, re.compile(r"(?<![\w-])" + re.escape(w).replace(r"\-", r"\s*-?\s*") + r"(?![\w-])"
-                                      + (rf"(?!\s+{DETERMINERS})" if w == "plus" else "")))
+                                      + (CONJUNCTION if w == "plus" else "")))
                     for _, c, w in sorted(((len(w), c, w) for c, ws in CONCEPTS.items() for w in ws), reverse=True)]
 
 

@@ -40,7 +40,7 @@ must it its it's their theirs his her hers him he she they them we us our you yo
 there here very just also too not no only own same both all either neither
 many much more most few several lot lots various
 """.split())
-_DETERMINERS = frozenset("a an the this that these those some any each every another".split())
+DETERMINERS = frozenset("a an the this that these those some any each every another".split())
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
 
 
@@ -53,7 +53,7 @@ def content_runs(text: str) -> list[list[str]]:
         run = []
         ws = _WORD.findall(chunk)
         for i, w in enumerate(ws):
-            if w in FUNCTION_WORDS or (w == "plus" and i + 1 < len(ws) and ws[i + 1] in _DETERMINERS):
+            if w in FUNCTION_WORDS or (w == "plus" and i + 1 < len(ws) and ws[i + 1] in DETERMINERS):
                 if run:
                     runs.append(run)
                 run = []
