@@ -192,7 +192,8 @@ reproduce-ssid-fewshot: ## SSID Fig. 3 on shapes: fine-tuning on N samples, test
 # each), ~12 h of runs, ~6.5 h with JOBS=2, plus the cold cache's shared stages (README: not yet run with seeds).
 # Each setting's lines name it (all of its output also in multirun/ssid_describer/<setting>.log), its mean ± std
 # printed when its seeds are done, each seed's first-hit ranks under multirun/ssid_describer/<setting>/; then SSID
-# is tested against semantic IDs under each describer (paired test, Holm over the call's 24 tests; compare.txt).
+# is tested against semantic IDs under each describer (paired test on all five queries, the four, and the queries
+# whose target has identifier words of its own in both runs; Holm over the call's 36 tests; compare.txt).
 # Semantic IDs take SSID's "#j" counters (as reproduce-table1's like-for-like row), so each describer's pair
 # differs in the identifier scheme alone.
 DESCRIBED = multirun/ssid_describer

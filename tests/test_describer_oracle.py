@@ -40,7 +40,7 @@ def test_caption_less_images_read_their_pair_caption(oracle, make_cfg, tmp_path,
 def record(seed: int, ranks: list[int]) -> dict:
     """Five queries of one image: the first is its pair caption."""
     return {"seed": seed, "query_ids": [f"q{i}" for i in range(len(ranks))], "rank": ranks,
-            "pair_caption": [i % 5 == 0 for i in range(len(ranks))],
+            "pair_caption": [i % 5 == 0 for i in range(len(ranks))], "shared": [1] * len(ranks),
             "wording": {"mentions": 10, "most_used": 0.5 + 0.1 * seed}}
 
 
@@ -84,24 +84,28 @@ def test_compare_pairs_queries_by_seed_and_id(oracle, tmp_path, capsys):
     by_id = {}
     for seed in (0, 1, 2):
         rb = record(seed, rng.integers(1, 4, 200).tolist())
-        ra = {**rb, "rank": [max(1, r - 1) for r in rb["rank"]]}  # A ranks each query's image one place higher
+        rb["shared"] = rng.integers(1, 3, 200).tolist()
+        ra = {**rb, "rank": [max(1, r - 1) for r in rb["rank"]],  # A ranks each query's image one place higher
+              "shared": rng.integers(1, 3, 200).tolist()}
         (a / f"seed{seed}.json").write_text(json.dumps(ra))
         if seed == 2:
             continue  # only A has seed 2
-        by_id[seed] = (np.asarray(ra["rank"]), np.asarray(rb["rank"]), ~np.asarray(rb["pair_caption"]))
+        by_id[seed] = (np.asarray(ra["rank"]), np.asarray(rb["rank"]), ~np.asarray(rb["pair_caption"]),
+                       (np.asarray(ra["shared"]) == 1) & (np.asarray(rb["shared"]) == 1))  # OWN: own words in both
         order = rng.permutation(200)
         (b / f"seed{seed}.json").write_text(json.dumps({k: [v[i] for i in order] if isinstance(v, list) else v
                                                         for k, v in rb.items()}))
     oracle.main(["--compare", str(a), str(b), "--compare", str(b), str(b)])
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 2 * 2 * 4  # two comparisons x two subsets x four metrics
-    for label, unseen_only in ((oracle.ALL, False), (oracle.UNSEEN, True)):
-        diffs = [100 * ((ra[sel] == 1).mean() - (rb[sel] == 1).mean()) for ra, rb, unseen in by_id.values()
-                 for sel in [unseen if unseen_only else slice(None)]]
-        pairs = sum(int(unseen.sum()) if unseen_only else 200 for _, _, unseen in by_id.values())
+    assert len(lines) == 2 * 3 * 4  # two comparisons x three subsets x four metrics
+    for label in (oracle.ALL, oracle.UNSEEN, oracle.OWN):
+        sels = [{oracle.ALL: np.ones(200, bool), oracle.UNSEEN: unseen, oracle.OWN: own}[label]
+                for _, _, unseen, own in by_id.values()]
+        diffs = [100 * ((ra[sel] == 1).mean() - (rb[sel] == 1).mean())
+                 for (ra, rb, _, _), sel in zip(by_id.values(), sels)]
         line = next(ln for ln in lines if ln.startswith(f"{a} - {b}, {label}, R@1:"))
-        assert f"(seeds {diffs[0]:+.1f} / {diffs[1]:+.1f}; {pairs} pairs)" in line, line
-        assert "Holm over 16" in line and line.endswith("A > B holds")
+        assert f"(seeds {diffs[0]:+.1f} / {diffs[1]:+.1f}; {sum(int(sel.sum()) for sel in sels)} pairs)" in line, line
+        assert "Holm over 24" in line and line.endswith("A > B holds")
     assert all(ln.endswith("A > B not separated") for ln in lines if ln.startswith(f"{b} - {b}"))
 
 
@@ -155,14 +159,15 @@ def test_a_run_records_its_first_hit_ranks_and_pair_captions(oracle, monkeypatch
     monkeypatch.setattr(Pipeline, "task_rankings", task_rankings)
     monkeypatch.setattr(Pipeline, "encode", lambda self, ds_: "embeddings")
     monkeypatch.setattr(Pipeline, "identify", lambda self, ds_, emb: SimpleNamespace(
-        text={"i0": "a crimson square on a dark background", "i1": "a red circle"}.get))
+        text={"i0": "a crimson square on a dark background #0", "i1": "a crimson square on a dark background #1"}.get))
     monkeypatch.setattr(oracle, "CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
     rec = oracle.evaluate(["experiment=ssid_table1", "identifier=semantic", "identifier.collisions=disambiguate",
                            "threads=1"], True, 3)
     assert rec == {"seed": 3, "query_ids": ["q0", "q1", "q2"], "rank": [2, 1, 0],
-                   "pair_caption": [True, False, False],  # the targets i0 and i1: red worded two ways
-                   "wording": {"mentions": 5, "most_used": 0.8}}
+                   "pair_caption": [True, False, False],
+                   "shared": [2, 2, 2],  # i0 and i1: the same words, told apart by their counters
+                   "wording": {"mentions": 6, "most_used": 1.0}}
     assert seen == {"task": "t2i", "seed": 3, "collisions": "disambiguate", "pipeline": "PairCaptionPipeline",
                     "cache": str(tmp_path / "cache")}
 
@@ -181,3 +186,30 @@ def test_wording_counts_each_concepts_most_used_wording(oracle):
     assert oracle.wording(["a red circle , plus a blue square"]) == {"mentions": 4, "most_used": 1.0}
     assert oracle.wording(["a snow - white three - sided shape", "a snow white wedge plus",
                            "a plus sign, plus the red plus"]) == {"mentions": 8, "most_used": 0.75}
+
+
+def test_shared_words_leave_out_the_final_counter(oracle):
+    """How many items have an item's identifier words: a final "#j" counter is left out, a "#" word elsewhere
+    is a word."""
+    ids = {"a": "red square #0", "b": "red square #1", "c": "red square", "d": "# red square", "e": "blue disc"}
+    assert oracle.shared_words(ids) == {"a": 3, "b": 3, "c": 3, "d": 1, "e": 1}
+
+
+def test_a_run_prints_recall_with_and_without_words_of_its_own(oracle, monkeypatch, capsys):
+    """Each seed: the share of queries whose target has identifier words of its own, R@1 on them and on the
+    others."""
+    monkeypatch.setattr(oracle, "evaluate", lambda o, is_oracle, seed, jobs=1:
+                        {**record(seed, [1, 1, 0, 1, 2, 1]), "shared": [1, 1, 2, 1, 3, 3]})
+    oracle.main(["experiment=ssid_table1"])
+    assert ("seed 0: 0.500 of the queries' targets have identifier words of their own: R@1 100.0 on those, "
+            "33.3 on the others") in capsys.readouterr().out
+
+
+def test_compare_refuses_records_without_shared(oracle, tmp_path):
+    """Records written before `shared` was recorded name the seed to run again."""
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        rec = {"seed": 0, "query_ids": ["q0", "q1"], "rank": [1, 2], "pair_caption": [True, False]}
+        (tmp_path / name / "seed0.json").write_text(json.dumps({**rec, "shared": [1, 1]} if name == "b" else rec))
+    with pytest.raises(SystemExit, match=r"a: seed0.json has no \"shared\""):
+        oracle.main(["--compare", str(tmp_path / "a"), str(tmp_path / "b")])

@@ -17,19 +17,23 @@ stage artifacts (`captioner.describer=pair-caption` enters the stage keys) and a
 `identifier.describe=all` (SSID) or `identifier.train_caption=generated` (semantic) the captioner describes
 every image, train images too.  `--seeds 0,1,2` runs each seed and prints mean ± std over them; `--jobs N` says
 that N such processes run side by side (threads=auto then gives each the cores // N torch threads);
-`--out DIR` writes each seed's record (first-hit ranks, `wording`) to DIR/seed<S>.json.  Each seed also prints
-how consistently the target images' identifiers word shapes' concepts (`wording`: the share of their shape,
-colour, size and background words in that concept's most used wording; shapes' captions word each concept
-2-3 ways).  Then
+`--out DIR` writes each seed's record (first-hit ranks, `shared`, `wording`) to DIR/seed<S>.json.  Each seed also
+prints R@1 on the queries whose target image has identifier words of its own among the target images and on
+those whose target only a "#j" counter tells apart (`shared`), and how consistently the target images'
+identifiers word shapes' concepts (`wording`: the share of their shape, colour, size and background words in
+that concept's most used wording; shapes' captions word each concept 2-3 ways).  Then
 
     .venv/bin/python experiments/ssid/describer_oracle.py --compare DIR_A DIR_B [--compare DIR_C DIR_D ...]
 
-tests A against B with genretr.report's paired sign-flip test over (seed, query) pairs, on all five queries and
-on the four, R@1/5/10 and MRR@10, Holm-adjusted over every comparison of the call; "A > B" holds (or is
-reversed) at adjusted p < 0.05 with every common seed's difference of that sign (genretr.report_stats.verdict).
-`make reproduce-ssid-describer` runs the six over SEEDS seeds, semantic IDs with SSID's "#j" counters (like for
-like, as reproduce-table1's pair), then SSID against semantic IDs under each describer.
+tests A against B with genretr.report's paired sign-flip test over (seed, query) pairs, on all five queries, on
+the four, and on the queries whose target has identifier words of its own in both runs (what is left of A - B
+without the counter-only identifiers), R@1/5/10 and MRR@10, Holm-adjusted over every comparison of the call;
+"A > B" holds (or is reversed) at adjusted p < 0.05 with every common seed's difference of that sign
+(genretr.report_stats.verdict).  `make reproduce-ssid-describer` runs the six over SEEDS seeds, semantic IDs
+with SSID's "#j" counters (like for like, as reproduce-table1's pair), then SSID against semantic IDs under
+each describer.
 """
+import collections
 import json
 import os
 import re
@@ -53,6 +57,8 @@ from genretr.stats import holm, summary
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = os.environ.get("GENRETR_CACHE", str(ROOT / ".cache/genretr"))
 ALL, UNSEEN = "all five queries", "the four non-pair-caption queries"
+OWN = "the queries whose target's identifier words are its own under both"  # --compare only: needs both records
+COUNTER = re.compile(r"#\d+")  # collisions: disambiguate's last token (genretr.identifiers.common)
 METRICS = ("R@1", "R@5", "R@10", "MRR@10")
 # shapes' concepts and each one's wordings in its captions (positions left out: SSID's keywords shorten them)
 CONCEPTS = {**{("shape", k): v for k, v in SHAPES.items()}, **{("colour", k): v[1] for k, v in COLOURS.items()},
@@ -78,7 +84,8 @@ class PairCaptionPipeline(Pipeline):
 
 def evaluate(overrides: list[str], oracle: bool, seed: int, jobs: int = 1) -> dict:
     """One seed's t2i run: {"seed", "query_ids", "rank" (1-based first hit, 0 for none), "pair_caption" (the
-    query is its target image's pair caption), "wording" (of the target images' identifiers)}."""
+    query is its target image's pair caption), "shared" (how many target images have the words of the query's
+    target's identifier), "wording" (of the target images' identifiers)}."""
     extra = ["+captioner.describer=pair-caption"] if oracle else []
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
         cfg = compose("config", overrides=[*overrides, *extra, f"seed={seed}", f"paths.cache_dir={CACHE}",
@@ -90,9 +97,22 @@ def evaluate(overrides: list[str], oracle: bool, seed: int, jobs: int = 1) -> di
     pair_caption = {it.image: it.text for it in ds.items.values() if it.modality == PAIR}
     ranks = first_hit_ranks(rankings, [q.relevant for q in queries])
     targets = sorted({i for q in queries for i in q.relevant})
+    shared = shared_words({i: table.text(i) for i in targets})
     return {"seed": seed, "query_ids": [q.id for q in queries], "rank": [int(r) for r in ranks],
             "pair_caption": [q.text == pair_caption.get(ds.items[next(iter(q.relevant))].image) for q in queries],
+            "shared": [shared[next(iter(q.relevant))] for q in queries],
             "wording": wording([table.text(i) for i in targets])}
+
+
+def shared_words(identifiers: dict[str, str]) -> dict[str, int]:
+    """item -> how many of the items have its identifier's words, a final "#j" counter left out (1: its own
+    words; more: only the counter tells it apart, `collisions: disambiguate`)."""
+    words = {}
+    for item, text in identifiers.items():
+        tokens = text.split()
+        words[item] = " ".join(tokens[:-1] if tokens and COUNTER.fullmatch(tokens[-1]) else tokens)
+    held = collections.Counter(words.values())
+    return {item: held[w] for item, w in words.items()}
 
 
 def wording(identifiers: list[str]) -> dict:
@@ -133,9 +153,15 @@ def load(directory: str) -> dict[int, dict]:
     return {r["seed"]: r for r in (json.loads(f.read_text()) for f in files)}
 
 
-def subset(record: dict, label: str) -> dict:
-    """A seed's record restricted to the queries of one subset (ALL or UNSEEN): {"query_ids", "rank"}."""
-    keep = subsets(record)[label]
+def subset(record: dict, label: str, other: dict | None = None) -> dict:
+    """A seed's record restricted to the queries of one subset: {"query_ids", "rank"}.  OWN: the queries whose
+    target's identifier words are its own in this record and in `other` (the same seed's of the other run)."""
+    if label == OWN:
+        other_shared = dict(zip(other["query_ids"], other["shared"]))
+        keep = [i for i, (q, n) in enumerate(zip(record["query_ids"], record["shared"]))
+                if n == 1 and other_shared.get(q) == 1]
+    else:
+        keep = subsets(record)[label]
     return {"query_ids": [record["query_ids"][i] for i in keep], "rank": [record["rank"][i] for i in keep]}
 
 
@@ -150,8 +176,12 @@ def compare(pairs: list[tuple[str, str]]) -> list[str]:
             if any(b_flag.get(q, f) != f for q, f in zip(a[s]["query_ids"], a[s]["pair_caption"])):
                 raise SystemExit(f"describer_oracle.py: {a_dir} and {b_dir} disagree on which queries are "
                                  f"pair captions (seed {s}): not runs of one dataset")
-        for label in (ALL, UNSEEN):
-            paired = pair_by_seed({s: subset(r, label) for s, r in a.items()}, b)
+        for directory, records in ((a_dir, a), (b_dir, b)):
+            if missing := sorted(s for s, r in records.items() if "shared" not in r):
+                raise SystemExit(f"describer_oracle.py: {directory}: seed{missing[0]}.json has no \"shared\" "
+                                 "(written before it was recorded): run that seed again with --out")
+        for label in (ALL, UNSEEN, OWN):
+            paired = pair_by_seed({s: subset(r, label, b.get(s)) for s, r in a.items() if s in b}, b)
             if isinstance(paired, str):
                 raise SystemExit(f"describer_oracle.py: {a_dir} and {b_dir}: {paired}")
             for m in METRICS:
@@ -209,6 +239,12 @@ def main(args):
         for label in (ALL, UNSEEN):
             print(f"{name} seed {seed}: {label} ({found[label + ' n']}): " + "  ".join(
                 f"{m} {v:.1f}" for m, v in zip(METRICS, found[label])), flush=True)
+        own = np.asarray(record["shared"]) == 1
+        first = np.asarray(record["rank"]) == 1
+        on = {k: f"{100 * first[sel].mean():.1f}" if sel.any() else "-" for k, sel in (("own", own), ("not", ~own))}
+        print(f"{name} seed {seed}: {own.mean():.3f} of the queries' targets have identifier words of their own: "
+              f"R@1 {on['own']} on those, {on['not']} on the others (only a counter tells their target apart)",
+              flush=True)
         w = record["wording"]
         most_used.append(w["most_used"])
         print(f"{name} seed {seed}: the target images' identifiers: {w['most_used']:.2f} of their {w['mentions']} "
