@@ -1,5 +1,6 @@
 """experiments/ssid/describer_oracle.py: the pair-caption describer gives each caption-less image its pair's caption;
---seeds, --jobs and --out reach every run; recall on all five queries and on the four; --compare's paired test."""
+--seeds, --jobs and --out reach every run; recall on all five queries, on the four, and with and without identifier
+words of the target's own; --compare's paired test."""
 import importlib.util
 import json
 from pathlib import Path
@@ -76,7 +77,8 @@ def test_seeds_jobs_and_out_reach_every_run_and_the_mean_is_printed(oracle, monk
 
 def test_compare_pairs_queries_by_seed_and_id(oracle, tmp_path, capsys):
     """A - B pairs each query of A with B's of the same seed and id (B lists its queries in another order; a seed
-    only A has is left out), on A's subsets; a run against itself is not separated."""
+    only A has is left out), on A's subsets (all five, the four) and on the queries whose target has words of its
+    own in both; a run against itself is not separated."""
     a, b = tmp_path / "a", tmp_path / "b"
     for d in (a, b):
         d.mkdir()
@@ -142,32 +144,34 @@ def test_one_seed_and_one_job_by_default(oracle, monkeypatch):
 
 
 def test_a_run_records_its_first_hit_ranks_and_pair_captions(oracle, monkeypatch, tmp_path):
-    """evaluate(): each t2i query's id, the 1-based rank of its image in the search's ranking (0: not in it) and
-    whether the query is its image's pair caption; the run composes the given overrides and seed."""
+    """evaluate(): each t2i query's id, the 1-based rank of its image in the search's ranking (0: not in it),
+    whether the query is its image's pair caption and how many target images have its target's identifier words;
+    the run composes the given overrides and seed."""
     items = {"i0": Item("i0", "image", image=0), "i1": Item("i1", "image", image=1),
-             "p0": Item("p0", "image,text", image=0, text="a red square")}
+             "i2": Item("i2", "image", image=2), "p0": Item("p0", "image,text", image=0, text="a red square")}
     queries = [Query("q0", "t2i", ("i0",), text="a red square"), Query("q1", "t2i", ("i0",), text="red block"),
-               Query("q2", "t2i", ("i1",), text="a circle")]
-    ds = RetrievalDataset("toy", np.zeros((2, 4, 4, 3), np.uint8), items, {"train": Split(), "test": Split()})
+               Query("q2", "t2i", ("i1",), text="a circle"), Query("q3", "t2i", ("i2",), text="a blue disc")]
+    ds = RetrievalDataset("toy", np.zeros((3, 4, 4, 3), np.uint8), items, {"train": Split(), "test": Split()})
     seen = {}
 
     def task_rankings(self, task):
         seen.update(task=task, seed=self.cfg.seed, collisions=self.cfg.identifier.collisions,
                     pipeline=type(self).__name__, cache=self.cfg.paths.cache_dir)
-        return ds, queries, [["i1", "i0"], ["i0", "i1"], ["i0"]]
+        return ds, queries, [["i1", "i0"], ["i0", "i1"], ["i0"], ["i2"]]
 
     monkeypatch.setattr(Pipeline, "task_rankings", task_rankings)
     monkeypatch.setattr(Pipeline, "encode", lambda self, ds_: "embeddings")
     monkeypatch.setattr(Pipeline, "identify", lambda self, ds_, emb: SimpleNamespace(
-        text={"i0": "a crimson square on a dark background #0", "i1": "a crimson square on a dark background #1"}.get))
+        text={"i0": "a crimson square on a dark background #0", "i1": "a crimson square on a dark background #1",
+              "i2": "a blue disc"}.get))
     monkeypatch.setattr(oracle, "CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
     rec = oracle.evaluate(["experiment=ssid_table1", "identifier=semantic", "identifier.collisions=disambiguate",
                            "threads=1"], True, 3)
-    assert rec == {"seed": 3, "query_ids": ["q0", "q1", "q2"], "rank": [2, 1, 0],
-                   "pair_caption": [True, False, False],
-                   "shared": [2, 2, 2],  # i0 and i1: the same words, told apart by their counters
-                   "wording": {"mentions": 6, "most_used": 1.0}}
+    assert rec == {"seed": 3, "query_ids": ["q0", "q1", "q2", "q3"], "rank": [2, 1, 0, 1],
+                   "pair_caption": [True, False, False, False],
+                   "shared": [2, 2, 2, 1],  # i0 and i1: the same words, told apart by their counters
+                   "wording": {"mentions": 8, "most_used": 1.0}}
     assert seen == {"task": "t2i", "seed": 3, "collisions": "disambiguate", "pipeline": "PairCaptionPipeline",
                     "cache": str(tmp_path / "cache")}
 
@@ -206,10 +210,12 @@ def test_a_run_prints_recall_with_and_without_words_of_its_own(oracle, monkeypat
 
 
 def test_compare_refuses_records_without_shared(oracle, tmp_path):
-    """Records written before `shared` was recorded name the seed to run again."""
-    for name in ("a", "b"):
+    """Records written before `shared` was recorded name the seeds to run again (those both runs have)."""
+    rec = {"query_ids": ["q0", "q1"], "rank": [1, 2], "pair_caption": [True, False]}
+    for name, seeds_without in (("a", ()), ("b", (0, 2, 3))):  # seed 3: only B has it, never compared
         (tmp_path / name).mkdir()
-        rec = {"seed": 0, "query_ids": ["q0", "q1"], "rank": [1, 2], "pair_caption": [True, False]}
-        (tmp_path / name / "seed0.json").write_text(json.dumps({**rec, "shared": [1, 1]} if name == "b" else rec))
-    with pytest.raises(SystemExit, match=r"a: seed0.json has no \"shared\""):
+        for seed in (0, 1, 2) + ((3,) if name == "b" else ()):
+            shared = {} if seed in seeds_without else {"shared": [1, 1]}
+            (tmp_path / name / f"seed{seed}.json").write_text(json.dumps({"seed": seed, **rec, **shared}))
+    with pytest.raises(SystemExit, match=r"b: seed0.json, seed2.json have no \"shared\""):
         oracle.main(["--compare", str(tmp_path / "a"), str(tmp_path / "b")])

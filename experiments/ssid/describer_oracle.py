@@ -97,7 +97,7 @@ def evaluate(overrides: list[str], oracle: bool, seed: int, jobs: int = 1) -> di
     pair_caption = {it.image: it.text for it in ds.items.values() if it.modality == PAIR}
     ranks = first_hit_ranks(rankings, [q.relevant for q in queries])
     targets = sorted({i for q in queries for i in q.relevant})
-    shared = shared_words({i: table.text(i) for i in targets})
+    shared = shared_words({i: table.text(i) for i in targets})  # the targets: shapes' whole test pool
     return {"seed": seed, "query_ids": [q.id for q in queries], "rank": [int(r) for r in ranks],
             "pair_caption": [q.text == pair_caption.get(ds.items[next(iter(q.relevant))].image) for q in queries],
             "shared": [shared[next(iter(q.relevant))] for q in queries],
@@ -166,8 +166,8 @@ def subset(record: dict, label: str, other: dict | None = None) -> dict:
 
 
 def compare(pairs: list[tuple[str, str]]) -> list[str]:
-    """Lines: each (A, B) pair's paired test of A - B (genretr.report_stats) per subset of A's queries and per
-    metric, Holm over all of them."""
+    """Lines: each (A, B) pair's paired test of A - B (genretr.report_stats) per subset of the queries (A's all
+    five and four; OWN, from both records) and per metric, Holm over all of them."""
     rows = []
     for a_dir, b_dir in pairs:
         a, b = load(a_dir), load(b_dir)
@@ -177,9 +177,10 @@ def compare(pairs: list[tuple[str, str]]) -> list[str]:
                 raise SystemExit(f"describer_oracle.py: {a_dir} and {b_dir} disagree on which queries are "
                                  f"pair captions (seed {s}): not runs of one dataset")
         for directory, records in ((a_dir, a), (b_dir, b)):
-            if missing := sorted(s for s, r in records.items() if "shared" not in r):
-                raise SystemExit(f"describer_oracle.py: {directory}: seed{missing[0]}.json has no \"shared\" "
-                                 "(written before it was recorded): run that seed again with --out")
+            if missing := sorted(s for s in set(a) & set(b) if "shared" not in records[s]):
+                raise SystemExit(f"describer_oracle.py: {directory}: {', '.join(f'seed{s}.json' for s in missing)} "
+                                 f"{'has' if len(missing) == 1 else 'have'} no \"shared\" (written before it was "
+                                 "recorded): run those seeds again with --out")
         for label in (ALL, UNSEEN, OWN):
             paired = pair_by_seed({s: subset(r, label, b.get(s)) for s, r in a.items() if s in b}, b)
             if isinstance(paired, str):
@@ -241,10 +242,9 @@ def main(args):
                 f"{m} {v:.1f}" for m, v in zip(METRICS, found[label])), flush=True)
         own = np.asarray(record["shared"]) == 1
         first = np.asarray(record["rank"]) == 1
-        on = {k: f"{100 * first[sel].mean():.1f}" if sel.any() else "-" for k, sel in (("own", own), ("not", ~own))}
+        r1 = [f"{100 * first[sel].mean():.1f}" if sel.any() else "-" for sel in (own, ~own)]
         print(f"{name} seed {seed}: {own.mean():.3f} of the queries' targets have identifier words of their own: "
-              f"R@1 {on['own']} on those, {on['not']} on the others (only a counter tells their target apart)",
-              flush=True)
+              f"R@1 {r1[0]} on those, {r1[1]} on the others (only a counter tells their target apart)", flush=True)
         w = record["wording"]
         most_used.append(w["most_used"])
         print(f"{name} seed {seed}: the target images' identifiers: {w['most_used']:.2f} of their {w['mentions']} "
