@@ -189,7 +189,8 @@ reproduce-ssid-fewshot: ## SSID Fig. 3 on shapes: fine-tuning on N samples, test
 # thread each with JOBS=2 on 2 cores; their shared stages (dataset, encoder, captioner) are built once (stage locks),
 # a second setting waiting for the first's.  With 3 seeds, at the run costs measured on the 2-core Xeon above (one
 # thread, two runs side by side): 9 semantic-ID runs (~34 min each) and 9 SSID runs with rationales (47-49 min
-# each), ~12 h of runs, ~6.5 h with JOBS=2, plus the cold cache's shared stages (README: not yet run with seeds).
+# each), ~12 h of runs, ~6.5 h with JOBS=2, plus the cold cache's shared stages. On a slower 2-core Intel VM (README's
+# AMX row, 2026-12) the runs took 61-80 min (SSID) and ~60-75 min (semantic) each, two side by side: ~10 h with JOBS=2.
 # Each setting's lines name it (all of its output also in multirun/ssid_describer/<setting>.log), its mean ± std
 # printed when its seeds are done, each seed's first-hit ranks under multirun/ssid_describer/<setting>/; then SSID
 # is tested against semantic IDs under each describer (paired test on all five queries, the four, and the queries
@@ -207,7 +208,7 @@ DESCRIBER_ARGS.captioner-all-ssid = --captioner identifier=ssid identifier.descr
 DESCRIBER_ARGS.pair-caption-ssid = identifier=ssid
 DESCRIBERS = captioner captioner-all pair-caption
 DESCRIBER_SETTINGS = $(foreach d,$(DESCRIBERS),$(d)-ssid $(d)-semantic)
-reproduce-ssid-describer: install ## SSID vs semantic IDs under three describers of the images (~6.5 h with 3 seeds, JOBS=2)
+reproduce-ssid-describer: install ## SSID vs semantic IDs under three describers of the images (~6.5-10 h with 3 seeds, JOBS=2)
 	$(MAKE) --no-print-directory -j$(JOBS) $(addprefix ssid-describer-,$(DESCRIBER_SETTINGS))
 	set -o pipefail; $(PY) experiments/ssid/describer_oracle.py \
 		$(foreach d,$(DESCRIBERS),--compare $(DESCRIBED)/$(d)-ssid $(DESCRIBED)/$(d)-semantic) | tee $(DESCRIBED)/compare.txt
