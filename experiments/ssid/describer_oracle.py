@@ -96,12 +96,12 @@ def evaluate(overrides: list[str], oracle: bool, seed: int, jobs: int = 1) -> di
     table = p.identify(ds, p.encode(ds))  # cache hits: the identifiers as the scheme wrote them
     pair_caption = {it.image: it.text for it in ds.items.values() if it.modality == PAIR}
     ranks = first_hit_ranks(rankings, [q.relevant for q in queries])
-    targets = sorted({i for q in queries for i in q.relevant})
-    shared = shared_words({i: table.text(i) for i in targets})  # the targets: shapes' whole test pool
+    identifiers = {i: table.text(i) for i in sorted({i for q in queries for i in q.relevant})}  # shapes' test pool
+    shared = shared_words(identifiers)
     return {"seed": seed, "query_ids": [q.id for q in queries], "rank": [int(r) for r in ranks],
             "pair_caption": [q.text == pair_caption.get(ds.items[next(iter(q.relevant))].image) for q in queries],
             "shared": [shared[next(iter(q.relevant))] for q in queries],
-            "wording": wording([table.text(i) for i in targets])}
+            "wording": wording(list(identifiers.values()))}
 
 
 def shared_words(identifiers: dict[str, str]) -> dict[str, int]:
