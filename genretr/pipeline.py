@@ -72,9 +72,23 @@ class Pipeline:
         """The identifiers as the decoder spells them (an MLLM's: its LLM tokens)."""
         return self.ctx.decoder().decoding_table(model, table)
 
+    def check_weights(self) -> None:
+        """The backbone's pretrained weights are on this machine (`check_weights` of its class), checked before
+        any stage runs: the train stage builds the backbone even from the cache, so a missing checkpoint would
+        otherwise surface only after the encoder has trained."""
+        model = self.cfg.get("backbone", {}).get("model")
+        if self.cfg.method.get("decoder") is None or not model or not model.get("pretrained"):
+            return
+        from hydra.utils import get_class
+
+        check = getattr(get_class(model._target_), "check_weights", None)
+        if check is not None:
+            check(str(model.pretrained))
+
     def trained(self):
         """(dataset, embeddings, decoding table, model, tries) of one generative run, every stage up to the index run
         or reused from the cache: what the analysis scripts under experiments/ search with."""
+        self.check_weights()
         ds = self.dataset()
         emb = self.encode(ds)
         table = self.identify(ds, emb)
@@ -103,6 +117,8 @@ class Pipeline:
         if stop not in STAGES:
             raise GenretrError(f"stage={stop} is not one of {', '.join(STAGES)}")
         done = lambda s: STAGES.index(s) >= STAGES.index(stop)
+        if not done("identify"):
+            self.check_weights()
         ds = self._timed("dataset", self.dataset)
         if done("dataset"):
             return None

@@ -54,6 +54,10 @@ REFUSED = {  # configs users ran that failed only after stages had run: override
     "unknown task, generative": (["eval.tasks=[x2y]"], "eval.tasks=[x2y]: x2y is not a task"),
     "test-only M-BEIR": (["dataset=mbeir", "~dataset.splits.train"], "dataset.splits has no train split"),
     "W&B online without a key": (["logger=wandb", "logger.offline=false"], "no API key"),
+    "MLLM weights absent": (["identifier=ssid", "backbone=qwen25vl", "backbone.model.pretrained=/nonexistent/qwen"],
+                            "backbone qwen25vl: no weights at '/nonexistent/qwen'"),
+    "T5 weights absent": (["backbone.model.pretrained=/nonexistent/t5"],
+                          "backbone.model.pretrained=/nonexistent/t5: no T5 checkpoint there"),
 }
 
 

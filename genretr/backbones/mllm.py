@@ -51,6 +51,7 @@ from genretr.backbones.mllm_vocab import IdentifierVocabulary, head_width
 from genretr.errors import GenretrError, MissingWeightsError
 from genretr.identifiers.base import IdTable
 from genretr.training import TrainableStateCheckpoints
+from genretr.weights import CheckpointNotFound, local_checkpoint
 
 REASON_MODES = ("both", "train_only", "none")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -171,6 +172,22 @@ class MLLMRetriever(TrainableStateCheckpoints, L.LightningModule):
         return {}
 
     # -- loading ------------------------------------------------------------------------------------------
+    @classmethod
+    def check_weights(cls, pretrained: str) -> None:
+        """Raise `MissingWeightsError` unless `pretrained` is a checkpoint on this machine (before any stage
+        runs: `genretr.pipeline.Pipeline.check_weights`); loading may still fail on a broken one."""
+        try:
+            local_checkpoint(pretrained)
+        except CheckpointNotFound as e:
+            raise cls.missing_weights(pretrained, str(e)) from None
+
+    @classmethod
+    def missing_weights(cls, path: str, cause: str) -> MissingWeightsError:
+        return MissingWeightsError(
+            f"backbone {cls.family}: no weights at '{path}' (not a checkpoint directory, not in the HF cache: "
+            f"{cause}). Fetch them where there is network, e.g. `huggingface-cli download {cls.hub_id} "
+            f"--local-dir DIR`, and set backbone.model.pretrained=DIR")
+
     def _load(self, path: str, dtype: str):
         try:
             model = self.model_class.from_pretrained(path, local_files_only=True, dtype=getattr(torch, dtype))
@@ -178,11 +195,8 @@ class MLLMRetriever(TrainableStateCheckpoints, L.LightningModule):
         except (OSError, ValueError) as e:
             if Path(path).is_dir() and not isinstance(e, OSError):
                 raise
-            cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise MissingWeightsError(
-                f"backbone {self.family}: no weights at '{path}' (not a checkpoint directory, not in the HF cache: "
-                f"{cause}). Fetch them where there is network, e.g. `huggingface-cli download {self.hub_id} "
-                f"--local-dir DIR`, and set backbone.model.pretrained=DIR") from None
+            raise self.missing_weights(path, str(e).strip().splitlines()[0] if str(e).strip() else
+                                       type(e).__name__) from None
         return model, processor
 
     def _set_trainable(self, lora: dict | None, freeze_vision: bool) -> None:

@@ -36,6 +36,7 @@ from genretr.backbones.tied_source import embed_source, target_index
 from genretr.errors import MissingWeightsError
 from genretr.identifiers.base import EOS, PAD
 from genretr.training import log_heldout, lr_factor, stepping_batches
+from genretr.weights import CheckpointNotFound, local_checkpoint
 
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,16 @@ class PrefixMLP(nn.Module):
 
 
 class T5PrefixDecoder(L.LightningModule):
+    @classmethod
+    def check_weights(cls, pretrained: str) -> None:
+        """Raise `MissingWeightsError` unless `pretrained` is a T5 checkpoint on this machine (before any stage
+        runs: `genretr.pipeline.Pipeline.check_weights`)."""
+        try:
+            local_checkpoint(pretrained)
+        except CheckpointNotFound as e:
+            raise missing_checkpoint(pretrained, e) from None
+        pretrained_t5_config(pretrained)
+
     def __init__(self, vocab_size: int, input_dim: int, d_model: int = 256, num_layers: int = 2, num_heads: int = 4,
                  d_ff: int = 1024, dropout: float = 0.1, prefix_len: int = 8, prefix_hidden: int = 1024,
                  lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: int = 100, schedule: str = "constant",

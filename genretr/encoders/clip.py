@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genretr.errors import MissingWeightsError
+from genretr.weights import CheckpointNotFound, local_checkpoint, looks_like_hub_id
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,6 @@ DEFAULT_HUB_NAME = "openai/clip-vit-base-patch32"
 # transformers.image_utils.OPENAI_CLIP_MEAN / OPENAI_CLIP_STD
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                 "pytorch_model.bin.index.json")
 
 
 @dataclass
@@ -53,47 +52,26 @@ _TOKENIZERS: dict[str, object] = {}
 
 
 def _missing(pretrained: str, problem: str) -> MissingWeightsError:
-    name = pretrained if _looks_like_hub_name(pretrained) else DEFAULT_HUB_NAME
+    name = pretrained if looks_like_hub_id(pretrained) else DEFAULT_HUB_NAME
     return MissingWeightsError(
         f"CLIP weights not found: {problem}; on a machine with network run `hf download {name} --local-dir DIR` "
         f"(or `huggingface-cli download {name} --local-dir DIR`), copy DIR here and set "
         f"encoder.model.image_tower.pretrained=DIR encoder.model.text_tower.pretrained=DIR (or export GENRETR_CLIP=DIR)")
 
 
-def _looks_like_hub_name(s: str) -> bool:
-    parts = s.split("/")
-    return 1 <= len(parts) <= 2 and all(parts) and not s.startswith((".", "~")) and "\\" not in s
-
-
 def resolve_pretrained(pretrained: str) -> Path:
     """The local directory holding `pretrained`: the path itself, or its snapshot in the local HF cache."""
     pretrained = str(pretrained)
-    path = Path(pretrained).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise _missing(pretrained, f"directory {str(path)!r} has no config.json")
-        if not any((path / f).is_file() for f in _WEIGHT_FILES):
-            raise _missing(pretrained, f"directory {str(path)!r} has no model.safetensors / pytorch_model.bin")
-        return path.resolve()
-    if path.is_file():
+    if Path(pretrained).expanduser().is_file():
         raise MissingWeightsError(
             f"CLIP weights not found: {pretrained!r} is a file, not a model directory; if it is a training "
             f"checkpoint (UniIR's clip_sf_large.pth, say), convert it with `python -m genretr.encoders.clip_convert "
             f"{pretrained} --base openai/clip-vit-large-patch14 --out DIR` (--base: the HF CLIP of its architecture) "
             f"and set GENRETR_CLIP=DIR")
-    if path.exists() or not _looks_like_hub_name(pretrained):
-        raise _missing(pretrained, f"{pretrained!r} is not a model directory")
-    from huggingface_hub import constants, snapshot_download
-
-    try:  # local_files_only: a cache lookup only, never a network call
-        snap = Path(snapshot_download(pretrained, local_files_only=True))
-    except Exception:  # LocalEntryNotFoundError, HFValidationError, ...
-        raise _missing(pretrained, f"{pretrained!r} is neither a local directory nor in the Hugging Face cache "
-                                   f"{constants.HF_HUB_CACHE}") from None
-    if not (snap / "config.json").is_file() or not any((snap / f).is_file() for f in _WEIGHT_FILES):
-        raise _missing(pretrained, f"the cached snapshot {str(snap)!r} of {pretrained!r} lacks config.json or "
-                                   f"the model weights")
-    return snap
+    try:
+        return local_checkpoint(pretrained)
+    except CheckpointNotFound as e:
+        raise _missing(pretrained, str(e)) from None
 
 
 def _claim_model(pretrained: str, part: str):

@@ -227,6 +227,14 @@ def test_missing_empty_or_partial_dir_is_one_clear_error(family, mllm_checkpoint
         (partial / name).write_bytes((mllm_checkpoint(family) / name).read_bytes())
     with pytest.raises(MissingWeightsError, match="image processor"):
         load(family, partial)
+    cls = retriever_class(family)  # the check before any stage runs: config and weights present, nothing loaded
+    cls.check_weights(str(mllm_checkpoint(family)))
+    cls.check_weights(str(partial))
+    (partial / "model.safetensors").unlink()
+    for path, problem in ((tmp_path / "absent", "is not a model directory"), (tmp_path / "empty", "no config.json"),
+                          (partial, "no model.safetensors"), ("genretr-tests/absent", "nor in the Hugging Face cache")):
+        with pytest.raises(MissingWeightsError, match=f"backbone {family}: no weights at .*{problem}"):
+            cls.check_weights(str(path))
     gen = MLLMGenerator(model=family, pretrained=str(tmp_path / "absent"), device="cpu")
     with pytest.raises(MissingWeightsError, match="backbone.model.pretrained=DIR"):
         gen.generate([Request("a", "p")])

@@ -106,6 +106,12 @@ def test_a_missing_checkpoint_is_one_clear_error(tmp_path):
         tmp_path / "encoder-only")  # loads as a T5, but without a decoder to take
     with pytest.raises(MissingWeightsError, match="none of its weights is a T5 decoder block"):
         T5PrefixDecoder(vocab_size=12, input_dim=6, pretrained=str(tmp_path / "encoder-only"))
+    T5PrefixDecoder.check_weights(str(tmp_path / "encoder-only"))  # before any stage: present, not yet read
+    (tmp_path / "encoder-only" / "model.safetensors").unlink()
+    for path, problem in (("nowhere", "is not a model directory"), ("empty", "no config.json"),
+                          ("encoder-only", "no model.safetensors")):
+        with pytest.raises(MissingWeightsError, match=f"no T5 checkpoint there .*{problem}"):
+            T5PrefixDecoder.check_weights(str(tmp_path / path))
 
 
 def test_a_run_decodes_with_the_pretrained_decoder(checkpoint, make_cfg, tmp_path):
