@@ -49,6 +49,7 @@ from genretr.data.schema import PAIR
 from genretr.data.shapes import BACKGROUNDS, COLOURS, SHAPES, SIZES
 from genretr.evaluation.metrics import first_hit_ranks, per_query_scores
 from genretr.generators.keywords import DETERMINERS
+from genretr.identifiers.common import own_words
 from genretr.hardware import auto_threads
 from genretr.pipeline import Pipeline
 from genretr.report_stats import fmt_p, pair_by_seed, paired_ranks_test, verdict
@@ -58,7 +59,6 @@ ROOT = Path(__file__).resolve().parents[2]
 CACHE = os.environ.get("GENRETR_CACHE", str(ROOT / ".cache/genretr"))
 ALL, UNSEEN = "all five queries", "the four non-pair-caption queries"
 OWN = "the queries whose target's identifier words are its own under both"  # --compare only: needs both records
-COUNTER = re.compile(r"#\d+")  # collisions: disambiguate's last token (genretr.identifiers.common)
 METRICS = ("R@1", "R@5", "R@10", "MRR@10")
 # shapes' concepts and each one's wordings in its captions (positions left out: SSID's keywords shorten them)
 CONCEPTS = {**{("shape", k): v for k, v in SHAPES.items()}, **{("colour", k): v[1] for k, v in COLOURS.items()},
@@ -107,10 +107,7 @@ def evaluate(overrides: list[str], oracle: bool, seed: int, jobs: int = 1) -> di
 def shared_words(identifiers: dict[str, str]) -> dict[str, int]:
     """item -> how many of the items have its identifier's words, a final "#j" counter left out (1: its own
     words; more: only the counter tells it apart, `collisions: disambiguate`)."""
-    words = {}
-    for item, text in identifiers.items():
-        tokens = text.split()
-        words[item] = " ".join(tokens[:-1] if tokens and COUNTER.fullmatch(tokens[-1]) else tokens)
+    words = {item: " ".join(own_words(text.split())) for item, text in identifiers.items()}
     held = collections.Counter(words.values())
     return {item: held[w] for item, w in words.items()}
 

@@ -9,6 +9,8 @@ import numpy as np
 
 from genretr.errors import GenretrError
 
+COUNTER = re.compile(r"#\d+")  # the token `append_counters` appends to an identifier others share
+
 
 def check_embeddings(items, embeddings, scheme: str) -> np.ndarray:
     """(n, d) float32 C-contiguous vectors, one per item, or a one-line error."""
@@ -36,9 +38,14 @@ def append_counters(seqs: list[list[str]]) -> list[list[str]]:
     return out
 
 
+def own_words(words: list[str]) -> list[str]:
+    """An identifier's words (token strings) without its final "#j" counter: what `append_counters` grouped it by."""
+    return words[:-1] if words and COUNTER.fullmatch(words[-1]) else list(words)
+
+
 def counter_tokens(seqs: list[list[str]]) -> list[str]:
     """The counter tokens "#j" used in `seqs`, in numeric order."""
-    used = {s[-1] for s in seqs if s and re.fullmatch(r"#\d+", s[-1])}
+    used = {s[-1] for s in seqs if s and COUNTER.fullmatch(s[-1])}
     return sorted(used, key=lambda t: int(t[1:]))
 
 
@@ -76,8 +83,7 @@ def continued_groups(table, words: list[list[str]]) -> list[list[str]]:
     continued, so that an added item never shares its identifier with another."""
     held = Counter()
     for iid in table.item_ids:
-        ws = [table.vocab[t] for t in table.tokens(iid)[:-1]]
-        held[tuple(ws[:-1] if ws and re.fullmatch(r"#\d+", ws[-1]) else ws)] += 1
+        held[tuple(own_words([table.vocab[t] for t in table.tokens(iid)[:-1]]))] += 1
     out = []
     for ws in words:
         n = held[tuple(ws)]
