@@ -73,15 +73,17 @@ class Pipeline:
         return self.ctx.decoder().decoding_table(model, table)
 
     def check_weights(self) -> None:
-        """The backbone's pretrained weights are on this machine (`check_weights` of its class), checked before
-        any stage runs: the train stage builds the backbone even from the cache, so a missing checkpoint would
-        otherwise surface only after the encoder has trained."""
+        """The backbone's pretrained weights are on this machine (`check_weights` of its class), checked by `run`
+        before any stage when it goes on past identify, and by `trained`: the train stage builds the backbone
+        even from the cache, so a missing checkpoint would otherwise surface only after the encoder has trained.
+        A generator's weights (SSID's MLLM, `generator=backbone` included) are not checked here: its answers
+        may all be cached, and it loads them when it first writes one."""
         model = self.cfg.get("backbone", {}).get("model")
-        if self.cfg.method.get("decoder") is None or not model or not model.get("pretrained"):
+        if not model or not model.get("pretrained") or self.cfg.method.get("decoder") is None:
             return
-        from hydra.utils import get_class
+        from hydra.utils import get_object
 
-        check = getattr(get_class(model._target_), "check_weights", None)
+        check = getattr(get_object(model._target_), "check_weights", None)
         if check is not None:
             check(str(model.pretrained))
 

@@ -74,6 +74,13 @@ def test_bad_config_is_one_line_before_any_stage(case, tmp_path):
     assert not (tmp_path / "run" / "results.json").exists() and not (tmp_path / "run" / "wandb").exists()
 
 
+@pytest.mark.parametrize("overrides", [["stage=encode"], ["method=embedding"]])
+def test_absent_backbone_weights_stop_only_runs_that_build_the_backbone(overrides, tmp_path):
+    out = run("debug=tiny", "logger=none", "identifier=ssid", "backbone=qwen25vl", "backbone.model.pretrained=/nonexistent",
+              *overrides, f"paths.cache_dir={tmp_path}/cache", f"hydra.run.dir={tmp_path}/run")
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
 def test_bad_stage_name_is_a_clear_error(tmp_path):
     out = run("stage=bogus", f"paths.cache_dir={tmp_path}/cache", f"hydra.run.dir={tmp_path}/run", "logger=none")
     assert out.returncode == 2 and "stage=bogus" in out.stderr

@@ -49,8 +49,8 @@ from genretr.data.schema import PAIR
 from genretr.data.shapes import BACKGROUNDS, COLOURS, SHAPES, SIZES
 from genretr.evaluation.metrics import first_hit_ranks, per_query_scores
 from genretr.generators.keywords import DETERMINERS
-from genretr.identifiers.common import own_words
 from genretr.hardware import auto_threads
+from genretr.identifiers.common import own_words
 from genretr.pipeline import Pipeline
 from genretr.report_stats import fmt_p, pair_by_seed, paired_ranks_test, verdict
 from genretr.stats import holm, summary

@@ -189,6 +189,7 @@ class MLLMRetriever(TrainableStateCheckpoints, L.LightningModule):
             f"--local-dir DIR`, and set backbone.model.pretrained=DIR")
 
     def _load(self, path: str, dtype: str):
+        path = str(Path(path).expanduser())  # as `check_weights` reads it (transformers does not expand "~")
         try:
             model = self.model_class.from_pretrained(path, local_files_only=True, dtype=getattr(torch, dtype))
             processor = self.processor_class.from_pretrained(path, local_files_only=True)

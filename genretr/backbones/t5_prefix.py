@@ -24,6 +24,7 @@ the identifier, as GENIUS Sec. 4.4.
 from __future__ import annotations
 
 import logging
+import os
 
 import lightning as L
 import torch
@@ -59,7 +60,7 @@ def pretrained_t5_config(path: str) -> T5Config:
     """The config of a T5 checkpoint written by `save_pretrained`, from a local directory or the HF cache, never
     downloaded; a missing one is one `MissingWeightsError`."""
     try:
-        return T5Config.from_pretrained(str(path), local_files_only=True)
+        return T5Config.from_pretrained(os.path.expanduser(str(path)), local_files_only=True)
     except (OSError, ValueError) as e:
         raise missing_checkpoint(path, e) from None
 
@@ -83,7 +84,7 @@ def load_pretrained_t5(path: str, config: T5Config, checkpoint_vocab: int) -> T5
     hf_logging.set_verbosity_error()  # the report of the encoder blocks a prefix decoder leaves out: expected
     try:
         model, info = T5ForConditionalGeneration.from_pretrained(
-            str(path), config=loading, local_files_only=True, ignore_mismatched_sizes=True, dtype=torch.float32,
+            os.path.expanduser(str(path)), config=loading, local_files_only=True, ignore_mismatched_sizes=True, dtype=torch.float32,
             output_loading_info=True)
     except (OSError, ValueError) as e:
         raise missing_checkpoint(path, e) from None
