@@ -184,9 +184,8 @@ class MLLMRetriever(TrainableStateCheckpoints, L.LightningModule):
     @classmethod
     def missing_weights(cls, path: str, cause: str) -> MissingWeightsError:
         return MissingWeightsError(
-            f"backbone {cls.family}: no weights at '{path}' (not a checkpoint directory, not in the HF cache: "
-            f"{cause}). Fetch them where there is network, e.g. `huggingface-cli download {cls.hub_id} "
-            f"--local-dir DIR`, and set backbone.model.pretrained=DIR")
+            f"backbone {cls.family}: no weights at '{path}' ({cause}). Fetch them where there is network, e.g. "
+            f"`huggingface-cli download {cls.hub_id} --local-dir DIR`, and set backbone.model.pretrained=DIR")
 
     def _load(self, path: str, dtype: str):
         path = str(Path(path).expanduser())  # as `check_weights` reads it (transformers does not expand "~")
@@ -196,8 +195,8 @@ class MLLMRetriever(TrainableStateCheckpoints, L.LightningModule):
         except (OSError, ValueError) as e:
             if Path(path).is_dir() and not isinstance(e, OSError):
                 raise
-            raise self.missing_weights(path, str(e).strip().splitlines()[0] if str(e).strip() else
-                                       type(e).__name__) from None
+            cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise self.missing_weights(path, f"not a checkpoint directory, not in the HF cache: {cause}") from None
         return model, processor
 
     def _set_trainable(self, lora: dict | None, freeze_vision: bool) -> None:
