@@ -26,6 +26,7 @@ from hydra import compose, initialize_config_dir
 
 from canonical_words import fitted_generator, true_captions  # experiments/ssid/
 from genretr.identifiers.base import IdTable
+from genretr.identifiers.common import own_words
 from genretr.pipeline import Pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,7 +81,7 @@ def main(sweep: Path) -> None:
         truth = {i: {w for t in true[i] for w in gen.words(t)} for i in true}
         identify = Path(json.loads((run / "artifacts.json").read_text())["identify"])
         table = IdTable.load(identify)
-        ids = {i: " ".join(w for w in table.text(i).split() if not w.startswith("#")) for i in true}
+        ids = {i: " ".join(own_words(table.text(i).split())) for i in true}
         row = " ".join(o for o in overrides if not o.startswith(("seed=", "experiment=")))
         rows[row].append(scores(ids, truth, gen.words))
         if (identify / "ssid_summary.json").exists():  # SSID: what its describer wrote, as its generator read it
