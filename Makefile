@@ -194,7 +194,9 @@ reproduce-ssid-fewshot: ## SSID Fig. 3 on shapes: fine-tuning on N samples, test
 # Each setting's lines name it (all of its output also in multirun/ssid_describer/<setting>.log), its mean ± std
 # printed when its seeds are done, each seed's first-hit ranks under multirun/ssid_describer/<setting>/; then SSID
 # is tested against semantic IDs under each describer (paired test on all five queries, the four, and the queries
-# whose target has identifier words of its own in both runs; Holm over the call's 36 tests; compare.txt).
+# whose target has identifier words of its own in both runs; Holm over the call's 36 tests; compare.txt), and each
+# scheme with the train images described by the captioner against the same scheme under Table I's captioner, whose
+# train identifiers come from the real captions (Holm over 24; compare_train_described.txt).
 # Semantic IDs take SSID's "#j" counters (as reproduce-table1's like-for-like row), so each describer's pair
 # differs in the identifier scheme alone.
 DESCRIBED = multirun/ssid_describer
@@ -212,6 +214,9 @@ reproduce-ssid-describer: install ## SSID vs semantic IDs under three describers
 	$(MAKE) --no-print-directory -j$(JOBS) $(addprefix ssid-describer-,$(DESCRIBER_SETTINGS))
 	set -o pipefail; $(PY) experiments/ssid/describer_oracle.py \
 		$(foreach d,$(DESCRIBERS),--compare $(DESCRIBED)/$(d)-ssid $(DESCRIBED)/$(d)-semantic) | tee $(DESCRIBED)/compare.txt
+	set -o pipefail; $(PY) experiments/ssid/describer_oracle.py \
+		$(foreach s,ssid semantic,--compare $(DESCRIBED)/captioner-all-$(s) $(DESCRIBED)/captioner-$(s)) \
+		| tee $(DESCRIBED)/compare_train_described.txt
 
 ssid-describer-%: install  # one setting of reproduce-ssid-describer (not .PHONY: make applies pattern rules to files only)
 	$(if $(DESCRIBER_ARGS.$*),,$(error ssid-describer-$*: no such setting; one of: $(DESCRIBER_SETTINGS)))

@@ -267,7 +267,7 @@ def test_cart_vs_grace_full_trains_cart_decoder_at_the_papers_batch(tmp_path):
 def test_ssid_describer_runs_six_settings_then_ssid_against_semantic_ids():
     """`make reproduce-ssid-describer`: three describers x (SSID, semantic IDs with SSID's counters), each setting
     over the seeds with --jobs and its own --out directory (removed first), then SSID against semantic IDs under
-    each describer."""
+    each describer, then each scheme with the train images described against Table I's captioner."""
     lines = make_dry("reproduce-ssid-describer", "SEEDS=2", "JOBS=3", "ARGS=x=1", "PY=PY").replace("\\\n", " ")
     runs = {}
     for line in lines.splitlines():
@@ -288,9 +288,12 @@ def test_ssid_describer_runs_six_settings_then_ssid_against_semantic_ids():
                                    "identifier.train_caption=generated", "x=1"],
         "pair-caption-ssid": ["experiment=ssid_table1", "identifier=ssid", "x=1"],
         "pair-caption-semantic": ["experiment=ssid_table1", *semantic, "x=1"]}
-    compare = shlex.split(next(ln for ln in lines.splitlines() if "--compare" in ln).split("; ", 1)[1].split(" | ")[0])
-    assert compare[2:] == [a for d in ("captioner", "captioner-all", "pair-caption") for a in (
-        "--compare", f"multirun/ssid_describer/{d}-ssid", f"multirun/ssid_describer/{d}-semantic")]
+    compares = [shlex.split(ln.split("; ", 1)[1].split("|")[0]) for ln in lines.splitlines() if "--compare" in ln]
+    assert [c[2:] for c in compares] == [
+        [a for d in ("captioner", "captioner-all", "pair-caption") for a in (
+            "--compare", f"multirun/ssid_describer/{d}-ssid", f"multirun/ssid_describer/{d}-semantic")],
+        [a for s in ("ssid", "semantic") for a in (
+            "--compare", f"multirun/ssid_describer/captioner-all-{s}", f"multirun/ssid_describer/captioner-{s}")]]
 
 
 @pytest.mark.parametrize("preset", sorted(p.stem for p in reproduce.PRESETS.glob("*.yaml")
