@@ -46,4 +46,9 @@ def local_checkpoint(pretrained: str) -> Path:
     return path.resolve()
 
 
-__all__ = ["CheckpointNotFound", "WEIGHT_FILES", "local_checkpoint", "looks_like_hub_id"]
+def load_error_cause(e: Exception) -> str:
+    """The first line of a loader's error (its type's name when it has no message), for a one-line error."""
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+__all__ = ["CheckpointNotFound", "WEIGHT_FILES", "load_error_cause", "local_checkpoint", "looks_like_hub_id"]

@@ -51,7 +51,7 @@ from genretr.backbones.mllm_vocab import IdentifierVocabulary, head_width
 from genretr.errors import GenretrError, MissingWeightsError
 from genretr.identifiers.base import IdTable
 from genretr.training import TrainableStateCheckpoints
-from genretr.weights import CheckpointNotFound, local_checkpoint
+from genretr.weights import CheckpointNotFound, load_error_cause, local_checkpoint
 
 REASON_MODES = ("both", "train_only", "none")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -195,7 +195,7 @@ class MLLMRetriever(TrainableStateCheckpoints, L.LightningModule):
         except (OSError, ValueError) as e:
             if Path(path).is_dir() and not isinstance(e, OSError):
                 raise
-            cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            cause = load_error_cause(e)
             raise self.missing_weights(path, f"not a checkpoint directory, not in the HF cache: {cause}") from None
         return model, processor
 

@@ -37,7 +37,7 @@ from genretr.backbones.tied_source import embed_source, target_index
 from genretr.errors import MissingWeightsError
 from genretr.identifiers.base import EOS, PAD
 from genretr.training import log_heldout, lr_factor, stepping_batches
-from genretr.weights import CheckpointNotFound, local_checkpoint
+from genretr.weights import CheckpointNotFound, load_error_cause, local_checkpoint
 
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def pretrained_t5_config(path: str) -> T5Config:
 
 
 def missing_checkpoint(path: str, e: Exception) -> MissingWeightsError:
-    cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    cause = load_error_cause(e)
     return MissingWeightsError(
         f"backbone.model.pretrained={path}: no T5 checkpoint there (not a checkpoint directory, not in the HF "
         f"cache: {cause}). Fetch one where there is network, e.g. `huggingface-cli download t5-small "
