@@ -1,5 +1,24 @@
-"""Benchmarks: `python -m genretr.bench SUBCOMMAND [options]` (see `--help`).
+"""Benchmarks: `python -m genretr.bench SUBCOMMAND [options]` (see `--help`): `decoding`, `stability`, `training`,
+`scale`.  Results go under `bench_out/` (gitignored)."""
+from __future__ import annotations
 
-Subcommands: `decoding` (genretr.bench.decoding): constrained decoding throughput, the constraint's
-own cost, trie build/memory, faiss crossover.  Results go under `bench_out/` (gitignored).
-"""
+DTYPE_NAMES = ("fp32", "bf16")
+
+
+def timed_dtypes(arg: str | None, accelerator: str = "cpu") -> tuple[list[str], str]:
+    """The dtypes a bench times, and a line saying why: `--dtypes` as given (a comma list of fp32, bf16), else
+    fp32 and, where `accelerator` multiplies bf16 natively (`genretr.hardware.bf16_kind`), bf16 (issue 18: bf16
+    only where the hardware has it; emulated, it ran ~19x slower than fp32 on an AVX2-only EPYC)."""
+    from genretr.hardware import bf16_kind
+
+    if arg:
+        dtypes = [d for d in DTYPE_NAMES if d in arg.split(",")]
+        unknown = sorted(set(arg.split(",")) - set(DTYPE_NAMES) - {""})
+        if unknown or not dtypes:
+            raise SystemExit(f"genretr.bench: --dtypes {arg}: each one of {', '.join(DTYPE_NAMES)}")
+        return dtypes, f"dtypes {','.join(dtypes)} (--dtypes)"
+    kind = bf16_kind(accelerator)
+    if kind:
+        return list(DTYPE_NAMES), f"dtypes fp32,bf16 (bf16 hardware: {kind})"
+    return ["fp32"], ("dtypes fp32 only: no bf16 hardware here, where precision=auto runs fp32 "
+                      "(--dtypes fp32,bf16 times emulated bf16 too)")

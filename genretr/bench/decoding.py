@@ -18,6 +18,8 @@ Measures in one run, on random-weight `T5PrefixDecoder`s and random fixed-length
 * issue #18's budgets, PASS/MISS: engine (bf16 step) >= 5x HF + Python trie fp32 and >= 2x the same with
   the model in bf16 (beam 30, CART-like and GENIUS-like); fp32 engine >= 70% of the fp32 matmul peak.
 
+bf16 (the engine's bf16 step, HF with its model in bf16, the bf16 matmul peak) is timed only where the device
+multiplies bf16 natively unless `--dtypes fp32,bf16` asks; its budgets are then n/a.
 `--device cuda` runs everything on the GPU; `--compile` wraps the engine's step in `torch.compile`
 (CUDA graphs on a GPU).  Writes CSVs and decoding.png under `--out` (default bench_out/) and prints the
 tables.  Helpers: `genretr.bench.decoding_sections` (measurements), `genretr.bench.decoding_report` (outputs).
@@ -48,6 +50,7 @@ def add_arguments(p):
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--compile", action="store_true", help="torch.compile the engine's step (CUDA graphs on a GPU)")
     p.add_argument("--compile-backend", default="inductor", help="torch.compile backend of --compile (eager: trace only)")
+    p.add_argument("--dtypes", default=None, help="comma list of fp32, bf16 (default: bf16 where the device has it)")
     p.add_argument("--threads", type=int, default=None, help="torch / faiss intra-op threads (default: as is)")
     p.add_argument("--out", default="bench_out")
     p.add_argument("--shapes", default=None, help=f"comma list of {', '.join(SHAPES)}")
@@ -65,6 +68,7 @@ def add_arguments(p):
 def run(args) -> int:
     from genretr.decoding.csr_trie import CSRTrie
     from genretr.decoding.engine import beam_search, search_plan
+    from genretr.bench import timed_dtypes
     from genretr.decoding.hf import hf_generate
 
     cfg = dict(QUICK if args.quick else FULL)
@@ -75,6 +79,8 @@ def run(args) -> int:
     constraint_n = args.constraint_corpus or min(cfg["constraint_corpus"], max(sizes))
     skip = set(filter(None, args.skip.split(",")))
     device = torch.device(args.device)
+    dtypes, why = timed_dtypes(args.dtypes, args.device)
+    step_dtypes = [{"fp32": "float32", "bf16": "bfloat16"}[d] for d in dtypes]
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -84,17 +90,17 @@ def run(args) -> int:
     compile_ = (True if args.compile_backend == "inductor" else {"backend": args.compile_backend, "fullgraph": True}
                 ) if args.compile else False
     print(f"genretr bench decoding: device={device} threads={torch.get_num_threads()} shapes={shapes} "
-          f"corpus={sizes} batches={batches} beams={beam_list} compile={compile_} {'(quick)' if args.quick else ''}",
-          flush=True)
+          f"corpus={sizes} batches={batches} beams={beam_list} compile={compile_} {'(quick)' if args.quick else ''}; "
+          f"{why}", flush=True)
 
     reps = 3 if args.quick else 10
     min_s = 0.5 if args.quick else 1.0  # a run shorter than this is repeated (median reported)
     gemm = [dict(what="square 2048", dtype=dt, gflops=matmul_gflops(device, 2048, 2048, 2048, reps, getattr(torch, dt)))
-            for dt in ("float32", "bfloat16")]
+            for dt in step_dtypes]
     for shape in shapes:
         d = SHAPES[shape]["d_model"]
         rows = max(batches) * max(beam_list)
-        for dt in ("float32", "bfloat16"):
+        for dt in step_dtypes:
             gemm.append(dict(what=f"{shape} FFN ({rows}x{d} @ {d}x{2 * SHAPES[shape]['d_ff']})", dtype=dt,
                              gflops=matmul_gflops(device, rows, d, 2 * SHAPES[shape]["d_ff"], reps, getattr(torch, dt))))
     print_table("matmul GFLOP/s (measured)", gemm, ["what", "dtype", "gflops"])
@@ -105,7 +111,8 @@ def run(args) -> int:
         _, vocab = code_vocab(s["codes"])
         model = build_model(shape, vocab, device)
         # the peers' method with the model itself in bf16 (HF casts the logits to float32 before its log-softmax)
-        model_bf16 = None if s.get("model") == "cart" else copy.deepcopy(model).to(torch.bfloat16)
+        model_bf16 = (copy.deepcopy(model).to(torch.bfloat16) if "bf16" in dtypes and s.get("model") != "cart"
+                      else None)
         T = len(s["codes"]) + 1
         hf_cap = args.hf_queries or cfg["hf_queries"].get(shape, 16)
         zgen = torch.Generator().manual_seed(args.seed)
@@ -119,12 +126,13 @@ def run(args) -> int:
         # warm-up every method once (allocators, MKL, HF generate setup)
         wseqs = random_ids(200, s["codes"], args.seed)
         wcsr, wdict = CSRTrie.from_sequences(wseqs, vocab), dict_trie(wseqs)
-        for dt in ("float32", "bfloat16"):
+        for dt in step_dtypes:
             beam_search(model, warm, wcsr, 2, step_dtype=dt)
         beam_search(model, warm, None, 2, max_len=T)
         if "hf" not in skip and "qps" not in skip and not cart:
             hf_generate(model, warm, 2, T, wdict, mode="python")
-            hf_generate(model_bf16, warm, 2, T, wdict, mode="python")
+            if model_bf16 is not None:
+                hf_generate(model_bf16, warm, 2, T, wdict, mode="python")
             hf_generate(model, warm, 2, T, wcsr, mode="processor")
         unconstrained_done = set()
         for n in sizes:
@@ -156,7 +164,9 @@ def run(args) -> int:
                     if "qps" in skip:
                         continue
                     z = zall[:batch]
-                    for method, step_dtype in (("engine", "float32"), ("engine_bf16", "bfloat16")):
+                    for method, step_dtype in [("engine", "float32"), ("engine_bf16", "bfloat16")]:
+                        if step_dtype not in step_dtypes:
+                            continue
                         search = lambda: beam_search(model, z, csr, beams, batch_size=batch,  # noqa: E731
                                                      step_dtype=step_dtype, compile=compile_)
                         if compile_:
@@ -175,6 +185,8 @@ def run(args) -> int:
                         for method, m, trie, mode in (("hf_python", model, dtrie, "python"),
                                                       ("hf_python_bf16", model_bf16, dtrie, "python"),
                                                       ("hf_processor", model, csr, "processor")):
+                            if m is None:  # bf16 not timed
+                                continue
                             dt, runs = measure(lambda: hf_generate(m, zh, beams, T, trie, mode=mode), device, min_s)
                             qps_rows.append(dict(**setting, method=method, queries=len(zh), batch_effective=len(zh),
                                                  runs=runs, seconds=dt, q_per_s=len(zh) / dt))
@@ -246,12 +258,13 @@ def run(args) -> int:
 
     summary = targets(qps_rows, constraint_rows, trie_rows, sizes)
     print_table("targets", summary, ["target", "measured", "met"])
-    budget_rows = budgets(qps_rows, gemm, flop_rows, device)
+    budget_rows = budgets(qps_rows, gemm, flop_rows, device, bf16="bf16" in dtypes)
     print("\n== budgets (issue #18)")
     for b in budget_rows:
         print(f"{b['status']:>8}  {b['budget']}: {b['measured']}")
     (out / "decoding_summary.json").write_text(json.dumps(
         {"device": str(device), "threads": torch.get_num_threads(), "quick": bool(args.quick), "compile": bool(args.compile),
+         "dtypes": dtypes,
          "targets": summary, "budgets": budget_rows, "seconds": time.perf_counter() - t_start}, indent=2, default=str))
     plot(out / "decoding.png", qps_rows, faiss_rows, constraint_rows, batches, beam_list)
     print(f"\nwrote {out}/decoding_*.csv, decoding.png in {time.perf_counter() - t_start:.0f}s")

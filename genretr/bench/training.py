@@ -1,5 +1,6 @@
 """Training throughput (issue 18): `python -m genretr.bench training [--models t5_string,t5_genius,cart,encoder]
-[--threads 1,2] [--steps 20] [--warmup 3] [--repeats 3] [--batch N] [--gemm 256,512,1024] [--quick] [--out DIR]`.
+[--threads 1,2] [--dtypes fp32,bf16] [--steps 20] [--warmup 3] [--repeats 3] [--batch N] [--gemm 256,512,1024]
+[--quick] [--out DIR]`.
 
 Trains each default model for a few steps through a real `lightning.Trainer` (CPU, ``32-true`` vs ``bf16-mixed``:
 Lightning's autocast path, as the pipeline runs it) on synthetic in-memory batches of the pipeline's format, and
@@ -22,7 +23,8 @@ Query vectors are random unit vectors of the encoder's width.  Every (model, dty
 process; the fp32 and bf16 cells of a model run back to back (their order alternating by repeat), each `--repeats`
 times; medians are reported, the bf16/fp32 ratio as the median of the paired ratios.  Prints the table, the
 matmul peaks and the issue's budget (each default decoder ≥ 1.8x samples/s in bf16 over fp32 at one thread) as
-PASS/MISS.  Writes `training.csv` and `training.json` under `--out`.
+PASS/MISS.  bf16 is timed only where the CPU multiplies it natively unless `--dtypes` asks (the budget is then
+n/a).  Writes `training.csv` and `training.json` under `--out`.
 """
 from __future__ import annotations
 
@@ -54,6 +56,7 @@ COLUMNS = ["model", "threads", "dtype", "batch", "steps", "warmup", "repeats", "
 def add_arguments(p):
     p.add_argument("--models", default=",".join(MODELS), help=f"comma list of {', '.join(MODELS)}")
     p.add_argument("--threads", default="1,2", help="comma list of torch thread counts")
+    p.add_argument("--dtypes", default=None, help="comma list of fp32, bf16 (default: bf16 where the CPU has it)")
     p.add_argument("--steps", type=int, default=None, help="timed training steps per cell (default 20)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps before them (default 3, at least 1)")
     p.add_argument("--repeats", type=int, default=None, help="runs of each cell, the median reported (default 3)")
@@ -295,6 +298,8 @@ def peak_gflops(dtype: torch.dtype, threads: int, sizes) -> tuple[float, int]:
 
 def budget(ratios: dict, bound: float = BUDGET, decoders=DECODERS) -> tuple[str, str]:
     """(PASS | MISS | n/a, the budget line) for each default decoder's one-thread bf16/fp32 samples/s ratio."""
+    if not ratios:
+        return "n/a", f"budget: each default decoder >= {bound:g}x samples/s in bf16 over fp32 at one thread: not timed -> n/a"
     got = {d: ratios[d] for d in decoders if ratios.get(d) is not None}
     missing = [d for d in decoders if d not in got]
     status = "n/a" if missing else "PASS" if min(got.values()) >= bound else "MISS"
@@ -322,6 +327,7 @@ def _cpu_name() -> str:
 def run(args) -> int:
     import lightning  # noqa: F401  (its loggers exist from here on)
 
+    from genretr.bench import timed_dtypes
     from genretr.hardware import cpu_bf16_kind
 
     for name in [n for n in logging.root.manager.loggerDict if n.startswith("lightning")]:
@@ -332,28 +338,30 @@ def run(args) -> int:
     models = [m for m in args.models.split(",") if m]
     threads = [int(t) for t in args.threads.split(",") if t]
     sizes = [int(n) for n in str(args.gemm).split(",") if n]
+    dtypes, why = timed_dtypes(args.dtypes)
+    print(f"genretr bench training: {why}", flush=True)
     start = time.perf_counter()
     torch.set_num_threads(1)
     specs = {m: build_spec(m, args.batch, min(4, warmup + args.steps)) for m in models}
     flops = {m: flops_per_sample(s.build(), first_batch(s)) for m, s in specs.items()}
-    runs = {(m, d, t): [] for m in models for d in DTYPES for t in threads}
-    peaks = {(d, t): [] for d in DTYPES for t in threads}
+    runs = {(m, d, t): [] for m in models for d in dtypes for t in threads}
+    peaks = {(d, t): [] for d in dtypes for t in threads}
     for r in range(args.repeats):
         for t in threads:
-            for d, (_, dt) in DTYPES.items():
-                peaks[d, t].append(peak_gflops(dt, t, sizes))
+            for d in dtypes:
+                peaks[d, t].append(peak_gflops(DTYPES[d][1], t, sizes))
             for m in models:
-                for d in (("fp32", "bf16") if r % 2 == 0 else ("bf16", "fp32")):
+                for d in (dtypes if r % 2 == 0 else dtypes[::-1]):
                     runs[m, d, t].append(time_cell(specs[m], d, t, warmup, args.steps))
-                print(f"  repeat {r + 1}/{args.repeats}, {t} thread(s), {m}: fp32 {runs[m, 'fp32', t][-1]:.1f}, "
-                      f"bf16 {runs[m, 'bf16', t][-1]:.1f} samples/s", flush=True)
+                print(f"  repeat {r + 1}/{args.repeats}, {t} thread(s), {m}: "
+                      + ", ".join(f"{d} {runs[m, d, t][-1]:.1f}" for d in dtypes) + " samples/s", flush=True)
     peak = {k: statistics.median(g for g, _ in v) for k, v in peaks.items()}
     ratio = {(m, t): statistics.median(b / f for f, b in zip(runs[m, "fp32", t], runs[m, "bf16", t]))
-             for m in models for t in threads}
+             for m in models for t in threads} if len(dtypes) == 2 else {}
     rows = []
     for m in models:
         for t in threads:
-            for d in DTYPES:
+            for d in dtypes:
                 sps = statistics.median(runs[m, d, t])
                 gflops = flops[m] * sps / 1e9
                 rows.append({"model": m, "threads": t, "dtype": d, "batch": specs[m].batch, "steps": args.steps,
@@ -361,28 +369,29 @@ def run(args) -> int:
                              "samples_per_s_runs": " ".join(f"{x:.2f}" for x in runs[m, d, t]),
                              "flops_per_sample": flops[m], "gflops": gflops, "matmul_peak_gflops": peak[d, t],
                              "pct_of_peak": 100 * gflops / peak[d, t],
-                             "bf16_over_fp32": ratio[m, t] if d == "bf16" else None})
+                             "bf16_over_fp32": ratio.get((m, t)) if d == "bf16" else None})
 
     kind = cpu_bf16_kind()
     print(f"\ntraining throughput: {_cpu_name()}, bf16 hardware: {kind or 'none'}, torch {torch.__version__}; "
           f"{args.steps} steps timed after {warmup}, median of {args.repeats} ({time.perf_counter() - start:.0f} s)")
     for t in threads:
-        side = {d: "/".join(sorted({f"{n}²" for _, n in peaks[d, t]})) for d in DTYPES}
-        print(f"matmul peak at {t} thread(s) (fastest of {args.gemm} squares): fp32 {peak['fp32', t]:.0f} GFLOP/s "
-              f"({side['fp32']}), bf16 {peak['bf16', t]:.0f} GFLOP/s ({side['bf16']}); "
-              f"bf16/fp32 {peak['bf16', t] / peak['fp32', t]:.2f}x")
+        side = {d: "/".join(sorted({f"{n}²" for _, n in peaks[d, t]})) for d in dtypes}
+        print(f"matmul peak at {t} thread(s) (fastest of {args.gemm} squares): "
+              + ", ".join(f"{d} {peak[d, t]:.0f} GFLOP/s ({side[d]})" for d in dtypes)
+              + (f"; bf16/fp32 {peak['bf16', t] / peak['fp32', t]:.2f}x" if len(dtypes) == 2 else ""))
     for m, s in specs.items():
         print(f"  {m}: batch {s.batch}, {flops[m] / 1e6:.1f} MFLOP/sample (fwd+bwd); {s.notes}")
-    print("\n| model | threads | batch | fp32 samples/s | bf16 samples/s | bf16/fp32 | fp32 GFLOP/s (peak, %) "
-          "| bf16 GFLOP/s (peak, %) |\n|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("\n| model | threads | batch | " + " | ".join(f"{d} samples/s" for d in dtypes)
+          + (" | bf16/fp32" if ratio else "") + " | " + " | ".join(f"{d} GFLOP/s (peak, %)" for d in dtypes)
+          + " |\n|---|---:|---:|" + "---:|" * (2 * len(dtypes) + bool(ratio)))
     by = {(r["model"], r["threads"], r["dtype"]): r for r in rows}
+    cell = lambda r: f"{r['gflops']:.1f} ({r['matmul_peak_gflops']:.0f}, {r['pct_of_peak']:.0f}%)"  # noqa: E731
     for m in models:
         for t in threads:
-            f, b = by[m, t, "fp32"], by[m, t, "bf16"]
-            cell = lambda r: f"{r['gflops']:.1f} ({r['matmul_peak_gflops']:.0f}, {r['pct_of_peak']:.0f}%)"
-            print(f"| {m} | {t} | {f['batch']} | {f['samples_per_s']:.1f} | {b['samples_per_s']:.1f} | "
-                  f"{ratio[m, t]:.2f}x | {cell(f)} | {cell(b)} |")
-    status, line = budget({m: ratio[m, 1] for m in models if 1 in threads})
+            got = [by[m, t, d] for d in dtypes]
+            print(f"| {m} | {t} | {got[0]['batch']} | " + " | ".join(f"{r['samples_per_s']:.1f}" for r in got)
+                  + (f" | {ratio[m, t]:.2f}x" if ratio else "") + " | " + " | ".join(cell(r) for r in got) + " |")
+    status, line = budget({m: ratio[m, 1] for m in models if (m, 1) in ratio})
     print("\n" + line)
 
     out = Path(args.out)
@@ -392,6 +401,7 @@ def run(args) -> int:
         w.writeheader()
         w.writerows(rows)
     summary = {"cpu": _cpu_name(), "bf16_kind": kind, "torch": torch.__version__, "quick": bool(args.quick),
+               "dtypes": dtypes,
                "models": {m: {"batch": s.batch, "overrides": MODELS[m], "notes": s.notes,
                               "flops_per_sample": flops[m]} for m, s in specs.items()},
                "matmul_peak": [{"dtype": d, "threads": t, "sizes": sizes, "gflops": peak[d, t],

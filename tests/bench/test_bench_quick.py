@@ -14,7 +14,7 @@ def test_bench_decoding_quick_tiny(tmp_path):
     out = tmp_path / "bench"
     cmd = [sys.executable, "-m", "genretr.bench", "decoding", "--quick", "--shapes", "tiny", "--corpus", "300,1500",
            "--batches", "8", "--beams", "3,5", "--threads", "1", "--constraint-queries", "16",
-           "--constraint-beams", "5", "--out", str(out)]
+           "--constraint-beams", "5", "--dtypes", "fp32,bf16", "--out", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for name in ("qps", "constraint", "trie", "faiss", "crossover", "flops", "bytes", "gemm"):
@@ -43,16 +43,24 @@ def test_bench_cli_lists_subcommands():
     assert proc.returncode == 0 and "decoding" in proc.stdout
 
 
-def test_bench_runs_the_cart_fusion_decoder(tmp_path):
-    """CART's own seq2seq (word-id queries) is measured through the engine; it has no HF generate path."""
+def test_bench_runs_the_cart_fusion_decoder_in_fp32_only(tmp_path):
+    """CART's own seq2seq (word-id queries) is measured through the engine; it has no HF generate path.  With
+    `--dtypes fp32` (the default on a CPU without bf16 hardware) nothing is timed in bf16 and the bf16 budgets
+    say n/a."""
     out = tmp_path / "bench"
     cmd = [sys.executable, "-m", "genretr.bench", "decoding", "--quick", "--shapes", "tiny_cart", "--corpus", "300",
-           "--batches", "8", "--beams", "3", "--threads", "1", "--skip", "hf,constraint,faiss,bytes", "--out", str(out)]
+           "--batches", "8", "--beams", "3", "--threads", "1", "--skip", "hf,constraint,faiss,bytes",
+           "--dtypes", "fp32", "--out", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "dtypes fp32 (--dtypes)" in proc.stdout
     rows = list(csv.DictReader(open(out / "decoding_qps.csv")))
-    assert {r["method"] for r in rows} == {"engine", "engine_bf16", "unconstrained"}
+    assert {r["method"] for r in rows} == {"engine", "unconstrained"}
     assert all(float(r["q_per_s"]) > 0 for r in rows)
+    assert {g["dtype"] for g in csv.DictReader(open(out / "decoding_gemm.csv"))} == {"float32"}
+    summary = json.loads((out / "decoding_summary.json").read_text())
+    assert summary["dtypes"] == ["fp32"]
+    assert [b["status"] for b in summary["budgets"] if "bf16 step" in b["budget"]] == ["n/a"] * 4
 
 
 @pytest.mark.slow  # 35 s; the compiled step itself is one graph and exact in tests/decoding/test_engine_bf16.py
@@ -62,7 +70,7 @@ def test_bench_compile_path_traces_the_whole_step(tmp_path):
     out = tmp_path / "bench"
     cmd = [sys.executable, "-m", "genretr.bench", "decoding", "--quick", "--shapes", "tiny,tiny_cart", "--corpus", "300",
            "--batches", "4", "--beams", "3", "--threads", "1", "--compile", "--compile-backend", "eager",
-           "--skip", "hf,constraint,faiss,bytes", "--out", str(out)]
+           "--skip", "hf,constraint,faiss,bytes", "--dtypes", "fp32,bf16", "--out", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "compile={'backend': 'eager', 'fullgraph': True}" in proc.stdout

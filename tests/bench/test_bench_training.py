@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -18,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_bench_training_quick_tiny(tmp_path):
     out = tmp_path / "bench"
     cmd = [sys.executable, "-m", "genretr.bench", "training", "--quick", "--models", "t5_string", "--threads", "1",
-           "--batch", "8", "--gemm", "64,128", "--out", str(out)]
+           "--batch", "8", "--gemm", "64,128", "--dtypes", "fp32,bf16", "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -86,3 +87,20 @@ def test_budget_line():
     status, line = budget({"t5_string": 2.5, "encoder": 3.0})
     assert status == "n/a" and "not measured: t5_genius, cart" in line
     assert budget({"t5_string": 1.0, "cart": None, "t5_genius": 2.0})[0] == "n/a"
+    status, line = budget({})  # bf16 not timed
+    assert status == "n/a" and line.endswith("not timed -> n/a")
+
+
+def test_bench_times_bf16_only_where_the_hardware_has_it(monkeypatch):
+    import genretr.hardware
+    from genretr.bench import timed_dtypes
+
+    monkeypatch.setattr(genretr.hardware, "bf16_kind", lambda accelerator="cpu": None)
+    dtypes, why = timed_dtypes(None)
+    assert dtypes == ["fp32"] and "no bf16 hardware" in why
+    assert timed_dtypes("bf16,fp32")[0] == ["fp32", "bf16"]  # asked for: timed, emulated or not
+    monkeypatch.setattr(genretr.hardware, "bf16_kind", lambda accelerator="cpu": "amx")
+    assert timed_dtypes(None) == (["fp32", "bf16"], "dtypes fp32,bf16 (bf16 hardware: amx)")
+    assert timed_dtypes("fp32")[0] == ["fp32"]
+    with pytest.raises(SystemExit, match="--dtypes fp16: each one of fp32, bf16"):
+        timed_dtypes("fp16")
