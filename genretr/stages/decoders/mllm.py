@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 
 from hydra.utils import instantiate
 
-from genretr import mllm_stage as M
 from genretr.backbones.mllm_vocab import identifier_options
 
 if TYPE_CHECKING:
@@ -25,7 +24,11 @@ class MLLMDecoder:
     # the add-ons it takes (genretr.stages.addons): pseudo-queries and describe need sample tensors and word IDs
     add_ons = frozenset({"rationale", "limit", "query_texts"})
 
+    # `genretr.mllm_stage` (Lightning) is imported where it is used: `genretr.validate` builds the adapter before
+    # Lightning is imported (~5 s)
     def query_inputs(self, ctx: RunContext, ds, emb, queries, table=None, vecs=None):
+        from genretr import mllm_stage as M
+
         return [M.query_sample(ds, q) for q in queries]
 
     def model_builder(self, ctx: RunContext, ds, emb, table):
@@ -35,6 +38,8 @@ class MLLMDecoder:
         return lambda: instantiate(ctx.cfg.backbone.model, _partial_=True)(**options)
 
     def training(self, ctx: RunContext, ds, emb, table, model):
+        from genretr import mllm_stage as M
+
         cfg, tr = ctx.cfg.backbone, ctx.cfg.train
         samples = M.training_samples(ds, table, ctx.tasks(), table.reasons, bool(tr.memorize),
                                      int(tr.memorize_repeat), bool(tr.retrieve), ctx.reason(table) != "none")
@@ -47,6 +52,8 @@ class MLLMDecoder:
         return dm, {"reload_dataloaders_every_n_epochs": 1 if dm.memorize_epochs else 0}
 
     def decoding_table(self, model, table):
+        from genretr import mllm_stage as M
+
         return M.llm_table(model, table)
 
     def index_key(self, backbone_cfg) -> tuple[list, list]:

@@ -9,10 +9,8 @@ from typing import TYPE_CHECKING
 
 from hydra.utils import instantiate
 
-from genretr.data.datamodules import IdentifierDataModule
 from genretr.errors import GenretrError
 from genretr.samples import decoder_samples
-from genretr.training import early_stop_callbacks, early_stop_holdout
 
 if TYPE_CHECKING:
     from genretr.stages.context import RunContext
@@ -70,6 +68,10 @@ class SequenceDecoder:
                                    **extra)
 
     def training(self, ctx: RunContext, ds, emb, table, model):
+        # Lightning here, not at the top: `genretr.validate` builds the adapter before Lightning is imported (~5 s)
+        from genretr.data.datamodules import IdentifierDataModule
+        from genretr.training import early_stop_callbacks, early_stop_holdout
+
         cfg, tr, add_ons = ctx.cfg.backbone, ctx.cfg.train, ctx.add_ons()
         vocab = ctx.query_vocab(ds, table) if self.input == "tokens" else None
         samples = decoder_samples(ds, emb, table, ctx.tasks(), memorize=bool(tr.memorize),
