@@ -12,12 +12,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(*args, cwd=ROOT, env=None, timeout=300):
+def run(*args, cwd=ROOT, env=None, timeout=300, preexec_fn=None):
     """`python -m genretr.run *args`; `env` values replace the environment's (None: unset)."""
     e = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     e = {k: v for k, v in e.items() if v is not None}
     return subprocess.run([sys.executable, "-m", "genretr.run", *args], cwd=cwd, env=e, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, preexec_fn=preexec_fn)
 
 
 def test_help_lists_groups():
@@ -107,19 +107,34 @@ def test_wandb_logger_offline_never_blocks(tmp_path):
 
 def test_jobs_side_by_side_take_one_share_of_the_cores_each(tmp_path):
     """hydra/launcher=parallel with n_jobs=2 and threads=auto (the default): each job gets cores // 2 torch
-    threads (one each on a 2-core machine), recorded in its results.json; a single run gets every core."""
-    from genretr.hardware import cores
-
+    threads (one each on a 2-core machine), recorded in its results.json.  The sweep runs on every core of the
+    machine, not on the one core `make test` pins this worker to, where every share would be one thread anyway
+    (a single run's share: `test_a_single_run_is_one_job`, `tests/test_hardware.py`)."""
+    every_core = set(range(os.cpu_count() or 1))
     sweep = tmp_path / "sweep"
     out = run("-m", "debug=tiny", "method=embedding", "seed=0,1", "hydra/launcher=parallel",
               "hydra.launcher.n_jobs=2", "logger=none", f"paths.cache_dir={tmp_path}/cache",
-              f"hydra.sweep.dir={sweep}", env={"OMP_NUM_THREADS": None})
+              f"hydra.sweep.dir={sweep}", env={"OMP_NUM_THREADS": None},
+              preexec_fn=lambda: os.sched_setaffinity(0, every_core))
     assert out.returncode == 0, out.stderr[-2000:]
     threads = [json.loads((sweep / str(n) / "results.json").read_text())["provenance"]["torch_threads"]
                for n in (0, 1)]
-    assert threads == [max(1, cores() // 2)] * 2
-    out = run("debug=tiny", "method=embedding", "logger=none", f"paths.cache_dir={tmp_path}/cache",
-              f"hydra.run.dir={tmp_path}/single", env={"OMP_NUM_THREADS": None})
-    assert out.returncode == 0, out.stderr[-2000:]
-    single = json.loads((tmp_path / "single" / "results.json").read_text())["provenance"]["torch_threads"]
-    assert single == cores()
+    assert threads == [max(1, len(every_core) // 2)] * 2
+
+
+@pytest.mark.parametrize("launcher, jobs", [(None, 1), ({"_target_": "hydra_plugins.hydra_joblib_launcher."
+                                                                     "joblib_launcher.JoblibLauncher", "n_jobs": 2}, 2),
+                                            ({"_target_": "x.JoblibLauncher", "n_jobs": -1}, "cores")])
+def test_a_single_run_is_one_job(launcher, jobs, monkeypatch):
+    """How many jobs run side by side: 1 for a single run (which then takes every core), joblib's n_jobs in a
+    parallel sweep (-1: one per core)."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    import genretr.hardware
+    from genretr.run import _jobs_side_by_side
+
+    monkeypatch.setattr(genretr.hardware, "cores", lambda: 6)
+    monkeypatch.setattr(HydraConfig, "initialized", staticmethod(lambda: launcher is not None))
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: OmegaConf.create({"launcher": launcher or {}})))
+    assert _jobs_side_by_side() == (6 if jobs == "cores" else jobs)
