@@ -16,6 +16,7 @@ import genretr  # noqa: F401  (offline environment)
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 TINY = ["debug=tiny", "logger=none"]
+MACHINE_CORES: set[int] = set()  # the cores this test session may use, before a worker is pinned to its share
 
 
 def pytest_configure(config):
@@ -24,6 +25,7 @@ def pytest_configure(config):
     2-core machine, so two workers never oversubscribe it (two threads per process while another process uses
     the other core runs up to 10x slower)."""
     worker, count = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    MACHINE_CORES.update(os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1))
     if not worker or count < 2 or not hasattr(os, "sched_setaffinity"):
         return
     allowed = sorted(os.sched_getaffinity(0))
@@ -88,6 +90,12 @@ def minilm_batches_once():
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(MiniLMText, "_embed", embed_once)
         yield
+
+
+@pytest.fixture
+def machine_cores() -> set[int]:
+    """The cores this test session may use (`make test` pins each xdist worker to a share of them)."""
+    return set(MACHINE_CORES)
 
 
 @pytest.fixture

@@ -91,6 +91,15 @@ def test_ssid_on_an_mllm_asks_that_mllm(family, tmp_path):
     assert isinstance(instantiate(t5.identifier.generator), KeywordsGenerator)
 
 
+@pytest.mark.parametrize("generator", ["backbone", "qwen25vl", "llava", "idefics"])
+def test_tiny_mllm_generators_answer_briefly(generator, tmp_path):
+    """debug=tiny: an MLLM generator answers in 16 greedy tokens (conf/generator_size/), 96 otherwise."""
+    run = ["identifier=ssid", "backbone=qwen25vl", f"generator={generator}"]
+    assert compose_cfg(run, tmp_path, tmp_path / "cache").generator.max_new_tokens == 96
+    assert compose_cfg([*run, "debug=tiny"], tmp_path, tmp_path / "cache").generator.max_new_tokens == 16
+    assert "max_new_tokens" not in compose_cfg(["debug=tiny", "identifier=ssid"], tmp_path, tmp_path / "cache").generator
+
+
 def test_generator_backbone_needs_an_mllm_backbone(tmp_path):
     from genretr.errors import GenretrError
     from genretr.validate import validate

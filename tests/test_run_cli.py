@@ -109,12 +109,12 @@ def test_wandb_logger_offline_never_blocks(tmp_path):
     assert list((tmp_path / "run").rglob("offline-run-*")), "no offline W&B run was written"
 
 
-def test_jobs_side_by_side_take_one_share_of_the_cores_each(tmp_path):
+def test_jobs_side_by_side_take_one_share_of_the_cores_each(tmp_path, machine_cores):
     """hydra/launcher=parallel with n_jobs=2 and threads=auto (the default): each job gets cores // 2 torch
     threads (one each on a 2-core machine), recorded in its results.json.  The sweep runs on every core of the
     machine, not on the one core `make test` pins this worker to, where every share would be one thread anyway
-    (a single run's share: `test_a_single_run_is_one_job`, `tests/test_hardware.py`)."""
-    every_core = set(range(os.cpu_count() or 1))
+    (a single run's share: `test_how_many_jobs_run_side_by_side`, `tests/test_hardware.py`)."""
+    every_core = machine_cores
     sweep = tmp_path / "sweep"
     out = run("-m", "debug=tiny", "method=embedding", "seed=0,1", "hydra/launcher=parallel",
               "hydra.launcher.n_jobs=2", "logger=none", f"paths.cache_dir={tmp_path}/cache",
@@ -129,7 +129,7 @@ def test_jobs_side_by_side_take_one_share_of_the_cores_each(tmp_path):
 @pytest.mark.parametrize("launcher, jobs", [(None, 1), ({"_target_": "hydra_plugins.hydra_joblib_launcher."
                                                                      "joblib_launcher.JoblibLauncher", "n_jobs": 2}, 2),
                                             ({"_target_": "x.JoblibLauncher", "n_jobs": -1}, "cores")])
-def test_a_single_run_is_one_job(launcher, jobs, monkeypatch):
+def test_how_many_jobs_run_side_by_side(launcher, jobs, monkeypatch):
     """How many jobs run side by side: 1 for a single run (which then takes every core), joblib's n_jobs in a
     parallel sweep (-1: one per core)."""
     from hydra.core.hydra_config import HydraConfig

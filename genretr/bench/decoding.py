@@ -19,7 +19,7 @@ Measures in one run, on random-weight `T5PrefixDecoder`s and random fixed-length
   the model in bf16 (beam 30, CART-like and GENIUS-like); fp32 engine >= 70% of the fp32 matmul peak.
 
 bf16 (the engine's bf16 step, HF with its model in bf16, the bf16 matmul peak) is timed only where the device
-multiplies bf16 natively unless `--dtypes fp32,bf16` asks; its budgets are then n/a.
+multiplies bf16 natively, or when `--dtypes fp32,bf16` asks; where it is not timed, its budgets read n/a.
 `--device cuda` runs everything on the GPU; `--compile` wraps the engine's step in `torch.compile`
 (CUDA graphs on a GPU).  Writes CSVs and decoding.png under `--out` (default bench_out/) and prints the
 tables.  Helpers: `genretr.bench.decoding_sections` (measurements), `genretr.bench.decoding_report` (outputs).

@@ -87,20 +87,42 @@ def test_budget_line():
     status, line = budget({"t5_string": 2.5, "encoder": 3.0})
     assert status == "n/a" and "not measured: t5_genius, cart" in line
     assert budget({"t5_string": 1.0, "cart": None, "t5_genius": 2.0})[0] == "n/a"
-    status, line = budget({})  # bf16 not timed
-    assert status == "n/a" and line.endswith("not timed -> n/a")
+    status, line = budget({"t5_string": 1.0}, bf16=False)
+    assert status == "n/a" and line.endswith("bf16 not timed (--dtypes fp32,bf16) -> n/a")
 
 
 def test_bench_times_bf16_only_where_the_hardware_has_it(monkeypatch):
     import genretr.hardware
     from genretr.bench import timed_dtypes
 
-    monkeypatch.setattr(genretr.hardware, "bf16_kind", lambda accelerator="cpu": None)
+    monkeypatch.setattr(genretr.hardware, "bf16_kind", lambda accelerator="cpu": "cuda" if accelerator == "cuda" else None)
     dtypes, why = timed_dtypes(None)
     assert dtypes == ["fp32"] and "no bf16 hardware" in why
+    assert timed_dtypes(None, "cuda") == (["fp32", "bf16"], "dtypes fp32,bf16 (bf16 hardware: cuda)")
     assert timed_dtypes("bf16,fp32")[0] == ["fp32", "bf16"]  # asked for: timed, emulated or not
-    monkeypatch.setattr(genretr.hardware, "bf16_kind", lambda accelerator="cpu": "amx")
-    assert timed_dtypes(None) == (["fp32", "bf16"], "dtypes fp32,bf16 (bf16 hardware: amx)")
     assert timed_dtypes("fp32")[0] == ["fp32"]
-    with pytest.raises(SystemExit, match="--dtypes fp16: each one of fp32, bf16"):
-        timed_dtypes("fp16")
+    for wrong in ("fp16", "bf16"):  # fp32 is the baseline of every ratio
+        with pytest.raises(SystemExit, match=f"--dtypes {wrong}: fp32 \\(the baseline\\), then optionally bf16"):
+            timed_dtypes(wrong)
+
+
+def test_bench_training_in_fp32_alone(tmp_path, capsys):
+    """`--dtypes fp32` (the default without bf16 hardware): fp32 rows only, no ratio column, the budget n/a."""
+    import argparse
+
+    from genretr.bench import training
+
+    parser = argparse.ArgumentParser()
+    training.add_arguments(parser)
+    args = parser.parse_args(["--quick", "--models", "t5_string", "--threads", "1", "--batch", "8", "--gemm", "64",
+                              "--dtypes", "fp32", "--out", str(tmp_path)])
+    threads = torch.get_num_threads()
+    try:
+        assert training.run(args) == 0
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert "| model | threads | batch | fp32 samples/s | fp32 GFLOP/s (peak, %) |" in out and "bf16/fp32" not in out
+    summary = json.loads((tmp_path / "training.json").read_text())
+    assert summary["dtypes"] == ["fp32"] and [r["dtype"] for r in summary["rows"]] == ["fp32"]
+    assert summary["budget"]["status"] == "n/a" and "bf16 not timed" in summary["budget"]["line"]
