@@ -2,7 +2,8 @@
 `scale`.  Results go under `bench_out/` (gitignored)."""
 from __future__ import annotations
 
-DTYPE_NAMES = ("fp32", "bf16")
+STEP_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}  # a bench dtype -> its torch dtype's name
+DTYPE_NAMES = tuple(STEP_DTYPES)
 
 
 def timed_dtypes(arg: str | None, accelerator: str = "cpu") -> tuple[list[str], str]:
