@@ -84,8 +84,8 @@ def load_pretrained_t5(path: str, config: T5Config, checkpoint_vocab: int) -> T5
     hf_logging.set_verbosity_error()  # the report of the encoder blocks a prefix decoder leaves out: expected
     try:
         model, info = T5ForConditionalGeneration.from_pretrained(
-            os.path.expanduser(str(path)), config=loading, local_files_only=True, ignore_mismatched_sizes=True, dtype=torch.float32,
-            output_loading_info=True)
+            os.path.expanduser(str(path)), config=loading, local_files_only=True, ignore_mismatched_sizes=True,
+            dtype=torch.float32, output_loading_info=True)
     except (OSError, ValueError) as e:
         raise missing_checkpoint(path, e) from None
     finally:
