@@ -18,7 +18,7 @@ class KVCache:
     A step writes position t of the current buffer; `reorder` gathers the surviving beams' rows (positions
     < upto) with one `index_select` straight into the other buffer and swaps: no temporary, no copy back
     (the in-place gather-then-copy it replaces measured 2.5-6x slower).  The time-major row layout makes
-    the selected block of a row contiguous; attention reads ``k[:R, :t+1].transpose(1, 2)``."""
+    the selected block of a row contiguous; attention reads ``k[:R, :t+1]`` in that layout."""
 
     def __init__(self, layers: int, rows: int, T: int, heads: int, dk: int, device, dtype=torch.float32):
         shape = (rows, T, heads, dk)
@@ -96,12 +96,12 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     On a CPU in float32 the sigmoid form, 2.6x faster than `F.gelu(approximate="tanh")` on an AVX2 CPU, where
     `torch.tanh` costs ~3 ns an element (9% of CART's decoder step; issue #18); the same values to float32
     rounding (max. difference 8e-6 on 960 x 1024 activations of up to 16).  Elsewhere (a GPU's fused kernel,
-    bf16) `F.gelu`."""
-    if x.dtype != torch.float32 or x.device.type != "cpu":
+    bf16, autograd) `F.gelu`."""
+    if x.dtype != torch.float32 or x.device.type != "cpu" or x.requires_grad:  # (in-place ops: no autograd)
         return F.gelu(x, approximate="tanh")
     c = math.sqrt(2.0 / math.pi)
-    u = x * x
-    return u.mul_(2.0 * 0.044715 * c).add_(2.0 * c).mul_(x).sigmoid_().mul_(x)
+    two_u = (x * x).mul_(2.0 * 0.044715 * c).add_(2.0 * c).mul_(x)
+    return two_u.sigmoid_().mul_(x)
 
 
 class T5StepDecoder:
@@ -246,9 +246,15 @@ class T5StepDecoder:
         """Self-attention of one query position over the cached positions 0..t (T5: no 1/sqrt(d_kv) scale).
 
         q (NS, H, dk); k, v (NS, t+1, H, dk), the cache's layout; bias (H, 1, t+1).  Returns (NS, H, dk).
-        Products in the cache's layout, scores and softmax in float32: a (1 x dk) @ (dk x t+1) product per
-        row and head is too small for a batched matmul, and the transposed cache sends CPU SDPA down its math
-        path with copies of K and V, 3-9x slower than these two broadcast products on 960 beam rows (issue #18)."""
+        On a CPU, and in bf16: products in the cache's layout, scores and softmax in float32 -- a (1 x dk) @
+        (dk x t+1) product per row and head is too small for a batched matmul, and the transposed cache sends CPU
+        SDPA down its math path with copies of K and V, 3-9x slower than these two broadcast products on 960
+        beam rows (issue #18).  fp32 on a GPU: `scaled_dot_product_attention`'s fused kernel (as before; the
+        products were not timed there)."""
+        if self.dtype == torch.float32 and q.device.type != "cpu":
+            att = F.scaled_dot_product_attention(q.unsqueeze(2), k.transpose(1, 2), v.transpose(1, 2),
+                                                 attn_mask=bias, scale=1.0)  # (NS, H, 1, dk)
+            return att.squeeze(2)
         scores = (k * q.unsqueeze(1)).sum(-1, dtype=torch.float32)  # (NS, t+1, H)
         p = scores.add_(bias.squeeze(1).t()).softmax(1).to(v.dtype)
         return (p.unsqueeze(-1) * v).sum(1)  # (NS, H, dk)

@@ -3,18 +3,22 @@ import torch
 import torch.nn.functional as F
 from transformers.activations import ACT2FN
 
-from genretr.backbones.t5_step import T5StepDecoder, gelu_tanh
 from genretr.backbones.t5_prefix import T5PrefixDecoder
+from genretr.backbones.t5_step import T5StepDecoder, gelu_tanh
 
 
 def test_gelu_tanh_is_the_tanh_gelu():
     x = torch.cat([torch.linspace(-30, 30, 20001), torch.randn(4096) * 3, torch.tensor([0.0, -0.0, 1e-30, -1e-30])])
+    before = x.clone()
     ours = gelu_tanh(x)
+    assert torch.equal(x, before)  # the input is not written to
     for ref in (F.gelu(x, approximate="tanh"), ACT2FN["gelu_new"](x)):  # torch's kernel, T5's "gelu_new"
         assert torch.allclose(ours, ref, rtol=1e-5, atol=1e-6), (ours - ref).abs().max()
     assert torch.equal(ours[x < -12], torch.zeros_like(ours[x < -12]))  # no overflow below the knee
     assert torch.equal(ours[x > 12], x[x > 12])
-    assert not x.equal(ours)  # the input is not written to
+    w = torch.randn(16, requires_grad=True)  # with autograd: torch's kernel (the sigmoid form works in place)
+    gelu_tanh(w).sum().backward()
+    assert w.grad is not None and torch.allclose(gelu_tanh(w.detach()), F.gelu(w.detach(), approximate="tanh"))
     b = (torch.randn(64) * 3).bfloat16()  # other dtypes: torch's kernel itself
     assert torch.equal(gelu_tanh(b), F.gelu(b, approximate="tanh"))
 

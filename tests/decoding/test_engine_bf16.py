@@ -8,6 +8,7 @@ a set 0.92, top-10 in order 0.73; the asserted thresholds leave room for BLAS di
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from genretr.backbones.cart import CartSeq2Seq
 from genretr.backbones.t5_prefix import T5PrefixDecoder
@@ -176,8 +177,12 @@ def test_bf16_self_attention_matches_sdpa_on_the_same_inputs(trained):
     bias = sd16.position_bias(8)[t, :, :, : t + 1]  # bf16, -inf above the diagonal cut away
     out = sd16.attend_cache(q, k, v, bias)
     assert out.dtype == torch.bfloat16 and out.shape == (NS, H, dk)
-    ref = sd32.attend_cache(q.float(), k.float(), v.float(), bias.float())
+    ref = F.scaled_dot_product_attention(q.float().unsqueeze(2), k.float().transpose(1, 2), v.float().transpose(1, 2),
+                                         attn_mask=bias.float(), scale=1.0).squeeze(2)  # (NS, H, dk)
     torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=2e-2)
+    # fp32: the same products, to fp32 rounding
+    fp32 = sd32.attend_cache(q.float(), k.float(), v.float(), bias.float())
+    torch.testing.assert_close(fp32, ref, rtol=1e-5, atol=1e-5)
 
 
 def test_pooled_caches_are_reused_by_shape_and_change_no_result():
