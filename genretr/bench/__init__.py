@@ -2,8 +2,7 @@
 `scale`.  Results go under `bench_out/` (gitignored)."""
 from __future__ import annotations
 
-STEP_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}  # a bench dtype -> its torch dtype's name
-DTYPE_NAMES = tuple(STEP_DTYPES)
+DTYPE_NAMES = ("fp32", "bf16")  # the engine's `step_dtype` takes them as they are (genretr.decoding.engine.as_dtype)
 
 
 def timed_dtypes(arg: str | None, accelerator: str = "cpu") -> tuple[list[str], str]:

@@ -66,9 +66,9 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from genretr.bench import STEP_DTYPES, timed_dtypes
+    from genretr.bench import timed_dtypes
     from genretr.decoding.csr_trie import CSRTrie
-    from genretr.decoding.engine import beam_search, search_plan
+    from genretr.decoding.engine import as_dtype, beam_search, search_plan
     from genretr.decoding.hf import hf_generate
 
     cfg = dict(QUICK if args.quick else FULL)
@@ -80,7 +80,7 @@ def run(args) -> int:
     skip = set(filter(None, args.skip.split(",")))
     device = torch.device(args.device)
     dtypes, why = timed_dtypes(args.dtypes, args.device)
-    step_dtypes = [STEP_DTYPES[d] for d in dtypes]
+    step_dtypes = [str(as_dtype(d)).removeprefix("torch.") for d in dtypes]  # float32, bfloat16
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
