@@ -56,9 +56,11 @@ def _jobs_side_by_side() -> int:
 
 def execute(cfg: DictConfig, run_dir: Path, extra_callbacks=()) -> dict | None:
     """Run the pipeline for `cfg`, writing into `run_dir`; returns the metrics (None if stopped early)."""
+    from genretr.data.sources import check_sources
     from genretr.validate import validate
 
     validate(cfg)  # a bad option is one line before any stage runs, and before Lightning is imported (~4 s)
+    check_sources(cfg.get("dataset"))  # so is an absent input file
     import lightning as L
 
     from genretr.pipeline import Pipeline
