@@ -29,6 +29,7 @@ from genretr.data.captioning import train_caption_texts, train_captions
 from genretr.data.schema import IMAGE, PAIR, TEXT, Item
 from genretr.data.textfile import one_line, read_jsonl, text_lines
 from genretr.errors import DataError, GenretrError
+from genretr.hardware import malloc_at_ceiling
 from genretr.identifiers.base import IdentifierContext, IdTable
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -131,6 +132,7 @@ def main(argv=None) -> int:
     p.add_argument("items", help="a .jsonl of items or a folder of images")
     p.add_argument("--pool", action="append", help="a pool to add them to (default: those of their modality)")
     args = p.parse_args(argv)
+    malloc_at_ceiling()  # as genretr.run has it
     from genretr.search import LoadedRun
 
     try:

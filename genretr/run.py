@@ -72,9 +72,10 @@ def execute(cfg: DictConfig, run_dir: Path, extra_callbacks=()) -> dict | None:
         logging.getLogger(name).setLevel(logging.WARNING)
     import torch
 
-    from genretr.hardware import auto_threads
+    from genretr.hardware import auto_threads, malloc_at_ceiling
 
     torch.set_num_threads(auto_threads(cfg.get("threads", "auto"), _jobs_side_by_side()))
+    malloc_at_ceiling()
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     logger = instantiate(cfg.logger) if cfg.get("logger") and cfg.logger.get("_target_") else None
     start = time.perf_counter()

@@ -26,6 +26,7 @@ from genretr.additions import Additions, with_images
 from genretr.artifacts import MissingArtifact
 from genretr.data.schema import INSTRUCTIONS, Query
 from genretr.errors import GenretrError
+from genretr.hardware import malloc_at_ceiling
 
 
 def hydra_node(recorded):
@@ -248,6 +249,7 @@ def main(argv=None) -> int:
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--json", action="store_true", help="one JSON object per query on stdout")
     args = p.parse_args(argv)
+    malloc_at_ceiling()  # as genretr.run has it
     try:
         if not args.texts and not args.image:
             raise GenretrError("give a query text, --image PATH, or both")

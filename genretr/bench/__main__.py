@@ -20,6 +20,9 @@ def main(argv=None) -> int:
         mod.add_arguments(sub.add_parser(name, help=help_, description=mod.__doc__,
                                          formatter_class=argparse.RawDescriptionHelpFormatter))
     args = parser.parse_args(argv)
+    from genretr.hardware import malloc_at_ceiling
+
+    malloc_at_ceiling()  # as genretr.run has it
     mod = __import__(SUBCOMMANDS[args.command][0], fromlist=["run"])
     return int(mod.run(args) or 0)
 
