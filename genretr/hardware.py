@@ -169,11 +169,12 @@ def malloc_at_ceiling() -> bool:
     faulted in again the next step: 256 CART-shaped queries in batches of 32 (beam 30, one thread, AVX2 EPYC)
     searched at 56-64 q/s, at 71-73 from the ceiling (64 GENIUS-shaped ones: 4.2 -> 4.7); training and peak RSS
     did not change.  Set once per process by the entry points (`genretr.run`, `genretr.search`, `genretr.add`,
-    `python -m genretr.bench`); not where the user set malloc's own environment, nor off glibc (macOS, musl)."""
+    `python -m genretr.bench`); not where the user set malloc's own environment or `GENRETR_MALLOC=glibc` (glibc's
+    start, as before: `bench decoding --queries 256` times the difference), nor off glibc (macOS, musl)."""
     import platform
 
     if any(k in os.environ for k in MALLOC_ENV) or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "") \
-            or platform.libc_ver()[0] != "glibc":
+            or os.environ.get("GENRETR_MALLOC") == "glibc" or platform.libc_ver()[0] != "glibc":
         return False
     try:
         libc = _libc()

@@ -82,7 +82,8 @@ print(set_, libc.mallinfo2().hblkhd - before >= 16 * 2**20)
 @pytest.mark.parametrize("how, env, expected", [
     ("plain", {}, "None True"),  # glibc's start: a 16 MiB block is mmapped (fresh pages each time)
     ("set", {}, "True False"),  # at the ceiling: it comes from the heap, whose freed top is kept
-    ("set", {"MALLOC_TRIM_THRESHOLD_": "131072"}, "False True")])  # the user's own setting is left alone
+    ("set", {"MALLOC_TRIM_THRESHOLD_": "131072"}, "False True"),  # the user's own setting is left alone
+    ("set", {"GENRETR_MALLOC": "glibc"}, "False True")])  # and glibc's start on request
 def test_malloc_starts_at_the_thresholds_glibc_climbs_to(how, env, expected):
     import os
     import subprocess

@@ -21,7 +21,9 @@ Measures in one run, on random-weight `T5PrefixDecoder`s and random fixed-length
 bf16 (the engine's bf16 step, HF with its model in bf16, the bf16 matmul peak) is timed only where the device
 multiplies bf16 natively, or when `--dtypes fp32,bf16` asks; where it is not timed, its budgets read n/a.
 `--device cuda` runs everything on the GPU; `--compile` wraps the engine's step in `torch.compile`
-(CUDA graphs on a GPU).  Writes CSVs and decoding.png under `--out` (default bench_out/) and prints the
+(CUDA graphs on a GPU).  A timed engine search is one batch, or `--queries N` queries in batches of each batch
+size (a search's KV cache is made once, its steps' activations freed and made again: how glibc's malloc starts
+matters there, `genretr.hardware.malloc_at_ceiling`; the header says which).  Writes CSVs and decoding.png under `--out` (default bench_out/) and prints the
 tables.  Helpers: `genretr.bench.decoding_sections` (measurements), `genretr.bench.decoding_report` (outputs).
 """
 from __future__ import annotations
@@ -57,6 +59,8 @@ def add_arguments(p):
     p.add_argument("--corpus", default=None, help="comma list of corpus sizes (identifiers)")
     p.add_argument("--batches", default=None, help="comma list of batch sizes")
     p.add_argument("--beams", default=None, help="comma list of beam sizes")
+    p.add_argument("--queries", type=int, default=None,
+                   help="queries per timed engine search, in batches of each batch size (default: one batch)")
     p.add_argument("--hf-queries", type=int, default=None, help="cap on the queries HF is timed on per setting")
     p.add_argument("--constraint-corpus", type=int, default=None, help="corpus size of the per-step constraint cost")
     p.add_argument("--constraint-queries", type=int, default=256)
@@ -70,6 +74,7 @@ def run(args) -> int:
     from genretr.decoding.csr_trie import CSRTrie
     from genretr.decoding.engine import as_dtype, beam_search, search_plan
     from genretr.decoding.hf import hf_generate
+    from genretr.hardware import malloc_at_ceiling
 
     cfg = dict(QUICK if args.quick else FULL)
     shapes = (args.shapes or cfg["shapes"]).split(",")
@@ -90,8 +95,9 @@ def run(args) -> int:
     compile_ = (True if args.compile_backend == "inductor" else {"backend": args.compile_backend, "fullgraph": True}
                 ) if args.compile else False
     print(f"genretr bench decoding: device={device} threads={torch.get_num_threads()} shapes={shapes} "
-          f"corpus={sizes} batches={batches} beams={beam_list} compile={compile_} {'(quick)' if args.quick else ''}; "
-          f"{why}", flush=True)
+          f"corpus={sizes} batches={batches} beams={beam_list} queries={args.queries or 'one batch'} "
+          f"compile={compile_} malloc={'at the ceiling' if malloc_at_ceiling() else 'as is'} "
+          f"{'(quick)' if args.quick else ''}; {why}", flush=True)
 
     reps = 3 if args.quick else 10
     min_s = 0.5 if args.quick else 1.0  # a run shorter than this is repeated (median reported)
@@ -118,10 +124,11 @@ def run(args) -> int:
         zgen = torch.Generator().manual_seed(args.seed)
         cart = s.get("model") == "cart"
         if cart:  # queries are word ids
-            zall = torch.randint(2, s["src_vocab"], (max(max(batches), hf_cap), s["src_len"]), generator=zgen)
+            zall = torch.randint(2, s["src_vocab"], (max(max(batches), hf_cap, args.queries or 0), s["src_len"]),
+                                 generator=zgen)
             zall = zall.to(device)
         else:
-            zall = torch.randn(max(max(batches), hf_cap), s["input_dim"], generator=zgen).to(device)
+            zall = torch.randn(max(max(batches), hf_cap, args.queries or 0), s["input_dim"], generator=zgen).to(device)
         warm = zall[:2]
         # warm-up every method once (allocators, MKL, HF generate setup)
         wseqs = random_ids(200, s["codes"], args.seed)
@@ -163,7 +170,7 @@ def run(args) -> int:
                     setting = dict(shape=shape, batch=batch, beams=beams, corpus=n)
                     if "qps" in skip:
                         continue
-                    z = zall[:batch]
+                    z = zall[:args.queries or batch]
                     for method, step_dtype in [("engine", "float32"), ("engine_bf16", "bfloat16")]:
                         if step_dtype not in step_dtypes:
                             continue
