@@ -29,7 +29,7 @@ from genretr.data.captioning import train_caption_texts, train_captions
 from genretr.data.schema import IMAGE, PAIR, TEXT, Item
 from genretr.data.textfile import one_line, read_jsonl, text_lines
 from genretr.errors import DataError, GenretrError
-from genretr.hardware import malloc_at_ceiling
+from genretr.heap import malloc_at_ceiling
 from genretr.identifiers.base import IdentifierContext, IdTable
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")

@@ -10,8 +10,6 @@ run it natively, fp32 elsewhere; one torch thread per job when jobs share the ma
 * `auto_threads(threads, n_jobs)`: torch's intra-op threads for a run.
 * `run_device(accelerator, devices)`: the one device a run's stages put their models and tensors on.
 * `cpu_vendor()`: the CPU's vendor.
-* `malloc_at_ceiling()`, `release_freed_memory()`: glibc's heap kept between decoder steps, handed back between
-  stages.
 """
 from __future__ import annotations
 
@@ -147,51 +145,16 @@ def run_device(accelerator: str = "cpu", devices=1):
     return torch.device("cuda", int(listed[rank]) if listed else rank)
 
 
-MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")  # and GLIBC_TUNABLES' malloc
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (glibc's malloc.h)
-MMAP_THRESHOLD_CEILING = 32 * 2**20  # glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit; its trim threshold then: twice
-
-
-def _libc():
-    import ctypes
-    import ctypes.util
-
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-
-
-@functools.lru_cache(maxsize=None)
-def malloc_at_ceiling() -> bool:
-    """Start glibc's malloc at the thresholds its own dynamic rule climbs to (issue 18); True where it did.
-
-    glibc serves a block over its mmap threshold (128 KiB at start) with `mmap` and returns a heap top over its
-    trim threshold to the OS; each larger mmapped block freed raises the two, to its size and twice that, up to
-    32 MiB and 64 MiB.  Below that ceiling, a decoder step's freed multi-MB activations go back to the OS and are
-    faulted in again the next step: 256 CART-shaped queries in batches of 32 (beam 30, one thread, AVX2 EPYC)
-    searched at 56-64 q/s, at 71-73 from the ceiling (64 GENIUS-shaped ones: 4.2 -> 4.7); training and peak RSS
-    did not change.  Set once per process by the entry points (`genretr.run`, `genretr.search`, `genretr.add`,
-    `python -m genretr.bench`); not where the user set malloc's own environment or `GENRETR_MALLOC=glibc` (glibc's
-    start, as before: `bench decoding --queries 256` times the difference), nor off glibc (macOS, musl)."""
-    import platform
-
-    if any(k in os.environ for k in MALLOC_ENV) or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "") \
-            or os.environ.get("GENRETR_MALLOC") == "glibc" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        libc = _libc()
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_CEILING)) and bool(
-            libc.mallopt(M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD_CEILING))
-    except (OSError, AttributeError):
-        return False
-
-
 def release_freed_memory() -> None:
     """Hand what a finished stage freed back to the OS (a full gc, then glibc's `malloc_trim` where there is
     one), so the next stage's peak does not sit on the last one's garbage (issue 16's peak RSS)."""
+    import ctypes
+    import ctypes.util
     import gc
 
     gc.collect()
     try:
-        _libc().malloc_trim(0)
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc (macOS, musl): nothing more to do
         pass
 

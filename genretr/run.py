@@ -72,7 +72,8 @@ def execute(cfg: DictConfig, run_dir: Path, extra_callbacks=()) -> dict | None:
         logging.getLogger(name).setLevel(logging.WARNING)
     import torch
 
-    from genretr.hardware import auto_threads, malloc_at_ceiling
+    from genretr.hardware import auto_threads
+    from genretr.heap import malloc_at_ceiling
 
     torch.set_num_threads(auto_threads(cfg.get("threads", "auto"), _jobs_side_by_side()))
     malloc_at_ceiling()

@@ -26,7 +26,7 @@ from genretr.additions import Additions, with_images
 from genretr.artifacts import MissingArtifact
 from genretr.data.schema import INSTRUCTIONS, Query
 from genretr.errors import GenretrError
-from genretr.hardware import malloc_at_ceiling
+from genretr.heap import malloc_at_ceiling
 
 
 def hydra_node(recorded):

@@ -61,35 +61,3 @@ def test_trainer_precision_follows_the_precision_option(make_cfg, cpu):
     cpu("avx2")
     assert make_cfg().trainer.precision == "32-true"
     assert make_cfg("trainer=gpu").trainer.precision == "32-true"  # no GPU, no bf16 on this CPU
-
-
-MALLOC_PROBE = """
-import ctypes, sys
-from genretr.hardware import malloc_at_ceiling
-class Info(ctypes.Structure):  # glibc's struct mallinfo2
-    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                                "fsmblks", "uordblks", "fordblks", "keepcost")]
-libc = ctypes.CDLL("libc.so.6")
-libc.mallinfo2.restype, libc.malloc.restype = Info, ctypes.c_void_p
-set_ = malloc_at_ceiling() if sys.argv[1] == "set" else None
-before = libc.mallinfo2().hblkhd
-block = libc.malloc(16 * 2**20)
-print(set_, libc.mallinfo2().hblkhd - before >= 16 * 2**20)
-"""
-
-
-@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="glibc's malloc only")
-@pytest.mark.parametrize("how, env, expected", [
-    ("plain", {}, "None True"),  # glibc's start: a 16 MiB block is mmapped (fresh pages each time)
-    ("set", {}, "True False"),  # at the ceiling: it comes from the heap, whose freed top is kept
-    ("set", {"MALLOC_TRIM_THRESHOLD_": "131072"}, "False True"),  # the user's own setting is left alone
-    ("set", {"GENRETR_MALLOC": "glibc"}, "False True")])  # and glibc's start on request
-def test_malloc_starts_at_the_thresholds_glibc_climbs_to(how, env, expected):
-    import os
-    import subprocess
-    import sys
-
-    out = subprocess.run([sys.executable, "-c", MALLOC_PROBE, how], env={**os.environ, **env}, capture_output=True,
-                         text=True)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split("\n")[-2] == expected

@@ -14,7 +14,7 @@ PACKAGE_DIR = Path(fingerprint.PACKAGE_DIR)
 # lowest first; a module may import its own layer and those below
 LAYERS = [
     ("genretr.errors", "genretr.artifacts", "genretr.fingerprint", "genretr.provenance", "genretr.resolvers",
-     "genretr.hardware", "genretr.stats", "genretr.training", "genretr.weights"),
+     "genretr.hardware", "genretr.heap", "genretr.stats", "genretr.training", "genretr.weights"),
     ("genretr.data",),
     ("genretr.encoders", "genretr.quantizers", "genretr.identifiers", "genretr.generators"),
     ("genretr.backbones",),

@@ -20,7 +20,7 @@ def main(argv=None) -> int:
         mod.add_arguments(sub.add_parser(name, help=help_, description=mod.__doc__,
                                          formatter_class=argparse.RawDescriptionHelpFormatter))
     args = parser.parse_args(argv)
-    from genretr.hardware import malloc_at_ceiling
+    from genretr.heap import malloc_at_ceiling
 
     malloc_at_ceiling()  # as genretr.run has it
     mod = __import__(SUBCOMMANDS[args.command][0], fromlist=["run"])

@@ -23,8 +23,9 @@ multiplies bf16 natively, or when `--dtypes fp32,bf16` asks; where it is not tim
 `--device cuda` runs everything on the GPU; `--compile` wraps the engine's step in `torch.compile`
 (CUDA graphs on a GPU).  A timed engine search is one batch, or `--queries N` queries in batches of each batch
 size (a search's KV cache is made once, its steps' activations freed and made again: how glibc's malloc starts
-matters there, `genretr.hardware.malloc_at_ceiling`; the header says which).  Writes CSVs and decoding.png under `--out` (default bench_out/) and prints the
-tables.  Helpers: `genretr.bench.decoding_sections` (measurements), `genretr.bench.decoding_report` (outputs).
+matters there, `genretr.heap.malloc_at_ceiling`; the header says which).  Writes CSVs and decoding.png under
+`--out` (default bench_out/) and prints the tables.  Helpers: `genretr.bench.decoding_sections` (measurements),
+`genretr.bench.decoding_report` (outputs).
 """
 from __future__ import annotations
 
@@ -74,7 +75,7 @@ def run(args) -> int:
     from genretr.decoding.csr_trie import CSRTrie
     from genretr.decoding.engine import as_dtype, beam_search, search_plan
     from genretr.decoding.hf import hf_generate
-    from genretr.hardware import malloc_at_ceiling
+    from genretr.heap import malloc_at_ceiling
 
     cfg = dict(QUICK if args.quick else FULL)
     shapes = (args.shapes or cfg["shapes"]).split(",")
@@ -83,6 +84,9 @@ def run(args) -> int:
     beam_list = ints(args.beams or cfg["beams"])
     constraint_n = args.constraint_corpus or min(cfg["constraint_corpus"], max(sizes))
     skip = set(filter(None, args.skip.split(",")))
+    if args.queries is not None and args.queries < max(batches):
+        raise SystemExit(f"genretr bench decoding: --queries {args.queries} is below the largest batch, "
+                         f"{max(batches)}: a search of N queries runs in batches of each batch size")
     device = torch.device(args.device)
     dtypes, why = timed_dtypes(args.dtypes, args.device)
     step_dtypes = [str(as_dtype(d)).removeprefix("torch.") for d in dtypes]  # float32, bfloat16

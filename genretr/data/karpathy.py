@@ -128,11 +128,6 @@ def select(json_path: str, image_root: str, restval_to: str | None,
     return by_split
 
 
-def source_paths(json_path: str, image_root: str, **_) -> dict[str, tuple[str, str]]:
-    """{config key: (path, "file" or "directory")} that `build_karpathy` reads (`genretr.data.sources`)."""
-    return {"json_path": (str(json_path), "file"), "image_root": (str(image_root), "directory")}
-
-
 def build_karpathy(name: str, json_path: str, image_root: str, image_size: int = 64, restval_to: str | None = "train",
                    max_images_per_split: int | None = None) -> RetrievalDataset:
     """Flickr30K / MS-COCO (Karpathy splits): items are images, captions and image–caption pairs;

@@ -328,28 +328,6 @@ def image_files(refs: dict[str, tuple[str, str]], at, size: int, name: str) -> I
     return ImageFiles([at(rel) for rel in refs], size, list(refs.values()), name)
 
 
-def source_paths(root: str, splits: dict, universal: dict | None = None, instructions: str | None = None,
-                 max_queries_per_file: int | None = None, max_pool_size: int | None = None,
-                 **_) -> dict[str, tuple[str, str]]:
-    """{config key: (path, "file" or "directory")} that `build_mbeir` reads (`genretr.data.sources`): the
-    root, the instructions, every query, pool and named qrels file (M-BEIR's own qrels file of a query
-    file is read only where it exists), and the universal pools.  A malformed `splits` is refused here."""
-    _check_config(splits, universal, max_queries_per_file, max_pool_size)
-    at = lambda rel: os.path.join(str(root), str(rel))
-    out = {"root": (str(root), "directory")}
-    if instructions:
-        out["instructions"] = (at(instructions), "file")
-    for split, sources in splits.items():
-        for i, src in enumerate(sources):
-            for key in ("queries", "pool", "qrels"):
-                if src.get(key) is not None:
-                    out[f"splits.{split}[{i}].{key}"] = (at(src[key]), "file")
-    for split, pool in (universal or {}).items():
-        if pool:
-            out[f"universal.{split}"] = (at(pool), "file")
-    return out
-
-
 def build_mbeir(root: str, splits: dict, universal: dict | None = None, instructions: str | None = None,
                 image_size: int = 64, max_queries_per_file: int | None = None, max_pool_size: int | None = None,
                 name: str = "mbeir") -> RetrievalDataset:

@@ -127,18 +127,6 @@ def read_captions(path: str, known: set[str]) -> list[tuple[str, str, str, str]]
     return rows
 
 
-def source_paths(features: str, captions: str, ids: str | None = None, caption_features: str | None = None,
-                 **_) -> dict[str, tuple[str, str]]:
-    """{config key: (path, "file")} that `build_precomputed` reads (`genretr.data.sources`); `ids` only
-    beside `.npy` features (a `.pt` file holds its own, and naming one then is the builder's error)."""
-    out = {"features": (str(features), "file"), "captions": (str(captions), "file")}
-    if ids and str(features).endswith(".npy"):
-        out["ids"] = (str(ids), "file")
-    if caption_features:
-        out["caption_features"] = (str(caption_features), "file")
-    return out
-
-
 def build_precomputed(features: str, captions: str, modality: str = AUDIO, ids: str | None = None,
                       caption_features: str | None = None, normalize: bool = True, name: str = "precomputed",
                       max_items_per_split: int | None = None) -> RetrievalDataset:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from genretr.data.sources import check_sources
-from genretr.errors import DataError, GenretrError
+from genretr.errors import DataError
 from tests.data.test_karpathy import FLICKR, Fixture as KarpathyFixture
 from tests.data.test_mbeir import COCO_T2I, TRAIN, TSV, Tree
 from tests.data.test_precomputed import Fixture as PrecomputedFixture
@@ -53,18 +53,27 @@ def test_mbeir_names_the_first_absent_file_by_its_key(make_cfg, data_root):
                            "dataset.instructions=null").dataset)  # complete: M-BEIR's own qrels are optional
 
 
-def test_mbeir_malformed_splits_are_refused_before_the_files(make_cfg, data_root):
-    with pytest.raises(GenretrError, match=r"dataset.splits.test must be a non-empty list"):
-        check_sources(make_cfg("dataset=mbeir", "dataset.splits.test=[]").dataset)
+def test_mbeir_malformed_splits_are_left_to_the_builder(make_cfg, data_root):
+    Tree(data_root / "M-BEIR")
+    cfg = make_cfg("dataset=mbeir", "dataset.splits.test=[]", "dataset.splits.train=[{queries: 3}]")
+    check_sources(cfg.dataset)  # nothing to look for: build_mbeir says what is wrong (test_mbeir_bad_input.py)
+
+
+def test_mbeir_absolute_names_need_no_root(make_cfg, data_root):
+    tree = Tree(data_root / "elsewhere")
+    splits = (f"dataset.splits={{train: [{{queries: {tree.root / TRAIN[0]}, pool: {tree.root / TRAIN[1]}, "
+              f"qrels: ''}}], test: [{{queries: {tree.root / COCO_T2I[0]}, pool: {tree.root / COCO_T2I[1]}}}]}}")
+    check_sources(make_cfg("dataset=mbeir", splits, "dataset.instructions=null").dataset)  # no data/M-BEIR root
 
 
 def test_karpathy_and_precomputed_pass_when_present_and_name_the_kind(make_cfg, data_root):
     fx = KarpathyFixture(data_root / "flickr30k", "dataset_flickr30k.json", "flickr30k-images", FLICKR, coco=False)
     cfg = make_cfg("dataset=flickr30k", f"dataset.json_path={fx.json_path}", f"dataset.image_root={fx.json_path}")
-    with pytest.raises(DataError, match=r"directory not found \(a file is there\) \(dataset.image_root;"):
+    with pytest.raises(DataError, match=r"directory not found \(dataset.image_root; a file is there;"):
         check_sources(cfg.dataset)
     check_sources(make_cfg("dataset=flickr30k", f"dataset.json_path={fx.json_path}",
                            f"dataset.image_root={fx.image_root}").dataset)
+    check_sources(make_cfg("dataset=flickr30k", f"dataset.json_path={fx.json_path}", "dataset.image_root=''").dataset)
     (data_root / "precomputed").mkdir()
     pre = PrecomputedFixture(data_root / "precomputed")
     check_sources(make_cfg("dataset=precomputed").dataset)
