@@ -212,9 +212,14 @@ class CartStepDecoder:
                 twin = type(self.model)(**dict(self.model.hparams))
             twin = twin.to_empty(device=self.device)
             twin.load_state_dict(self.model.state_dict())
-            with torch.no_grad():  # non-persistent buffers (positional encodings) are not in the state dict
-                for mine, theirs in zip(twin.buffers(), self.model.buffers()):
-                    mine.copy_(theirs)
+            with torch.no_grad():  # non-persistent buffers (positional encodings, tied query words) are not in
+                mine = dict(twin.named_buffers())  # the state dict; the tied words not in the hyperparameters
+                for name, theirs in self.model.named_buffers():
+                    if name in mine:
+                        mine[name].copy_(theirs)
+                    else:  # None in a twin built without `tied_src_tokens`
+                        owner, _, leaf = name.rpartition(".")
+                        twin.get_submodule(owner).register_buffer(leaf, theirs.clone(), persistent=False)
             self.model = twin.to(dtype=dtype).eval()
             self.dtype = dtype
         return self

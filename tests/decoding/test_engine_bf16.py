@@ -85,20 +85,27 @@ def test_bf16_step_decoder_holds_bf16_weights_and_cache(trained):
         beam_search(model, z[:2], trie, 2, step_dtype="float8")
 
 
-def cart_model(V, seed=0):
+def cart_model(V, seed=0, tied=None):
     torch.manual_seed(seed)
     return CartSeq2Seq(vocab_size=V, src_vocab_size=30, d_model=32, heads=2, d_ff=64, dropout=0.0, encoder_layers=2,
-                       decoder_layers=2, max_src_len=8).eval()
+                       decoder_layers=2, max_src_len=8, tied_src_tokens=tied).eval()
 
 
-def test_cart_bf16_step_runs_on_a_bf16_twin():
+@pytest.mark.parametrize("tied", [None, [[5, 3], [7, 12]]], ids=["plain", "tied-query-words"])
+def test_cart_bf16_step_runs_on_a_bf16_twin(tied):
+    """The twin holds the model's non-persistent buffers: positional encodings, and the query words tied to
+    identifier tokens (the describe add-on's; not in the hyperparameters the twin is built from)."""
     seqs, V = code_table(60)
     trie = CSRTrie.from_sequences(seqs, V)
-    m = cart_model(V)
+    m = cart_model(V, tied=tied)
     src = torch.randint(2, 30, (12, 6), generator=torch.Generator().manual_seed(3))
     sd = step_decoder_of(m, torch.bfloat16)
     assert sd.model is not m and next(sd.model.parameters()).dtype == torch.bfloat16
     assert next(m.parameters()).dtype == torch.float32
+    twin = dict(sd.model.named_buffers())
+    for name, b in m.named_buffers():
+        assert torch.equal(twin[name], b.to(twin[name].dtype)), name
+    assert (tied is None) == (sd.model.src_targets is None)
     a = beam_search(m, src, trie, 5)
     b = beam_search(m, src, trie, 5, step_dtype="bfloat16")
     assert b.scores.dtype == torch.float32
@@ -130,6 +137,20 @@ def test_compiled_step_is_one_graph_and_equal(which):
     if which == "t5":
         u = beam_search(m, z, None, 3, max_len=3, compile=opts)
         assert torch.equal(u.tokens, beam_search(m, z, None, 3, max_len=3).tokens)
+
+
+def test_compiled_searches_of_many_settings_are_not_stopped_by_the_recompile_limit(monkeypatch):
+    """Each compiled search of a new setting (here: beams) adds a graph per step position; torch's default limit
+    of 8 graphs a function is a hard failure under fullgraph=True (the decoding bench's 9th compiled setting
+    failed with FailOnRecompileLimitHit)."""
+    _, m, z = tiny_setting(10, (4,), layers=1, seed=0, z_seed=1)
+    torch._dynamo.reset()
+    for name in ("recompile_limit", "accumulated_recompile_limit"):  # torch's defaults, as a new process has them
+        monkeypatch.setattr(torch._dynamo.config, name, {"recompile_limit": 8}.get(name, 256))
+    opts = {"backend": "eager", "fullgraph": True, "dynamic": False}  # static shapes, as compile=True
+    for beams in range(1, 11):  # unconstrained, one step: one graph per setting
+        r = beam_search(m, z[:2], None, beams, max_len=1, compile=opts)
+        assert torch.equal(r.tokens, beam_search(m, z[:2], None, beams, max_len=1).tokens)
 
 
 def test_exit_check_does_not_change_results():
