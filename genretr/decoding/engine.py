@@ -137,7 +137,7 @@ def beam_search(model, query_vecs, trie: CSRTrie | None, num_beams: int, length_
     opts = compile_options(sd.device, compile)
     if opts is not None:
         if getattr(sd, "compilable", False):
-            _raise_recompile_limit(T)
+            _raise_recompile_limit()
             step = compiled_step(opts)
         else:
             warnings.warn(f"{type(sd).__name__} cannot be compiled; its steps run eagerly", stacklevel=2)
@@ -183,14 +183,18 @@ def compiled_step(opts: dict):
     return _COMPILED[key]
 
 
-def _raise_recompile_limit(T: int) -> None:
-    """The step is specialised per position t (shapes differ): allow one graph per step and batch shape."""
+COMPILED_GRAPHS = 4096  # graphs of the step one process may hold (torch's default limit is 8 per function)
+
+
+def _raise_recompile_limit() -> None:
+    """The step is specialised (static shapes) per position t and per search setting -- batch, beams, the trie's
+    child widths, dtype -- so each search of a new setting adds one graph per step position: intended
+    recompiles, not accidental ones.  Under fullgraph=True torch's limit (8 graphs of one function) is a hard
+    failure: the decoding bench's 9th compiled setting and a pipeline searching several tasks' tries hit it."""
     cfg = torch._dynamo.config
-    for name in ("recompile_limit", "cache_size_limit"):
+    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit"):
         if hasattr(cfg, name):
-            setattr(cfg, name, max(getattr(cfg, name), 8 * T))
-    if hasattr(cfg, "accumulated_recompile_limit"):
-        cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, 64 * T)
+            setattr(cfg, name, max(getattr(cfg, name), COMPILED_GRAPHS))
 
 
 def search_plan(trie: CSRTrie | None, B: int, T: int, V: int, dense_ratio: float = 4.0) -> list[tuple[int, int, bool]]:
