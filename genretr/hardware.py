@@ -69,7 +69,8 @@ def bf16_kind(accelerator: str = "cpu") -> str | None:
         import torch
 
         if torch.cuda.is_available():
-            return "cuda" if torch.cuda.is_bf16_supported() else None
+            # native only: by default torch also says yes where bf16 is emulated (before Ampere: V100, T4)
+            return "cuda" if torch.cuda.is_bf16_supported(including_emulation=False) else None
     return cpu_bf16_kind()
 
 

@@ -34,6 +34,15 @@ def test_bf16_hardware_is_read_from_the_cpu_flags(cpu, flags, kind):
     assert hardware.step_dtype("fp32", "cpu") == "float32"
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["ampere-or-later", "emulated-bf16"])
+def test_a_gpu_counts_as_bf16_hardware_only_where_it_multiplies_bf16_natively(monkeypatch, native):
+    """torch.cuda.is_bf16_supported() says yes on a V100 or T4 too (bf16 emulated); auto keeps those in fp32."""
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("torch.cuda.is_bf16_supported", lambda including_emulation=True: including_emulation or native)
+    assert hardware.bf16_kind("cuda") == ("cuda" if native else None)
+    assert hardware.lightning_precision("auto", "gpu") == ("bf16-mixed" if native else "32-true")
+
+
 def test_unknown_precision_is_refused():
     with pytest.raises(ValueError, match="precision=half is not one of auto, bf16, fp32"):
         hardware.lightning_precision("half")
