@@ -20,7 +20,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from genretr.data import karpathy, mbeir, precomputed, shapes
-from genretr.data.schema import TASK_TARGET, UNIVERSAL
+from genretr.data.schema import AUDIO, IMAGE, TASK_TARGET, UNIVERSAL, VIDEO
 from genretr.errors import GenretrError
 from genretr.hardware import PRECISIONS
 from genretr.stages import STAGES
@@ -119,6 +119,7 @@ def validate(cfg: DictConfig) -> None:
     _check_adapter(cfg)
     _check_add_ons(cfg)
     _check_engine(cfg)
+    _check_memorize_reads_text(cfg)
     _check_index_options(cfg)
     _check_generator(cfg)
     _check_scheme_options(cfg)
@@ -215,6 +216,19 @@ def _check_early_stop(cfg, adapter) -> None:
     if _get(cfg, "train.retrieve", True) is False:
         raise GenretrError("backbone.fit.early_stop holds out training queries, and train.retrieve=false trains on "
                            "none; set backbone.fit.early_stop.patience=0")
+
+
+def _check_memorize_reads_text(cfg) -> None:
+    """Learning to memorize (GRACE Sec. 3.3) feeds the decoder the item itself; a decoder that reads only words
+    (`backbone.reads_only_text`: CART's, Sec. 3.4) gets an empty sample for an image, audio or video item."""
+    if _get(cfg, "train.memorize", False) is not True or _get(cfg, "backbone.reads_only_text", False) is not True:
+        return
+    textless = [t for t in _get(cfg, "eval.tasks", None) or [] if TASK_TARGET.get(t) in (IMAGE, AUDIO, VIDEO)]
+    if textless and _get(cfg, "method.name") != "embedding":
+        target = _get(cfg, "backbone.model._target_", "the decoder")
+        raise GenretrError(f"train.memorize=true: {str(target).rsplit('.', 1)[-1]} reads only words, and the "
+                           f"{TASK_TARGET[textless[0]]} items of {textless[0]} have none to memorize; set "
+                           "train.memorize=false (CART's recipe: query -> identifier only, as experiment=cart_base)")
 
 
 def _check_scheme_options(cfg) -> None:

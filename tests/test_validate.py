@@ -81,6 +81,10 @@ BAD = {  # overrides (on debug=tiny) -> what the one-line message must say
     "mbeir test only, trained encoder": ([*MBEIR_TEST_ONLY, "method=embedding"],
                                          "no train split, but encoder.fit.max_epochs=2"),
     "shapes without train": (["~dataset.splits.train"], "dataset.splits has no train split"),
+    "CART memorizing images": (["backbone=cart"], "train.memorize=true: CartSeq2Seq reads only words, and the image "
+                               "items of t2i have none to memorize; set train.memorize=false"),
+    "CART memorizing audio": (["dataset=precomputed", "eval.tasks=[t2a]", "backbone=cart"],
+                              "the audio items of t2a have none to memorize"),
 }
 GOOD = {
     "tiny": [],
@@ -90,6 +94,8 @@ GOOD = {
     "fp32, two threads": ["precision=fp32", "threads=2"],
     "hf engine, T5": ["decoding.engine=hf"],
     "hf engine, embedding method": ["decoding.engine=hf", "backbone=cart", "method=embedding"],
+    "CART, query -> identifier only": ["backbone=cart", "train.memorize=false"],
+    "CART memorizing text items": ["backbone=cart", "dataset.tasks=[t2i,t2t]", "eval.tasks=[t2t]"],
     "bf16, torch's own thread count": ["precision=bf16", "threads=null"],
     "every shapes task": ["dataset.tasks=[t2i,t2t,i2i]", "eval.tasks=[t2t,i2i]"],
     "universal pool built": ["dataset.universal=true", "eval.pool=universal"],
@@ -138,6 +144,7 @@ def test_every_preset_passes(preset, make_cfg):
                                           for p in sorted((CONF / g).glob("*.yaml"))])
 def test_every_option_passes(group, option, make_cfg, no_wandb_key):
     extra = ["eval.tasks=[t2a]"] if option == "precomputed" else []  # its only task
+    extra += ["train.memorize=false"] if option == "cart" else []  # CART's recipe (its decoder reads only words)
     validate(make_cfg(f"{group}={option}", *extra))
 
 
@@ -205,7 +212,7 @@ from hydra import compose, initialize_config_dir
 from genretr.validate import validate
 import genretr.run
 with initialize_config_dir(config_dir=sys.argv[1], version_base="1.3"):
-    for overrides in ([], ["backbone=cart"], ["identifier=ssid", "backbone=qwen25vl"]):
+    for overrides in ([], ["backbone=cart", "train.memorize=false"], ["identifier=ssid", "backbone=qwen25vl"]):
         validate(compose("config", overrides=["debug=tiny", *overrides]))
 print(sorted(m for m in sys.modules if m.startswith("lightning")))
 """

@@ -85,7 +85,9 @@ class CartSeq2Seq(L.LightningModule):
         present = src != SRC_PAD
         if not bool(present.any(1).all()):
             raise GenretrError("CART src has a query with no tokens (a row of padding only): CART reads text queries, "
-                               "and samples without text (e.g. memorize samples of image items) have none")
+                               "and samples without text (e.g. memorize samples of image items) have none: set "
+                               "train.memorize=false, or train.pseudo_queries=true train.pseudo_queries_for=all "
+                               "(captioner-written text for every item, as experiment=cart_base)")
         src = src[:, : int(present.any(0).nonzero().max()) + 1]
         if src.shape[1] > self.hparams.max_src_len:
             raise GenretrError(f"CART query of {src.shape[1]} tokens exceeds max_src_len={self.hparams.max_src_len}")
@@ -115,7 +117,8 @@ class CartSeq2Seq(L.LightningModule):
         """Teacher-forced next-token logits (N, T, V) for decoder inputs (start token PAD first)."""
         T = decoder_input_ids.shape[1]
         if T > self.hparams.max_tgt_len:
-            raise GenretrError(f"CART identifier of {T} tokens exceeds max_tgt_len={self.hparams.max_tgt_len}")
+            raise GenretrError(f"a CART target of {T} tokens (an identifier, or a describe / rationale text) exceeds "
+                               f"backbone.model.max_tgt_len={self.hparams.max_tgt_len}: raise it (to the longest target)")
         mems, mask, fine_mask = self.memories(src)
         x = self.embed_targets(decoder_input_ids, slice(0, T))
         for layer, mem in zip(self.decoder, mems):
@@ -234,7 +237,8 @@ class CartStepDecoder:
         from genretr.backbones.t5_step import kv_cache
 
         if T > self.model.hparams.max_tgt_len:
-            raise GenretrError(f"identifiers of {T} tokens exceed CART's max_tgt_len={self.model.hparams.max_tgt_len}")
+            raise GenretrError(f"identifiers of {T} tokens exceed CART's backbone.model.max_tgt_len="
+                               f"{self.model.hparams.max_tgt_len}: raise it to at least {T}")
         return kv_cache(len(self.model.decoder), rows, T, self.heads, self.dk, self.device, self.dtype)
 
     @torch.no_grad()
