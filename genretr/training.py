@@ -93,7 +93,8 @@ class TrainableStateCheckpoints:
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        check_trainable_state(self, checkpoint["state_dict"])
+        if "state_dict" in checkpoint:  # DeepSpeed's checkpoint holds none: its engine restores the weights itself
+            check_trainable_state(self, checkpoint["state_dict"])
 
 
 class EpochSeed(Callback):

@@ -103,6 +103,10 @@ def test_a_state_missing_a_trainable_key_or_with_a_stranger_is_refused(trained):
     del ckpt["state_dict"]["hf.lm_head.rows"]
     with pytest.raises(GenretrError, match="hf.lm_head.rows"):  # resuming checks the checkpoint alike
         check_trainable_state(qwen(), ckpt["state_dict"])
+    model = qwen()
+    with pytest.raises(GenretrError, match="hf.lm_head.rows"):  # through Lightning's hook
+        model.on_load_checkpoint(ckpt)
+    model.on_load_checkpoint({"epoch": 0, "global_step": 4})  # DeepSpeed's: its engine restores the weights itself
     no_tokens = retriever_class("qwen25vl")(config={}, reason="none", lora=LORA)
     with pytest.raises(GenretrError, match="unknown"):  # rows for identifier tokens the model lacks
         load_trained_state(no_tokens, state)
