@@ -142,3 +142,22 @@ def test_how_many_jobs_run_side_by_side(launcher, jobs, monkeypatch):
     monkeypatch.setattr(HydraConfig, "initialized", staticmethod(lambda: launcher is not None))
     monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: OmegaConf.create({"launcher": launcher or {}})))
     assert _jobs_side_by_side() == (6 if jobs == "cores" else jobs)
+
+
+def test_training_processes_share_the_cores_and_keep_their_count_through_the_run(make_cfg, tmp_path, monkeypatch):
+    """trainer.devices=2 (DDP: a process a device) shares the cores between the two, and exports the count as
+    OMP_NUM_THREADS: where it is unset, Lightning's DDP launcher sets cores / processes at the first fit, so the
+    count the trained stages' keys hold changed mid-run and a rerun trained identify and train again."""
+    import torch
+
+    import genretr.hardware
+    from genretr.run import execute
+
+    monkeypatch.setattr(genretr.hardware, "cores", lambda: 6)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    try:
+        assert execute(make_cfg("trainer.devices=2", "stage=dataset"), tmp_path / "run") is None
+        assert torch.get_num_threads() == 3 and os.environ["OMP_NUM_THREADS"] == "3"
+    finally:
+        torch.set_num_threads(before)

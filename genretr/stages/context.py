@@ -26,13 +26,18 @@ def devices(trainer) -> object:
     return value
 
 
-def processes(trainer) -> int:
-    """How many processes the trainer trains with (devices x nodes; a device list counts its entries)."""
+def processes_per_node(trainer) -> int:
+    """How many processes the trainer trains with on each machine (one per device; a device list counts its
+    entries)."""
     n = devices(trainer)
     if isinstance(n, str):  # "2" or "0,1"
         n = [d for d in n.split(",") if d.strip()] if "," in n else int(n)
-    n = len(n) if not isinstance(n, int) else n
-    return max(1, n) * max(1, int(trainer.get("num_nodes", 1) or 1))
+    return max(1, len(n) if not isinstance(n, int) else n)
+
+
+def processes(trainer) -> int:
+    """How many processes the trainer trains with (devices x nodes)."""
+    return processes_per_node(trainer) * max(1, int(trainer.get("num_nodes", 1) or 1))
 
 
 @dataclass
