@@ -128,6 +128,8 @@ class Describe(AddOn):
 
     def metrics(self, ctx, ds, emb, model, table):
         from genretr import describe
+        from genretr.artifacts import atomic_write_text
+        from genretr.evaluation.distributed import rank_zero
         from genretr.evaluation.embedding import embedding_search
         from genretr.evaluation.metrics import retrieval_metrics
 
@@ -138,7 +140,8 @@ class Describe(AddOn):
                                        int(ctx.cfg.eval.top_k))
         metrics = {**retrieval_metrics(rankings, [(i,) for i in pool]), "queries": len(pool)}
         log.info("describe: e.g. %s -> %r; R@1=%.4f", pool[0], texts[0], metrics["R@1"])
-        (ctx.run_dir / "descriptions.tsv").write_text("".join(f"{i}\t{t}\n" for i, t in zip(pool, texts)))
+        if rank_zero():  # the run's files are rank 0's (genretr.run)
+            atomic_write_text(ctx.run_dir / "descriptions.tsv", "".join(f"{i}\t{t}\n" for i, t in zip(pool, texts)))
         return {"describe": metrics}
 
 
