@@ -36,6 +36,7 @@ and the identifier-token rows, without it all but the frozen vision tower; the r
 """
 from __future__ import annotations
 
+import json
 import string
 from pathlib import Path
 
@@ -177,9 +178,21 @@ class MLLMRetriever(TrainableStateCheckpoints, L.LightningModule):
         """Raise `MissingWeightsError` unless `pretrained` is a checkpoint on this machine (before any stage
         runs: `genretr.pipeline.Pipeline.check_weights`); loading may still fail on a broken one."""
         try:
-            local_checkpoint(pretrained)
+            path = local_checkpoint(pretrained)
         except CheckpointNotFound as e:
             raise cls.missing_weights(pretrained, str(e)) from None
+        cls.check_architecture(path)
+
+    @classmethod
+    def check_architecture(cls, checkpoint: Path) -> None:
+        """Refuse a checkpoint of another architecture (config.json's model_type): transformers loads a LLaVA-1.5
+        checkpoint into LLaVA-NeXT's classes, or an Idefics2 one into Idefics', with a warning only, and the run
+        failed at its first image, after the weights had loaded."""
+        found = json.loads((checkpoint / "config.json").read_text()).get("model_type")
+        wanted = cls.model_class.config_class.model_type
+        if found != wanted:
+            raise GenretrError(f"backbone {cls.family}: '{checkpoint}' holds a {found} checkpoint (config.json's "
+                               f"model_type), and backbone={cls.family} loads {wanted} ones, e.g. {cls.hub_id}")
 
     @classmethod
     def missing_weights(cls, path: str, cause: str) -> MissingWeightsError:
@@ -189,6 +202,12 @@ class MLLMRetriever(TrainableStateCheckpoints, L.LightningModule):
 
     def _load(self, path: str, dtype: str):
         path = str(Path(path).expanduser())  # as `check_weights` reads it (transformers does not expand "~")
+        try:
+            checkpoint = local_checkpoint(path)
+        except CheckpointNotFound:
+            checkpoint = None  # from_pretrained below says what is missing
+        if checkpoint is not None:
+            self.check_architecture(checkpoint)
         try:
             model = self.model_class.from_pretrained(path, local_files_only=True, dtype=getattr(torch, dtype))
             processor = self.processor_class.from_pretrained(path, local_files_only=True)

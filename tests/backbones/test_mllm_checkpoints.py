@@ -21,7 +21,7 @@ from genretr.backbones.mllm_generator import MLLMGenerator
 from genretr.data.schema import Item
 from genretr.decoding.csr_trie import CSRTrie
 from genretr.decoding.engine import beam_search, constrained_beam_search
-from genretr.errors import MissingWeightsError
+from genretr.errors import GenretrError, MissingWeightsError
 from genretr.generators import Request
 from genretr.identifiers.base import IdentifierContext
 from genretr.identifiers.ssid import SsidIdentifier
@@ -271,3 +271,23 @@ def test_finetuned_checkpoint_writes_each_images_ssid_answer(family, mllm_checkp
     assert summary["outcomes"]["strict"] == 2, summary
     assert [table.text("x0"), table.text("x1")] == [IDENTIFIERS[0], IDENTIFIERS[3]]
     assert table.reasons == {"x0": REASONS[0], "x1": REASONS[3]}
+
+
+OTHER_ARCHITECTURE = {"qwen25vl": "qwen2_vl", "llava": "llava", "idefics": "idefics2"}  # what a user may point at
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_checkpoint_of_another_architecture_is_refused_before_it_loads(family, mllm_checkpoint, tmp_path):
+    """transformers loads a LLaVA-1.5 checkpoint into LLaVA-NeXT's classes (an Idefics2 one into Idefics') with
+    a warning only; the run failed at its first image, after the weights had loaded."""
+    other, found = tmp_path / "other", OTHER_ARCHITECTURE[family]
+    other.mkdir()
+    config = json.loads((mllm_checkpoint(family) / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "model_type": found}))
+    (other / "model.safetensors").write_bytes((mllm_checkpoint(family) / "model.safetensors").read_bytes())
+    cls = retriever_class(family)
+    refused = rf"backbone {family}: '.*other' holds a {found} checkpoint \(config.json's model_type\)"
+    with pytest.raises(GenretrError, match=refused):
+        cls.check_weights(str(other))
+    with pytest.raises(GenretrError, match=refused):
+        load(family, other)
