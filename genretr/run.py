@@ -77,11 +77,13 @@ def execute(cfg: DictConfig, run_dir: Path, extra_callbacks=()) -> dict | None:
     from genretr.stages.context import processes_per_node
 
     # the cores are shared by the jobs of a parallel sweep and by the training processes of each (DDP: one a device)
-    threads = auto_threads(cfg.get("threads", "auto"), _jobs_side_by_side() * processes_per_node(cfg.get("trainer") or {}))
+    processes = processes_per_node(cfg.get("trainer") or {})
+    threads = auto_threads(cfg.get("threads", "auto"), _jobs_side_by_side() * processes)
     torch.set_num_threads(threads)
-    # Lightning's DDP launchers set torch's count to cores / processes at the first fit unless OMP_NUM_THREADS is
-    # set: the count the trained stages' keys hold would change mid-run (a rerun then redoes identify and train)
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    if processes > 1:  # Lightning's launchers set torch's count to cores / processes at the first fit unless
+        # OMP_NUM_THREADS is set: the count the trained stages' keys hold changed mid-run (a rerun then trained
+        # identify and train again).  Set, it leaves torch's count alone; each process sets its own (genretr.run).
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     malloc_at_ceiling()
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     logger = instantiate(cfg.logger) if cfg.get("logger") and cfg.logger.get("_target_") else None

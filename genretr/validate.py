@@ -119,7 +119,7 @@ def validate(cfg: DictConfig) -> None:
     _check_adapter(cfg)
     _check_add_ons(cfg)
     _check_engine(cfg)
-    _check_memorize_reads_text(cfg)
+    _check_reads_only_text(cfg)
     _check_index_options(cfg)
     _check_generator(cfg)
     _check_scheme_options(cfg)
@@ -218,17 +218,26 @@ def _check_early_stop(cfg, adapter) -> None:
                            "none; set backbone.fit.early_stop.patience=0")
 
 
-def _check_memorize_reads_text(cfg) -> None:
-    """Learning to memorize (GRACE Sec. 3.3) feeds the decoder the item itself; a decoder that reads only words
-    (`backbone.reads_only_text`: CART's, Sec. 3.4) gets an empty sample for an image, audio or video item."""
-    if _get(cfg, "train.memorize", False) is not True or _get(cfg, "backbone.reads_only_text", False) is not True:
+def _check_reads_only_text(cfg) -> None:
+    """A decoder that reads only words (`backbone.reads_only_text`: CART's, Sec. 3.4) gets an empty sample for a
+    query without text (i2t, i2i) and, learning to memorize (GRACE Sec. 3.3: the item itself), for an image,
+    audio or video item: refused here rather than at its first training batch."""
+    if _get(cfg, "backbone.reads_only_text", False) is not True or _get(cfg, "method.name") == "embedding":
         return
-    textless = [t for t in _get(cfg, "eval.tasks", None) or [] if TASK_TARGET.get(t) in (IMAGE, AUDIO, VIDEO)]
-    if textless and _get(cfg, "method.name") != "embedding":
-        target = _get(cfg, "backbone.model._target_", "the decoder")
-        raise GenretrError(f"train.memorize=true: {str(target).rsplit('.', 1)[-1]} reads only words, and the "
-                           f"{TASK_TARGET[textless[0]]} items of {textless[0]} have none to memorize; set "
-                           "train.memorize=false (CART's recipe: query -> identifier only, as experiment=cart_base)")
+    name = str(_get(cfg, "backbone.model._target_", "the decoder")).rsplit(".", 1)[-1]
+    tasks = [str(t) for t in _get(cfg, "eval.tasks", None) or []]
+    imageonly = [t for t in tasks if t.split("2")[0] == "i"]
+    if imageonly:
+        raise GenretrError(f"eval.tasks: {name} reads only words, and the queries of {imageonly[0]} are images")
+    if _get(cfg, "train.memorize", False) is not True or int(_get(cfg, "train.memorize_repeat", 1) or 0) == 0:
+        return
+    if _get(cfg, "dataset.universal", False) is True:  # identify also names the universal pool's items
+        tasks += [str(t) for t in _get(cfg, "dataset.tasks", None) or []]
+    textless = [t for t in tasks if TASK_TARGET.get(t) in (IMAGE, AUDIO, VIDEO)]
+    if textless:
+        raise GenretrError(f"train.memorize=true: {name} reads only words, and the {TASK_TARGET[textless[0]]} "
+                           f"items of {textless[0]} have none to memorize; set train.memorize=false (CART's recipe: "
+                           "query -> identifier only, as experiment=cart_base)")
 
 
 def _check_scheme_options(cfg) -> None:

@@ -154,10 +154,14 @@ def test_training_processes_share_the_cores_and_keep_their_count_through_the_run
     from genretr.run import execute
 
     monkeypatch.setattr(genretr.hardware, "cores", lambda: 6)
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "0")  # recorded, so that the test's export is undone after it
+    monkeypatch.delenv("OMP_NUM_THREADS")
     before = torch.get_num_threads()
     try:
         assert execute(make_cfg("trainer.devices=2", "stage=dataset"), tmp_path / "run") is None
         assert torch.get_num_threads() == 3 and os.environ["OMP_NUM_THREADS"] == "3"
+        os.environ.pop("OMP_NUM_THREADS")
+        execute(make_cfg("stage=dataset"), tmp_path / "one")  # one process: nothing to export
+        assert torch.get_num_threads() == 6 and "OMP_NUM_THREADS" not in os.environ
     finally:
         torch.set_num_threads(before)

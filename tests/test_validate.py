@@ -85,6 +85,10 @@ BAD = {  # overrides (on debug=tiny) -> what the one-line message must say
                                "items of t2i have none to memorize; set train.memorize=false"),
     "CART memorizing audio": (["dataset=precomputed", "eval.tasks=[t2a]", "backbone=cart"],
                               "the audio items of t2a have none to memorize"),
+    "CART memorizing the universal pool": (["backbone=cart", "dataset.tasks=[t2i,t2t]", "eval.tasks=[t2t]",
+                                            "dataset.universal=true"], "the image items of t2i have none"),
+    "CART reading image queries": (["backbone=cart", "train.memorize=false", "eval.tasks=[i2t]"],
+                                   "eval.tasks: CartSeq2Seq reads only words, and the queries of i2t are images"),
 }
 GOOD = {
     "tiny": [],
@@ -96,6 +100,7 @@ GOOD = {
     "hf engine, embedding method": ["decoding.engine=hf", "backbone=cart", "method=embedding"],
     "CART, query -> identifier only": ["backbone=cart", "train.memorize=false"],
     "CART memorizing text items": ["backbone=cart", "dataset.tasks=[t2i,t2t]", "eval.tasks=[t2t]"],
+    "CART, memorize samples repeated 0 times": ["backbone=cart", "train.memorize_repeat=0"],
     "bf16, torch's own thread count": ["precision=bf16", "threads=null"],
     "every shapes task": ["dataset.tasks=[t2i,t2t,i2i]", "eval.tasks=[t2t,i2i]"],
     "universal pool built": ["dataset.universal=true", "eval.pool=universal"],

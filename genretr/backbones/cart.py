@@ -84,10 +84,9 @@ class CartSeq2Seq(L.LightningModule):
                                f"{src.dtype}")
         present = src != SRC_PAD
         if not bool(present.any(1).all()):
-            raise GenretrError("CART src has a query with no tokens (a row of padding only): CART reads text queries, "
-                               "and samples without text (e.g. memorize samples of image items) have none: set "
-                               "train.memorize=false, or train.pseudo_queries=true train.pseudo_queries_for=all "
-                               "(captioner-written text for every item, as experiment=cart_base)")
+            raise GenretrError("CART src has a query with no tokens (a row of padding only): CART reads only words, "
+                               "and a sample without text (an image query; a memorize sample of an image item) "
+                               "has none")
         src = src[:, : int(present.any(0).nonzero().max()) + 1]
         if src.shape[1] > self.hparams.max_src_len:
             raise GenretrError(f"CART query of {src.shape[1]} tokens exceeds max_src_len={self.hparams.max_src_len}")

@@ -175,8 +175,9 @@ class MLLMRetriever(TrainableStateCheckpoints, L.LightningModule):
     # -- loading ------------------------------------------------------------------------------------------
     @classmethod
     def check_weights(cls, pretrained: str) -> None:
-        """Raise `MissingWeightsError` unless `pretrained` is a checkpoint on this machine (before any stage
-        runs: `genretr.pipeline.Pipeline.check_weights`); loading may still fail on a broken one."""
+        """Raise `MissingWeightsError` unless `pretrained` is a checkpoint on this machine, and `GenretrError` if
+        it is one of another architecture (before any stage runs: `genretr.pipeline.Pipeline.check_weights`);
+        loading may still fail on a broken one."""
         try:
             path = local_checkpoint(pretrained)
         except CheckpointNotFound as e:
@@ -188,11 +189,16 @@ class MLLMRetriever(TrainableStateCheckpoints, L.LightningModule):
         """Refuse a checkpoint of another architecture (config.json's model_type): transformers loads a LLaVA-1.5
         checkpoint into LLaVA-NeXT's classes, or an Idefics2 one into Idefics', with a warning only, and the run
         failed at its first image, after the weights had loaded."""
-        found = json.loads((checkpoint / "config.json").read_text()).get("model_type")
+        try:
+            found = json.loads((checkpoint / "config.json").read_text()).get("model_type")
+        except (ValueError, AttributeError) as e:  # not JSON, or not an object
+            raise GenretrError(f"backbone {cls.family}: {checkpoint / 'config.json'} is not a model config "
+                               f"({load_error_cause(e)})") from None
         wanted = cls.model_class.config_class.model_type
-        if found != wanted:
-            raise GenretrError(f"backbone {cls.family}: '{checkpoint}' holds a {found} checkpoint (config.json's "
-                               f"model_type), and backbone={cls.family} loads {wanted} ones, e.g. {cls.hub_id}")
+        if found is not None and found != wanted:
+            raise GenretrError(f"backbone {cls.family}: '{checkpoint}' (backbone.model.pretrained) holds a {found} "
+                               f"checkpoint (config.json's model_type), and backbone={cls.family} loads {wanted} "
+                               f"ones, e.g. {cls.hub_id}")
 
     @classmethod
     def missing_weights(cls, path: str, cause: str) -> MissingWeightsError:

@@ -190,7 +190,8 @@ def _raise_recompile_limit() -> None:
     """The step is specialised (static shapes) per position t and per search setting -- batch, beams, the trie's
     child widths, dtype -- so each search of a new setting adds one graph per step position: intended
     recompiles, not accidental ones.  Under fullgraph=True torch's limit (8 graphs of one function) is a hard
-    failure: the decoding bench's 9th compiled setting and a pipeline searching several tasks' tries hit it."""
+    failure: the decoding bench's 9th compiled setting and a pipeline searching several tasks' tries hit it.
+    The limits are torch's, process-wide: other compiled code in the process gets them too."""
     cfg = torch._dynamo.config
     for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit"):
         if hasattr(cfg, name):

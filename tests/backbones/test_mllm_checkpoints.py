@@ -286,8 +286,13 @@ def test_a_checkpoint_of_another_architecture_is_refused_before_it_loads(family,
     (other / "config.json").write_text(json.dumps({**config, "model_type": found}))
     (other / "model.safetensors").write_bytes((mllm_checkpoint(family) / "model.safetensors").read_bytes())
     cls = retriever_class(family)
-    refused = rf"backbone {family}: '.*other' holds a {found} checkpoint \(config.json's model_type\)"
+    refused = rf"backbone {family}: '.*other' \(backbone.model.pretrained\) holds a {found} checkpoint"
     with pytest.raises(GenretrError, match=refused):
         cls.check_weights(str(other))
     with pytest.raises(GenretrError, match=refused):
         load(family, other)
+    (other / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "model_type"}))
+    cls.check_weights(str(other))  # no model_type: the family's classes read it as theirs
+    (other / "config.json").write_text("{not json")
+    with pytest.raises(GenretrError, match=r"config.json is not a model config"):
+        cls.check_weights(str(other))
