@@ -31,6 +31,7 @@ class IdeficsRetriever(MLLMRetriever):
     per_token_fields = ("image_attention_mask",)
     model_class = IdeficsForVisionText2Text
     processor_class = IdeficsProcessor
+    turn_end = "<end_of_utterance>"  # idefics-instruct's "User:...<end_of_utterance>\nAssistant:" turns
 
     def build(self, config: dict, tokenizer):
         vision = {**TINY["vision_config"], **config.pop("vision_config", {})}

@@ -90,6 +90,7 @@ class MLLMRetriever(TrainableStateCheckpoints, L.LightningModule):
     image_placeholder = ""  # image marker of the plain prompt template
     vision_prefixes: tuple = ()  # parameter names of the vision tower (frozen with freeze_vision)
     per_token_fields: tuple = ()  # processor outputs shaped (B, L, ...) that follow input_ids' padding
+    turn_end: str | None = None  # the token an instruct checkpoint ends its turn with, where it is not eos
 
     def __init__(self, pretrained: str | None = None, config: dict | None = None, processor=None,
                  reason: str = "both", lora: dict | None = None, freeze_vision: bool = True, lr: float = 1e-4,
@@ -122,6 +123,9 @@ class MLLMRetriever(TrainableStateCheckpoints, L.LightningModule):
         if self.eos_id is None:
             raise GenretrError(f"backbone {self.family}: the tokenizer has no eos token")
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else self.eos_id
+        # free-text answers stop at eos or at the end of the assistant's turn (idefics-instruct: <end_of_utterance>)
+        vocab = tok.get_vocab() if self.turn_end else {}
+        self.stop_ids = [self.eos_id] + ([vocab[self.turn_end]] if self.turn_end in vocab else [])
         sep = tok(separator, add_special_tokens=False)["input_ids"]
         if not sep:
             raise GenretrError(f"backbone.separator={separator!r} encodes to no token")

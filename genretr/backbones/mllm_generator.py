@@ -76,21 +76,23 @@ class MLLMGenerator:
 
 @torch.no_grad()
 def greedy(model: MLLMRetriever, samples: list[dict], max_new_tokens: int) -> list[str]:
-    """Greedy free-text answers (up to <eos>) to prompts, through the model's step decoder."""
+    """Greedy free-text answers to prompts, through the model's step decoder, each up to its first stop token
+    (`model.stop_ids`: eos, and the end of an instruct model's turn)."""
     sd = model.step_decoder()
     state = sd.prepare(samples)
     N, cache = len(samples), sd.new_cache(len(samples), max_new_tokens + 1)
     cache.kv, logits, out = state.cache, state.logits, []
+    stops = torch.tensor(model.stop_ids, device=sd.device)
     done = torch.zeros(N, dtype=torch.bool, device=sd.device)
     for t in range(max_new_tokens):
         tok = logits.argmax(-1).masked_fill(done, model.pad_id)
         out.append(tok)
-        done |= tok == model.eos_id
+        done |= torch.isin(tok, stops)
         if bool(done.all()) or t == max_new_tokens - 1:
             break
         logits = sd.llm_step(tok, t + 1, N, 1, state, cache)
     texts = []
     for row in torch.stack(out, 1).tolist():
-        row = row[: row.index(model.eos_id)] if model.eos_id in row else row
-        texts.append(model.processor.tokenizer.decode(row, skip_special_tokens=True))
+        ends = [k for k, token in enumerate(row) if token in model.stop_ids]
+        texts.append(model.processor.tokenizer.decode(row[: ends[0]] if ends else row, skip_special_tokens=True))
     return texts

@@ -296,3 +296,11 @@ def test_a_checkpoint_of_another_architecture_is_refused_before_it_loads(family,
     (other / "config.json").write_text("{not json")
     with pytest.raises(GenretrError, match=r"config.json is not a model config"):
         cls.check_weights(str(other))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_answers_stop_at_eos_and_at_the_end_of_an_idefics_turn(family, mllm_checkpoint):
+    m = load(family, mllm_checkpoint(family))
+    tok = m.processor.tokenizer
+    turn_end = [tok.convert_tokens_to_ids("<end_of_utterance>")] if family == "idefics" else []
+    assert m.stop_ids == [tok.eos_token_id, *turn_end] and tok.eos_token_id not in turn_end

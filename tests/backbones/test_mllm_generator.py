@@ -98,3 +98,33 @@ def test_the_generator_frees_its_model_once_the_identifiers_are_written(tmp_path
         SsidIdentifier(gen, retries=0, cache=False).build([Item("x1", "image", image=1)],
                                                           np.zeros((1, 4), np.float32), Ctx(tmp_path / "b", two_images()))
     assert not gen.loaded
+
+
+def test_greedy_answers_end_at_the_first_stop_token():
+    """An instruct checkpoint ends its turn with its own token (idefics-instruct: <end_of_utterance>, not eos):
+    the answer stops there, and the search with it once every answer has stopped."""
+    from types import SimpleNamespace
+
+    from genretr.backbones.mllm_generator import greedy
+
+    script, steps = [[5, 9, 7, 7], [6, 6, 2, 7]], []  # two answers' tokens; 9 ends a turn, 2 is eos
+    onehot = lambda t: torch.nn.functional.one_hot(torch.tensor([row[t] for row in script]), 12).float()  # noqa: E731
+
+    class ScriptedSteps:
+        device = "cpu"
+
+        def prepare(self, samples):
+            return SimpleNamespace(cache=None, logits=onehot(0))
+
+        def new_cache(self, rows, T):
+            return SimpleNamespace(kv=None)
+
+        def llm_step(self, tok, t, N, S, state, cache):
+            steps.append(t)
+            return onehot(t)
+
+    decode = lambda row, skip_special_tokens: " ".join(map(str, row))  # noqa: E731
+    model = SimpleNamespace(step_decoder=ScriptedSteps, pad_id=0, eos_id=2, stop_ids=[2, 9],
+                            processor=SimpleNamespace(tokenizer=SimpleNamespace(decode=decode)))
+    assert greedy(model, [{}, {}], max_new_tokens=4) == ["5", "6 6"]
+    assert steps == [1, 2]  # both answers stopped at the third token
