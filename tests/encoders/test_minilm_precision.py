@@ -28,3 +28,12 @@ def test_bf16_features_match_fp32():
     cos = (a * b).sum(1)
     assert cos.min() > 0.999, cos  # shapes' 14,006 captions: min 0.99991, mean 0.99996 (bf16 weights)
     assert not torch.equal(a, b)  # bf16 really ran
+
+
+def test_a_long_text_is_cut_where_sentence_transformers_cuts_it():
+    """all-MiniLM-L6-v2's sentence_bert_config.json keeps 256 word pieces (128 before: two M-BEIR passages that
+    differ only after their 128th piece got the same vector)."""
+    assert MiniLMText.max_seq_length() == 256
+    head = "a " * 150  # 150 word pieces
+    a, b = MiniLMText(precision="fp32").prepare([head + "red circle", head + "blue square"])
+    assert not torch.allclose(a, b)
